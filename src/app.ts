@@ -1,0 +1,105 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { createProbot, ProbotOctokit, type Probot } from 'probot';
+import { BuildStore } from './builds/store.js';
+import type { Config } from './config.js';
+import { openDb, type Db } from './db/client.js';
+import { GitHub } from './github.js';
+import { githubApp } from './github-app.js';
+import { createMetrics } from './metrics.js';
+import { Previews } from './previews.js';
+import { Registry } from './registry.js';
+import { LocalKeyService, type KeyService } from './secrets/key-service.js';
+import { SecretStore } from './secrets/secrets.js';
+import { createServer, type ServerDeps } from './server.js';
+
+/** The parts of a running preview-gate, shared by the server, the CLI and the tests. */
+export interface Core {
+  config: Config;
+  db: Db;
+  keys: KeyService;
+  secrets: SecretStore;
+  registry: Registry;
+  store: BuildStore;
+}
+
+export async function openCore(config: Config): Promise<Core> {
+  const db = openDb(config.databaseFile);
+  const keys = await openKeyService(config);
+  const secrets = new SecretStore(db, keys);
+  const registry = new Registry(db, secrets);
+  const store = new BuildStore(config.buildsDir);
+  return { config, db, keys, secrets, registry, store };
+}
+
+export async function openKeyService(config: Config): Promise<KeyService> {
+  if (config.keyProvider === 'local') return LocalKeyService.open(config.masterKeyFile);
+  throw new Error('KEY_PROVIDER=azure is not available in this version; use KEY_PROVIDER=local.');
+}
+
+/**
+ * Probot from the environment (APP_ID, PRIVATE_KEY[_PATH], WEBHOOK_SECRET, GHE_HOST, GHE_PROTOCOL), with
+ * every GitHub request bounded in time so that a hung GitHub turns into a 503, not a hung upload.
+ */
+export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Probot {
+  const timeoutMs = config.githubTimeoutMs;
+  const timedFetch: typeof fetch = (url, init) => {
+    const timeout = AbortSignal.timeout(timeoutMs);
+    return globalThis.fetch(url, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, timeout]) : timeout });
+  };
+  return createProbot({
+    env,
+    overrides: {
+      log,
+      request: { fetch: timedFetch },
+      Octokit: ProbotOctokit.defaults({ retry: { retries: config.githubRetries } }),
+    },
+  });
+}
+
+export interface RunningServer {
+  url: string;
+  server: http.Server;
+  core: Core;
+  close(): Promise<void>;
+}
+
+/** Opens everything and listens on `port` (0: any free port) on `host`. */
+export async function startServer(
+  config: Config,
+  log: Logger,
+  options: { probot?: Probot; setupHandler?: ServerDeps['setupHandler']; host?: string; port?: number } = {},
+): Promise<RunningServer> {
+  const core = await openCore(config);
+  core.store.init();
+  const metrics = createMetrics();
+  const github = options.probot ? new GitHub(options.probot) : undefined;
+  const previews = new Previews(core.db, core.registry, core.store, github, metrics, log);
+  previews.sweepPendingBuilds();
+  const app = await createServer({
+    ...core,
+    log,
+    metrics,
+    previews,
+    github,
+    probot: options.probot,
+    appFn: options.probot ? githubApp({ registry: core.registry, previews, metrics, log }) : undefined,
+    setupHandler: options.setupHandler,
+  });
+  const server = http.createServer(app);
+  // Uploads of large builds over slow links: no whole-request timeout, but headers must come quickly.
+  server.requestTimeout = 0;
+  server.headersTimeout = 30_000;
+  await new Promise<void>((resolve) => server.listen(options.port ?? config.port, options.host ?? '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    server,
+    core,
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      core.db.$client.close();
+    },
+  };
+}

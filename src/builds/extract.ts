@@ -1,0 +1,248 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Transform, Writable, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import zlib from 'node:zlib';
+import { Parser, type ReadEntry } from 'tar';
+import { badRequest, HttpError, tooLarge } from '../errors.js';
+
+export interface ExtractLimits {
+  /** Compressed bytes read from the source. */
+  maxUploadBytes: number;
+  /** Sum of the sizes of all regular files. */
+  maxBuildBytes: number;
+  /** Number of entries (files and directories). */
+  maxBuildFiles: number;
+}
+
+export interface ExtractResult {
+  files: number;
+  bytes: number;
+  compressedBytes: number;
+}
+
+const MAX_DEPTH = 64;
+const MAX_PATH_LENGTH = 1024;
+const MAX_NAME_BYTES = 255;
+/** Files up to this size are gathered in memory and written with one call; larger ones are streamed. */
+const SMALL_FILE_BYTES = 1024 * 1024;
+/** Writes in flight before the parser is paused (bounds memory to about this many small files). */
+const MAX_PENDING_WRITES = 16;
+
+const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
+
+/**
+ * Streams a gzipped tar into `dest` (an existing, empty folder), keeping only regular files and folders.
+ * Every limit is enforced while streaming, before the bytes that break it are written. Files are created
+ * read-only with O_EXCL, so nothing (a duplicate entry, a name planted earlier) is ever written through.
+ * On error the caller removes `dest`; this function only guarantees it wrote nothing outside it.
+ */
+export async function extractTarGz(source: Readable, dest: string, limits: ExtractLimits): Promise<ExtractResult> {
+  const result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0 };
+  let entries = 0;
+  let inflatedBytes = 0;
+  // Tar adds at most a few 512-byte blocks per entry (header, pax/long-name headers, padding).
+  const maxInflatedBytes = limits.maxBuildBytes + (limits.maxBuildFiles + 4) * 4 * 512;
+  const knownDirs = new Set<string>([dest]);
+  let pendingWrites = 0;
+  let failure: Error | undefined;
+  let wakeUp: (() => void) | undefined;
+  // Stops writes still waiting for their entry's bytes when the stream fails (those bytes never come).
+  const abort = new AbortController();
+
+  const fail = (err: Error) => {
+    failure ??= err;
+    wakeUp?.();
+  };
+  const settled = () => {
+    pendingWrites--;
+    wakeUp?.();
+  };
+  const whenWritesBelow = async (n: number) => {
+    while (pendingWrites > n && !failure) await new Promise<void>((r) => (wakeUp = r));
+  };
+
+  const ensureDir = (dir: string) => {
+    if (knownDirs.has(dir)) return;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    knownDirs.add(dir);
+  };
+
+  const onEntry = (entry: ReadEntry) => {
+    try {
+      if (failure) return entry.resume();
+      const rel = safeEntryPath(entry.path);
+      if (++entries > limits.maxBuildFiles) {
+        throw tooLarge(`The archive has more than ${limits.maxBuildFiles} entries.`);
+      }
+      if (entry.type === 'Directory') {
+        if (rel) ensureDir(path.join(dest, rel));
+        return entry.resume();
+      }
+      if (!FILE_TYPES.has(entry.type)) {
+        throw badRequest(`The archive entry "${entry.path}" is a ${describeType(entry.type)}; only regular files and folders are allowed.`);
+      }
+      if (!rel) throw badRequest('The archive holds a file entry without a name.');
+      result.bytes += entry.size;
+      if (result.bytes > limits.maxBuildBytes) {
+        throw tooLarge(`The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`);
+      }
+      result.files++;
+      const target = path.join(dest, rel);
+      ensureDir(path.dirname(target));
+      pendingWrites++;
+      const written =
+        entry.size <= SMALL_FILE_BYTES ? writeSmallFile(entry, target, abort.signal) : writeLargeFile(entry, target, abort.signal);
+      written.then(settled, (err) => {
+        settled();
+        if (!abort.signal.aborted) fail(writeError(err, entry.path));
+      });
+    } catch (err) {
+      entry.resume();
+      fail(err instanceof HttpError ? err : writeError(err, entry.path));
+    }
+  };
+
+  const parser = new Parser({ strict: true, onReadEntry: onEntry });
+  parser.on('error', (err: Error) => fail(badRequest(`The archive is not a valid tar file (${tarProblem(err)}).`)));
+  // Settles when the parser has seen the end of the archive, or has given up on it.
+  const parserFinished = new Promise<void>((resolve) => {
+    parser.on('end', resolve);
+    parser.on('error', () => resolve());
+  });
+
+  const countCompressed = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      result.compressedBytes += chunk.length;
+      if (result.compressedBytes > limits.maxUploadBytes) {
+        return cb(tooLarge(`The upload is larger than ${limits.maxUploadBytes} bytes.`));
+      }
+      cb(null, chunk);
+    },
+  });
+  const gunzip = zlib.createGunzip();
+  const intoParser = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      if (failure) return cb(failure);
+      inflatedBytes += chunk.length;
+      if (inflatedBytes > maxInflatedBytes) {
+        return cb(tooLarge(`The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`));
+      }
+      const resume = () => whenWritesBelow(MAX_PENDING_WRITES).then(() => cb(failure ?? null));
+      if (parser.write(chunk)) resume();
+      else parser.once('drain', resume);
+    },
+    final(cb) {
+      parser.end();
+      parserFinished
+        .then(() => whenWritesBelow(0))
+        .then(() => cb(failure ?? null));
+    },
+  });
+
+  // The source is piped, not put in the pipeline: a refused upload must not destroy the request (its socket
+  // is needed for the answer); the caller decides what to do with the unread rest.
+  const onSourceError = (err: Error) => countCompressed.destroy(err);
+  source.once('error', onSourceError);
+  source.pipe(countCompressed);
+  try {
+    await pipeline(countCompressed, gunzip, intoParser);
+  } catch (err) {
+    source.unpipe(countCompressed);
+    abort.abort();
+    await whenWritesBelow(0);
+    if (failure) throw failure;
+    if (err instanceof HttpError) throw err;
+    throw streamError(err, result.compressedBytes);
+  } finally {
+    source.off('error', onSourceError);
+  }
+  await whenWritesBelow(0);
+  if (failure) throw failure;
+  if (result.compressedBytes === 0) throw badRequest('The request body is empty; send a gzipped tar of the build.');
+  if (result.files === 0) throw badRequest('The archive holds no files.');
+  return result;
+}
+
+/**
+ * The entry's path relative to the build root ('' for the root itself), or a 400 when it is absolute,
+ * climbs out with '..', or uses characters or lengths we do not serve.
+ */
+export function safeEntryPath(raw: string): string {
+  if (raw.includes('\0')) throw badRequest(`The archive entry "${raw.replace(/\0/g, '\\0')}" has a NUL byte in its name.`);
+  if (raw.includes('\\')) throw badRequest(`The archive entry "${raw}" has a backslash in its path.`);
+  if (raw.startsWith('/') || /^[A-Za-z]:/.test(raw)) {
+    throw badRequest(`The archive entry "${raw}" has an absolute path.`);
+  }
+  const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw badRequest(`The archive entry "${raw}" points outside the build ("..").`);
+  if (parts.length > MAX_DEPTH) throw badRequest(`The archive entry "${raw.slice(0, 80)}…" is nested deeper than ${MAX_DEPTH} folders.`);
+  const rel = parts.join('/');
+  if (rel.length > MAX_PATH_LENGTH || parts.some((p) => Buffer.byteLength(p) > MAX_NAME_BYTES)) {
+    throw badRequest(`The archive entry "${raw.slice(0, 80)}…" has a path or name that is too long.`);
+  }
+  return rel;
+}
+
+async function writeSmallFile(entry: ReadEntry, target: string, signal: AbortSignal): Promise<void> {
+  const chunks: Buffer[] = [];
+  entry.on('data', (c: Buffer) => chunks.push(c));
+  await new Promise<void>((resolve, reject) => {
+    entry.on('end', resolve);
+    entry.on('error', reject);
+    signal.addEventListener('abort', () => reject(new Error('extraction aborted')), { once: true });
+  });
+  // 'wx': never replace or write through anything already there; 0444: builds are immutable.
+  await fs.promises.writeFile(target, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), {
+    flag: 'wx',
+    mode: 0o444,
+  });
+}
+
+async function writeLargeFile(entry: ReadEntry, target: string, signal: AbortSignal): Promise<void> {
+  const out = fs.createWriteStream(target, { flags: 'wx', mode: 0o444 });
+  await pipeline(entry, out, { signal });
+}
+
+/** Maps what the filesystem says about an entry to a client error; anything unexpected passes through (500). */
+function writeError(err: unknown, entryPath: string): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EEXIST') return badRequest(`The archive holds "${entryPath}" more than once.`);
+  if (code === 'ENOTDIR' || code === 'EISDIR') {
+    return badRequest(`The archive entry "${entryPath}" conflicts with another entry (a file and a folder of one name).`);
+  }
+  if (code === 'ENOSPC') return new HttpError(507, 'The server has no disk space left for this build.');
+  return err as Error;
+}
+
+function streamError(err: unknown, compressedBytes: number): Error {
+  const e = err as NodeJS.ErrnoException;
+  if (compressedBytes === 0) return badRequest('The request body is empty; send a gzipped tar of the build.');
+  if (e.code === 'Z_DATA_ERROR') return badRequest('The body is not gzip-compressed data (send a .tar.gz).');
+  if (e.code === 'Z_BUF_ERROR') return badRequest('The gzip stream is truncated.');
+  if (e.code === 'ERR_STREAM_PREMATURE_CLOSE' || e.code === 'ECONNRESET' || e.message === 'aborted') {
+    return badRequest('The upload ended before the whole body arrived.');
+  }
+  return err as Error;
+}
+
+function tarProblem(err: Error): string {
+  const msg = err.message.replace(/^TAR_[A-Z_]+: /, '');
+  return /truncated/i.test(msg) ? 'it is truncated' : msg.toLowerCase().replace(/\.$/, '');
+}
+
+function describeType(type: string): string {
+  switch (type) {
+    case 'SymbolicLink':
+      return 'symbolic link';
+    case 'Link':
+      return 'hard link';
+    case 'CharacterDevice':
+    case 'BlockDevice':
+      return 'device';
+    case 'FIFO':
+      return 'FIFO';
+    default:
+      return `"${type}" entry`;
+  }
+}

@@ -1,0 +1,99 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { conflict } from '../errors.js';
+
+export type Visibility = 'public' | 'hidden';
+
+const STAGING = '.staging';
+
+/** The folder of one PR: `<site>/<pr>` when public, `<site>/hidden--<pr>` when hidden. */
+export function prFolderName(pr: number, visibility: Visibility): string {
+  return visibility === 'public' ? String(pr) : `hidden--${pr}`;
+}
+
+/**
+ * The builds directory. Builds are extracted into `.staging/<random>` (same filesystem) and appear in
+ * their PR folder by one atomic rename; a PR changes visibility by one rename of its folder.
+ */
+export class BuildStore {
+  readonly stagingDir: string;
+
+  constructor(readonly buildsDir: string) {
+    this.stagingDir = path.join(buildsDir, STAGING);
+  }
+
+  /** Creates the builds dir; removes staging folders left by a crash (nothing in them was ever served). */
+  init(): void {
+    fs.mkdirSync(this.buildsDir, { recursive: true });
+    fs.rmSync(this.stagingDir, { recursive: true, force: true });
+    fs.mkdirSync(this.stagingDir, { recursive: true });
+  }
+
+  prDir(site: string, pr: number, visibility: Visibility): string {
+    return path.join(this.buildsDir, site, prFolderName(pr, visibility));
+  }
+
+  buildDir(site: string, pr: number, visibility: Visibility, sha7: string): string {
+    return path.join(this.prDir(site, pr, visibility), sha7);
+  }
+
+  async createStaging(): Promise<string> {
+    const dir = path.join(this.stagingDir, crypto.randomBytes(8).toString('hex'));
+    await fs.promises.mkdir(dir, { recursive: true });
+    return dir;
+  }
+
+  async discard(dir: string): Promise<void> {
+    await fs.promises.rm(dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Moves a fully extracted staging folder to `<site>/<pr folder>/<sha7>` with one rename. A build that is
+   * already there is never replaced (409). A PR folder this call created is removed again on failure.
+   */
+  async publish(staging: string, site: string, pr: number, visibility: Visibility, sha7: string): Promise<string> {
+    const prDir = this.prDir(site, pr, visibility);
+    const createdPrDir = !fs.existsSync(prDir);
+    await fs.promises.mkdir(prDir, { recursive: true });
+    const target = path.join(prDir, sha7);
+    try {
+      if (fs.existsSync(target)) throw conflict(`A build of ${sha7} already exists for pull request #${pr}.`);
+      await fs.promises.rename(staging, target);
+      return target;
+    } catch (err) {
+      if (createdPrDir) await fs.promises.rmdir(prDir).catch(() => undefined);
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOTEMPTY' || code === 'EEXIST') {
+        throw conflict(`A build of ${sha7} already exists for pull request #${pr}.`);
+      }
+      throw err;
+    }
+  }
+
+  /** Renames the PR folder between public and hidden; nothing to do when the PR has no builds yet. */
+  async setVisibility(site: string, pr: number, from: Visibility, to: Visibility): Promise<boolean> {
+    if (from === to) return false;
+    try {
+      await fs.promises.rename(this.prDir(site, pr, from), this.prDir(site, pr, to));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  /** Removes every build of a PR, wherever it lives. */
+  async removePr(site: string, pr: number): Promise<void> {
+    for (const v of ['public', 'hidden'] as const) {
+      await fs.promises.rm(this.prDir(site, pr, v), { recursive: true, force: true });
+    }
+  }
+
+  /** Usable for /health: the builds dir exists and a file can be created in staging. */
+  async check(): Promise<void> {
+    const probe = path.join(this.stagingDir, `health-${process.pid}-${Date.now()}`);
+    await fs.promises.writeFile(probe, '');
+    await fs.promises.unlink(probe);
+  }
+}

@@ -1,0 +1,76 @@
+import crypto from 'node:crypto';
+import type { Readable, Writable } from 'node:stream';
+import { openCore } from './app.js';
+import { ConfigError, loadConfig } from './config.js';
+import { UPLOAD_SECRET_NAME } from './upload/route.js';
+
+export interface CliIo {
+  stdin: Readable & { isTTY?: boolean };
+  stdout: Writable;
+  stderr: Writable;
+  env: NodeJS.ProcessEnv;
+}
+
+const USAGE = `usage:
+  preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)`;
+
+const MIN_SECRET_BYTES = 32;
+
+/** Runs one CLI command; returns the exit code. */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  try {
+    const [command, sub, ...rest] = argv;
+    if (command === 'secret' && sub === 'set') return await setSecret(rest, io);
+    io.stderr.write(`${USAGE}\n`);
+    return 2;
+  } catch (err) {
+    const msg = err instanceof ConfigError ? `configuration error: ${err.message}` : (err as Error).message;
+    io.stderr.write(`preview-gate: ${msg}\n`);
+    return 1;
+  }
+}
+
+/**
+ * `secret set <owner/repo> upload-key`, like `gh secret set`: a piped value is stored as it is (at least 32
+ * bytes, one trailing newline dropped); on a terminal 32 random bytes are generated and printed once.
+ */
+async function setSecret(args: string[], io: CliIo): Promise<number> {
+  const [slug, name] = args;
+  if (!slug || !/^[A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+$/.test(slug) || name !== UPLOAD_SECRET_NAME || args.length !== 2) {
+    io.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  let value: Buffer;
+  let generated = false;
+  if (io.stdin.isTTY) {
+    value = Buffer.from(crypto.randomBytes(32).toString('base64url'));
+    generated = true;
+  } else {
+    value = await readAll(io.stdin);
+    if (value.at(-1) === 0x0a) value = value.subarray(0, value.at(-2) === 0x0d ? -2 : -1);
+    if (value.length < MIN_SECRET_BYTES) {
+      io.stderr.write(`preview-gate: the secret must be at least ${MIN_SECRET_BYTES} bytes (got ${value.length}); nothing was stored.\n`);
+      return 1;
+    }
+  }
+  const core = await openCore(loadConfig(io.env));
+  try {
+    const repo = await core.registry.ensureRepository(slug);
+    await core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, value);
+  } finally {
+    core.db.$client.close();
+  }
+  if (generated) {
+    io.stdout.write(`${value.toString()}\n`);
+    io.stderr.write(`Stored the upload secret of ${slug}. It is shown only this once: save it in your CI's secrets now.\n`);
+  } else {
+    io.stderr.write(`Stored the upload secret of ${slug}.\n`);
+  }
+  return 0;
+}
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(Buffer.from(chunk as Buffer));
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,123 @@
+import path from 'node:path';
+import { z } from 'zod';
+
+/** The typed settings of one preview-gate process; built once at start-up from the environment. */
+export interface Config {
+  port: number;
+  publicUrl: string;
+  previewDomain: string;
+  dataDir: string;
+  buildsDir: string;
+  databaseFile: string;
+  keyProvider: 'local' | 'azure';
+  masterKeyFile: string;
+  azureKeyId?: string;
+  maxUploadBytes: number;
+  maxBuildBytes: number;
+  maxBuildFiles: number;
+  cleanupAfterHours: number;
+  oidcIssuer: string;
+  /** GitHub API base, exactly as Probot's createProbot derives it from GHE_HOST / GHE_PROTOCOL. */
+  githubApiUrl: string;
+  /** How long one GitHub API request may take before the upload answers 503. */
+  githubTimeoutMs: number;
+  /** Retries of a failed GitHub request (5xx, network) before giving up. */
+  githubRetries: number;
+  /** Interface the Node process listens on. */
+  host: string;
+  /** false when APP_ID / private key / webhook secret are missing: Probot's setup flow is served instead. */
+  appConfigured: boolean;
+}
+
+export class ConfigError extends Error {}
+
+const MiB = 1024 * 1024;
+
+const positiveInt = (what: string) =>
+  z
+    .string()
+    .regex(/^[1-9][0-9]*$/, `must be a positive whole number${what}`)
+    .transform(Number)
+    .refine(Number.isSafeInteger, 'is too large');
+
+const absoluteUrl = z
+  .string()
+  .refine((v) => /^https?:\/\/[^/\s]+/.test(v) && URL.canParse(v), 'must be an absolute http(s) URL');
+
+const schema = z.object({
+  PORT: positiveInt('').refine((p) => p <= 65535, 'must be a port number from 1 to 65535').default(3000),
+  PUBLIC_URL: absoluteUrl.optional(),
+  PREVIEW_DOMAIN: z
+    .string()
+    .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/, 'must be a lower-case DNS name such as previews.example.net')
+    .default('localhost'),
+  DATA_DIR: z.string().min(1, 'must not be empty').default('./data'),
+  KEY_PROVIDER: z.enum(['local', 'azure'], { message: 'must be "local" or "azure"' }).default('local'),
+  AZURE_KEY_ID: z
+    .string()
+    .regex(/^https:\/\/[^/]+\/keys\/[^/]+\/[0-9a-zA-Z]+$/, 'must be a versioned Key Vault key id: https://<vault>/keys/<name>/<version>')
+    .optional(),
+  MAX_UPLOAD_BYTES: positiveInt(' of bytes').default(100 * MiB),
+  MAX_BUILD_BYTES: positiveInt(' of bytes').default(1024 * MiB),
+  MAX_BUILD_FILES: positiveInt('').default(50_000),
+  CLEANUP_AFTER_HOURS: z
+    .string()
+    .regex(/^[0-9]+(\.[0-9]+)?$/, 'must be a number of hours (0 or more)')
+    .transform(Number)
+    .default(24),
+  OIDC_ISSUER: absoluteUrl.default('https://token.actions.githubusercontent.com'),
+  GHE_HOST: z.string().regex(/^[A-Za-z0-9.-]+(:[0-9]+)?$/, 'must be a host name, optionally with :port').optional(),
+  GHE_PROTOCOL: z.enum(['https', 'http'], { message: 'must be "https" or "http"' }).default('https'),
+  GITHUB_TIMEOUT_MS: positiveInt(' of milliseconds').default(10_000),
+  GITHUB_RETRIES: z.string().regex(/^[0-9]$/, 'must be a number of retries from 0 to 9').transform(Number).default(2),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional(),
+  WEBHOOK_SECRET: z.string().optional(),
+  PRIVATE_KEY: z.string().optional(),
+  PRIVATE_KEY_PATH: z.string().optional(),
+});
+
+/**
+ * Environment → Config. Empty strings count as unset (as in a `.env` file with `VAR=`).
+ * Throws ConfigError with one line naming the first bad variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const present = Object.fromEntries(
+    Object.keys(schema.shape)
+      .map((k) => [k, env[k]?.trim()])
+      .filter(([, v]) => v !== undefined && v !== ''),
+  );
+  const parsed = schema.safeParse(present);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const name = String(issue.path[0]);
+    const value = present[name] !== undefined && !/SECRET|KEY$/.test(name) ? ` (got "${present[name]}")` : '';
+    throw new ConfigError(`${name} ${issue.message}${value}`);
+  }
+  const e = parsed.data;
+  if (e.KEY_PROVIDER === 'azure' && !e.AZURE_KEY_ID) {
+    throw new ConfigError('AZURE_KEY_ID must be set when KEY_PROVIDER is "azure"');
+  }
+  const dataDir = path.resolve(e.DATA_DIR);
+  return {
+    port: e.PORT,
+    publicUrl: (e.PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, ''),
+    previewDomain: e.PREVIEW_DOMAIN,
+    dataDir,
+    buildsDir: path.join(dataDir, 'builds'),
+    databaseFile: path.join(dataDir, 'preview-gate.sqlite'),
+    keyProvider: e.KEY_PROVIDER,
+    masterKeyFile: path.join(dataDir, 'master.key'),
+    azureKeyId: e.AZURE_KEY_ID,
+    maxUploadBytes: e.MAX_UPLOAD_BYTES,
+    maxBuildBytes: e.MAX_BUILD_BYTES,
+    maxBuildFiles: e.MAX_BUILD_FILES,
+    cleanupAfterHours: e.CLEANUP_AFTER_HOURS,
+    oidcIssuer: e.OIDC_ISSUER,
+    githubApiUrl: e.GHE_HOST ? `${e.GHE_PROTOCOL}://${e.GHE_HOST}/api/v3` : 'https://api.github.com',
+    githubTimeoutMs: e.GITHUB_TIMEOUT_MS,
+    githubRetries: e.GITHUB_RETRIES,
+    host: e.HOST,
+    appConfigured: Boolean(e.APP_ID && (e.PRIVATE_KEY || e.PRIVATE_KEY_PATH) && e.WEBHOOK_SECRET),
+  };
+}

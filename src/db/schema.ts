@@ -1,0 +1,151 @@
+/**
+ * The database, as code. Every table is described here; drizzle-kit turns changes into the committed
+ * migrations under src/db/migrations (`npm run db:generate`), which are applied at start-up.
+ */
+import { sql } from 'drizzle-orm';
+import { blob, index, integer, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core';
+
+const createdAt = () =>
+  integer('created_at', { mode: 'timestamp_ms' })
+    .notNull()
+    .default(sql`(unixepoch('subsec') * 1000)`);
+
+/** A GitHub organization or user that owns repositories; it holds its own data-encryption key (DEK). */
+export const accounts = sqliteTable(
+  'accounts',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    login: text('login').notNull(),
+    /** GitHub's numeric account id, known once the app has seen an installation or an API answer. */
+    githubId: integer('github_id'),
+    /** The account DEK, wrapped by the key service (KEY_PROVIDER); never stored in the clear. */
+    wrappedDek: blob('wrapped_dek', { mode: 'buffer' }).notNull(),
+    /** Which key of the key service wrapped it (a local key fingerprint or a versioned Key Vault key id). */
+    dekKeyId: text('dek_key_id').notNull(),
+    installationId: integer('installation_id'),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('accounts_login').on(t.login), uniqueIndex('accounts_github_id').on(t.githubId)],
+);
+
+/** People, identified only by provider + provider id, never by login (logins can be renamed and reused). */
+export const users = sqliteTable(
+  'users',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    provider: text('provider', { enum: ['github'] }).notNull(),
+    providerId: text('provider_id').notNull(),
+    /** Last login seen, for messages only. */
+    login: text('login'),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('users_provider_id').on(t.provider, t.providerId)],
+);
+
+export const repositories = sqliteTable(
+  'repositories',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    accountId: integer('account_id')
+      .notNull()
+      .references(() => accounts.id),
+    /** owner/name as GitHub spells it (matched case-insensitively). */
+    fullName: text('full_name').notNull(),
+    githubId: integer('github_id'),
+    /** DNS label under which the repository's previews are served; unique per deployment. */
+    site: text('site').notNull(),
+    /** Last `.github/preview-gate.yml` read from the default branch, as JSON. */
+    settings: text('settings', { mode: 'json' }).$type<Record<string, unknown>>(),
+    installed: integer('installed', { mode: 'boolean' }).notNull().default(true),
+    createdAt: createdAt(),
+  },
+  (t) => [
+    uniqueIndex('repositories_full_name').on(sql`lower(${t.fullName})`),
+    uniqueIndex('repositories_site').on(t.site),
+  ],
+);
+
+export const pullRequests = sqliteTable(
+  'pull_requests',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    repositoryId: integer('repository_id')
+      .notNull()
+      .references(() => repositories.id),
+    number: integer('number').notNull(),
+    authorUserId: integer('author_user_id').references(() => users.id),
+    state: text('state', { enum: ['open', 'closed'] }).notNull(),
+    headSha: text('head_sha'),
+    trusted: integer('trusted', { mode: 'boolean' }).notNull().default(false),
+    /** Where the PR folder lives on disk: `<pr>` (public) or `hidden--<pr>` (hidden). */
+    visibility: text('visibility', { enum: ['public', 'hidden'] }).notNull().default('hidden'),
+    /** Why the last decision was taken, in words a maintainer understands. */
+    reason: text('reason'),
+    /** When the GitHub facts behind the current decision were read: older facts never overrule newer ones. */
+    factsAt: integer('facts_at', { mode: 'timestamp_ms' }),
+    closedAt: integer('closed_at', { mode: 'timestamp_ms' }),
+    updatedAt: integer('updated_at', { mode: 'timestamp_ms' }),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('pull_requests_repo_number').on(t.repositoryId, t.number)],
+);
+
+/** One stored (or being stored) commit build of a PR. */
+export const builds = sqliteTable(
+  'builds',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    pullRequestId: integer('pull_request_id')
+      .notNull()
+      .references(() => pullRequests.id),
+    sha: text('sha').notNull(),
+    sha7: text('sha7').notNull(),
+    /** `pending` while an upload holds the claim on this sha7; `ready` once its folder is in place. */
+    status: text('status', { enum: ['pending', 'ready'] }).notNull(),
+    bytes: integer('bytes').notNull().default(0),
+    files: integer('files').notNull().default(0),
+    createdAt: createdAt(),
+  },
+  // One claim per sha7 per PR: the database, not the filesystem, decides which of N concurrent uploads wins.
+  (t) => [uniqueIndex('builds_pr_sha7').on(t.pullRequestId, t.sha7)],
+);
+
+/** Encrypted values (upload secrets). The value's own DEK is wrapped by the account DEK. */
+export const secrets = sqliteTable(
+  'secrets',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    accountId: integer('account_id')
+      .notNull()
+      .references(() => accounts.id),
+    repositoryId: integer('repository_id')
+      .notNull()
+      .references(() => repositories.id),
+    name: text('name').notNull(),
+    /** iv (12) ‖ ciphertext ‖ tag (16), AES-256-GCM under the secret's DEK. */
+    ciphertext: blob('ciphertext', { mode: 'buffer' }).notNull(),
+    /** The secret's DEK: iv ‖ ciphertext ‖ tag under the account DEK. */
+    wrappedDek: blob('wrapped_dek', { mode: 'buffer' }).notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('secrets_repo_name').on(t.repositoryId, t.name)],
+);
+
+/** Every change of a PR's visibility, and what caused it. */
+export const visibilityChanges = sqliteTable(
+  'visibility_changes',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    pullRequestId: integer('pull_request_id')
+      .notNull()
+      .references(() => pullRequests.id),
+    from: text('from', { enum: ['public', 'hidden'] }).notNull(),
+    to: text('to', { enum: ['public', 'hidden'] }).notNull(),
+    reason: text('reason').notNull(),
+    /** What triggered it: `upload` or the webhook event name (`pull_request.labeled`, ...). */
+    cause: text('cause').notNull(),
+    actorUserId: integer('actor_user_id').references(() => users.id),
+    createdAt: createdAt(),
+  },
+  (t) => [index('visibility_changes_pr').on(t.pullRequestId)],
+);

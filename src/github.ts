@@ -1,0 +1,139 @@
+import type { Probot, ProbotOctokit } from 'probot';
+import { badRequest, forbidden, HttpError, unavailable } from './errors.js';
+import { decideTrust, settingsSchema, type RepoSettings, type TrustDecision } from './trust.js';
+
+export type Octokit = InstanceType<typeof ProbotOctokit>;
+
+export const SETTINGS_PATH = '.github/preview-gate.yml';
+
+/** What GitHub says about one pull request now, plus the decision that follows from it. */
+export interface PrFacts {
+  owner: string;
+  repo: string;
+  number: number;
+  state: 'open' | 'closed';
+  headSha: string;
+  author: { id: number; login: string };
+  labels: string[];
+  settings: RepoSettings;
+  decision: TrustDecision;
+  /** When these facts were read. */
+  at: Date;
+}
+
+/** An error from GitHub (or from reaching it) turned into what the caller should answer. */
+export function githubError(err: unknown, what: string): HttpError {
+  if (err instanceof HttpError) return err;
+  const status = (err as { status?: number }).status;
+  if (status === undefined || status >= 500 || status === 429) {
+    return unavailable(`GitHub could not be asked ${what}; retry later.`);
+  }
+  if (status === 403 && /rate limit/i.test(String((err as Error).message))) {
+    return unavailable(`GitHub's rate limit was hit while asking ${what}; retry later.`);
+  }
+  return unavailable(`GitHub refused to answer ${what} (HTTP ${status}); retry later.`);
+}
+
+const isNotFound = (err: unknown) => (err as { status?: number }).status === 404;
+
+/** The few GitHub questions preview-gate asks, through the installation's Octokit from Probot. */
+export class GitHub {
+  constructor(private readonly probot: Probot) {}
+
+  /** The installation's Octokit for a repository; 403 when the app is not installed there. */
+  async forRepository(owner: string, repo: string): Promise<{ octokit: Octokit; installationId: number; accountId: number }> {
+    const app = await this.probot.auth();
+    let installation;
+    try {
+      installation = (await app.rest.apps.getRepoInstallation({ owner, repo })).data;
+    } catch (err) {
+      if (isNotFound(err)) throw forbidden(`The preview-gate app is not installed on ${owner}/${repo}.`);
+      throw githubError(err, `whether the app is installed on ${owner}/${repo}`);
+    }
+    const octokit = await this.probot.auth(installation.id);
+    return { octokit, installationId: installation.id, accountId: installation.account?.id ?? 0 };
+  }
+
+  async settings(octokit: Octokit, owner: string, repo: string): Promise<RepoSettings> {
+    let config: unknown;
+    try {
+      // Probot's config plugin reads the file from the default branch, so a PR cannot change its own rules.
+      ({ config } = await octokit.config.get({ owner, repo, path: SETTINGS_PATH }));
+    } catch (err) {
+      if (/could not be parsed/.test((err as Error).message)) {
+        throw badRequest(`${owner}/${repo}: ${SETTINGS_PATH} is not valid YAML.`);
+      }
+      throw githubError(err, `for ${SETTINGS_PATH} of ${owner}/${repo}`);
+    }
+    const parsed = settingsSchema.safeParse(config ?? {});
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      throw badRequest(`${owner}/${repo}: ${SETTINGS_PATH} is invalid: ${issue.path.join('.') || 'file'}: ${issue.message}.`);
+    }
+    return parsed.data;
+  }
+
+  /** Reads the PR, the settings and (when needed) team membership, and decides trust. */
+  async prFacts(octokit: Octokit, owner: string, repo: string, number: number, settings?: RepoSettings): Promise<PrFacts> {
+    const at = new Date();
+    settings ??= await this.settings(octokit, owner, repo);
+    let pr;
+    try {
+      pr = (await octokit.rest.pulls.get({ owner, repo, pull_number: number })).data;
+    } catch (err) {
+      if (isNotFound(err)) throw forbidden(`Pull request #${number} does not exist in ${owner}/${repo}.`);
+      throw githubError(err, `about pull request #${number}`);
+    }
+    const labels = pr.labels.map((l) => l.name);
+    const author = { id: pr.user.id, login: pr.user.login };
+    const authorTrustedTeam = labels.includes(settings.trustedLabel)
+      ? undefined
+      : await this.firstTrustedTeam(octokit, owner, settings.trustedTeams, author.login);
+    return {
+      owner,
+      repo,
+      number,
+      state: pr.state === 'open' ? 'open' : 'closed',
+      headSha: pr.head.sha,
+      author,
+      labels,
+      settings,
+      decision: decideTrust({ labels, authorTrustedTeam }, settings),
+      at,
+    };
+  }
+
+  /** Whether `sha` is one of the PR's commits (GitHub lists at most 250 commits of a PR). */
+  async prHasCommit(octokit: Octokit, owner: string, repo: string, number: number, sha: string): Promise<boolean> {
+    try {
+      for await (const page of octokit.paginate.iterator(octokit.rest.pulls.listCommits, {
+        owner,
+        repo,
+        pull_number: number,
+        per_page: 100,
+      })) {
+        if (page.data.some((c) => c.sha === sha)) return true;
+      }
+      return false;
+    } catch (err) {
+      throw githubError(err, `for the commits of pull request #${number}`);
+    }
+  }
+
+  /**
+   * The first trusted team in which the user is an active member. GitHub's membership API counts members
+   * of child teams as members of the parent. A 404 means "not a member".
+   */
+  async firstTrustedTeam(octokit: Octokit, org: string, teams: string[], username: string): Promise<string | undefined> {
+    for (const team of teams) {
+      try {
+        const { data } = await octokit.rest.teams.getMembershipForUserInOrg({ org, team_slug: team, username });
+        if (data.state === 'active') return team;
+      } catch (err) {
+        if (isNotFound(err)) continue;
+        throw githubError(err, `whether ${username} is a member of ${org}/${team}`);
+      }
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,138 @@
+import fs from 'node:fs';
+import type { Readable } from 'node:stream';
+import { Router, type Request, type Response } from 'express';
+import multer from 'multer';
+import { extractTarGz } from '../builds/extract.js';
+import type { BuildStore } from '../builds/store.js';
+import type { Config } from '../config.js';
+import { badRequest, forbidden, tooLarge, unavailable } from '../errors.js';
+import type { GitHub } from '../github.js';
+import type { Metrics } from '../metrics.js';
+import type { Previews } from '../previews.js';
+import type { Registry } from '../registry.js';
+import type { SecretStore } from '../secrets/secrets.js';
+import { claimedSlug, tokenFromHeader, verifyTravisToken } from './tokens.js';
+
+export const UPLOAD_SECRET_NAME = 'upload-key';
+
+export interface UploadDeps {
+  config: Config;
+  registry: Registry;
+  secrets: SecretStore;
+  store: BuildStore;
+  previews: Previews;
+  metrics: Metrics;
+  /** Undefined while the GitHub App is not configured (Probot's setup flow is running). */
+  github?: GitHub;
+}
+
+export function previewUrl(config: Config, site: string, pr: number, sha: string): string {
+  return `https://pr${pr}-${sha.slice(0, 7)}--${site}.${config.previewDomain}/`;
+}
+
+/** POST /create-build/<pr>/<sha>: parse → authenticate → authorize → store → answer. */
+export function uploadRouter(deps: UploadDeps): Router {
+  const { config, metrics } = deps;
+  const router = Router();
+  const multipart = multer({
+    dest: deps.store.stagingDir,
+    limits: { fileSize: config.maxUploadBytes, files: 1, fields: 0, parts: 1 },
+  }).single('artifact');
+
+  router.post('/create-build/:pr/:sha', async (req, res) => {
+    res.on('finish', () => metrics.uploads.inc({ status: String(res.statusCode) }));
+    const pr = parsePr(req.params.pr);
+    const sha = parseSha(req.params.sha);
+
+    // Authenticate before reading a single byte of the body.
+    const token = tokenFromHeader(req.headers.authorization);
+    const slug = claimedSlug(token);
+    const repo = deps.registry.findRepository(slug);
+    const secret = repo && (await deps.secrets.get(repo.id, UPLOAD_SECRET_NAME));
+    if (!repo || !secret) {
+      throw forbidden(`No upload secret is set for ${slug}; run "preview-gate secret set ${slug} upload-key".`);
+    }
+    await verifyTravisToken(token, secret, { slug: repo.fullName, pr });
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > config.maxUploadBytes) throw tooLarge(`The upload is larger than ${config.maxUploadBytes} bytes.`);
+
+    // Authorize with what GitHub says now.
+    if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
+    const [owner, name] = repo.fullName.split('/') as [string, string];
+    const { octokit } = await deps.github.forRepository(owner, name);
+    const facts = await deps.github.prFacts(octokit, owner, name, pr);
+    if (facts.state !== 'open') throw forbidden(`Pull request #${pr} is closed.`);
+    if (!(await deps.github.prHasCommit(octokit, owner, name, pr, sha))) {
+      throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
+    }
+
+    const buildId = deps.previews.claimBuild(repo, facts, sha);
+    let staging: string | undefined;
+    let tempFile: string | undefined;
+    let answer: { status: number; body: object };
+    try {
+      staging = await deps.store.createStaging();
+      const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
+      const stopTimer = metrics.extractionSeconds.startTimer();
+      const size = await extractTarGz(body as Readable, staging, config);
+      stopTimer();
+      const visibility = await deps.previews.storeBuild(repo, facts, buildId, staging, size);
+      staging = undefined;
+      metrics.uploadedBytes.inc(size.bytes);
+      answer =
+        visibility === 'public'
+          ? { status: 201, body: { url: previewUrl(config, deps.registry.findRepository(repo.fullName)!.site, pr, sha), visibility } }
+          : { status: 202, body: { visibility, reason: facts.decision.reason } };
+    } catch (err) {
+      deps.previews.releaseClaim(buildId);
+      if (!req.complete) discardRestOfBody(req, res);
+      throw err;
+    } finally {
+      // Cleaned up before answering, so a client that sees the answer never sees a leftover.
+      if (staging) await deps.store.discard(staging);
+      if (tempFile) await fs.promises.rm(tempFile, { force: true });
+    }
+    res.status(answer.status).json(answer.body);
+  });
+
+  router.all('/create-build/{*rest}', (req, res) => {
+    if (req.method !== 'POST') {
+      res.set('Allow', 'POST').status(405).json({ error: 'Only POST is allowed on /create-build/.' });
+      return;
+    }
+    throw badRequest('The upload URL must be /create-build/<pr number>/<40-character commit SHA>.');
+  });
+
+  return router;
+}
+
+function parsePr(raw: string | undefined): number {
+  if (!raw || !/^[1-9][0-9]{0,8}$/.test(raw)) throw badRequest(`"${raw}" is not a pull request number.`);
+  return Number(raw);
+}
+
+function parseSha(raw: string | undefined): string {
+  if (!raw || !/^[0-9a-f]{40}$/.test(raw)) {
+    throw badRequest(`"${raw}" is not a full commit SHA (40 lower-case hex characters).`);
+  }
+  return raw;
+}
+
+/**
+ * A refused upload's remaining bytes are read and dropped (a client that is still sending would otherwise
+ * never read the answer); the connection closes after the answer, at the latest 5 s after it.
+ */
+function discardRestOfBody(req: Request, res: Response): void {
+  res.set('Connection', 'close');
+  req.resume();
+  res.once('finish', () => setTimeout(() => req.socket.destroy(), 5000).unref());
+}
+
+const isMultipart = (req: Request) => (req.headers['content-type'] ?? '').toLowerCase().startsWith('multipart/');
+
+/** Lets multer stream the `artifact` field to a temp file; returns its path. */
+async function receiveMultipart(multipart: ReturnType<multer.Multer['single']>, req: Request, res: Response): Promise<string> {
+  await new Promise<void>((resolve, reject) => multipart(req, res, (err: unknown) => (err ? reject(err) : resolve())));
+  if (!req.file) throw badRequest('The multipart body has no file field "artifact".');
+  return req.file.path;
+}

@@ -1,0 +1,80 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { SignJWT } from 'jose';
+import { pino } from 'pino';
+import { probotFromEnv, startServer, type RunningServer } from '../../src/app.js';
+import { loadConfig, type Config } from '../../src/config.js';
+import { UPLOAD_SECRET_NAME } from '../../src/upload/route.js';
+import { appPrivateKey, OWNER, REPO } from './github.js';
+
+export const WEBHOOK_SECRET = 'test-webhook-secret';
+export const SLUG = `${OWNER}/${REPO}`;
+export const UPLOAD_SECRET = 'an-upload-secret-of-more-than-32-bytes-0123456789';
+
+export interface TestServer extends RunningServer {
+  config: Config;
+  tmp: string;
+  /** A Travis-style token; claims and signing can be overridden for attacks. */
+  token(claims?: Record<string, unknown>, options?: { secret?: string; alg?: string; expiresIn?: string | number }): Promise<string>;
+  upload(pr: number, sha: string, body: Buffer, init?: { token?: string; headers?: Record<string, string> }): Promise<Response>;
+  /** Every path under the builds dir (relative), for "nothing changed on disk" assertions. */
+  buildsTree(): string[];
+}
+
+export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
+  const fullEnv = {
+    DATA_DIR: path.join(tmp, 'data'),
+    PREVIEW_DOMAIN: 'previews.test',
+    GITHUB_RETRIES: '0',
+    GITHUB_TIMEOUT_MS: '1500',
+    APP_ID: '1',
+    PRIVATE_KEY: appPrivateKey,
+    WEBHOOK_SECRET,
+    ...env,
+  };
+  const config = loadConfig(fullEnv);
+  const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+  const probot = probotFromEnv(config, log, fullEnv);
+  const running = await startServer(config, log, { probot, port: 0 });
+  const repo = await running.core.registry.ensureRepository(SLUG);
+  await running.core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, Buffer.from(UPLOAD_SECRET));
+
+  const server: TestServer = {
+    ...running,
+    config,
+    tmp,
+    async token(claims = {}, options = {}) {
+      const jwt = new SignJWT({ slug: SLUG, 'pull-request': 1, ...claims })
+        .setProtectedHeader({ alg: options.alg ?? 'HS256' })
+        .setIssuer('Travis CI, GmbH')
+        .setIssuedAt()
+        .setExpirationTime(options.expiresIn ?? '90m');
+      return jwt.sign(Buffer.from(options.secret ?? UPLOAD_SECRET));
+    },
+    async upload(pr, sha, body, init = {}) {
+      const token = init.token ?? (await server.token({ 'pull-request': pr }));
+      return fetch(`${running.url}/create-build/${pr}/${sha}`, {
+        method: 'POST',
+        headers: { authorization: `Token ${token}`, 'content-type': 'application/gzip', ...init.headers },
+        body: new Uint8Array(body),
+      });
+    },
+    buildsTree() {
+      return listTree(config.buildsDir);
+    },
+    async close() {
+      await running.close();
+      fs.rmSync(tmp, { recursive: true, force: true });
+    },
+  };
+  return server;
+}
+
+export function listTree(root: string): string[] {
+  if (!fs.existsSync(root)) return [];
+  return (fs.readdirSync(root, { recursive: true }) as string[]).sort();
+}
+
+export const sha = (c: string) => c.repeat(40).slice(0, 40);
