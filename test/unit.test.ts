@@ -1,0 +1,101 @@
+import { safeEntryPath } from '../src/builds/extract.js';
+import { loadConfig } from '../src/config.js';
+import { decideTrust, defaultSite, settingsSchema } from '../src/trust.js';
+import { tokenFromHeader } from '../src/upload/tokens.js';
+
+const settings = settingsSchema.parse({ trustedTeams: ['docs-authors'] });
+
+describe('trust', () => {
+  test('the trusted label makes a PR trusted', () => {
+    expect(decideTrust({ labels: ['docs', 'safe for preview'] }, settings)).toEqual({
+      trusted: true,
+      reason: "the pull request is labelled 'safe for preview'",
+    });
+  });
+  test('a custom trusted label replaces the default one', () => {
+    const custom = settingsSchema.parse({ trustedLabel: 'preview ok' });
+    expect(decideTrust({ labels: ['safe for preview'] }, custom).trusted).toBe(false);
+    expect(decideTrust({ labels: ['preview ok'] }, custom).trusted).toBe(true);
+  });
+  test('membership of a trusted team makes a PR trusted', () => {
+    expect(decideTrust({ labels: [], authorTrustedTeam: 'docs-authors' }, settings).reason).toMatch(/docs-authors/);
+  });
+  test('otherwise the PR waits for the label, and says so', () => {
+    expect(decideTrust({ labels: ['Safe For Preview'] }, settings)).toEqual({
+      trusted: false,
+      reason: "waiting for the 'safe for preview' label",
+    });
+  });
+  test('the default site is the repository name as a DNS label', () => {
+    expect(defaultSite('My_Docs.Site')).toBe('my-docs-site');
+    expect(defaultSite('a'.repeat(60))).toHaveLength(40);
+  });
+  test('settings refuse a site that is not a DNS label', () => {
+    expect(settingsSchema.safeParse({ site: 'Bad_Site' }).success).toBe(false);
+    expect(settingsSchema.safeParse({ site: 'x'.repeat(41) }).success).toBe(false);
+  });
+});
+
+describe('archive entry paths', () => {
+  test.each([
+    ['index.html', 'index.html'],
+    ['./a/b.js', 'a/b.js'],
+    ['a//b/./c.css', 'a/b/c.css'],
+    ['./', ''],
+  ])('%s is stored as %s', (raw, rel) => expect(safeEntryPath(raw)).toBe(rel));
+
+  test.each(['../x', 'a/../../x', '/etc/passwd', 'C:/x', 'a\\..\\x', 'nul\0byte', `${'d/'.repeat(70)}f`, `${'n'.repeat(256)}`])(
+    '%s is refused with 400',
+    (raw) => {
+      expect(() => safeEntryPath(raw)).toThrow(expect.objectContaining({ status: 400 }));
+    },
+  );
+});
+
+describe('Authorization header', () => {
+  test.each(['Token a.b.c', 'Bearer a.b.c', 'Token  a.b.c'])('%s gives the token', (h) => expect(tokenFromHeader(h)).toBe('a.b.c'));
+  test.each([undefined, '', 'Basic abc', 'Token', 'Token a.b', 'Token a.b.c extra'])('%s is a 401', (h) => {
+    expect(() => tokenFromHeader(h)).toThrow(expect.objectContaining({ status: 401 }));
+  });
+});
+
+describe('configuration', () => {
+  test('the defaults of SPEC', () => {
+    const c = loadConfig({});
+    expect(c).toMatchObject({
+      port: 3000,
+      previewDomain: 'localhost',
+      publicUrl: 'http://localhost:3000',
+      keyProvider: 'local',
+      maxUploadBytes: 100 * 1024 * 1024,
+      maxBuildBytes: 1024 * 1024 * 1024,
+      maxBuildFiles: 50_000,
+      cleanupAfterHours: 24,
+      oidcIssuer: 'https://token.actions.githubusercontent.com',
+      githubApiUrl: 'https://api.github.com',
+      appConfigured: false,
+    });
+    expect(c.dataDir).toMatch(/\/data$/);
+  });
+  test('GHE_HOST / GHE_PROTOCOL give the API base exactly as Probot does', () => {
+    expect(loadConfig({ GHE_HOST: 'ghe.example.com' }).githubApiUrl).toBe('https://ghe.example.com/api/v3');
+    expect(loadConfig({ GHE_HOST: '127.0.0.1:8080', GHE_PROTOCOL: 'http' }).githubApiUrl).toBe('http://127.0.0.1:8080/api/v3');
+  });
+  test.each([
+    [{ PORT: 'eighty' }, /^PORT /],
+    [{ PORT: '70000' }, /^PORT /],
+    [{ MAX_UPLOAD_BYTES: '-1' }, /^MAX_UPLOAD_BYTES /],
+    [{ KEY_PROVIDER: 'vault' }, /^KEY_PROVIDER /],
+    [{ KEY_PROVIDER: 'azure' }, /^AZURE_KEY_ID /],
+    [{ AZURE_KEY_ID: 'https://v.vault.azure.net/keys/k' }, /^AZURE_KEY_ID /],
+    [{ PUBLIC_URL: 'not a url' }, /^PUBLIC_URL /],
+    [{ PREVIEW_DOMAIN: 'Previews_Example' }, /^PREVIEW_DOMAIN /],
+  ])('%j stops start-up with one line naming the variable', (env, message) => {
+    expect(() => loadConfig(env)).toThrow(message);
+    try {
+      loadConfig(env);
+    } catch (err) {
+      expect((err as Error).message).not.toContain('\n');
+    }
+  });
+});
