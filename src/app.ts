@@ -8,6 +8,7 @@ import { openDb, type Db } from './db/client.js';
 import { GitHub } from './github.js';
 import { githubApp } from './github-app.js';
 import { createMetrics } from './metrics.js';
+import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
 import { Registry } from './registry.js';
 import { LocalKeyService, type KeyService } from './secrets/key-service.js';
@@ -75,7 +76,8 @@ export async function startServer(
   core.store.init();
   const metrics = createMetrics();
   const github = options.probot ? new GitHub(options.probot) : undefined;
-  const previews = new Previews(core.db, core.registry, core.store, github, metrics, log);
+  const notifier = new Notifier(core.db, config, log);
+  const previews = new Previews(core.db, core.registry, core.store, github, notifier, config, metrics, log);
   previews.sweepPendingBuilds();
   const app = await createServer({
     ...core,
@@ -84,7 +86,7 @@ export async function startServer(
     previews,
     github,
     probot: options.probot,
-    appFn: options.probot ? githubApp({ registry: core.registry, previews, metrics, log }) : undefined,
+    appFn: options.probot && github ? githubApp({ registry: core.registry, previews, github, metrics, log }) : undefined,
     setupHandler: options.setupHandler,
   });
   const server = http.createServer(app);

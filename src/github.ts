@@ -21,6 +21,16 @@ export interface PrFacts {
   at: Date;
 }
 
+/** The fields of a pull request (REST answer or webhook payload) that trust depends on. */
+export interface PullRequestLike {
+  number: number;
+  state: string;
+  /** null for a deleted account ("ghost"). */
+  user: { id: number; login: string } | null;
+  labels: { name: string }[];
+  head: { sha: string };
+}
+
 /** An error from GitHub (or from reaching it) turned into what the caller should answer. */
 export function githubError(err: unknown, what: string): HttpError {
   if (err instanceof HttpError) return err;
@@ -84,15 +94,32 @@ export class GitHub {
       if (isNotFound(err)) throw forbidden(`Pull request #${number} does not exist in ${owner}/${repo}.`);
       throw githubError(err, `about pull request #${number}`);
     }
+    return this.factsFrom(octokit, owner, repo, pr, settings, at);
+  }
+
+  /**
+   * Facts from a pull request object GitHub already sent (a webhook payload, whose labels are the ones
+   * after the event), completed by settings and team membership.
+   */
+  async factsFrom(
+    octokit: Octokit,
+    owner: string,
+    repo: string,
+    pr: PullRequestLike,
+    settings?: RepoSettings,
+    at = new Date(),
+  ): Promise<PrFacts> {
+    settings ??= await this.settings(octokit, owner, repo);
     const labels = pr.labels.map((l) => l.name);
-    const author = { id: pr.user.id, login: pr.user.login };
-    const authorTrustedTeam = labels.includes(settings.trustedLabel)
-      ? undefined
-      : await this.firstTrustedTeam(octokit, owner, settings.trustedTeams, author.login);
+    const author = pr.user ? { id: pr.user.id, login: pr.user.login } : { id: 0, login: 'ghost' };
+    const authorTrustedTeam =
+      labels.includes(settings.trustedLabel) || !pr.user
+        ? undefined
+        : await this.firstTrustedTeam(octokit, owner, settings.trustedTeams, author.login);
     return {
       owner,
       repo,
-      number,
+      number: pr.number,
       state: pr.state === 'open' ? 'open' : 'closed',
       headSha: pr.head.sha,
       author,

@@ -35,6 +35,12 @@ export function createMetrics() {
       labelNames: ['event', 'outcome'] as const,
       registers: [registry],
     }),
+    githubErrors: new client.Counter({
+      name: 'preview_gate_github_errors_total',
+      help: 'GitHub API calls that failed, by what was being done',
+      labelNames: ['during'] as const,
+      registers: [registry],
+    }),
   };
 }
 

@@ -1,12 +1,14 @@
-import { and, eq } from 'drizzle-orm';
+import { and, eq, lt, or } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { BuildStore, Visibility } from './builds/store.js';
 import type { Db } from './db/client.js';
 import { builds, pullRequests, repositories, visibilityChanges } from './db/schema.js';
 import { conflict, unavailable } from './errors.js';
-import type { GitHub, PrFacts } from './github.js';
+import type { GitHub, Octokit, PrFacts } from './github.js';
 import { KeyedLock } from './lock.js';
+import type { Config } from './config.js';
 import type { Metrics } from './metrics.js';
+import type { Notifier } from './notify.js';
 import type { PullRequest, Registry, Repository } from './registry.js';
 
 export interface Cause {
@@ -29,6 +31,8 @@ export class Previews {
     private readonly registry: Registry,
     private readonly store: BuildStore,
     private readonly github: GitHub | undefined,
+    private readonly notifier: Notifier,
+    private readonly config: Config,
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {}
@@ -40,17 +44,33 @@ export class Previews {
   }
 
   /** Reads what GitHub says now and applies it. Throws (nothing changed) when GitHub cannot be asked. */
-  async reconcile(repo: Repository, number: number, cause: Cause): Promise<PullRequest> {
+  async reconcile(repo: Repository, number: number, cause: Cause, octokit?: Octokit): Promise<PullRequest> {
     if (!this.github) throw unavailable('The GitHub App is not configured yet.');
     const [owner, name] = repo.fullName.split('/') as [string, string];
-    const { octokit } = await this.github.forRepository(owner, name);
+    octokit ??= (await this.github.forRepository(owner, name)).octokit;
     const facts = await this.github.prFacts(octokit, owner, name, number);
-    return this.apply(repo, facts, cause);
+    return this.applyAndNotify(octokit, repo, facts, cause);
   }
 
-  /** Applies facts to the PR under its lock. Facts older than those behind the current decision are ignored. */
-  apply(repo: Repository, facts: PrFacts, cause: Cause): Promise<PullRequest> {
-    return this.lock.run(prKey(repo, facts.number), () => this.applyLocked(repo, facts, cause));
+  /** Applies facts under the PR's lock; when the visibility changed, tells GitHub (comment, statuses, deployments). */
+  async applyAndNotify(octokit: Octokit, repo: Repository, facts: PrFacts, cause: Cause): Promise<PullRequest> {
+    const { pr, changed } = await this.lock.run(prKey(repo, facts.number), () => this.applyLocked(repo, facts, cause));
+    if (changed) await this.notifySafely(octokit, repo, pr, facts, this.readyBuilds(pr.id));
+    return pr;
+  }
+
+  /** GitHub feedback never undoes a decision already applied: a failure is logged and left for the next change. */
+  async notifySafely(octokit: Octokit, repo: Repository, pr: PullRequest, facts: PrFacts, changed: Build[]): Promise<void> {
+    try {
+      await this.notifier.notify(octokit, this.currentRepo(repo), pr, facts.settings, changed);
+    } catch (err) {
+      this.metrics.githubErrors.inc({ during: 'notify' });
+      this.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'could not update the PR comment, status or deployment');
+    }
+  }
+
+  readyBuilds(pullRequestId: number): Build[] {
+    return this.db.select().from(builds).where(and(eq(builds.pullRequestId, pullRequestId), eq(builds.status, 'ready'))).all();
   }
 
   /**
@@ -84,37 +104,104 @@ export class Previews {
     buildId: number,
     staging: string,
     size: { bytes: number; files: number },
-  ): Promise<Visibility> {
+  ): Promise<{ pr: PullRequest; build: Build; changed: boolean }> {
     return this.lock.run(prKey(repo, facts.number), async () => {
-      const pr = await this.applyLocked(repo, facts, { event: 'upload' });
+      const { pr, changed } = await this.applyLocked(repo, facts, { event: 'upload' });
       const build = this.db.select().from(builds).where(eq(builds.id, buildId)).get()!;
-      const site = this.siteOf(repo);
-      await this.store.publish(staging, site, facts.number, pr.visibility, build.sha7);
-      this.db.update(builds).set({ status: 'ready', ...size }).where(eq(builds.id, buildId)).run();
-      return pr.visibility;
+      await this.store.publish(staging, this.currentRepo(repo).site, facts.number, pr.visibility, build.sha7);
+      const ready = this.db.update(builds).set({ status: 'ready', ...size }).where(eq(builds.id, buildId)).returning().get();
+      return { pr, build: ready, changed };
     });
   }
 
-  private async applyLocked(repo: Repository, facts: PrFacts, cause: Cause): Promise<PullRequest> {
+  /** The app lost access to the repository: hide every PR at once (no GitHub needed), remove them later. */
+  async hideRepository(repo: Repository, cause: Cause): Promise<void> {
+    const prs = this.db.select().from(pullRequests).where(eq(pullRequests.repositoryId, repo.id)).all();
+    for (const pr of prs) {
+      await this.lock.run(prKey(repo, pr.number), async () => {
+        if (pr.visibility === 'public') {
+          await this.store.setVisibility(repo.site, pr.number, 'public', 'hidden');
+          this.recordChange(pr, 'hidden', 'the app was uninstalled from the repository', cause);
+        }
+        this.db.update(pullRequests).set({ visibility: 'hidden', trusted: false, updatedAt: new Date() }).where(eq(pullRequests.id, pr.id)).run();
+      });
+    }
+    this.db.update(repositories).set({ installed: false, uninstalledAt: new Date() }).where(eq(repositories.id, repo.id)).run();
+  }
+
+  /**
+   * Removes the builds of PRs closed (and of repositories uninstalled) longer than CLEANUP_AFTER_HOURS ago.
+   * GitHub is asked first; when it cannot be asked, nothing is deleted.
+   */
+  async cleanup(now = new Date()): Promise<{ removedPrs: number; skipped: number }> {
+    const cutoff = new Date(now.getTime() - this.config.cleanupAfterHours * 3600_000);
+    let removedPrs = 0;
+    let skipped = 0;
+    const candidates = this.db
+      .select({ pr: pullRequests, repo: repositories })
+      .from(pullRequests)
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .where(or(and(eq(pullRequests.state, 'closed'), lt(pullRequests.closedAt, cutoff)), lt(repositories.uninstalledAt, cutoff)))
+      .all();
+    for (const { pr, repo } of candidates) {
+      if (!this.readyBuilds(pr.id).length && !this.store.hasPrFolder(repo.site, pr.number)) continue;
+      try {
+        if (!(await this.stillGone(repo, pr))) {
+          skipped++;
+          continue;
+        }
+      } catch (err) {
+        skipped++;
+        this.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'cleanup skipped: GitHub could not be asked');
+        continue;
+      }
+      await this.lock.run(prKey(repo, pr.number), async () => {
+        await this.store.removePr(repo.site, pr.number);
+        this.db.delete(builds).where(eq(builds.pullRequestId, pr.id)).run();
+      });
+      removedPrs++;
+      this.log.info({ repo: repo.fullName, pr: pr.number }, 'removed the builds of a closed pull request');
+    }
+    return { removedPrs, skipped };
+  }
+
+  /** Whether GitHub confirms the PR is still closed (or the app still uninstalled). Throws when it cannot be asked. */
+  private async stillGone(repo: Repository, pr: PullRequest): Promise<boolean> {
+    if (!this.github) throw unavailable('The GitHub App is not configured.');
+    const [owner, name] = repo.fullName.split('/') as [string, string];
+    let octokit: Octokit;
+    try {
+      octokit = (await this.github.forRepository(owner, name)).octokit;
+    } catch (err) {
+      if ((err as { status?: number }).status === 403) return true; // not installed any more
+      throw err;
+    }
+    if (repo.uninstalledAt) {
+      this.db.update(repositories).set({ installed: true, uninstalledAt: null }).where(eq(repositories.id, repo.id)).run();
+    }
+    const facts = await this.github.prFacts(octokit, owner, name, pr.number);
+    if (facts.state === 'open') {
+      await this.applyAndNotify(octokit, repo, facts, { event: 'cleanup' });
+      return false;
+    }
+    return pr.state === 'closed';
+  }
+
+  private async applyLocked(repo: Repository, facts: PrFacts, cause: Cause): Promise<{ pr: PullRequest; changed: boolean }> {
     const pr = this.ensurePr(repo, facts);
-    if (pr.factsAt && pr.factsAt > facts.at) return pr; // a newer decision was applied meanwhile
+    if (pr.factsAt && pr.factsAt > facts.at) return { pr, changed: false }; // a newer decision was applied meanwhile
     const visibility: Visibility = facts.decision.trusted ? 'public' : 'hidden';
-    const site = this.siteOf(repo);
-    if (visibility !== pr.visibility) {
-      await this.store.setVisibility(site, facts.number, pr.visibility, visibility);
-      const actorUserId = cause.actor ? this.registry.upsertUser(cause.actor.id, cause.actor.login) : undefined;
-      this.db
-        .insert(visibilityChanges)
-        .values({ pullRequestId: pr.id, from: pr.visibility, to: visibility, reason: facts.decision.reason, cause: cause.event, actorUserId })
-        .run();
-      this.metrics.visibilityChanges.inc({ to: visibility });
+    const changed = visibility !== pr.visibility;
+    if (changed) {
+      await this.store.setVisibility(this.currentRepo(repo).site, facts.number, pr.visibility, visibility);
+      this.recordChange(pr, visibility, facts.decision.reason, cause);
       this.log.info(
         { repo: repo.fullName, pr: facts.number, from: pr.visibility, to: visibility, cause: cause.event },
         `pull request is now ${visibility}: ${facts.decision.reason}`,
       );
     }
     const authorUserId = this.registry.upsertUser(facts.author.id, facts.author.login);
-    return this.db
+    const updated = this.db
       .update(pullRequests)
       .set({
         authorUserId,
@@ -124,12 +211,19 @@ export class Previews {
         visibility,
         reason: facts.decision.reason,
         factsAt: facts.at,
-        closedAt: facts.state === 'closed' ? (pr.closedAt ?? new Date()) : null,
+        closedAt: facts.state === 'closed' ? (pr.closedAt ?? facts.at) : null,
         updatedAt: new Date(),
       })
       .where(eq(pullRequests.id, pr.id))
       .returning()
       .get();
+    return { pr: updated, changed };
+  }
+
+  private recordChange(pr: PullRequest, to: Visibility, reason: string, cause: Cause) {
+    const actorUserId = cause.actor ? this.registry.upsertUser(cause.actor.id, cause.actor.login) : undefined;
+    this.db.insert(visibilityChanges).values({ pullRequestId: pr.id, from: pr.visibility, to, reason, cause: cause.event, actorUserId }).run();
+    this.metrics.visibilityChanges.inc({ to });
   }
 
   /** The PR row, created hidden (the safe default) the first time the PR is seen. */
@@ -142,10 +236,12 @@ export class Previews {
     return this.registry.findPullRequest(repo.id, facts.number)!;
   }
 
-  /** The site as stored now (settings may have renamed it since `repo` was read). */
-  private siteOf(repo: Repository): string {
-    return this.db.select({ site: repositories.site }).from(repositories).where(eq(repositories.id, repo.id)).get()!.site;
+  /** The repository as stored now (settings may have renamed its site since `repo` was read). */
+  private currentRepo(repo: Repository): Repository {
+    return this.db.select().from(repositories).where(eq(repositories.id, repo.id)).get()!;
   }
 }
+
+type Build = typeof builds.$inferSelect;
 
 const prKey = (repo: Repository, number: number) => `${repo.id}#${number}`;

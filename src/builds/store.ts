@@ -83,6 +83,10 @@ export class BuildStore {
     }
   }
 
+  hasPrFolder(site: string, pr: number): boolean {
+    return fs.existsSync(this.prDir(site, pr, 'public')) || fs.existsSync(this.prDir(site, pr, 'hidden'));
+  }
+
   /** Removes every build of a PR, wherever it lives. */
   async removePr(site: string, pr: number): Promise<void> {
     for (const v of ['public', 'hidden'] as const) {

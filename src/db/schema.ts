@@ -57,6 +57,8 @@ export const repositories = sqliteTable(
     /** Last `.github/preview-gate.yml` read from the default branch, as JSON. */
     settings: text('settings', { mode: 'json' }).$type<Record<string, unknown>>(),
     installed: integer('installed', { mode: 'boolean' }).notNull().default(true),
+    /** When the app lost access: previews are hidden at once and removed after CLEANUP_AFTER_HOURS. */
+    uninstalledAt: integer('uninstalled_at', { mode: 'timestamp_ms' }),
     createdAt: createdAt(),
   },
   (t) => [
@@ -84,6 +86,8 @@ export const pullRequests = sqliteTable(
     /** When the GitHub facts behind the current decision were read: older facts never overrule newer ones. */
     factsAt: integer('facts_at', { mode: 'timestamp_ms' }),
     closedAt: integer('closed_at', { mode: 'timestamp_ms' }),
+    /** The one preview comment on the PR, edited in place. */
+    commentId: integer('comment_id'),
     updatedAt: integer('updated_at', { mode: 'timestamp_ms' }),
     createdAt: createdAt(),
   },
@@ -104,6 +108,8 @@ export const builds = sqliteTable(
     status: text('status', { enum: ['pending', 'ready'] }).notNull(),
     bytes: integer('bytes').notNull().default(0),
     files: integer('files').notNull().default(0),
+    /** The GitHub Deployment (environment preview/pr-<N>) created for this build. */
+    deploymentId: integer('deployment_id'),
     createdAt: createdAt(),
   },
   // One claim per sha7 per PR: the database, not the filesystem, decides which of N concurrent uploads wins.

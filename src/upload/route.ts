@@ -8,6 +8,7 @@ import type { Config } from '../config.js';
 import { badRequest, forbidden, tooLarge, unavailable } from '../errors.js';
 import type { GitHub } from '../github.js';
 import type { Metrics } from '../metrics.js';
+import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
@@ -24,10 +25,6 @@ export interface UploadDeps {
   metrics: Metrics;
   /** Undefined while the GitHub App is not configured (Probot's setup flow is running). */
   github?: GitHub;
-}
-
-export function previewUrl(config: Config, site: string, pr: number, sha: string): string {
-  return `https://pr${pr}-${sha.slice(0, 7)}--${site}.${config.previewDomain}/`;
 }
 
 /** POST /create-build/<pr>/<sha>: parse → authenticate → authorize → store → answer. */
@@ -76,12 +73,14 @@ export function uploadRouter(deps: UploadDeps): Router {
       const stopTimer = metrics.extractionSeconds.startTimer();
       const size = await extractTarGz(body as Readable, staging, config);
       stopTimer();
-      const visibility = await deps.previews.storeBuild(repo, facts, buildId, staging, size);
+      const { pr: stored, build, changed } = await deps.previews.storeBuild(repo, facts, buildId, staging, size);
       staging = undefined;
       metrics.uploadedBytes.inc(size.bytes);
+      await deps.previews.notifySafely(octokit, repo, stored, facts, changed ? deps.previews.readyBuilds(stored.id) : [build]);
+      const { visibility } = stored;
       answer =
         visibility === 'public'
-          ? { status: 201, body: { url: previewUrl(config, deps.registry.findRepository(repo.fullName)!.site, pr, sha), visibility } }
+          ? { status: 201, body: { url: buildUrl(config, deps.registry.findRepository(repo.fullName)!.site, pr, build.sha7), visibility } }
           : { status: 202, body: { visibility, reason: facts.decision.reason } };
     } catch (err) {
       deps.previews.releaseClaim(buildId);
