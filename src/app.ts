@@ -54,7 +54,12 @@ export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEn
     overrides: {
       log,
       request: { fetch: timedFetch },
-      Octokit: ProbotOctokit.defaults({ retry: { retries: config.githubRetries } }),
+      // A function, not an object: Probot passes its own `throttle` options, which must be merged, not replaced.
+      Octokit: ProbotOctokit.defaults((options: Record<string, any>) => ({
+        ...options,
+        retry: { ...options.retry, retries: config.githubRetries },
+        throttle: { ...options.throttle, enabled: config.githubThrottle },
+      })),
     },
   });
 }
@@ -63,6 +68,7 @@ export interface RunningServer {
   url: string;
   server: http.Server;
   core: Core;
+  previews: Previews;
   close(): Promise<void>;
 }
 
@@ -99,8 +105,10 @@ export async function startServer(
     url: `http://127.0.0.1:${port}`,
     server,
     core,
+    previews,
     close: async () => {
       await new Promise<void>((resolve) => server.close(() => resolve()));
+      await previews.settled();
       core.db.$client.close();
     },
   };

@@ -23,6 +23,8 @@ export interface Config {
   githubTimeoutMs: number;
   /** Retries of a failed GitHub request (5xx, network) before giving up. */
   githubRetries: number;
+  /** Octokit's throttling (GitHub's advice: writes at least 1 s apart). Off only against a GitHub stand-in. */
+  githubThrottle: boolean;
   /** Interface the Node process listens on. */
   host: string;
   /** false when APP_ID / private key / webhook secret are missing: Probot's setup flow is served instead. */
@@ -70,6 +72,7 @@ const schema = z.object({
   GHE_PROTOCOL: z.enum(['https', 'http'], { message: 'must be "https" or "http"' }).default('https'),
   GITHUB_TIMEOUT_MS: positiveInt(' of milliseconds').default(10_000),
   GITHUB_RETRIES: z.string().regex(/^[0-9]$/, 'must be a number of retries from 0 to 9').transform(Number).default(2),
+  GITHUB_THROTTLE: z.enum(['true', 'false'], { message: 'must be "true" or "false"' }).default('true'),
   HOST: z.string().min(1).default('0.0.0.0'),
   APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional(),
   WEBHOOK_SECRET: z.string().optional(),
@@ -117,6 +120,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     githubApiUrl: e.GHE_HOST ? `${e.GHE_PROTOCOL}://${e.GHE_HOST}/api/v3` : 'https://api.github.com',
     githubTimeoutMs: e.GITHUB_TIMEOUT_MS,
     githubRetries: e.GITHUB_RETRIES,
+    githubThrottle: e.GITHUB_THROTTLE === 'true',
     host: e.HOST,
     appConfigured: Boolean(e.APP_ID && (e.PRIVATE_KEY || e.PRIVATE_KEY_PATH) && e.WEBHOOK_SECRET),
   };

@@ -2,10 +2,11 @@ import { and, eq, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { ApplicationFunction, Context, Probot } from 'probot';
 import { accounts, pullRequests, repositories, users } from './db/schema.js';
-import { SETTINGS_PATH, type GitHub, type Octokit, type PullRequestLike } from './github.js';
+import { SETTINGS_PATH, type GitHub, type Octokit } from './github.js';
 import type { Metrics } from './metrics.js';
 import type { Cause, Previews } from './previews.js';
 import type { Registry, Repository } from './registry.js';
+import type { RepoSettings } from './trust.js';
 
 export interface GithubAppDeps {
   registry: Registry;
@@ -33,11 +34,11 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
   };
 
   /** Applies the PR object of a pull_request event (its labels are those after the event). */
-  async function fromPayload(context: PullRequestEvent, pr: PullRequestLike = context.payload.pull_request) {
+  async function fromPayload(context: PullRequestEvent, settings?: RepoSettings) {
     const repo = registry.findRepository(context.payload.repository.full_name);
     if (!repo) return count(context, 'ignored');
     const { owner, repo: name } = context.repo();
-    const facts = await github.factsFrom(context.octokit, owner, name, pr);
+    const facts = await github.factsFrom(context.octokit, owner, name, context.payload.pull_request, settings);
     await previews.applyAndNotify(context.octokit, repo, facts, { event: `pull_request.${context.payload.action}`, actor: actorOf(context) });
     count(context, 'applied');
   }
@@ -114,7 +115,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       const { owner, repo: name } = context.repo();
       const settings = await github.settings(context.octokit, owner, name);
       if (context.payload.label?.name !== settings.trustedLabel) return count(context, 'ignored');
-      await fromPayload(context);
+      await fromPayload(context, settings);
     });
 
     app.on(['pull_request.closed', 'pull_request.reopened'], (context) => fromPayload(context));
@@ -126,7 +127,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       const settings = await github.settings(context.octokit, owner, name);
       const pr = context.payload.pull_request;
       if (settings.labelTrustsNewCommits || !pr.labels.some((l) => l.name === settings.trustedLabel)) {
-        return fromPayload(context);
+        return fromPayload(context, settings);
       }
       // The label vouched for the commits a maintainer reviewed, not for the ones pushed after it.
       try {

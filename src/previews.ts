@@ -25,6 +25,8 @@ export interface Cause {
  */
 export class Previews {
   private readonly lock = new KeyedLock();
+  private readonly notifications = new KeyedLock();
+  private readonly pending = new Set<Promise<void>>();
 
   constructor(
     private readonly db: Db,
@@ -55,18 +57,32 @@ export class Previews {
   /** Applies facts under the PR's lock; when the visibility changed, tells GitHub (comment, statuses, deployments). */
   async applyAndNotify(octokit: Octokit, repo: Repository, facts: PrFacts, cause: Cause): Promise<PullRequest> {
     const { pr, changed } = await this.lock.run(prKey(repo, facts.number), () => this.applyLocked(repo, facts, cause));
-    if (changed) await this.notifySafely(octokit, repo, pr, facts, this.readyBuilds(pr.id));
+    if (changed) this.notifySafely(octokit, repo, pr, facts, this.readyBuilds(pr.id));
     return pr;
   }
 
-  /** GitHub feedback never undoes a decision already applied: a failure is logged and left for the next change. */
-  async notifySafely(octokit: Octokit, repo: Repository, pr: PullRequest, facts: PrFacts, changed: Build[]): Promise<void> {
-    try {
-      await this.notifier.notify(octokit, this.currentRepo(repo), pr, facts.settings, changed);
-    } catch (err) {
-      this.metrics.githubErrors.inc({ during: 'notify' });
-      this.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'could not update the PR comment, status or deployment');
-    }
+  /**
+   * Tells GitHub in the background (per PR, in order), so that neither the upload nor the webhook waits for
+   * Octokit's write throttling. Feedback never undoes a decision already applied: a failure is logged.
+   */
+  notifySafely(octokit: Octokit, repo: Repository, pr: PullRequest, facts: PrFacts, changed: Build[]): void {
+    const task = this.notifications
+      .run(prKey(repo, pr.number), () => this.notifier.notify(octokit, this.currentRepo(repo), this.freshPr(pr), facts.settings, changed))
+      .catch((err: unknown) => {
+        this.metrics.githubErrors.inc({ during: 'notify' });
+        this.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'could not update the PR comment, status or deployment');
+      });
+    this.pending.add(task);
+    void task.finally(() => this.pending.delete(task));
+  }
+
+  /** Resolves when every queued GitHub notification has been sent (tests, and draining at shutdown). */
+  async settled(): Promise<void> {
+    while (this.pending.size) await Promise.all([...this.pending]);
+  }
+
+  private freshPr(pr: PullRequest): PullRequest {
+    return this.db.select().from(pullRequests).where(eq(pullRequests.id, pr.id)).get() ?? pr;
   }
 
   readyBuilds(pullRequestId: number): Build[] {

@@ -76,7 +76,7 @@ export function uploadRouter(deps: UploadDeps): Router {
       const { pr: stored, build, changed } = await deps.previews.storeBuild(repo, facts, buildId, staging, size);
       staging = undefined;
       metrics.uploadedBytes.inc(size.bytes);
-      await deps.previews.notifySafely(octokit, repo, stored, facts, changed ? deps.previews.readyBuilds(stored.id) : [build]);
+      deps.previews.notifySafely(octokit, repo, stored, facts, changed ? deps.previews.readyBuilds(stored.id) : [build]);
       const { visibility } = stored;
       answer =
         visibility === 'public'

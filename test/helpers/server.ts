@@ -29,6 +29,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
     PREVIEW_DOMAIN: 'previews.test',
     GITHUB_RETRIES: '0',
     GITHUB_TIMEOUT_MS: '1500',
+    GITHUB_THROTTLE: 'false',
     APP_ID: '1',
     PRIVATE_KEY: appPrivateKey,
     WEBHOOK_SECRET,

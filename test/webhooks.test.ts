@@ -1,0 +1,270 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { eq } from 'drizzle-orm';
+import nock from 'nock';
+import { pullRequests, users, visibilityChanges } from '../src/db/schema.js';
+import { COMMENT_MARKER } from '../src/notify.js';
+import { API, commitsOf, githubFor, OWNER, REPO } from './helpers/github.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { siteTarball } from './helpers/tarballs.js';
+import { CONTRIBUTOR, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
+
+let server: TestServer;
+const LABEL = 'safe for preview';
+
+beforeEach(async () => {
+  nock.disableNetConnect();
+  nock.enableNetConnect('127.0.0.1');
+  server = await startTestServer();
+});
+afterEach(async () => {
+  nock.cleanAll();
+  await server.close();
+});
+
+const prFolder = (pr: number, visibility: 'public' | 'hidden') =>
+  path.join(server.config.buildsDir, 'docs', visibility === 'public' ? String(pr) : `hidden--${pr}`);
+const prRow = (number: number) => server.core.db.select().from(pullRequests).where(eq(pullRequests.number, number)).get()!;
+
+/** Records what preview-gate tells GitHub: statuses, deployments, comments. */
+function feedback() {
+  const calls = { statuses: [] as any[], deployments: [] as any[], deploymentStatuses: [] as any[], comments: [] as any[], commentEdits: [] as any[] };
+  const scope = nock(API).persist();
+  scope.post(/\/repos\/[^/]+\/[^/]+\/statuses\/[0-9a-f]{40}$/).reply(201, (_uri, body) => (calls.statuses.push(body), {}));
+  scope.post(`/repos/${OWNER}/${REPO}/deployments`).reply(201, (_uri, body) => (calls.deployments.push(body), { id: 700 + calls.deployments.length }));
+  scope.post(/\/repos\/[^/]+\/[^/]+\/deployments\/\d+\/statuses$/).reply(201, (uri, body) => (calls.deploymentStatuses.push({ uri, ...(body as object) }), {}));
+  scope.get(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments/).reply(200, []);
+  scope.post(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments$/).reply(201, (_uri, body) => (calls.comments.push(body), { id: 9000 + calls.comments.length }));
+  scope.patch(/\/repos\/[^/]+\/[^/]+\/issues\/comments\/\d+$/).reply(200, (uri, body) => (calls.commentEdits.push({ uri, ...(body as object) }), {}));
+  return calls;
+}
+
+/** A signed webhook, answered, and everything it made preview-gate tell GitHub sent. */
+async function send(event: string, payload: object, secret?: string) {
+  const res = await sendWebhook(server.url, event, payload, secret);
+  await server.previews.settled();
+  return res;
+}
+
+/** An upload of `sha` to PR `number` with GitHub saying the PR carries `labels`. */
+async function upload(number: number, commit: string, labels: string[] = []) {
+  const pr = { number, commits: [commit], labels };
+  githubFor(pr);
+  commitsOf(pr);
+  const res = await server.upload(number, commit, siteTarball(`pr ${number}`));
+  await server.previews.settled();
+  return res;
+}
+
+const SHA1 = sha('c3');
+
+test('the full story: hidden upload → labelled → public with comment → unlabelled → hidden → closed → cleaned up', async () => {
+  const calls = feedback();
+  installationToken();
+
+  // 1. An outsider's upload is stored hidden; GitHub is told it waits for the label.
+  expect((await upload(30, SHA1)).status).toBe(202);
+  expect(fs.existsSync(path.join(prFolder(30, 'hidden'), SHA1.slice(0, 7), 'index.html'))).toBe(true);
+  expect(calls.statuses).toEqual([expect.objectContaining({ state: 'pending', context: 'preview-gate', description: "Waiting for the 'safe for preview' label" })]);
+  expect(calls.comments).toHaveLength(1);
+  expect(calls.comments[0].body).toContain(COMMENT_MARKER);
+  expect(calls.comments[0].body).toMatch(/hidden.*\n\n.*add the label `safe for preview`/s);
+  expect(calls.deployments).toHaveLength(0);
+
+  // 2. A maintainer adds the label: the folder moves, GitHub shows the preview.
+  settingsFile();
+  let res = await send('pull_request', pullRequestEvent('labeled', { number: 30, labels: [LABEL], head: SHA1 }, { label: { name: LABEL } }));
+  expect(res.status).toBe(200);
+  expect(fs.existsSync(prFolder(30, 'hidden'))).toBe(false);
+  expect(fs.readFileSync(path.join(prFolder(30, 'public'), SHA1.slice(0, 7), 'index.html'), 'utf8')).toContain('pr 30');
+  expect(prRow(30)).toMatchObject({ visibility: 'public', trusted: true });
+  const url = `https://pr30-${SHA1.slice(0, 7)}--docs.previews.test/`;
+  expect(calls.statuses[1]).toMatchObject({ state: 'success', target_url: url });
+  expect(calls.deployments[0]).toMatchObject({ ref: SHA1, environment: 'preview/pr-30' });
+  expect(calls.deploymentStatuses[0]).toMatchObject({ state: 'success', environment_url: url });
+  expect(calls.comments).toHaveLength(1); // edited in place, not a second comment
+  expect(calls.commentEdits[0].uri).toMatch(/\/issues\/comments\/9001$/);
+  expect(calls.commentEdits[0].body).toContain(url);
+  expect(calls.commentEdits[0].body).toContain('https://pr30--docs.previews.test/');
+  const change = server.core.db.select().from(visibilityChanges).innerJoin(users, eq(visibilityChanges.actorUserId, users.id)).all().at(-1)!;
+  expect(change.visibility_changes).toMatchObject({ from: 'hidden', to: 'public', cause: 'pull_request.labeled' });
+  expect(change.users).toMatchObject({ provider: 'github', providerId: String(MAINTAINER.id) });
+
+  // 3. The label is removed: hidden again, deployment inactive.
+  settingsFile();
+  res = await send('pull_request', pullRequestEvent('unlabeled', { number: 30, labels: [], head: SHA1 }, { label: { name: LABEL } }));
+  expect(res.status).toBe(200);
+  expect(fs.existsSync(prFolder(30, 'public'))).toBe(false);
+  expect(fs.existsSync(path.join(prFolder(30, 'hidden'), SHA1.slice(0, 7)))).toBe(true);
+  expect(calls.deploymentStatuses[1]).toMatchObject({ state: 'inactive' });
+  expect(calls.statuses[2]).toMatchObject({ state: 'pending' });
+  expect(calls.commentEdits).toHaveLength(2);
+
+  // 4. The same delivery again: same end state, nothing new told to GitHub.
+  settingsFile();
+  res = await send('pull_request', pullRequestEvent('unlabeled', { number: 30, labels: [], head: SHA1 }, { label: { name: LABEL } }));
+  expect(res.status).toBe(200);
+  expect(calls.commentEdits).toHaveLength(2);
+  expect(calls.comments).toHaveLength(1);
+
+  // 5. Closed: kept until the retention has passed.
+  settingsFile();
+  res = await send('pull_request', pullRequestEvent('closed', { number: 30, state: 'closed', head: SHA1 }));
+  expect(res.status).toBe(200);
+  expect(prRow(30).state).toBe('closed');
+  expect(await server.previews.cleanup()).toEqual({ removedPrs: 0, skipped: 0 });
+  expect(fs.existsSync(prFolder(30, 'hidden'))).toBe(true);
+
+  // 6. After the retention, and with GitHub confirming the PR is still closed, the builds are removed.
+  githubFor({ number: 30, state: 'closed', commits: [SHA1] });
+  const later = new Date(Date.now() + 25 * 3600_000);
+  expect(await server.previews.cleanup(later)).toEqual({ removedPrs: 1, skipped: 0 });
+  expect(fs.existsSync(prFolder(30, 'hidden'))).toBe(false);
+  expect(fs.existsSync(prFolder(30, 'public'))).toBe(false);
+});
+
+test('cleanup deletes nothing when GitHub cannot be asked', async () => {
+  feedback();
+  installationToken();
+  expect((await upload(31, SHA1)).status).toBe(202);
+  settingsFile();
+  await send('pull_request', pullRequestEvent('closed', { number: 31, state: 'closed', head: SHA1 }));
+  nock(API).get(`/repos/${OWNER}/${REPO}/installation`).reply(502, 'Bad Gateway');
+  expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toEqual({ removedPrs: 0, skipped: 1 });
+  expect(fs.existsSync(prFolder(31, 'hidden'))).toBe(true);
+});
+
+test('a webhook with a wrong signature is rejected and changes nothing', async () => {
+  feedback();
+  installationToken();
+  expect((await upload(32, SHA1)).status).toBe(202);
+  const res = await send('pull_request', pullRequestEvent('labeled', { number: 32, labels: [LABEL] }, { label: { name: LABEL } }), 'wrong-secret');
+  expect(res.status).toBe(400);
+  expect(fs.existsSync(prFolder(32, 'hidden'))).toBe(true);
+  expect(prRow(32).visibility).toBe('hidden');
+});
+
+test('labels other than the trusted one, unknown actions and unknown repositories change nothing', async () => {
+  const calls = feedback();
+  installationToken();
+  expect((await upload(33, SHA1)).status).toBe(202);
+  const told = calls.statuses.length;
+
+  settingsFile();
+  let res = await send('pull_request', pullRequestEvent('labeled', { number: 33, labels: ['docs'] }, { label: { name: 'docs' } }));
+  expect(res.status).toBe(200);
+  res = await send('pull_request', pullRequestEvent('edited', { number: 33, labels: [LABEL] }));
+  expect(res.status).toBe(200);
+  res = await sendWebhook(
+    server.url,
+    'pull_request',
+    pullRequestEvent('labeled', { number: 33, labels: [LABEL] }, { label: { name: LABEL }, repository: { ...repositoryJson, full_name: 'stranger/repo', name: 'repo' } }),
+  );
+  expect(res.status).toBe(200);
+  expect(prRow(33).visibility).toBe('hidden');
+  expect(fs.existsSync(prFolder(33, 'hidden'))).toBe(true);
+  expect(calls.statuses.length).toBe(told);
+});
+
+test('a label on a PR without builds yet is recorded without error', async () => {
+  feedback();
+  installationToken();
+  settingsFile();
+  const res = await send('pull_request', pullRequestEvent('labeled', { number: 34, labels: [LABEL] }, { label: { name: LABEL } }));
+  expect(res.status).toBe(200);
+  expect(prRow(34)).toMatchObject({ visibility: 'public', trusted: true });
+  // The first upload then lands public directly.
+  expect((await upload(34, SHA1, [LABEL])).status).toBe(201);
+});
+
+test('a GitHub error while handling unlabeled keeps a public PR public and answers 5xx for redelivery', async () => {
+  feedback();
+  installationToken();
+  expect((await upload(35, SHA1, [LABEL])).status).toBe(201);
+  nock(API).get(`/repos/${OWNER}/${REPO}/contents/${encodeURIComponent('.github/preview-gate.yml')}`).reply(502, 'Bad Gateway');
+  const res = await send('pull_request', pullRequestEvent('unlabeled', { number: 35, labels: [] }, { label: { name: LABEL } }));
+  expect(res.status).toBeGreaterThanOrEqual(500);
+  expect(prRow(35).visibility).toBe('public');
+  expect(fs.existsSync(path.join(prFolder(35, 'public'), SHA1.slice(0, 7)))).toBe(true);
+});
+
+test('labelTrustsNewCommits: false — a push after the label removes it and hides the PR, saying why', async () => {
+  const calls = feedback();
+  installationToken();
+  const yaml = 'labelTrustsNewCommits: false\n';
+  const pr = { number: 36, commits: [SHA1], labels: [LABEL] };
+  githubFor(pr, { settings: yaml });
+  commitsOf(pr);
+  expect((await server.upload(36, SHA1, siteTarball())).status).toBe(201);
+
+  settingsFile(yaml);
+  const removed = nock(API).delete(`/repos/${OWNER}/${REPO}/issues/36/labels/${encodeURIComponent(LABEL)}`).reply(200, []);
+  const res = await send('pull_request', pullRequestEvent('synchronize', { number: 36, labels: [LABEL], head: sha('d4') }, { sender: CONTRIBUTOR }));
+  expect(res.status).toBe(200);
+  expect(removed.isDone()).toBe(true);
+  expect(prRow(36)).toMatchObject({ visibility: 'hidden', headSha: sha('d4') });
+  expect(calls.commentEdits.at(-1).body).toMatch(/new commits were pushed after the 'safe for preview' label/);
+});
+
+test('with the default labelTrustsNewCommits a push keeps a labelled PR public', async () => {
+  feedback();
+  installationToken();
+  expect((await upload(37, SHA1, [LABEL])).status).toBe(201);
+  settingsFile();
+  const res = await send('pull_request', pullRequestEvent('synchronize', { number: 37, labels: [LABEL], head: sha('d4') }));
+  expect(res.status).toBe(200);
+  expect(prRow(37)).toMatchObject({ visibility: 'public', headSha: sha('d4') });
+});
+
+test('membership.removed from a trusted team hides the open PRs of that user', async () => {
+  feedback();
+  installationToken();
+  const yaml = 'trustedTeams: [docs-authors]\n';
+  const member = { id: 77, login: 'teammate' };
+  const pr = { number: 38, commits: [SHA1], author: member };
+  githubFor(pr, { settings: yaml, teams: { 'docs-authors': ['teammate'] } });
+  commitsOf(pr);
+  expect((await server.upload(38, SHA1, siteTarball())).status).toBe(201);
+
+  // GitHub now says: not a member any more.
+  githubFor(pr, { settings: yaml, teams: { 'docs-authors': [] } });
+  const res = await send('membership', {
+    action: 'removed',
+    scope: 'team',
+    member,
+    team: { slug: 'docs-authors-child', name: 'child' },
+    organization: { login: OWNER, id: 9001 },
+    sender: MAINTAINER,
+    installation: { id: 42 },
+  });
+  expect(res.status).toBe(200);
+  expect(prRow(38).visibility).toBe('hidden');
+  expect(fs.existsSync(prFolder(38, 'hidden'))).toBe(true);
+});
+
+test('installation_repositories.removed hides every preview at once', async () => {
+  feedback();
+  installationToken();
+  expect((await upload(39, SHA1, [LABEL])).status).toBe(201);
+  const res = await send('installation_repositories', {
+    action: 'removed',
+    installation: { id: 42, account: { login: OWNER, id: 9001 } },
+    repositories_removed: [{ id: 7001, name: REPO, full_name: `${OWNER}/${REPO}` }],
+    repositories_added: [],
+    sender: MAINTAINER,
+  });
+  expect(res.status).toBe(200);
+  expect(prRow(39).visibility).toBe('hidden');
+  expect(fs.existsSync(prFolder(39, 'public'))).toBe(false);
+  expect(fs.existsSync(prFolder(39, 'hidden'))).toBe(true);
+});
+
+test('GET /can-have-public-preview tells CI whether a build would be public', async () => {
+  installationToken();
+  githubFor({ number: 40, labels: [] });
+  let res = await fetch(`${server.url}/can-have-public-preview/${OWNER}/${REPO}/40`);
+  expect(await res.json()).toEqual({ canHavePublicPreview: false, reason: "waiting for the 'safe for preview' label" });
+  githubFor({ number: 40, labels: [LABEL] });
+  res = await fetch(`${server.url}/can-have-public-preview/${OWNER}/${REPO}/40`);
+  expect(await res.json()).toMatchObject({ canHavePublicPreview: true });
+});
