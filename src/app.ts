@@ -7,7 +7,7 @@ import type { Config } from './config.js';
 import { openDb, type Db } from './db/client.js';
 import { GitHub } from './github.js';
 import { githubApp } from './github-app.js';
-import { createMetrics } from './metrics.js';
+import { createMetrics, type Metrics } from './metrics.js';
 import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
 import { Registry } from './registry.js';
@@ -64,6 +64,16 @@ export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEn
   });
 }
 
+const CLEANUP_EVERY_MS = 15 * 60_000;
+
+/** The decision-making part, for the server and for `preview-gate cleanup`. */
+export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot?: Probot) {
+  const github = probot ? new GitHub(probot) : undefined;
+  const notifier = new Notifier(core.db, core.config, log);
+  const previews = new Previews(core.db, core.registry, core.store, github, notifier, core.config, metrics, log);
+  return { github, previews };
+}
+
 export interface RunningServer {
   url: string;
   server: http.Server;
@@ -81,10 +91,11 @@ export async function startServer(
   const core = await openCore(config);
   core.store.init();
   const metrics = createMetrics();
-  const github = options.probot ? new GitHub(options.probot) : undefined;
-  const notifier = new Notifier(core.db, config, log);
-  const previews = new Previews(core.db, core.registry, core.store, github, notifier, config, metrics, log);
+  const { github, previews } = createPreviews(core, metrics, log, options.probot);
   previews.sweepPendingBuilds();
+  const cleanupTimer = setInterval(() => {
+    previews.cleanup().catch((err: unknown) => log.error({ err }, 'periodic cleanup failed'));
+  }, CLEANUP_EVERY_MS).unref();
   const app = await createServer({
     ...core,
     log,
@@ -107,6 +118,8 @@ export async function startServer(
     core,
     previews,
     close: async () => {
+      clearInterval(cleanupTimer);
+      // Waits for requests in flight (uploads finish and are answered), then for queued GitHub feedback.
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await previews.settled();
       core.db.$client.close();

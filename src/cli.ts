@@ -1,6 +1,8 @@
 import crypto from 'node:crypto';
 import type { Readable, Writable } from 'node:stream';
-import { openCore } from './app.js';
+import { pino } from 'pino';
+import { createPreviews, openCore, probotFromEnv } from './app.js';
+import { createMetrics } from './metrics.js';
 import { ConfigError, loadConfig } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 
@@ -12,7 +14,8 @@ export interface CliIo {
 }
 
 const USAGE = `usage:
-  preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)`;
+  preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
+  preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS`;
 
 const MIN_SECRET_BYTES = 32;
 
@@ -21,6 +24,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   try {
     const [command, sub, ...rest] = argv;
     if (command === 'secret' && sub === 'set') return await setSecret(rest, io);
+    if (command === 'cleanup' && sub === undefined) return await cleanup(io);
     io.stderr.write(`${USAGE}\n`);
     return 2;
   } catch (err) {
@@ -67,6 +71,23 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
     io.stderr.write(`Stored the upload secret of ${slug}.\n`);
   }
   return 0;
+}
+
+/** One cleanup pass, as the server runs every 15 minutes; GitHub must be reachable (nothing is deleted otherwise). */
+async function cleanup(io: CliIo): Promise<number> {
+  const config = loadConfig(io.env);
+  if (!config.appConfigured) throw new Error('cleanup asks GitHub first: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.');
+  const log = pino({ level: io.env.LOG_LEVEL ?? 'warn' }, io.stderr);
+  const core = await openCore(config);
+  try {
+    const { previews } = createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env));
+    const { removedPrs, skipped } = await previews.cleanup();
+    await previews.settled();
+    io.stdout.write(`Removed the builds of ${removedPrs} closed pull request(s); ${skipped} skipped (see the log).\n`);
+    return 0;
+  } finally {
+    core.db.$client.close();
+  }
 }
 
 async function readAll(stream: Readable): Promise<Buffer> {

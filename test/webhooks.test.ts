@@ -1,10 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { eq } from 'drizzle-orm';
+import { PassThrough } from 'node:stream';
 import nock from 'nock';
+import { runCli } from '../src/cli.js';
 import { pullRequests, users, visibilityChanges } from '../src/db/schema.js';
 import { COMMENT_MARKER } from '../src/notify.js';
-import { API, commitsOf, githubFor, OWNER, REPO } from './helpers/github.js';
+import { API, appPrivateKey, commitsOf, githubFor, OWNER, REPO } from './helpers/github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { CONTRIBUTOR, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
@@ -267,4 +269,21 @@ test('GET /can-have-public-preview tells CI whether a build would be public', as
   githubFor({ number: 40, labels: [LABEL] });
   res = await fetch(`${server.url}/can-have-public-preview/${OWNER}/${REPO}/40`);
   expect(await res.json()).toMatchObject({ canHavePublicPreview: true });
+});
+
+test('`preview-gate cleanup` removes builds of PRs closed longer than the retention, after asking GitHub', async () => {
+  feedback();
+  installationToken();
+  expect((await upload(41, SHA1, [LABEL])).status).toBe(201);
+  settingsFile();
+  await send('pull_request', pullRequestEvent('closed', { number: 41, state: 'closed', labels: [LABEL], head: SHA1 }));
+  server.core.db.update(pullRequests).set({ closedAt: new Date(Date.now() - 25 * 3600_000) }).where(eq(pullRequests.number, 41)).run();
+
+  githubFor({ number: 41, state: 'closed', labels: [LABEL], commits: [SHA1] });
+  const out: string[] = [];
+  const sink = new PassThrough().on('data', (d: Buffer) => out.push(d.toString()));
+  const env = { DATA_DIR: server.config.dataDir, APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x', GITHUB_RETRIES: '0', GITHUB_THROTTLE: 'false', LOG_LEVEL: 'silent' as const };
+  expect(await runCli(['cleanup'], { stdin: new PassThrough(), stdout: sink, stderr: sink, env })).toBe(0);
+  expect(out.join('')).toMatch(/Removed the builds of 1 closed pull request/);
+  expect(fs.existsSync(prFolder(41, 'public'))).toBe(false);
 });
