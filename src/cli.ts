@@ -1,8 +1,10 @@
 import crypto from 'node:crypto';
 import type { Readable, Writable } from 'node:stream';
+import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { createPreviews, openCore, probotFromEnv } from './app.js';
 import { createMetrics } from './metrics.js';
+import { nginxOptionsFrom, renderNginx } from './nginx.js';
 import { ConfigError, loadConfig } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 
@@ -15,7 +17,9 @@ export interface CliIo {
 
 const USAGE = `usage:
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
-  preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS`;
+  preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS
+  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
+                                                    print the nginx server blocks for this configuration`;
 
 const MIN_SECRET_BYTES = 32;
 
@@ -25,6 +29,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     const [command, sub, ...rest] = argv;
     if (command === 'secret' && sub === 'set') return await setSecret(rest, io);
     if (command === 'cleanup' && sub === undefined) return await cleanup(io);
+    if (command === 'nginx') return printNginx(argv.slice(1), io);
     io.stderr.write(`${USAGE}\n`);
     return 2;
   } catch (err) {
@@ -88,6 +93,27 @@ async function cleanup(io: CliIo): Promise<number> {
   } finally {
     core.db.$client.close();
   }
+}
+
+function printNginx(args: string[], io: CliIo): number {
+  const { values } = parseArgs({
+    args,
+    options: { listen: { type: 'string' }, upstream: { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' } },
+  });
+  const cert = values['tls-cert'];
+  const key = values['tls-key'];
+  if (Boolean(cert) !== Boolean(key)) throw new Error('--tls-cert and --tls-key go together.');
+  const config = loadConfig(io.env);
+  io.stdout.write(
+    renderNginx(
+      nginxOptionsFrom(config, {
+        ...(values.listen ? { listen: values.listen } : {}),
+        ...(values.upstream ? { upstream: values.upstream } : {}),
+        ...(cert && key ? { tls: { certificate: cert, key } } : {}),
+      }),
+    ),
+  );
+  return 0;
 }
 
 async function readAll(stream: Readable): Promise<Buffer> {

@@ -6,6 +6,7 @@ import { conflict } from '../errors.js';
 export type Visibility = 'public' | 'hidden';
 
 const STAGING = '.staging';
+export const LATEST = '.latest';
 
 /** The folder of one PR: `<site>/<pr>` when public, `<site>/hidden--<pr>` when hidden. */
 export function prFolderName(pr: number, visibility: Visibility): string {
@@ -60,6 +61,7 @@ export class BuildStore {
     try {
       if (fs.existsSync(target)) throw conflict(`A build of ${sha7} already exists for pull request #${pr}.`);
       await fs.promises.rename(staging, target);
+      await this.pointLatestAt(prDir, sha7);
       return target;
     } catch (err) {
       if (createdPrDir) await fs.promises.rmdir(prDir).catch(() => undefined);
@@ -69,6 +71,16 @@ export class BuildStore {
       }
       throw err;
     }
+  }
+
+  /**
+   * `<pr folder>/.latest` → `<sha7>`: what nginx serves as pr<N>--<site>. Replaced atomically (a new link
+   * renamed over the old one); relative, so it survives the PR folder's renames between public and hidden.
+   */
+  private async pointLatestAt(prDir: string, sha7: string): Promise<void> {
+    const temp = path.join(prDir, `.latest-${crypto.randomBytes(4).toString('hex')}`);
+    await fs.promises.symlink(sha7, temp);
+    await fs.promises.rename(temp, path.join(prDir, LATEST));
   }
 
   /** Renames the PR folder between public and hidden; nothing to do when the PR has no builds yet. */

@@ -1,0 +1,69 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Config } from './config.js';
+
+export interface NginxOptions {
+  previewDomain: string;
+  buildsDir: string;
+  /** host:port of the Node process. */
+  upstream: string;
+  /** Host name of the upload/webhook host (PUBLIC_URL's). */
+  publicHost: string;
+  maxUploadBytes: number;
+  /** What plain-HTTP servers listen on (`80`, `127.0.0.1:8080`). With TLS, only the redirect listens there. */
+  listen: string;
+  tls?: { certificate: string; key: string; listen?: string };
+  uploadsPerMinute?: number;
+}
+
+/** The folder holding the template and its two snippets, wherever the code runs from (src/ or dist/src/). */
+export function nginxDir(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!fs.existsSync(path.join(dir, 'nginx', 'preview-gate.conf.template'))) {
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error('nginx/preview-gate.conf.template not found');
+    dir = parent;
+  }
+  return path.join(dir, 'nginx');
+}
+
+export function nginxOptionsFrom(config: Config, overrides: Partial<NginxOptions> = {}): NginxOptions {
+  return {
+    previewDomain: config.previewDomain,
+    buildsDir: config.buildsDir,
+    upstream: `127.0.0.1:${config.port}`,
+    publicHost: new URL(config.publicUrl).hostname,
+    maxUploadBytes: config.maxUploadBytes,
+    listen: '80',
+    ...overrides,
+  };
+}
+
+/** Fills in nginx/preview-gate.conf.template: the server blocks to include in nginx's http context. */
+export function renderNginx(o: NginxOptions): string {
+  const dir = nginxDir();
+  const template = fs.readFileSync(path.join(dir, 'preview-gate.conf.template'), 'utf8');
+  const tlsListen = o.tls?.listen ?? '443';
+  const values: Record<string, string> = {
+    UPSTREAM: o.upstream,
+    PUBLIC_HOST: o.publicHost,
+    MAX_UPLOAD_BYTES: String(o.maxUploadBytes),
+    UPLOADS_PER_MINUTE: String(o.uploadsPerMinute ?? 60),
+    BUILDS_DIR: o.buildsDir,
+    DOMAIN_REGEX: o.previewDomain.replace(/\./g, '\\.'),
+    SNIPPET: path.join(dir, 'preview-site.conf'),
+    HEADERS: path.join(dir, 'preview-headers.conf'),
+    LISTEN_MAIN: o.tls ? `listen ${tlsListen} ssl default_server;` : `listen ${o.listen} default_server;`,
+    LISTEN_PREVIEW: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,
+    TLS_CERTS: o.tls ? `ssl_certificate ${o.tls.certificate};\n    ssl_certificate_key ${o.tls.key};` : '',
+    TLS_REDIRECT: o.tls
+      ? `server {\n    listen ${o.listen} default_server;\n    server_name _;\n    return 301 https://$host$request_uri;\n}`
+      : '',
+  };
+  return template.replace(/\{\{([A-Z_]+)\}\}/g, (_, name: string) => {
+    const value = values[name];
+    if (value === undefined) throw new Error(`nginx template: unknown placeholder {{${name}}}`);
+    return value;
+  });
+}

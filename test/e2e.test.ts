@@ -1,0 +1,162 @@
+/**
+ * End to end with real nginx (Debian's package): uploads go through nginx to the real Node server, and
+ * previews are fetched from nginx with the Host headers a browser would send.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import nock from 'nock';
+import { commitsOf, githubFor } from './helpers/github.js';
+import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { tarball } from './helpers/tarballs.js';
+import { installationToken, pullRequestEvent, settingsFile } from './helpers/webhooks.js';
+
+const MAIN_HOST = 'upload.test';
+const LABEL = 'safe for preview';
+let server: TestServer;
+let nginx: RunningNginx;
+
+beforeAll(async () => {
+  nock.disableNetConnect();
+  nock.enableNetConnect('127.0.0.1');
+  server = await startTestServer({ MAX_UPLOAD_BYTES: String(256 * 1024), PUBLIC_URL: `http://${MAIN_HOST}` });
+  fs.chmodSync(server.tmp, 0o755); // nginx workers must be able to walk down to the builds
+  nginx = await startNginx(path.join(server.tmp, 'nginx'), {
+    previewDomain: 'previews.test',
+    buildsDir: server.config.buildsDir,
+    upstream: new URL(server.url).host,
+    publicHost: MAIN_HOST,
+    maxUploadBytes: server.config.maxUploadBytes,
+  });
+});
+afterAll(async () => {
+  await nginx?.stop();
+  await server?.close();
+  nock.enableNetConnect();
+});
+afterEach(() => nock.cleanAll());
+
+const binary = crypto.randomBytes(20_000);
+const site = (marker: string) =>
+  tarball({
+    'index.html': `<h1>${marker}</h1>`,
+    'img/logo.bin': binary,
+    'docs/index.html': '<h1>docs folder</h1>',
+    'empty-folder/readme.txt': 'no index here',
+    '404.html': '<h1>custom not found</h1>',
+  });
+
+/** Uploads through nginx, GitHub saying the PR carries `labels`. */
+async function uploadThroughNginx(pr: number, commit: string, marker: string, labels: string[] = []) {
+  const fake = { number: pr, commits: [commit], labels };
+  githubFor(fake);
+  commitsOf(fake);
+  nock('https://api.github.com').persist().post(/.*/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
+  const token = await server.token({ 'pull-request': pr });
+  const res = await request(nginx.port, MAIN_HOST, `/create-build/${pr}/${commit}`, {
+    method: 'POST',
+    headers: { authorization: `Token ${token}`, 'content-type': 'application/gzip' },
+    body: site(marker),
+  });
+  await server.previews.settled();
+  return res;
+}
+
+const A = sha('a7');
+const B = sha('b8');
+const host = (pr: number, commit: string) => `pr${pr}-${commit.slice(0, 7)}--docs.previews.test`;
+
+test('a trusted build is served byte for byte, with SPA fallback, its own 404 page and folder rules', async () => {
+  const res = await uploadThroughNginx(1, A, 'trusted', [LABEL]);
+  expect(res.status).toBe(201);
+  expect(JSON.parse(res.body.toString()).url).toBe(`https://${host(1, A)}/`);
+
+  const index = await request(nginx.port, host(1, A), '/');
+  expect(index.status).toBe(200);
+  expect(index.body.toString()).toBe('<h1>trusted</h1>');
+  expect(index.headers['cache-control']).toMatch(/immutable/);
+  expect(index.headers['x-content-type-options']).toBe('nosniff');
+
+  const logo = await request(nginx.port, host(1, A), '/img/logo.bin');
+  expect(logo.status).toBe(200);
+  expect(logo.body.equals(binary)).toBe(true);
+
+  const route = await request(nginx.port, host(1, A), '/some/client/route');
+  expect(route.status).toBe(200);
+  expect(route.body.toString()).toBe('<h1>trusted</h1>');
+
+  const missing = await request(nginx.port, host(1, A), '/missing.png');
+  expect(missing.status).toBe(404);
+  expect(missing.body.toString()).toBe('<h1>custom not found</h1>');
+
+  expect((await request(nginx.port, host(1, A), '/docs/')).body.toString()).toBe('<h1>docs folder</h1>');
+  expect((await request(nginx.port, host(1, A), '/empty-folder/')).status).toBe(403);
+});
+
+test('a hidden build is 404 on every URL until the label webhook, then the same URL serves', async () => {
+  expect((await uploadThroughNginx(2, A, 'hidden until labelled')).status).toBe(202);
+  for (const p of ['/', '/index.html', '/img/logo.bin', '/route']) {
+    expect((await request(nginx.port, host(2, A), p)).status).toBe(404);
+  }
+  expect((await request(nginx.port, 'pr2--docs.previews.test', '/')).status).toBe(404);
+
+  installationToken();
+  settingsFile();
+  const payload = JSON.stringify(pullRequestEvent('labeled', { number: 2, labels: [LABEL], head: A }, { label: { name: LABEL } }));
+  const signature = `sha256=${crypto.createHmac('sha256', 'test-webhook-secret').update(payload).digest('hex')}`;
+  const hook = await request(nginx.port, MAIN_HOST, '/api/github/webhooks', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-github-event': 'pull_request', 'x-github-delivery': crypto.randomUUID(), 'x-hub-signature-256': signature },
+    body: Buffer.from(payload),
+  });
+  expect(hook.status).toBe(200);
+  await server.previews.settled();
+  const now = await request(nginx.port, host(2, A), '/');
+  expect(now.status).toBe(200);
+  expect(now.body.toString()).toBe('<h1>hidden until labelled</h1>');
+});
+
+test('the latest alias follows a new commit and is not cached', async () => {
+  expect((await uploadThroughNginx(3, A, 'first commit', [LABEL])).status).toBe(201);
+  let latest = await request(nginx.port, 'pr3--docs.previews.test', '/');
+  expect(latest.body.toString()).toBe('<h1>first commit</h1>');
+  expect(latest.headers['cache-control']).toBe('no-cache');
+  expect((await uploadThroughNginx(3, B, 'second commit', [LABEL])).status).toBe(201);
+  latest = await request(nginx.port, 'pr3--docs.previews.test', '/');
+  expect(latest.body.toString()).toBe('<h1>second commit</h1>');
+  // The first commit keeps its own URL.
+  expect((await request(nginx.port, host(3, A), '/')).body.toString()).toBe('<h1>first commit</h1>');
+});
+
+test('a symlink inside a build (planted on disk) is not followed', async () => {
+  expect((await uploadThroughNginx(4, A, 'symlinks', [LABEL])).status).toBe(201);
+  const secret = path.join(server.tmp, 'outside-secret.txt');
+  fs.writeFileSync(secret, 'server secret');
+  const build = path.join(server.config.buildsDir, 'docs', '4', A.slice(0, 7));
+  fs.chmodSync(build, 0o755);
+  fs.symlinkSync(secret, path.join(build, 'leak.txt'));
+  const res = await request(nginx.port, host(4, A), '/leak.txt');
+  expect([403, 404]).toContain(res.status);
+  expect(res.body.toString()).not.toContain('server secret');
+});
+
+test('the main host serves no build file, refuses other methods with 405 and over-size bodies with 413', async () => {
+  expect((await uploadThroughNginx(5, A, 'main host', [LABEL])).status).toBe(201);
+  for (const p of ['/docs/5/' + A.slice(0, 7) + '/index.html', '/index.html', '/']) {
+    const res = await request(nginx.port, MAIN_HOST, p);
+    expect(res.status).toBe(404);
+    expect(res.body.toString()).not.toContain('main host');
+  }
+  expect((await request(nginx.port, MAIN_HOST, `/create-build/5/${B}`)).status).toBe(405);
+  expect((await request(nginx.port, MAIN_HOST, `/create-build/5/${B}`, { method: 'PUT', body: Buffer.from('x') })).status).toBe(405);
+
+  const tooBig = await request(nginx.port, MAIN_HOST, `/create-build/5/${B}`, {
+    method: 'POST',
+    headers: { authorization: 'Token x.y.z', 'content-type': 'application/gzip' },
+    body: crypto.randomBytes(300 * 1024),
+  });
+  expect(tooBig.status).toBe(413);
+  expect(JSON.parse(tooBig.body.toString()).error).toMatch(/larger than 262144 bytes/);
+  expect((await request(nginx.port, MAIN_HOST, '/health')).status).toBe(200);
+});
