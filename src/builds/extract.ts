@@ -188,9 +188,15 @@ async function writeSmallFile(entry: ReadEntry, target: string, signal: AbortSig
   const chunks: Buffer[] = [];
   entry.on('data', (c: Buffer) => chunks.push(c));
   await new Promise<void>((resolve, reject) => {
-    entry.on('end', resolve);
-    entry.on('error', reject);
-    signal.addEventListener('abort', () => reject(new Error('extraction aborted')), { once: true });
+    const onAbort = () => reject(new Error('extraction aborted'));
+    const settle = (err?: Error) => {
+      signal.removeEventListener('abort', onAbort);
+      if (err) reject(err);
+      else resolve();
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    entry.on('end', () => settle());
+    entry.on('error', (err: unknown) => settle(err as Error));
   });
   // 'wx': never replace or write through anything already there; 0444: builds are immutable.
   await fs.promises.writeFile(target, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), {

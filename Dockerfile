@@ -1,0 +1,30 @@
+# preview-gate: the Node process (Probot app + upload route). nginx runs beside it (compose.yaml).
+# Build: docker build -t preview-gate .   Run: see compose.yaml and README "Deploying".
+
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+# better-sqlite3 builds its native addon when no prebuilt binary fits.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts && npm rebuild better-sqlite3
+COPY tsconfig.json tsconfig.build.json drizzle.config.ts app.yml ./
+COPY src ./src
+COPY bin ./bin
+COPY nginx ./nginx
+RUN npm run build && npm prune --omit=dev
+
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production DATA_DIR=/data PORT=3000 HOST=0.0.0.0
+WORKDIR /app
+COPY --from=build /app/package.json /app/app.yml ./
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY --from=build /app/bin ./bin
+COPY --from=build /app/nginx ./nginx
+RUN mkdir -p /data && chown node:node /data
+USER node
+VOLUME /data
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
+  CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+CMD ["node", "dist/src/main.js"]
