@@ -10,9 +10,9 @@ import type { GitHub } from '../github.js';
 import type { Metrics } from '../metrics.js';
 import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
-import type { Registry } from '../registry.js';
+import type { Registry, Repository } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
-import { claimedSlug, tokenFromHeader, verifyTravisToken } from './tokens.js';
+import { claimedSlug, tokenAlgorithm, tokenFromHeader, verifyOidcToken, verifyTravisToken } from './tokens.js';
 
 export const UPLOAD_SECRET_NAME = 'upload-key';
 
@@ -42,14 +42,7 @@ export function uploadRouter(deps: UploadDeps): Router {
     const sha = parseSha(req.params.sha);
 
     // Authenticate before reading a single byte of the body.
-    const token = tokenFromHeader(req.headers.authorization);
-    const slug = claimedSlug(token);
-    const repo = deps.registry.findRepository(slug);
-    const secret = repo && (await deps.secrets.get(repo.id, UPLOAD_SECRET_NAME));
-    if (!repo || !secret) {
-      throw forbidden(`No upload secret is set for ${slug}; run "preview-gate secret set ${slug} upload-key".`);
-    }
-    await verifyTravisToken(token, secret, { slug: repo.fullName, pr });
+    const repo = await authenticate(deps, tokenFromHeader(req.headers.authorization), pr);
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > config.maxUploadBytes) throw tooLarge(`The upload is larger than ${config.maxUploadBytes} bytes.`);
 
@@ -103,6 +96,32 @@ export function uploadRouter(deps: UploadDeps): Router {
   });
 
   return router;
+}
+
+/**
+ * The repository the token proves the upload comes from. The algorithm picks the verifier, and each
+ * verifier accepts exactly one algorithm: HS256 with the repository's upload secret (Travis-style), or
+ * RS256 from the OIDC issuer's key set (GitHub Actions). `alg: none` and confusions fail both.
+ */
+async function authenticate(deps: UploadDeps, token: string, pr: number): Promise<Repository> {
+  if (tokenAlgorithm(token) === 'RS256') {
+    const { config } = deps;
+    const claims = await verifyOidcToken(token, { issuer: config.oidcIssuer, audience: config.publicUrl, pr });
+    const repo = deps.registry.findRepository(claims.repository);
+    if (!repo || !repo.installed) throw forbidden(`The preview-gate app is not installed on ${claims.repository}.`);
+    if (repo.githubId && claims.repositoryId !== undefined && repo.githubId !== claims.repositoryId) {
+      throw forbidden(`The token's repository_id does not match ${claims.repository}.`);
+    }
+    return repo;
+  }
+  const slug = claimedSlug(token);
+  const repo = deps.registry.findRepository(slug);
+  const secret = repo && (await deps.secrets.get(repo.id, UPLOAD_SECRET_NAME));
+  if (!repo || !secret) {
+    throw forbidden(`No upload secret is set for ${slug}; run "preview-gate secret set ${slug} upload-key".`);
+  }
+  await verifyTravisToken(token, secret, { slug: repo.fullName, pr });
+  return repo;
 }
 
 function parsePr(raw: string | undefined): number {

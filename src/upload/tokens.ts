@@ -1,5 +1,5 @@
-import { decodeJwt, decodeProtectedHeader, errors, jwtVerify } from 'jose';
-import { forbidden, HttpError, unauthorized } from '../errors.js';
+import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify } from 'jose';
+import { forbidden, HttpError, unauthorized, unavailable } from '../errors.js';
 
 export const TRAVIS_ISSUER = 'Travis CI, GmbH';
 
@@ -54,9 +54,65 @@ function tokenError(err: unknown): HttpError {
   if (err instanceof errors.JWTClaimValidationFailed) {
     return forbidden(`The token's "${err.claim}" claim is missing or not valid.`);
   }
-  if (err instanceof errors.JOSEAlgNotAllowed) return forbidden('The token must be signed with HS256.');
+  if (err instanceof errors.JOSEAlgNotAllowed) return forbidden('The token is signed with an algorithm that is not allowed (HS256 for upload secrets, RS256 for OIDC).');
   if (err instanceof errors.JWSSignatureVerificationFailed) {
-    return forbidden("The token's signature does not match the repository's upload secret.");
+    return forbidden("The token's signature is not valid.");
   }
   return forbidden('The token is not a valid JWT.');
+}
+
+/** The token's algorithm, read before verification to pick the one verifier allowed for it. */
+export function tokenAlgorithm(token: string): string {
+  try {
+    return String(decodeProtectedHeader(token).alg);
+  } catch {
+    throw forbidden('The token is not a valid JWT.');
+  }
+}
+
+export interface OidcClaims {
+  repository: string;
+  repositoryId?: number;
+}
+
+const jwksCache = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
+
+/** The issuer's key set, fetched on first use and cached (jose refreshes it on an unknown `kid`). */
+function issuerKeys(issuer: string) {
+  let keys = jwksCache.get(issuer);
+  if (!keys) {
+    keys = createRemoteJWKSet(new URL(`${issuer}/.well-known/jwks`), { timeoutDuration: 5000, cooldownDuration: 30_000 });
+    jwksCache.set(issuer, keys);
+  }
+  return keys;
+}
+
+/**
+ * Verifies a GitHub Actions OIDC token: RS256 only, signed by a key of the issuer's JWKS, for our audience,
+ * from a `pull_request` run of the merge ref of exactly this PR. Returns the repository it was issued to.
+ */
+export async function verifyOidcToken(token: string, expected: { issuer: string; audience: string; pr: number }): Promise<OidcClaims> {
+  let payload;
+  try {
+    ({ payload } = await jwtVerify(token, issuerKeys(expected.issuer), {
+      algorithms: ['RS256'],
+      issuer: expected.issuer,
+      audience: expected.audience,
+      requiredClaims: ['exp', 'repository', 'event_name', 'ref'],
+    }));
+  } catch (err) {
+    if (err instanceof errors.JWKSNoMatchingKey) throw forbidden("The token is not signed by a key of the issuer's key set.");
+    if (err instanceof errors.JWKSTimeout || (err as Error).name === 'TypeError') {
+      throw unavailable('The OIDC issuer\'s key set could not be fetched; retry later.');
+    }
+    throw tokenError(err);
+  }
+  if (payload.event_name !== 'pull_request') {
+    throw forbidden(`The token is from a "${String(payload.event_name)}" run; only "pull_request" runs may upload.`);
+  }
+  if (payload.ref !== `refs/pull/${expected.pr}/merge`) {
+    throw forbidden(`The token is for ${String(payload.ref)}, not refs/pull/${expected.pr}/merge.`);
+  }
+  const repositoryId = payload.repository_id === undefined ? undefined : Number(payload.repository_id);
+  return { repository: String(payload.repository), repositoryId };
 }
