@@ -44,7 +44,8 @@ export async function verifyTravisToken(token: string, secret: Uint8Array, expec
   if (String(payload.slug).toLowerCase() !== expected.slug.toLowerCase()) {
     throw forbidden(`The token is for ${String(payload.slug)}, not ${expected.slug}.`);
   }
-  if (String(payload['pull-request']) !== String(expected.pr)) {
+  const claimedPr = payload['pull-request'];
+  if ((typeof claimedPr !== 'number' && typeof claimedPr !== 'string') || String(claimedPr) !== String(expected.pr)) {
     throw forbidden(`The token is for pull request ${String(payload['pull-request'])}, not #${expected.pr}.`);
   }
 }
