@@ -92,7 +92,7 @@ export async function startServer(
   core.store.init();
   const metrics = createMetrics();
   const { github, previews } = createPreviews(core, metrics, log, options.probot);
-  previews.sweepPendingBuilds();
+  previews.recoverAfterRestart();
   const cleanupTimer = setInterval(() => {
     previews.cleanup().catch((err: unknown) => log.error({ err }, 'periodic cleanup failed'));
   }, CLEANUP_EVERY_MS).unref();

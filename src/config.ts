@@ -16,6 +16,10 @@ export interface Config {
   maxBuildBytes: number;
   maxBuildFiles: number;
   cleanupAfterHours: number;
+  /** Bytes of builds one account (org/user) may store. */
+  maxAccountBytes: number;
+  /** Builds one pull request may hold. */
+  maxPrBuilds: number;
   oidcIssuer: string;
   /** GitHub API base, exactly as Probot's createProbot derives it from GHE_HOST / GHE_PROTOCOL. */
   githubApiUrl: string;
@@ -62,6 +66,8 @@ const schema = z.object({
   MAX_UPLOAD_BYTES: positiveInt(' of bytes').default(100 * MiB),
   MAX_BUILD_BYTES: positiveInt(' of bytes').default(1024 * MiB),
   MAX_BUILD_FILES: positiveInt('').default(50_000),
+  MAX_ACCOUNT_BYTES: positiveInt(' of bytes').default(20 * 1024 * MiB),
+  MAX_PR_BUILDS: positiveInt('').default(100),
   CLEANUP_AFTER_HOURS: z
     .string()
     .regex(/^[0-9]+(\.[0-9]+)?$/, 'must be a number of hours (0 or more)')
@@ -116,6 +122,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBuildBytes: e.MAX_BUILD_BYTES,
     maxBuildFiles: e.MAX_BUILD_FILES,
     cleanupAfterHours: e.CLEANUP_AFTER_HOURS,
+    maxAccountBytes: e.MAX_ACCOUNT_BYTES,
+    maxPrBuilds: e.MAX_PR_BUILDS,
     oidcIssuer: e.OIDC_ISSUER,
     githubApiUrl: e.GHE_HOST ? `${e.GHE_PROTOCOL}://${e.GHE_HOST}/api/v3` : 'https://api.github.com',
     githubTimeoutMs: e.GITHUB_TIMEOUT_MS,

@@ -1,9 +1,10 @@
-import { and, eq, lt, or } from 'drizzle-orm';
+import { and, count, eq, lt, or, sum } from 'drizzle-orm';
+import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { BuildStore, Visibility } from './builds/store.js';
 import type { Db } from './db/client.js';
 import { builds, pullRequests, repositories, visibilityChanges } from './db/schema.js';
-import { conflict, unavailable } from './errors.js';
+import { conflict, tooLarge, unavailable } from './errors.js';
 import type { GitHub, Octokit, PrFacts } from './github.js';
 import { KeyedLock } from './lock.js';
 import type { Config } from './config.js';
@@ -39,10 +40,34 @@ export class Previews {
     private readonly log: Logger,
   ) {}
 
-  /** Builds rows left `pending` by a crash: their staging folders are gone, so is the claim. */
-  sweepPendingBuilds(): void {
-    const removed = this.db.delete(builds).where(eq(builds.status, 'pending')).run().changes;
-    if (removed) this.log.warn({ removed }, 'removed claims of uploads interrupted by a restart');
+  /**
+   * After a crash (SIGKILL, power loss): staging was swept by the store; here every build row gets its folder
+   * and every folder its row. Claims left `pending` are dropped; a folder that was renamed into place but never
+   * marked ready (killed between the two) is removed, so no half-announced build stays reachable.
+   */
+  recoverAfterRestart(): void {
+    const pending = this.db.delete(builds).where(eq(builds.status, 'pending')).run().changes;
+    const known = new Set<string>();
+    const rows = this.db
+      .select({ build: builds, pr: pullRequests, repo: repositories })
+      .from(builds)
+      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .all();
+    let missing = 0;
+    for (const { build, pr, repo } of rows) {
+      const dir = this.store.buildDir(repo.site, pr.number, pr.visibility, build.sha7);
+      if (fs.existsSync(dir)) known.add(dir);
+      else {
+        this.db.delete(builds).where(eq(builds.id, build.id)).run();
+        missing++;
+      }
+    }
+    const orphans = this.store.buildDirs().filter((dir) => !known.has(dir));
+    for (const dir of orphans) fs.rmSync(dir, { recursive: true, force: true });
+    if (pending || missing || orphans.length) {
+      this.log.warn({ pending, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
+    }
   }
 
   /** Reads what GitHub says now and applies it. Throws (nothing changed) when GitHub cannot be asked. */
@@ -96,6 +121,12 @@ export class Previews {
   claimBuild(repo: Repository, facts: PrFacts, sha: string): number {
     const pr = this.ensurePr(repo, facts);
     const sha7 = sha.slice(0, 7);
+    const { n } = this.db.select({ n: count() }).from(builds).where(eq(builds.pullRequestId, pr.id)).get()!;
+    if (n >= this.config.maxPrBuilds) {
+      throw tooLarge(
+        `Pull request #${facts.number} already holds ${n} builds, the limit (MAX_PR_BUILDS); they are removed ${this.config.cleanupAfterHours} h after it closes.`,
+      );
+    }
     const claimed = this.db
       .insert(builds)
       .values({ pullRequestId: pr.id, sha, sha7, status: 'pending' })
@@ -104,6 +135,18 @@ export class Previews {
       .get();
     if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${facts.number}.`);
     return claimed.id;
+  }
+
+  /** Bytes of builds stored (or being stored) by the account that owns `repo`. */
+  accountBytes(repo: Repository): number {
+    const row = this.db
+      .select({ bytes: sum(builds.bytes) })
+      .from(builds)
+      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .where(eq(repositories.accountId, repo.accountId))
+      .get();
+    return Number(row?.bytes ?? 0);
   }
 
   releaseClaim(buildId: number): void {

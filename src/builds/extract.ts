@@ -13,6 +13,8 @@ export interface ExtractLimits {
   maxBuildBytes: number;
   /** Number of entries (files and directories). */
   maxBuildFiles: number;
+  /** The sentence of the 413 when maxBuildBytes is exceeded (when another limit, a quota, is the tighter one). */
+  buildBytesMessage?: string;
 }
 
 export interface ExtractResult {
@@ -84,9 +86,7 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
       }
       if (!rel) throw badRequest('The archive holds a file entry without a name.');
       result.bytes += entry.size;
-      if (result.bytes > limits.maxBuildBytes) {
-        throw tooLarge(`The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`);
-      }
+      if (result.bytes > limits.maxBuildBytes) throw tooLarge(buildTooLarge(limits));
       result.files++;
       const target = path.join(dest, rel);
       ensureDir(path.dirname(target));
@@ -126,7 +126,7 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
       if (failure) return cb(failure);
       inflatedBytes += chunk.length;
       if (inflatedBytes > maxInflatedBytes) {
-        return cb(tooLarge(`The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`));
+        return cb(tooLarge(buildTooLarge(limits)));
       }
       const resume = () => whenWritesBelow(MAX_PENDING_WRITES).then(() => cb(failure ?? null));
       if (parser.write(chunk)) resume();
@@ -163,6 +163,9 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
   if (result.files === 0) throw badRequest('The archive holds no files.');
   return result;
 }
+
+const buildTooLarge = (limits: ExtractLimits) =>
+  limits.buildBytesMessage ?? `The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`;
 
 /**
  * The entry's path relative to the build root ('' for the root itself), or a 400 when it is absolute,

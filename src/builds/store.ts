@@ -95,6 +95,22 @@ export class BuildStore {
     }
   }
 
+  /** Every `<site>/<pr folder>/<sha7>` folder on disk. */
+  buildDirs(): string[] {
+    const dirs: string[] = [];
+    const list = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir, { withFileTypes: true }) : []);
+    for (const site of list(this.buildsDir)) {
+      if (!site.isDirectory() || site.name === STAGING) continue;
+      for (const pr of list(path.join(this.buildsDir, site.name))) {
+        if (!pr.isDirectory() || !/^(hidden--)?[1-9][0-9]*$/.test(pr.name)) continue;
+        for (const build of list(path.join(this.buildsDir, site.name, pr.name))) {
+          if (build.isDirectory() && /^[0-9a-f]{7}$/.test(build.name)) dirs.push(path.join(this.buildsDir, site.name, pr.name, build.name));
+        }
+      }
+    }
+    return dirs;
+  }
+
   hasPrFolder(site: string, pr: number): boolean {
     return fs.existsSync(this.prDir(site, pr, 'public')) || fs.existsSync(this.prDir(site, pr, 'hidden'));
   }

@@ -56,6 +56,11 @@ export function uploadRouter(deps: UploadDeps): Router {
       throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
     }
 
+    const accountRoom = config.maxAccountBytes - deps.previews.accountBytes(repo);
+    const quotaMessage = `The account ${repo.fullName.split('/')[0]} would store more than its ${config.maxAccountBytes} bytes of previews (MAX_ACCOUNT_BYTES); builds of closed PRs are removed after ${config.cleanupAfterHours} h.`;
+    if (accountRoom <= 0) throw tooLarge(quotaMessage);
+    const limits =
+      accountRoom < config.maxBuildBytes ? { ...config, maxBuildBytes: accountRoom, buildBytesMessage: quotaMessage } : config;
     const buildId = deps.previews.claimBuild(repo, facts, sha);
     let staging: string | undefined;
     let tempFile: string | undefined;
@@ -64,7 +69,7 @@ export function uploadRouter(deps: UploadDeps): Router {
       staging = await deps.store.createStaging();
       const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
       const stopTimer = metrics.extractionSeconds.startTimer();
-      const size = await extractTarGz(body as Readable, staging, config);
+      const size = await extractTarGz(body as Readable, staging, limits);
       stopTimer();
       const { pr: stored, build, changed } = await deps.previews.storeBuild(repo, facts, buildId, staging, size);
       staging = undefined;

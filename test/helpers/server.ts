@@ -15,6 +15,8 @@ export const UPLOAD_SECRET = 'an-upload-secret-of-more-than-32-bytes-0123456789'
 export interface TestServer extends RunningServer {
   config: Config;
   tmp: string;
+  /** Stops the server but keeps its data directory (for restart tests). */
+  stop(): Promise<void>;
   /** A Travis-style token; claims and signing can be overridden for attacks. */
   token(claims?: Record<string, unknown>, options?: { secret?: string; alg?: string; expiresIn?: string | number }): Promise<string>;
   upload(pr: number, sha: string, body: Buffer, init?: { token?: string; headers?: Record<string, string> }): Promise<Response>;
@@ -22,8 +24,8 @@ export interface TestServer extends RunningServer {
   buildsTree(): string[];
 }
 
-export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
+export async function startTestServer(env: Record<string, string> = {}, reuseTmp?: string): Promise<TestServer> {
+  const tmp = reuseTmp ?? fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
   const fullEnv = {
     DATA_DIR: path.join(tmp, 'data'),
     PREVIEW_DOMAIN: 'previews.test',
@@ -69,6 +71,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
       await running.close();
       fs.rmSync(tmp, { recursive: true, force: true });
     },
+    stop: () => running.close(),
   };
   return server;
 }

@@ -1,0 +1,109 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import nock from 'nock';
+import { builds, pullRequests } from '../src/db/schema.js';
+import { commitsOf, githubFor } from './helpers/github.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { siteTarball, tarball } from './helpers/tarballs.js';
+import { installationToken, pullRequestEvent, sendWebhook, settingsFile } from './helpers/webhooks.js';
+
+const LABEL = 'safe for preview';
+let server: TestServer | undefined;
+
+beforeEach(() => {
+  nock.disableNetConnect();
+  nock.enableNetConnect('127.0.0.1');
+  nock('https://api.github.com').persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
+});
+afterEach(async () => {
+  nock.cleanAll();
+  await server?.close();
+  server = undefined;
+});
+
+function github(pr: number, commits: string[], labels: string[] = [], times = 1) {
+  for (let i = 0; i < times; i++) {
+    githubFor({ number: pr, commits, labels });
+    commitsOf({ number: pr, commits, labels });
+  }
+}
+
+test('50 concurrent uploads of one SHA: exactly one stored, 49 × 409, content equal to one upload', async () => {
+  server = await startTestServer();
+  const s = server;
+  const commit = sha('90');
+  github(1, [commit], [LABEL], 50);
+  const answers = await Promise.all(Array.from({ length: 50 }, (_, i) => s.upload(1, commit, siteTarball(`racer-${i}`))));
+  const statuses = answers.map((a) => a.status);
+  expect(statuses.filter((x) => x === 201)).toHaveLength(1);
+  expect(statuses.filter((x) => x === 409)).toHaveLength(49);
+  const index = fs.readFileSync(path.join(s.config.buildsDir, 'docs', '1', commit.slice(0, 7), 'index.html'), 'utf8');
+  const winner = /racer-(\d+)/.exec(index)![1];
+  expect(index).toBe(`<!doctype html><title>racer-${winner}</title><h1>racer-${winner}</h1>`);
+  expect(s.core.db.select().from(builds).all()).toHaveLength(1);
+});
+
+test('an upload racing a label webhook of the same PR ends consistent', async () => {
+  server = await startTestServer();
+  const s = server;
+  const commit = sha('91');
+  github(2, [commit], [LABEL]);
+  installationToken();
+  settingsFile();
+  const [upload, hook] = await Promise.all([
+    s.upload(2, commit, siteTarball('race')),
+    sendWebhook(s.url, 'pull_request', pullRequestEvent('labeled', { number: 2, labels: [LABEL], head: commit }, { label: { name: LABEL } })),
+  ]);
+  expect([201, 202]).toContain(upload.status);
+  expect(hook.status).toBe(200);
+  const pr = s.core.db.select().from(pullRequests).get()!;
+  expect(pr.visibility).toBe('public');
+  expect(fs.existsSync(path.join(s.config.buildsDir, 'docs', '2', commit.slice(0, 7), 'index.html'))).toBe(true);
+  expect(fs.existsSync(path.join(s.config.buildsDir, 'docs', 'hidden--2'))).toBe(false);
+});
+
+test('a restart after an unclean stop sweeps staging, drops half-made builds and keeps complete ones', async () => {
+  const first = await startTestServer();
+  const commit = sha('92');
+  github(3, [commit], [LABEL]);
+  expect((await first.upload(3, commit, siteTarball('survivor'))).status).toBe(201);
+  const { buildsDir, dataDir } = first.config;
+  const pr = first.core.db.select().from(pullRequests).get()!;
+  // What a SIGKILL in the middle of uploads leaves behind:
+  fs.mkdirSync(path.join(buildsDir, '.staging', 'half-extracted', 'assets'), { recursive: true });
+  fs.writeFileSync(path.join(buildsDir, '.staging', 'half-extracted', 'assets', 'a.js'), 'partial');
+  first.core.db.insert(builds).values({ pullRequestId: pr.id, sha: sha('93'), sha7: sha('93').slice(0, 7), status: 'pending' }).run();
+  fs.mkdirSync(path.join(buildsDir, 'docs', '3', 'abcdef0'));
+  fs.writeFileSync(path.join(buildsDir, 'docs', '3', 'abcdef0', 'index.html'), 'renamed but never recorded');
+  first.core.db.insert(builds).values({ pullRequestId: pr.id, sha: sha('94'), sha7: sha('94').slice(0, 7), status: 'ready' }).run();
+  await first.stop();
+
+  server = await startTestServer({ DATA_DIR: dataDir }, first.tmp);
+  expect(fs.readdirSync(path.join(buildsDir, '.staging'))).toEqual([]);
+  expect(fs.existsSync(path.join(buildsDir, 'docs', '3', 'abcdef0'))).toBe(false);
+  const rows = server.core.db.select().from(builds).all();
+  expect(rows.map((r) => [r.sha7, r.status])).toEqual([[commit.slice(0, 7), 'ready']]);
+  expect(fs.readFileSync(path.join(buildsDir, 'docs', '3', commit.slice(0, 7), 'index.html'), 'utf8')).toContain('survivor');
+});
+
+test('the account quota (MAX_ACCOUNT_BYTES) refuses with 413 and names the limit', async () => {
+  server = await startTestServer({ MAX_ACCOUNT_BYTES: String(150 * 1024) });
+  const big = tarball({ 'data.bin': Buffer.alloc(100 * 1024, 7) });
+  github(4, [sha('95'), sha('96')], [LABEL], 2);
+  expect((await server.upload(4, sha('95'), big)).status).toBe(201);
+  const res = await server.upload(4, sha('96'), big);
+  expect(res.status).toBe(413);
+  expect((await res.json()).error).toMatch(/octo-org .*153600 bytes of previews \(MAX_ACCOUNT_BYTES\)/);
+  expect(fs.existsSync(path.join(server.config.buildsDir, 'docs', '4', sha('96').slice(0, 7)))).toBe(false);
+});
+
+test('the per-PR build limit (MAX_PR_BUILDS) refuses a further build with 413', async () => {
+  server = await startTestServer({ MAX_PR_BUILDS: '2' });
+  const commits = [sha('a1'), sha('a2'), sha('a3')];
+  github(5, commits, [LABEL], 3);
+  expect((await server.upload(5, commits[0]!, siteTarball())).status).toBe(201);
+  expect((await server.upload(5, commits[1]!, siteTarball())).status).toBe(201);
+  const res = await server.upload(5, commits[2]!, siteTarball());
+  expect(res.status).toBe(413);
+  expect((await res.json()).error).toMatch(/already holds 2 builds.*MAX_PR_BUILDS/);
+});
