@@ -3,6 +3,7 @@ import http from 'node:http';
 
 export async function startFakeGitHub({ labels = ['safe for preview'] } = {}) {
   const commits = new Map(); // pr → [sha]
+  const prLabels = new Map(); // pr → [label], default `labels`
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     const p = url.pathname.replace(/^\/api\/v3/, '');
@@ -17,7 +18,7 @@ export async function startFakeGitHub({ labels = ['safe for preview'] } = {}) {
     if (/\/contents\//.test(p)) return json(404, { message: 'Not Found' });
     if ((m = /^\/repos\/[^/]+\/[^/]+\/pulls\/(\d+)\/commits$/.exec(p))) return json(200, (commits.get(Number(m[1])) ?? []).map((sha) => ({ sha })));
     if ((m = /^\/repos\/[^/]+\/[^/]+\/pulls\/(\d+)$/.exec(p))) {
-      return json(200, { number: Number(m[1]), state: 'open', user: { id: 7, login: 'bench' }, labels: labels.map((name) => ({ name })), head: { sha: '0'.repeat(40) } });
+      return json(200, { number: Number(m[1]), state: 'open', user: { id: 7, login: 'bench' }, labels: (prLabels.get(Number(m[1])) ?? labels).map((name) => ({ name })), head: { sha: '0'.repeat(40) } });
     }
     if (req.method === 'GET' && /\/comments$/.test(p)) return json(200, []);
     if (req.method === 'POST' || req.method === 'PATCH') return json(201, { id: 1 });
@@ -27,6 +28,7 @@ export async function startFakeGitHub({ labels = ['safe for preview'] } = {}) {
   return {
     host: `127.0.0.1:${server.address().port}`,
     addCommit: (pr, sha) => commits.set(pr, [...(commits.get(pr) ?? []), sha]),
+    setLabels: (pr, names) => prLabels.set(pr, names),
     close: () => new Promise((r) => server.close(r)),
   };
 }
