@@ -7,7 +7,7 @@ import type { Config } from './config.js';
 import { openDb, type Db } from './db/client.js';
 import { GitHub } from './github.js';
 import { githubApp } from './github-app.js';
-import { createMetrics, type Metrics } from './metrics.js';
+import { createMetrics, trackStoredBytes, type Metrics } from './metrics.js';
 import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
 import { Registry } from './registry.js';
@@ -93,6 +93,7 @@ export async function startServer(
   const metrics = createMetrics();
   const { github, previews } = createPreviews(core, metrics, log, options.probot);
   previews.recoverAfterRestart();
+  trackStoredBytes(metrics, () => previews.storedBytes());
   const cleanupTimer = setInterval(() => {
     previews.cleanup().catch((err: unknown) => log.error({ err }, 'periodic cleanup failed'));
   }, CLEANUP_EVERY_MS).unref();

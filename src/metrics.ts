@@ -45,3 +45,15 @@ export function createMetrics() {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/** `preview_gate_stored_bytes`: read from the database at each scrape, so it is right after restarts too. */
+export function trackStoredBytes(metrics: Metrics, storedBytes: () => number): void {
+  new client.Gauge({
+    name: 'preview_gate_stored_bytes',
+    help: 'Uncompressed bytes of builds on disk now',
+    registers: [metrics.registry],
+    collect() {
+      this.set(storedBytes());
+    },
+  });
+}

@@ -137,6 +137,12 @@ export class Previews {
     return claimed.id;
   }
 
+  /** Bytes of all ready builds. */
+  storedBytes(): number {
+    const row = this.db.select({ bytes: sum(builds.bytes) }).from(builds).where(eq(builds.status, 'ready')).get();
+    return Number(row?.bytes ?? 0);
+  }
+
   /** Bytes of builds stored (or being stored) by the account that owns `repo`. */
   accountBytes(repo: Repository): number {
     const row = this.db

@@ -107,3 +107,16 @@ test('the per-PR build limit (MAX_PR_BUILDS) refuses a further build with 413', 
   expect(res.status).toBe(413);
   expect((await res.json()).error).toMatch(/already holds 2 builds.*MAX_PR_BUILDS/);
 });
+
+test('GET /metrics reports uploads by status, bytes stored and extraction time in Prometheus text', async () => {
+  server = await startTestServer();
+  github(6, [sha('b1')], [LABEL]);
+  expect((await server.upload(6, sha('b1'), siteTarball())).status).toBe(201);
+  expect((await server.upload(6, 'bad', siteTarball())).status).toBe(400);
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  expect(text).toMatch(/preview_gate_uploads_total\{status="201"\} 1/);
+  expect(text).toMatch(/preview_gate_uploads_total\{status="400"\} 1/);
+  expect(text).toMatch(/preview_gate_stored_bytes [1-9]\d*/);
+  expect(text).toMatch(/preview_gate_extraction_seconds_count 1/);
+  expect(text).toMatch(/preview_gate_visibility_changes_total\{to="public"\} 1/);
+});
