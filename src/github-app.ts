@@ -2,7 +2,7 @@ import { and, eq, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { ApplicationFunction, Context, Probot } from 'probot';
 import { accounts, pullRequests, repositories, users } from './db/schema.js';
-import { SETTINGS_PATH, type GitHub, type Octokit } from './github.js';
+import { isNotFound, SETTINGS_PATH, type GitHub, type Octokit } from './github.js';
 import type { Metrics } from './metrics.js';
 import type { Cause, Previews } from './previews.js';
 import type { Registry, Repository } from './registry.js';
@@ -133,7 +133,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       try {
         await context.octokit.rest.issues.removeLabel({ owner, repo: name, issue_number: pr.number, name: settings.trustedLabel });
       } catch (err) {
-        if ((err as { status?: number }).status !== 404) throw err;
+        if (!isNotFound(err)) throw err;
       }
       const labels = pr.labels.filter((l) => l.name !== settings.trustedLabel);
       const facts = await github.factsFrom(context.octokit, owner, name, { ...pr, labels }, settings);

@@ -44,7 +44,7 @@ export function githubError(err: unknown, what: string): HttpError {
   return unavailable(`GitHub refused to answer ${what} (HTTP ${status}); retry later.`);
 }
 
-const isNotFound = (err: unknown) => (err as { status?: number }).status === 404;
+export const isNotFound = (err: unknown) => (err as { status?: number }).status === 404;
 
 /** The few GitHub questions preview-gate asks, through the installation's Octokit from Probot. */
 export class GitHub {

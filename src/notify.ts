@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import type { Db } from './db/client.js';
 import { builds, pullRequests } from './db/schema.js';
-import type { Octokit } from './github.js';
+import { isNotFound, type Octokit } from './github.js';
 import type { PullRequest, Repository } from './registry.js';
 import type { RepoSettings } from './trust.js';
 
@@ -86,7 +86,7 @@ export class Notifier {
         if (existing !== pr.commentId) this.saveCommentId(pr, existing);
         return;
       } catch (err) {
-        if ((err as { status?: number }).status !== 404) throw err;
+        if (!isNotFound(err)) throw err;
         this.log.info({ repo: r.fullName, pr: pr.number }, 'preview comment was deleted; posting a new one');
       }
     }

@@ -2,8 +2,8 @@ import express, { type Express } from 'express';
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { createNodeMiddleware, type ApplicationFunction, type Probot } from 'probot';
-import { badRequest, errorHandler, unavailable } from './errors.js';
-import { uploadRouter, type UploadDeps } from './upload/route.js';
+import { errorHandler, unavailable } from './errors.js';
+import { parsePr, uploadRouter, type UploadDeps } from './upload/route.js';
 
 export const WEBHOOKS_PATH = '/api/github/webhooks';
 
@@ -42,8 +42,7 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   });
 
   app.get('/can-have-public-preview/:owner/:repo/:pr', async (req, res) => {
-    const pr = Number(req.params.pr);
-    if (!/^[1-9][0-9]{0,8}$/.test(req.params.pr)) throw badRequest(`"${req.params.pr}" is not a pull request number.`);
+    const pr = parsePr(req.params.pr);
     if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
     const { octokit } = await deps.github.forRepository(req.params.owner, req.params.repo);
     const facts = await deps.github.prFacts(octokit, req.params.owner, req.params.repo, pr);

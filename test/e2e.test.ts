@@ -10,7 +10,7 @@ import { commitsOf, githubFor } from './helpers/github.js';
 import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
-import { installationToken, pullRequestEvent, settingsFile } from './helpers/webhooks.js';
+import { installationToken, pullRequestEvent, settingsFile, signedWebhook } from './helpers/webhooks.js';
 
 const MAIN_HOST = 'upload.test';
 const LABEL = 'safe for preview';
@@ -103,13 +103,8 @@ test('a hidden build is 404 on every URL until the label webhook, then the same 
 
   installationToken();
   settingsFile();
-  const payload = JSON.stringify(pullRequestEvent('labeled', { number: 2, labels: [LABEL], head: A }, { label: { name: LABEL } }));
-  const signature = `sha256=${crypto.createHmac('sha256', 'test-webhook-secret').update(payload).digest('hex')}`;
-  const hook = await request(nginx.port, MAIN_HOST, '/api/github/webhooks', {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-github-event': 'pull_request', 'x-github-delivery': crypto.randomUUID(), 'x-hub-signature-256': signature },
-    body: Buffer.from(payload),
-  });
+  const { body, headers } = signedWebhook('pull_request', pullRequestEvent('labeled', { number: 2, labels: [LABEL], head: A }, { label: { name: LABEL } }));
+  const hook = await request(nginx.port, MAIN_HOST, '/api/github/webhooks', { method: 'POST', headers, body: Buffer.from(body) });
   expect(hook.status).toBe(200);
   await server.previews.settled();
   const now = await request(nginx.port, host(2, A), '/');

@@ -129,7 +129,7 @@ async function authenticate(deps: UploadDeps, token: string, pr: number): Promis
   return repo;
 }
 
-function parsePr(raw: string | undefined): number {
+export function parsePr(raw: string | undefined): number {
   if (!raw || !/^[1-9][0-9]{0,8}$/.test(raw)) throw badRequest(`"${raw}" is not a pull request number.`);
   return Number(raw);
 }

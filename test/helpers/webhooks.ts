@@ -7,20 +7,20 @@ export const INSTALLATION_ID = 42;
 export const MAINTAINER = { id: 1001, login: 'maintainer' };
 export const CONTRIBUTOR = { id: 555, login: 'contributor' };
 
-/** Sends a webhook as GitHub does: JSON body signed with HMAC-SHA256 of the webhook secret. */
-export async function sendWebhook(baseUrl: string, event: string, payload: object, secret = WEBHOOK_SECRET): Promise<Response> {
+/** A webhook as GitHub sends it: JSON body and headers, signed with HMAC-SHA256 of the webhook secret. */
+export function signedWebhook(event: string, payload: object, secret = WEBHOOK_SECRET) {
   const body = JSON.stringify(payload);
-  const signature = `sha256=${crypto.createHmac('sha256', secret).update(body).digest('hex')}`;
-  return fetch(`${baseUrl}/api/github/webhooks`, {
-    method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      'x-github-event': event,
-      'x-github-delivery': crypto.randomUUID(),
-      'x-hub-signature-256': signature,
-    },
-    body,
-  });
+  const headers = {
+    'content-type': 'application/json',
+    'x-github-event': event,
+    'x-github-delivery': crypto.randomUUID(),
+    'x-hub-signature-256': `sha256=${crypto.createHmac('sha256', secret).update(body).digest('hex')}`,
+  };
+  return { body, headers };
+}
+
+export async function sendWebhook(baseUrl: string, event: string, payload: object, secret = WEBHOOK_SECRET): Promise<Response> {
+  return fetch(`${baseUrl}/api/github/webhooks`, { method: 'POST', ...signedWebhook(event, payload, secret) });
 }
 
 export const repositoryJson = { id: 7001, name: REPO, full_name: `${OWNER}/${REPO}`, owner: { login: OWNER, id: 9001 }, default_branch: 'main', private: false };
