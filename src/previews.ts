@@ -1,6 +1,7 @@
 import { and, count, eq, lt, or, sum } from 'drizzle-orm';
 import fs from 'node:fs';
 import type { Logger } from 'pino';
+import type { ExtractLimits, ExtractResult } from './builds/extract.js';
 import type { BuildStore, Visibility } from './builds/store.js';
 import type { Db } from './db/client.js';
 import { builds, pullRequests, repositories, visibilityChanges } from './db/schema.js';
@@ -118,7 +119,7 @@ export class Previews {
    * Claims `sha7` for this PR before the body is read: of N concurrent uploads of one SHA exactly one gets
    * the claim (a unique index decides); the others get 409 without extracting anything.
    */
-  claimBuild(repo: Repository, facts: PrFacts, sha: string): number {
+  private claimBuild(repo: Repository, facts: PrFacts, sha: string): number {
     const pr = this.ensurePr(repo, facts);
     const sha7 = sha.slice(0, 7);
     const { n } = this.db.select({ n: count() }).from(builds).where(eq(builds.pullRequestId, pr.id)).get()!;
@@ -135,6 +136,45 @@ export class Previews {
       .get();
     if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${facts.number}.`);
     return claimed.id;
+  }
+
+  /**
+   * Stores one build of a PR, from an upload or a pulled artifact: quota → claim of the SHA → `extract` into a
+   * fresh staging folder → one rename into the PR folder → GitHub told in the background. On any failure
+   * nothing stays: the claim is released and staging removed before this returns.
+   */
+  async ingestBuild(
+    octokit: Octokit,
+    repo: Repository,
+    facts: PrFacts,
+    sha: string,
+    extract: (staging: string, limits: ExtractLimits) => Promise<ExtractResult>,
+  ): Promise<{ pr: PullRequest; build: Build }> {
+    const { config } = this;
+    const accountRoom = config.maxAccountBytes - this.accountBytes(repo);
+    const quotaMessage = `The account ${repo.fullName.split('/')[0]} would store more than its ${config.maxAccountBytes} bytes of previews (MAX_ACCOUNT_BYTES); builds of closed PRs are removed after ${config.cleanupAfterHours} h.`;
+    if (accountRoom <= 0) throw tooLarge(quotaMessage);
+    const limits: ExtractLimits =
+      accountRoom < config.maxBuildBytes ? { ...config, maxBuildBytes: accountRoom, buildBytesMessage: quotaMessage } : config;
+    const buildId = this.claimBuild(repo, facts, sha);
+    let staging: string | undefined;
+    try {
+      staging = await this.store.createStaging();
+      const stopTimer = this.metrics.extractionSeconds.startTimer();
+      const size = await extract(staging, limits);
+      stopTimer();
+      const { pr, build, changed } = await this.storeBuild(repo, facts, buildId, staging, size);
+      staging = undefined;
+      this.metrics.uploadedBytes.inc(size.bytes);
+      this.notifySafely(octokit, repo, pr, facts, changed ? this.readyBuilds(pr.id) : [build]);
+      return { pr, build };
+    } catch (err) {
+      this.releaseClaim(buildId);
+      throw err;
+    } finally {
+      // Removed before returning, so a client that sees the answer never sees a leftover.
+      if (staging) await this.store.discard(staging);
+    }
   }
 
   /** Bytes of all ready builds. */
@@ -155,7 +195,7 @@ export class Previews {
     return Number(row?.bytes ?? 0);
   }
 
-  releaseClaim(buildId: number): void {
+  private releaseClaim(buildId: number): void {
     this.db.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending'))).run();
   }
 
@@ -163,7 +203,7 @@ export class Previews {
    * Applies the upload's facts, then moves the extracted staging folder into the PR folder with one rename.
    * Returns the visibility the build was stored with.
    */
-  async storeBuild(
+  private async storeBuild(
     repo: Repository,
     facts: PrFacts,
     buildId: number,

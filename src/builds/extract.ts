@@ -31,6 +31,9 @@ const SMALL_FILE_BYTES = 1024 * 1024;
 /** Writes in flight before the parser is paused (bounds memory to about this many small files). */
 const MAX_PENDING_WRITES = 16;
 
+/** An entry's bytes: tar's entries are minipass streams, zip's are Node streams. */
+type EntryStream = Readable | ReadEntry;
+
 const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
 
 /**
@@ -40,12 +43,11 @@ const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
  * On error the caller removes `dest`; this function only guarantees it wrote nothing outside it.
  */
 export async function extractTarGz(source: Readable, dest: string, limits: ExtractLimits): Promise<ExtractResult> {
-  const result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0 };
-  let entries = 0;
+  const tree = new BuildTree(dest, limits);
+  const result = tree.result;
   let inflatedBytes = 0;
   // Tar adds at most a few 512-byte blocks per entry (header, pax/long-name headers, padding).
   const maxInflatedBytes = limits.maxBuildBytes + (limits.maxBuildFiles + 4) * 4 * 512;
-  const knownDirs = new Set<string>([dest]);
   let pendingWrites = 0;
   let failure: Error | undefined;
   let wakeUp: (() => void) | undefined;
@@ -64,36 +66,19 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
     while (pendingWrites > n && !failure) await new Promise<void>((r) => (wakeUp = r));
   };
 
-  const ensureDir = (dir: string) => {
-    if (knownDirs.has(dir)) return;
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-    knownDirs.add(dir);
-  };
-
   const onEntry = (entry: ReadEntry) => {
     try {
       if (failure) return entry.resume();
-      const rel = safeEntryPath(entry.path);
-      if (++entries > limits.maxBuildFiles) {
-        throw tooLarge(`The archive has more than ${limits.maxBuildFiles} entries.`);
-      }
       if (entry.type === 'Directory') {
-        if (rel) ensureDir(path.join(dest, rel));
+        tree.directory(entry.path);
         return entry.resume();
       }
       if (!FILE_TYPES.has(entry.type)) {
         throw badRequest(`The archive entry "${entry.path}" is a ${describeType(entry.type)}; only regular files and folders are allowed.`);
       }
-      if (!rel) throw badRequest('The archive holds a file entry without a name.');
-      result.bytes += entry.size;
-      if (result.bytes > limits.maxBuildBytes) throw tooLarge(buildTooLarge(limits));
-      result.files++;
-      const target = path.join(dest, rel);
-      ensureDir(path.dirname(target));
+      const target = tree.file(entry.path, entry.size);
       pendingWrites++;
-      const written =
-        entry.size <= SMALL_FILE_BYTES ? writeSmallFile(entry, target, abort.signal) : writeLargeFile(entry, target, abort.signal);
-      written.then(settled, (err) => {
+      writeFile(entry, target, entry.size, abort.signal).then(settled, (err) => {
         settled();
         if (!abort.signal.aborted) fail(writeError(err, entry.path));
       });
@@ -160,8 +145,60 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
   await whenWritesBelow(0);
   if (failure) throw failure;
   if (result.compressedBytes === 0) throw badRequest('The request body is empty; send a gzipped tar of the build.');
-  if (result.files === 0) throw badRequest('The archive holds no files.');
-  return result;
+  return tree.finish();
+}
+
+/**
+ * The checks every archive entry passes, whatever the archive format: a safe relative path, the entry count,
+ * the total size, and no file where a folder is (or the reverse). Returns where to write.
+ */
+export class BuildTree {
+  readonly result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0 };
+  private entries = 0;
+  private readonly knownDirs: Set<string>;
+
+  constructor(
+    private readonly dest: string,
+    private readonly limits: ExtractLimits,
+  ) {
+    this.knownDirs = new Set([dest]);
+  }
+
+  directory(rawPath: string): void {
+    const rel = this.count(rawPath);
+    if (rel) this.ensureDir(path.join(this.dest, rel));
+  }
+
+  /** The path to create for a regular file of `size` bytes; the caller writes it with `writeFile`. */
+  file(rawPath: string, size: number): string {
+    const rel = this.count(rawPath);
+    if (!rel) throw badRequest('The archive holds a file entry without a name.');
+    this.result.bytes += size;
+    if (this.result.bytes > this.limits.maxBuildBytes) throw tooLarge(buildTooLarge(this.limits));
+    this.result.files++;
+    const target = path.join(this.dest, rel);
+    this.ensureDir(path.dirname(target));
+    return target;
+  }
+
+  finish(): ExtractResult {
+    if (this.result.files === 0) throw badRequest('The archive holds no files.');
+    return this.result;
+  }
+
+  private count(rawPath: string): string {
+    const rel = safeEntryPath(rawPath);
+    if (++this.entries > this.limits.maxBuildFiles) {
+      throw tooLarge(`The archive has more than ${this.limits.maxBuildFiles} entries.`);
+    }
+    return rel;
+  }
+
+  private ensureDir(dir: string): void {
+    if (this.knownDirs.has(dir)) return;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    this.knownDirs.add(dir);
+  }
 }
 
 const buildTooLarge = (limits: ExtractLimits) =>
@@ -187,7 +224,12 @@ export function safeEntryPath(raw: string): string {
   return rel;
 }
 
-async function writeSmallFile(entry: ReadEntry, target: string, signal: AbortSignal): Promise<void> {
+/** Writes one entry's bytes to a new read-only file (small files in one call, large ones streamed). */
+export function writeFile(content: EntryStream, target: string, size: number, signal: AbortSignal): Promise<void> {
+  return size <= SMALL_FILE_BYTES ? writeSmallFile(content, target, signal) : writeLargeFile(content, target, signal);
+}
+
+async function writeSmallFile(entry: EntryStream, target: string, signal: AbortSignal): Promise<void> {
   const chunks: Buffer[] = [];
   entry.on('data', (c: Buffer) => chunks.push(c));
   await new Promise<void>((resolve, reject) => {
@@ -208,13 +250,13 @@ async function writeSmallFile(entry: ReadEntry, target: string, signal: AbortSig
   });
 }
 
-async function writeLargeFile(entry: ReadEntry, target: string, signal: AbortSignal): Promise<void> {
+async function writeLargeFile(entry: EntryStream, target: string, signal: AbortSignal): Promise<void> {
   const out = fs.createWriteStream(target, { flags: 'wx', mode: 0o444 });
   await pipeline(entry, out, { signal });
 }
 
 /** Maps what the filesystem says about an entry to a client error; anything unexpected passes through (500). */
-function writeError(err: unknown, entryPath: string): Error {
+export function writeError(err: unknown, entryPath: string): Error {
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'EEXIST') return badRequest(`The archive holds "${entryPath}" more than once.`);
   if (code === 'ENOTDIR' || code === 'EISDIR') {

@@ -56,39 +56,24 @@ export function uploadRouter(deps: UploadDeps): Router {
       throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
     }
 
-    const accountRoom = config.maxAccountBytes - deps.previews.accountBytes(repo);
-    const quotaMessage = `The account ${repo.fullName.split('/')[0]} would store more than its ${config.maxAccountBytes} bytes of previews (MAX_ACCOUNT_BYTES); builds of closed PRs are removed after ${config.cleanupAfterHours} h.`;
-    if (accountRoom <= 0) throw tooLarge(quotaMessage);
-    const limits =
-      accountRoom < config.maxBuildBytes ? { ...config, maxBuildBytes: accountRoom, buildBytesMessage: quotaMessage } : config;
-    const buildId = deps.previews.claimBuild(repo, facts, sha);
-    let staging: string | undefined;
     let tempFile: string | undefined;
-    let answer: { status: number; body: object };
+    let stored;
     try {
-      staging = await deps.store.createStaging();
-      const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
-      const stopTimer = metrics.extractionSeconds.startTimer();
-      const size = await extractTarGz(body as Readable, staging, limits);
-      stopTimer();
-      const { pr: stored, build, changed } = await deps.previews.storeBuild(repo, facts, buildId, staging, size);
-      staging = undefined;
-      metrics.uploadedBytes.inc(size.bytes);
-      deps.previews.notifySafely(octokit, repo, stored, facts, changed ? deps.previews.readyBuilds(stored.id) : [build]);
-      const { visibility } = stored;
-      answer =
-        visibility === 'public'
-          ? { status: 201, body: { url: buildUrl(config, deps.registry.findRepository(repo.fullName)!.site, pr, build.sha7), visibility } }
-          : { status: 202, body: { visibility, reason: facts.decision.reason } };
+      stored = await deps.previews.ingestBuild(octokit, repo, facts, sha, async (staging, limits) => {
+        const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
+        return extractTarGz(body as Readable, staging, limits);
+      });
     } catch (err) {
-      deps.previews.releaseClaim(buildId);
       if (!req.complete) discardRestOfBody(req, res);
       throw err;
     } finally {
-      // Cleaned up before answering, so a client that sees the answer never sees a leftover.
-      if (staging) await deps.store.discard(staging);
       if (tempFile) await fs.promises.rm(tempFile, { force: true });
     }
+    const { visibility } = stored.pr;
+    const answer =
+      visibility === 'public'
+        ? { status: 201, body: { url: buildUrl(config, deps.registry.findRepository(repo.fullName)!.site, pr, stored.build.sha7), visibility } }
+        : { status: 202, body: { visibility, reason: facts.decision.reason } };
     res.status(answer.status).json(answer.body);
   });
 
