@@ -10,6 +10,7 @@ import { githubApp } from './github-app.js';
 import { createMetrics, trackStoredBytes, type Metrics } from './metrics.js';
 import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
+import { ArtifactPuller } from './pull-mode.js';
 import { Registry } from './registry.js';
 import { LocalKeyService, type KeyService } from './secrets/key-service.js';
 import { SecretStore } from './secrets/secrets.js';
@@ -104,7 +105,17 @@ export async function startServer(
     previews,
     github,
     probot: options.probot,
-    appFn: options.probot && github ? githubApp({ registry: core.registry, previews, github, metrics, log }) : undefined,
+    appFn:
+      options.probot && github
+        ? githubApp({
+            registry: core.registry,
+            previews,
+            github,
+            metrics,
+            log,
+            puller: new ArtifactPuller(core.registry, previews, github, core.store, config, log),
+          })
+        : undefined,
     setupHandler: options.setupHandler,
   });
   const server = http.createServer(app);

@@ -5,6 +5,7 @@ import { accounts, pullRequests, repositories, users } from './db/schema.js';
 import { isNotFound, SETTINGS_PATH, type GitHub, type Octokit } from './github.js';
 import type { Metrics } from './metrics.js';
 import type { Cause, Previews } from './previews.js';
+import type { ArtifactPuller } from './pull-mode.js';
 import type { Registry, Repository } from './registry.js';
 import type { RepoSettings } from './trust.js';
 
@@ -13,6 +14,7 @@ export interface GithubAppDeps {
   previews: Previews;
   github: GitHub;
   metrics: Metrics;
+  puller: ArtifactPuller;
   log: Logger;
 }
 
@@ -142,6 +144,12 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       }
       await previews.applyAndNotify(context.octokit, repo, facts, { event: 'pull_request.synchronize', actor: actorOf(context) });
       count(context, 'applied');
+    });
+
+    app.on('workflow_run.completed', async (context) => {
+      const { workflow_run: run, repository } = context.payload;
+      const outcome = await deps.puller.onWorkflowRun(context.octokit as Octokit, repository.full_name, run);
+      count(context, outcome.stored ? 'applied' : 'ignored');
     });
 
     app.on('push', async (context) => {

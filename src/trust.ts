@@ -11,6 +11,12 @@ export const settingsSchema = z.object({
   trustedTeams: z.array(z.string().min(1)).default([]),
   comment: z.boolean().default(true),
   labelTrustsNewCommits: z.boolean().default(true),
+  // Pull mode (fork PRs): the workflow file whose successful pull_request runs hold the preview artifact.
+  workflow: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]+\.ya?ml$/, 'workflow must be the file name of a workflow in .github/workflows, like preview.yml')
+    .optional(),
+  artifact: z.string().min(1).default('preview'),
 });
 export type RepoSettings = z.infer<typeof settingsSchema>;
 

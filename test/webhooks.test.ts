@@ -9,7 +9,7 @@ import { COMMENT_MARKER } from '../src/notify.js';
 import { API, appPrivateKey, commitsOf, githubFor, OWNER, REPO } from './helpers/github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
-import { CONTRIBUTOR, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
+import { CONTRIBUTOR, feedback, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
 
 let server: TestServer;
 const LABEL = 'safe for preview';
@@ -27,19 +27,6 @@ afterEach(async () => {
 const prFolder = (pr: number, visibility: 'public' | 'hidden') =>
   path.join(server.config.buildsDir, 'docs', visibility === 'public' ? String(pr) : `hidden--${pr}`);
 const prRow = (number: number) => server.core.db.select().from(pullRequests).where(eq(pullRequests.number, number)).get()!;
-
-/** Records what preview-gate tells GitHub: statuses, deployments, comments. */
-function feedback() {
-  const calls = { statuses: [] as any[], deployments: [] as any[], deploymentStatuses: [] as any[], comments: [] as any[], commentEdits: [] as any[] };
-  const scope = nock(API).persist();
-  scope.post(/\/repos\/[^/]+\/[^/]+\/statuses\/[0-9a-f]{40}$/).reply(201, (_uri, body) => (calls.statuses.push(body), {}));
-  scope.post(`/repos/${OWNER}/${REPO}/deployments`).reply(201, (_uri, body) => (calls.deployments.push(body), { id: 700 + calls.deployments.length }));
-  scope.post(/\/repos\/[^/]+\/[^/]+\/deployments\/\d+\/statuses$/).reply(201, (uri, body) => (calls.deploymentStatuses.push({ uri, ...(body as object) }), {}));
-  scope.get(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments/).reply(200, []);
-  scope.post(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments$/).reply(201, (_uri, body) => (calls.comments.push(body), { id: 9000 + calls.comments.length }));
-  scope.patch(/\/repos\/[^/]+\/[^/]+\/issues\/comments\/\d+$/).reply(200, (uri, body) => (calls.commentEdits.push({ uri, ...(body as object) }), {}));
-  return calls;
-}
 
 /** A signed webhook, answered, and everything it made preview-gate tell GitHub sent. */
 async function send(event: string, payload: object, secret?: string) {

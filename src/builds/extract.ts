@@ -258,8 +258,9 @@ async function writeLargeFile(entry: EntryStream, target: string, signal: AbortS
 /** Maps what the filesystem says about an entry to a client error; anything unexpected passes through (500). */
 export function writeError(err: unknown, entryPath: string): Error {
   const code = (err as NodeJS.ErrnoException).code;
-  if (code === 'EEXIST') return badRequest(`The archive holds "${entryPath}" more than once.`);
-  if (code === 'ENOTDIR' || code === 'EISDIR') {
+  const clash = code === 'ENOTDIR' || code === 'EISDIR' || (code === 'EEXIST' && (err as NodeJS.ErrnoException).syscall === 'mkdir');
+  if (code === 'EEXIST' && !clash) return badRequest(`The archive holds "${entryPath}" more than once.`);
+  if (clash) {
     return badRequest(`The archive entry "${entryPath}" conflicts with another entry (a file and a folder of one name).`);
   }
   if (code === 'ENOSPC') return new HttpError(507, 'The server has no disk space left for this build.');

@@ -33,14 +33,14 @@ export async function extractZip(file: string, dest: string, limits: ExtractLimi
 
 async function extractEntry(zip: ZipFile, entry: Entry, tree: BuildTree): Promise<void> {
   const type = (entry.externalFileAttributes >>> 16) & S_IFMT;
-  if (isDirectory(entry)) return tree.directory(entry.fileName);
-  if (type !== 0 && type !== S_IFREG) {
-    const kind = type === 0o120000 ? 'symbolic link' : 'special file';
-    throw badRequest(`The archive entry "${entry.fileName}" is a ${kind}; only regular files and folders are allowed.`);
-  }
-  if (entry.isEncrypted()) throw badRequest(`The archive entry "${entry.fileName}" is encrypted.`);
-  const target = tree.file(entry.fileName, entry.uncompressedSize);
   try {
+    if (isDirectory(entry)) return tree.directory(entry.fileName);
+    if (type !== 0 && type !== S_IFREG) {
+      const kind = type === 0o120000 ? 'symbolic link' : 'special file';
+      throw badRequest(`The archive entry "${entry.fileName}" is a ${kind}; only regular files and folders are allowed.`);
+    }
+    if (entry.isEncrypted()) throw badRequest(`The archive entry "${entry.fileName}" is encrypted.`);
+    const target = tree.file(entry.fileName, entry.uncompressedSize);
     await writeFile(await openEntry(zip, entry), target, entry.uncompressedSize, new AbortController().signal);
   } catch (err) {
     const mapped = writeError(err, entry.fileName);

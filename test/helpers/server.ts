@@ -20,6 +20,8 @@ export interface TestServer extends RunningServer {
   /** A Travis-style token; claims and signing can be overridden for attacks. */
   token(claims?: Record<string, unknown>, options?: { secret?: string; alg?: string; expiresIn?: string | number }): Promise<string>;
   upload(pr: number, sha: string, body: Buffer, init?: { token?: string; headers?: Record<string, string> }): Promise<Response>;
+  /** What the server logged (info and above), one object per line. */
+  logs: { level: number; msg: string; [field: string]: unknown }[];
   /** Every path under the builds dir (relative), for "nothing changed on disk" assertions. */
   buildsTree(): string[];
 }
@@ -38,7 +40,11 @@ export async function startTestServer(env: Record<string, string> = {}, reuseTmp
     ...env,
   };
   const config = loadConfig(fullEnv);
-  const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+  const logs: TestServer['logs'] = [];
+  const log = pino(
+    { level: process.env.TEST_LOG_LEVEL ?? 'info' },
+    { write: (line: string) => void logs.push(JSON.parse(line)) },
+  );
   const probot = probotFromEnv(config, log, fullEnv);
   const running = await startServer(config, log, { probot, port: 0 });
   const repo = await running.core.registry.ensureRepository(SLUG);
@@ -48,6 +54,7 @@ export async function startTestServer(env: Record<string, string> = {}, reuseTmp
     ...running,
     config,
     tmp,
+    logs,
     async token(claims = {}, options = {}) {
       const jwt = new SignJWT({ slug: SLUG, 'pull-request': 1, ...claims })
         .setProtectedHeader({ alg: options.alg ?? 'HS256' })

@@ -70,3 +70,16 @@ export function settingsFile(yaml?: string) {
   }
   return scope;
 }
+
+/** Records what preview-gate tells GitHub: statuses, deployments, comments. */
+export function feedback() {
+  const calls = { statuses: [] as any[], deployments: [] as any[], deploymentStatuses: [] as any[], comments: [] as any[], commentEdits: [] as any[] };
+  const scope = nock(API).persist();
+  scope.post(/\/repos\/[^/]+\/[^/]+\/statuses\/[0-9a-f]{40}$/).reply(201, (_uri, body) => (calls.statuses.push(body), {}));
+  scope.post(`/repos/${OWNER}/${REPO}/deployments`).reply(201, (_uri, body) => (calls.deployments.push(body), { id: 700 + calls.deployments.length }));
+  scope.post(/\/repos\/[^/]+\/[^/]+\/deployments\/\d+\/statuses$/).reply(201, (uri, body) => (calls.deploymentStatuses.push({ uri, ...(body as object) }), {}));
+  scope.get(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments/).reply(200, []);
+  scope.post(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments$/).reply(201, (_uri, body) => (calls.comments.push(body), { id: 9000 + calls.comments.length }));
+  scope.patch(/\/repos\/[^/]+\/[^/]+\/issues\/comments\/\d+$/).reply(200, (uri, body) => (calls.commentEdits.push({ uri, ...(body as object) }), {}));
+  return calls;
+}
