@@ -7,19 +7,23 @@ import { createMetrics } from './metrics.js';
 import { nginxOptionsFrom, renderNginx } from './nginx.js';
 import { ConfigError, loadConfig } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
+import { runUpload, UPLOAD_USAGE } from './upload-client.js';
 
 export interface CliIo {
   stdin: Readable & { isTTY?: boolean };
   stdout: Writable;
-  stderr: Writable;
+  stderr: Writable & { isTTY?: boolean };
   env: NodeJS.ProcessEnv;
+  /** `upload`'s first wait before a retry (tests shorten it). */
+  retryDelayMs?: number;
 }
 
 const USAGE = `usage:
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
   preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
-                                                    print the nginx server blocks for this configuration`;
+                                                    print the nginx server blocks for this configuration
+${UPLOAD_USAGE}`;
 
 const MIN_SECRET_BYTES = 32;
 
@@ -30,6 +34,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     if (command === 'secret' && sub === 'set') return await setSecret(rest, io);
     if (command === 'cleanup' && sub === undefined) return await cleanup(io);
     if (command === 'nginx') return printNginx(argv.slice(1), io);
+    if (command === 'upload') return await runUpload(argv.slice(1), io);
     io.stderr.write(`${USAGE}\n`);
     return 2;
   } catch (err) {

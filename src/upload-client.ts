@@ -1,0 +1,210 @@
+import fs from 'node:fs';
+import { Readable, Transform, type Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { create as createTar } from 'tar';
+
+/** The CLI's `upload` command: streams a build to a preview-gate server from any CI. */
+export interface UploadIo {
+  stdout: Writable;
+  stderr: Writable & { isTTY?: boolean };
+  env: NodeJS.ProcessEnv;
+  /** First wait before retrying a 502/503/504 or a refused connection; doubled each time (tests shorten it). */
+  retryDelayMs?: number;
+}
+
+export const UPLOAD_USAGE = `  preview-gate upload <dir|archive.tgz> --pr <n> --sha <sha> --url <base> [--token-env VAR] [--retries 4]
+                                                    upload a build (token from $VAR, default PREVIEW_GATE_TOKEN;
+                                                    on GitHub Actions with id-token: write, an OIDC token is used)`;
+
+const DEFAULT_TOKEN_ENV = 'PREVIEW_GATE_TOKEN';
+const RETRYABLE = new Set([502, 503, 504]);
+
+class UsageError extends Error {}
+
+/** Exit codes: 0 stored (or already stored), 1 refused or failed, 2 wrong arguments. */
+export async function runUpload(args: string[], io: UploadIo): Promise<number> {
+  let options;
+  try {
+    options = parseUploadArgs(args, io.env);
+  } catch (err) {
+    if (!(err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))) throw err;
+    io.stderr.write(`preview-gate upload: ${(err as Error).message}\nusage:\n${UPLOAD_USAGE}\n`);
+    return 2;
+  }
+  const say = (line: string) => io.stderr.write(`preview-gate upload: ${line}\n`);
+  let token: string;
+  try {
+    token = options.token ?? (await githubActionsToken(io.env, options.url));
+  } catch (err) {
+    say((err as Error).message);
+    return 1;
+  }
+  const endpoint = `${options.url}/create-build/${options.pr}/${options.sha}`;
+  let delay = io.retryDelayMs ?? 2000;
+  for (let attempt = 0; ; attempt++) {
+    let res: Response;
+    let readFailure: Error | undefined;
+    try {
+      const build = openBuild(options.source).once('error', (err: Error) => (readFailure = err));
+      res = await fetch(endpoint, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/gzip' },
+        body: Readable.toWeb(withProgress(build, options.size, io.stderr)) as ReadableStream,
+        duplex: 'half',
+      } as RequestInit);
+    } catch (err) {
+      if (readFailure) {
+        say(`could not read ${options.source.path}: ${readFailure.message}`);
+        return 1;
+      }
+      const why = networkProblem(err);
+      if (attempt < options.retries) {
+        say(`cannot reach ${options.url} (${why}); retrying in ${delay / 1000} s`);
+        await sleep(delay);
+        delay *= 2;
+        continue;
+      }
+      say(`cannot reach ${options.url} (${why}).`);
+      return 1;
+    }
+    const body = (await res.json().catch(() => ({}))) as { url?: string; visibility?: string; reason?: string; error?: string };
+    if (RETRYABLE.has(res.status) && attempt < options.retries) {
+      const wait = retryAfterMs(res) ?? delay;
+      say(`the server is busy (HTTP ${res.status}${body.error ? `: ${body.error}` : ''}); retrying in ${wait / 1000} s`);
+      await sleep(wait);
+      delay *= 2;
+      continue;
+    }
+    return report(res.status, body, options.sha, io);
+  }
+}
+
+function report(status: number, body: { url?: string; reason?: string; error?: string }, sha: string, io: UploadIo): number {
+  if (status === 201 && body.url) {
+    io.stdout.write(`${body.url}\n`);
+    return 0;
+  }
+  if (status === 202) {
+    io.stderr.write(`preview-gate upload: stored, not public yet: ${body.reason ?? 'waiting for a maintainer'}.\n`);
+    return 0;
+  }
+  if (status === 409) {
+    io.stderr.write(`preview-gate upload: a build of ${sha.slice(0, 7)} is already stored; nothing to do.\n`);
+    return 0;
+  }
+  io.stderr.write(`preview-gate upload: refused (HTTP ${status}): ${body.error ?? 'the server gave no reason'}\n`);
+  return 1;
+}
+
+interface UploadOptions {
+  source: { kind: 'dir' | 'file'; path: string };
+  size?: number;
+  pr: number;
+  sha: string;
+  url: string;
+  token?: string;
+  retries: number;
+}
+
+function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      pr: { type: 'string' },
+      sha: { type: 'string' },
+      url: { type: 'string' },
+      'token-env': { type: 'string' },
+      retries: { type: 'string' },
+    },
+  });
+  if (positionals.length !== 1) throw new UsageError('give one folder or .tgz file to upload.');
+  const path = positionals[0]!;
+  const stat = fs.statSync(path, { throwIfNoEntry: false });
+  if (!stat) throw new UsageError(`${path} does not exist.`);
+  if (!values.pr || !/^[1-9][0-9]*$/.test(values.pr)) throw new UsageError('--pr must be the pull request number.');
+  if (!values.sha || !/^[0-9a-f]{40}$/.test(values.sha)) throw new UsageError('--sha must be the full 40-character commit SHA.');
+  if (!values.url || !/^https?:\/\/[^/]+/.test(values.url)) throw new UsageError('--url must be the server\'s base URL (https://…).');
+  const retries = values.retries === undefined ? 4 : Number(values.retries);
+  if (!Number.isInteger(retries) || retries < 0) throw new UsageError('--retries must be a whole number.');
+  const tokenEnv = values['token-env'] ?? DEFAULT_TOKEN_ENV;
+  const token = env[tokenEnv];
+  if (values['token-env'] && !token) throw new UsageError(`the variable ${tokenEnv} is not set.`);
+  return {
+    source: { kind: stat.isDirectory() ? 'dir' : 'file', path },
+    size: stat.isDirectory() ? undefined : stat.size,
+    pr: Number(values.pr),
+    sha: values.sha,
+    url: values.url.replace(/\/+$/, ''),
+    token: token || undefined,
+    retries,
+  };
+}
+
+/** A folder is tarred and gzipped while it is sent (no temporary file); an archive is sent as it is. */
+function openBuild(source: UploadOptions['source']): Readable {
+  if (source.kind === 'file') return fs.createReadStream(source.path);
+  const entries = fs.readdirSync(source.path);
+  // portable: no owner names or uids; the server ignores them anyway.
+  return createTar({ gzip: true, cwd: source.path, portable: true }, entries) as unknown as Readable;
+}
+
+/** On a terminal, one line redrawn as bytes go out; in CI logs, one line at the end. */
+function withProgress(source: Readable, total: number | undefined, out: Writable & { isTTY?: boolean }): Readable {
+  let sent = 0;
+  let drawnAt = 0;
+  const started = Date.now();
+  const line = () => {
+    const mb = (sent / 1e6).toFixed(1);
+    if (!total) return `${mb} MB sent`;
+    const share = Math.min(1, sent / total);
+    const bar = '#'.repeat(Math.round(share * 30)).padEnd(30, '-');
+    return `[${bar}] ${Math.round(share * 100)}% ${mb} of ${(total / 1e6).toFixed(1)} MB`;
+  };
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      sent += chunk.length;
+      if (out.isTTY && Date.now() - drawnAt > 100) {
+        drawnAt = Date.now();
+        out.write(`\r${line()}`);
+      }
+      cb(null, chunk);
+    },
+    flush(cb) {
+      const seconds = ((Date.now() - started) / 1000).toFixed(1);
+      out.write(`${out.isTTY ? '\r' : ''}preview-gate upload: sent ${(sent / 1e6).toFixed(1)} MB in ${seconds} s\n`);
+      cb();
+    },
+  });
+  source.on('error', (err) => counter.destroy(err));
+  return source.pipe(counter);
+}
+
+/**
+ * On GitHub Actions (with `permissions: id-token: write`), asks the runner for an OIDC token whose audience
+ * is the server, so same-repository PRs need no stored secret.
+ */
+async function githubActionsToken(env: NodeJS.ProcessEnv, audience: string): Promise<string> {
+  const requestUrl = env.ACTIONS_ID_TOKEN_REQUEST_URL;
+  const requestToken = env.ACTIONS_ID_TOKEN_REQUEST_TOKEN;
+  if (!requestUrl || !requestToken) {
+    throw new Error(`no token: set ${DEFAULT_TOKEN_ENV} (or the variable named by --token-env), or run on GitHub Actions with "permissions: id-token: write".`);
+  }
+  const url = new URL(requestUrl);
+  url.searchParams.set('audience', audience);
+  const res = await fetch(url, { headers: { authorization: `bearer ${requestToken}` } });
+  const body = (await res.json().catch(() => ({}))) as { value?: string };
+  if (!res.ok || !body.value) throw new Error(`GitHub Actions did not give an OIDC token (HTTP ${res.status}).`);
+  return body.value;
+}
+
+function retryAfterMs(res: Response): number | undefined {
+  const seconds = Number(res.headers.get('retry-after'));
+  return res.headers.has('retry-after') && Number.isFinite(seconds) ? seconds * 1000 : undefined;
+}
+
+function networkProblem(err: unknown): string {
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? (err as Error).message;
+}

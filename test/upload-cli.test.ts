@@ -1,0 +1,201 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import zlib from 'node:zlib';
+import nock from 'nock';
+import { runCli } from '../src/cli.js';
+import { commitsOf, githubFor } from './helpers/github.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { siteTarball } from './helpers/tarballs.js';
+
+let server: TestServer;
+let work: string;
+
+beforeAll(async () => {
+  nock.disableNetConnect();
+  nock.enableNetConnect('127.0.0.1');
+  server = await startTestServer();
+});
+afterAll(() => server.close());
+beforeEach(() => {
+  work = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-cli-'));
+});
+afterEach(() => {
+  nock.cleanAll();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+/** Runs `preview-gate upload …` in-process; what it printed, and its exit code. */
+async function upload(args: string[], env: NodeJS.ProcessEnv = {}, options: { tty?: boolean } = {}) {
+  const stdout = new PassThrough();
+  const stderr = Object.assign(new PassThrough(), { isTTY: options.tty ?? false });
+  const out: string[] = [];
+  const err: string[] = [];
+  stdout.on('data', (c) => out.push(String(c)));
+  stderr.on('data', (c) => err.push(String(c)));
+  const code = await runCli(['upload', ...args], { stdin: new PassThrough(), stdout, stderr, env, retryDelayMs: 5 });
+  return { code, stdout: out.join(''), stderr: err.join('') };
+}
+
+function siteFolder(marker: string): string {
+  const dir = path.join(work, 'dist');
+  fs.mkdirSync(path.join(dir, 'assets'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'index.html'), `<h1>${marker}</h1>`);
+  fs.writeFileSync(path.join(dir, 'assets', 'app.js'), 'console.log(2)');
+  return dir;
+}
+
+const args = (source: string, pr: number, commit: string, url = server.url) => [source, '--pr', String(pr), '--sha', commit, '--url', url];
+
+test('a folder is tarred while streaming, stored, and its preview URL printed', async () => {
+  const commit = sha('a1');
+  const pr = { number: 70, commits: [commit], labels: ['safe for preview'] };
+  githubFor(pr);
+  commitsOf(pr);
+  const token = await server.token({ 'pull-request': 70 });
+  const res = await upload(args(siteFolder('cli build'), 70, commit), { PREVIEW_GATE_TOKEN: token });
+  expect(res).toMatchObject({ code: 0, stdout: 'https://pr70-a1a1a1a--docs.previews.test/\n' });
+  expect(res.stderr).toMatch(/^preview-gate upload: sent 0\.0 MB in \d+\.\d s\n$/); // one plain line in CI logs
+  const stored = path.join(server.config.buildsDir, 'docs', '70', commit.slice(0, 7));
+  expect(fs.readFileSync(path.join(stored, 'index.html'), 'utf8')).toBe('<h1>cli build</h1>');
+  expect(fs.readFileSync(path.join(stored, 'assets', 'app.js'), 'utf8')).toBe('console.log(2)');
+  await server.previews.settled();
+});
+
+test('an archive is sent as it is; a hidden build says so and still succeeds; sending it again is not a failure', async () => {
+  const commit = sha('b2');
+  const archive = path.join(work, 'site.tgz');
+  fs.writeFileSync(archive, siteTarball('archived'));
+  const pr = { number: 71, commits: [commit] };
+  githubFor(pr);
+  commitsOf(pr);
+  const env = { CI_UPLOAD_TOKEN: await server.token({ 'pull-request': 71 }) };
+  const first = await upload([...args(archive, 71, commit), '--token-env', 'CI_UPLOAD_TOKEN'], env);
+  expect(first.code).toBe(0);
+  expect(first.stderr).toContain("stored, not public yet: waiting for the 'safe for preview' label");
+
+  githubFor(pr);
+  commitsOf(pr);
+  const again = await upload([...args(archive, 71, commit), '--token-env', 'CI_UPLOAD_TOKEN'], env);
+  expect(again.code).toBe(0);
+  expect(again.stderr).toContain('a build of b2b2b2b is already stored; nothing to do');
+  await server.previews.settled();
+});
+
+test('a refusal prints the server\'s sentence and exits 1', async () => {
+  const token = await server.token({ 'pull-request': 72 }, { secret: 'a-wrong-secret-that-is-long-enough-0123456789' });
+  const res = await upload(args(siteFolder('x'), 72, sha('c3')), { PREVIEW_GATE_TOKEN: token });
+  expect(res.code).toBe(1);
+  expect(res.stderr).toMatch(/refused \(HTTP 403\): .*signature/i);
+});
+
+test('on a terminal a progress bar is drawn for an archive; without one, a single line', async () => {
+  const archive = path.join(work, 'big.tgz');
+  fs.writeFileSync(archive, crypto.randomBytes(3_000_000)); // the fake server does not look inside
+  const fake = await fakeServer([
+    { status: 201, body: { url: 'https://x/' } },
+    { status: 201, body: { url: 'https://x/' } },
+  ]);
+  const onTerminal = await upload(args(archive, 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 't' }, { tty: true });
+  const inCi = await upload(args(archive, 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 't' });
+  await fake.close();
+  expect(onTerminal.code).toBe(0);
+  expect(onTerminal.stderr).toMatch(/^\r\[#*-*\] \d+% \d\.\d of 3\.0 MB/);
+  expect(onTerminal.stderr).toMatch(/\rpreview-gate upload: sent 3\.0 MB in \d+\.\d s\n$/);
+  expect(inCi.stderr).toMatch(/^preview-gate upload: sent 3\.0 MB in \d+\.\d s\n$/);
+  expect(fake.requests[0]!.body.length).toBe(3_000_000);
+});
+
+test('503 is retried with backoff (Retry-After honoured) and the build is sent again whole', async () => {
+  const fake = await fakeServer([
+    { status: 503, body: { error: 'The server is restarting.' }, headers: { 'retry-after': '0' } },
+    { status: 502, body: {} },
+    { status: 201, body: { url: 'https://pr1-d4d4d4d--docs.previews.test/' } },
+  ]);
+  const res = await upload(args(siteFolder('retry'), 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 'tok' });
+  await fake.close();
+  expect(res.code).toBe(0);
+  expect(res.stdout).toBe('https://pr1-d4d4d4d--docs.previews.test/\n');
+  expect(res.stderr).toContain('the server is busy (HTTP 503: The server is restarting.); retrying in 0 s');
+  expect(fake.requests).toHaveLength(3);
+  // Every attempt carried the whole build, a valid gzip, with the token.
+  for (const r of fake.requests) {
+    expect(zlib.gunzipSync(r.body).includes('<h1>retry</h1>')).toBe(true);
+    expect(r.headers.authorization).toBe('Bearer tok');
+    expect(r.url).toBe(`/create-build/1/${sha('d4')}`);
+  }
+});
+
+test('503 that does not go away fails after the retries', async () => {
+  const fake = await fakeServer(Array(5).fill({ status: 503, body: { error: 'GitHub could not be asked; retry later.' } }));
+  const res = await upload([...args(siteFolder('x'), 1, sha('d4'), fake.url), '--retries', '2'], { PREVIEW_GATE_TOKEN: 't' });
+  await fake.close();
+  expect(res.code).toBe(1);
+  expect(fake.requests).toHaveLength(3);
+  expect(res.stderr).toContain('refused (HTTP 503): GitHub could not be asked; retry later.');
+});
+
+test('an unreachable server is a clear message and exit 1', async () => {
+  const closed = await fakeServer([]);
+  await closed.close();
+  const res = await upload([...args(siteFolder('x'), 1, sha('d4'), closed.url), '--retries', '1'], { PREVIEW_GATE_TOKEN: 't' });
+  expect(res.code).toBe(1);
+  expect(res.stderr).toContain(`cannot reach ${closed.url} (ECONNREFUSED); retrying`);
+  expect(res.stderr).toMatch(/cannot reach .* \(ECONNREFUSED\)\.\n$/);
+});
+
+test('on GitHub Actions the runner is asked for an OIDC token whose audience is the server', async () => {
+  const fake = await fakeServer([{ status: 201, body: { url: 'https://x/' } }]);
+  const runner = await fakeServer([{ status: 200, body: { value: 'oidc.jwt.value' } }]);
+  const res = await upload(args(siteFolder('x'), 1, sha('d4'), fake.url), {
+    ACTIONS_ID_TOKEN_REQUEST_URL: `${runner.url}/token?api-version=2.0`,
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'runner-secret',
+  });
+  await Promise.all([fake.close(), runner.close()]);
+  expect(res.code).toBe(0);
+  expect(runner.requests[0]!.headers.authorization).toBe('bearer runner-secret');
+  expect(new URL(runner.requests[0]!.url, 'http://x').searchParams.get('audience')).toBe(fake.url);
+  expect(fake.requests[0]!.headers.authorization).toBe('Bearer oidc.jwt.value');
+});
+
+test.each([
+  [['--pr', '1', '--sha', sha('d4'), '--url', 'http://x'], /give one folder or .tgz file/],
+  [['missing-dir', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x'], /missing-dir does not exist/],
+  [['.', '--pr', 'one', '--sha', sha('d4'), '--url', 'http://x'], /--pr must be the pull request number/],
+  [['.', '--pr', '1', '--sha', 'abc', '--url', 'http://x'], /--sha must be the full 40-character commit SHA/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'x.example'], /--url must be the server's base URL/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--token-env', 'NOPE'], /the variable NOPE is not set/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--bogus'], /Unknown option '--bogus'/],
+])('wrong arguments exit 2 with the reason: %j', async (argv, reason) => {
+  const res = await upload(argv as string[]);
+  expect(res.code).toBe(2);
+  expect(res.stderr).toMatch(reason);
+});
+
+test('without any token, it says how to give one', async () => {
+  const res = await upload(args(siteFolder('x'), 1, sha('d4')));
+  expect(res.code).toBe(1);
+  expect(res.stderr).toContain('no token: set PREVIEW_GATE_TOKEN');
+});
+
+/** A local server answering the given responses in order, recording each request with its whole body. */
+async function fakeServer(answers: { status: number; body: object; headers?: Record<string, string> }[]) {
+  const requests: { url: string; headers: http.IncomingHttpHeaders; body: Buffer }[] = [];
+  const srv = http.createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    requests.push({ url: req.url!, headers: req.headers, body: Buffer.concat(chunks) });
+    const answer = answers[requests.length - 1] ?? { status: 500, body: {} };
+    res.writeHead(answer.status, { 'content-type': 'application/json', ...answer.headers }).end(JSON.stringify(answer.body));
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    requests,
+    close: () => new Promise<void>((r) => srv.close(() => r())),
+  };
+}
