@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import { Readable, Transform, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { SignJWT } from 'jose';
 import { create as createTar } from 'tar';
 
 /** The CLI's `upload` command: streams a build to a preview-gate server from any CI. */
@@ -13,11 +14,14 @@ export interface UploadIo {
   retryDelayMs?: number;
 }
 
-export const UPLOAD_USAGE = `  preview-gate upload <dir|archive.tgz> --pr <n> --sha <sha> --url <base> [--token-env VAR] [--retries 4]
-                                                    upload a build (token from $VAR, default PREVIEW_GATE_TOKEN;
-                                                    on GitHub Actions with id-token: write, an OIDC token is used)`;
+export const UPLOAD_USAGE = `  preview-gate upload <dir|archive.tgz> --pr <n> --sha <sha> --url <base> [--retries 4]
+        [--token-env VAR | --repo <owner/repo> [--secret-env VAR]]
+                                                    upload a build; the token is $PREVIEW_GATE_TOKEN (or --token-env),
+                                                    or signed here with the upload secret $PREVIEW_GATE_SECRET and
+                                                    --repo, or on GitHub Actions (id-token: write) an OIDC token`;
 
 const DEFAULT_TOKEN_ENV = 'PREVIEW_GATE_TOKEN';
+const DEFAULT_SECRET_ENV = 'PREVIEW_GATE_SECRET';
 const RETRYABLE = new Set([502, 503, 504]);
 
 class UsageError extends Error {}
@@ -35,7 +39,7 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
   const say = (line: string) => io.stderr.write(`preview-gate upload: ${line}\n`);
   let token: string;
   try {
-    token = options.token ?? (await githubActionsToken(io.env, options.url));
+    token = options.token ?? (options.secret ? await travisStyleToken(options) : await githubActionsToken(io.env, options.url));
   } catch (err) {
     say((err as Error).message);
     return 1;
@@ -104,6 +108,8 @@ interface UploadOptions {
   sha: string;
   url: string;
   token?: string;
+  /** The repository's upload secret and slug, to sign a Travis-style token here. */
+  secret?: { value: string; repo: string };
   retries: number;
 }
 
@@ -116,6 +122,8 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
       sha: { type: 'string' },
       url: { type: 'string' },
       'token-env': { type: 'string' },
+      repo: { type: 'string' },
+      'secret-env': { type: 'string' },
       retries: { type: 'string' },
     },
   });
@@ -131,6 +139,11 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
   const tokenEnv = values['token-env'] ?? DEFAULT_TOKEN_ENV;
   const token = env[tokenEnv];
   if (values['token-env'] && !token) throw new UsageError(`the variable ${tokenEnv} is not set.`);
+  const secretEnv = values['secret-env'] ?? DEFAULT_SECRET_ENV;
+  const secret = env[secretEnv];
+  if (values.repo !== undefined && !/^[A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+$/.test(values.repo)) throw new UsageError('--repo must be <owner>/<repo>.');
+  if (values.repo && !secret) throw new UsageError(`--repo signs a token with the upload secret, but ${secretEnv} is not set.`);
+  if (values['secret-env'] && !values.repo) throw new UsageError('--secret-env needs --repo <owner>/<repo>.');
   return {
     source: { kind: stat.isDirectory() ? 'dir' : 'file', path },
     size: stat.isDirectory() ? undefined : stat.size,
@@ -138,6 +151,7 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
     sha: values.sha,
     url: values.url.replace(/\/+$/, ''),
     token: token || undefined,
+    secret: values.repo && secret ? { value: secret, repo: values.repo } : undefined,
     retries,
   };
 }
@@ -179,6 +193,17 @@ function withProgress(source: Readable, total: number | undefined, out: Writable
   });
   source.on('error', (err) => counter.destroy(err));
   return source.pipe(counter);
+}
+
+/** The token Travis's JWT addon used to make: HS256 with the upload secret, valid for this PR, for 10 minutes. */
+function travisStyleToken(options: UploadOptions): Promise<string> {
+  const { value, repo } = options.secret!;
+  return new SignJWT({ slug: repo, 'pull-request': options.pr })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setIssuer('Travis CI, GmbH')
+    .setIssuedAt()
+    .setExpirationTime('10m')
+    .sign(Buffer.from(value));
 }
 
 /**

@@ -9,7 +9,7 @@ import zlib from 'node:zlib';
 import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { commitsOf, githubFor } from './helpers/github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 
 let server: TestServer;
@@ -84,6 +84,21 @@ test('an archive is sent as it is; a hidden build says so and still succeeds; se
   expect(again.code).toBe(0);
   expect(again.stderr).toContain('a build of b2b2b2b is already stored; nothing to do');
   await server.previews.settled();
+});
+
+test('on any CI the token can be signed by the CLI itself from the upload secret', async () => {
+  const commit = sha('e5');
+  const pr = { number: 73, commits: [commit] };
+  githubFor(pr);
+  commitsOf(pr);
+  const res = await upload([...args(siteFolder('signed here'), 73, commit), '--repo', SLUG], { PREVIEW_GATE_SECRET: UPLOAD_SECRET });
+  expect(res.code).toBe(0);
+  expect(fs.existsSync(path.join(server.config.buildsDir, 'docs', 'hidden--73', 'e5e5e5e', 'index.html'))).toBe(true);
+  await server.previews.settled();
+
+  const wrong = await upload([...args(siteFolder('x'), 73, sha('f6')), '--repo', SLUG], { PREVIEW_GATE_SECRET: 'not-the-secret-but-long-enough-0123456789' });
+  expect(wrong.code).toBe(1);
+  expect(wrong.stderr).toMatch(/refused \(HTTP 403\)/);
 });
 
 test('a refusal prints the server\'s sentence and exits 1', async () => {
@@ -170,6 +185,8 @@ test.each([
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'x.example'], /--url must be the server's base URL/],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--token-env', 'NOPE'], /the variable NOPE is not set/],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--bogus'], /Unknown option '--bogus'/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'a/b'], /but PREVIEW_GATE_SECRET is not set/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'nope'], /--repo must be <owner>\/<repo>/],
 ])('wrong arguments exit 2 with the reason: %j', async (argv, reason) => {
   const res = await upload(argv as string[]);
   expect(res.code).toBe(2);
