@@ -12,7 +12,8 @@ import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
 import { ArtifactPuller } from './pull-mode.js';
 import { Registry } from './registry.js';
-import { LocalKeyService, type KeyService } from './secrets/key-service.js';
+import { AzureKeyService, type AzureKeyOptions } from './secrets/azure.js';
+import { KeyRing, LocalKeyService } from './secrets/key-service.js';
 import { SecretStore } from './secrets/secrets.js';
 import { createServer, type ServerDeps } from './server.js';
 
@@ -20,24 +21,35 @@ import { createServer, type ServerDeps } from './server.js';
 export interface Core {
   config: Config;
   db: Db;
-  keys: KeyService;
+  keys: KeyRing;
   secrets: SecretStore;
   registry: Registry;
   store: BuildStore;
 }
 
-export async function openCore(config: Config): Promise<Core> {
+export async function openCore(config: Config, azure?: AzureKeyOptions): Promise<Core> {
+  const keys = await openKeyService(config, azure);
   const db = openDb(config.databaseFile);
-  const keys = await openKeyService(config);
   const secrets = new SecretStore(db, keys);
   const registry = new Registry(db, secrets);
   const store = new BuildStore(config.buildsDir);
   return { config, db, keys, secrets, registry, store };
 }
 
-export async function openKeyService(config: Config): Promise<KeyService> {
-  if (config.keyProvider === 'local') return LocalKeyService.open(config.masterKeyFile);
-  throw new Error('KEY_PROVIDER=azure is not available in this version; use KEY_PROVIDER=local.');
+/**
+ * The key service of KEY_PROVIDER, plus, for unwrapping only, the other provider when its key is at hand (a
+ * local master key file after moving to Azure, or AZURE_KEY_ID after moving back), so that rows not yet
+ * re-wrapped by `preview-gate keys rotate` keep working.
+ */
+export async function openKeyService(config: Config, azure: AzureKeyOptions = {}): Promise<KeyRing> {
+  if (config.keyProvider === 'local') {
+    const local = LocalKeyService.open(config.masterKeyFile)!;
+    const readers = config.azureKeyId ? [await AzureKeyService.open(config.azureKeyId, azure)] : [];
+    return new KeyRing(local, readers);
+  }
+  const vault = await AzureKeyService.open(config.azureKeyId!, azure);
+  const oldLocal = LocalKeyService.open(config.masterKeyFile, { create: false });
+  return new KeyRing(vault, oldLocal ? [oldLocal] : []);
 }
 
 /**
@@ -87,9 +99,9 @@ export interface RunningServer {
 export async function startServer(
   config: Config,
   log: Logger,
-  options: { probot?: Probot; setupHandler?: ServerDeps['setupHandler']; host?: string; port?: number } = {},
+  options: { probot?: Probot; setupHandler?: ServerDeps['setupHandler']; host?: string; port?: number; azure?: AzureKeyOptions } = {},
 ): Promise<RunningServer> {
-  const core = await openCore(config);
+  const core = await openCore(config, options.azure);
   core.store.init();
   const metrics = createMetrics();
   const { github, previews } = createPreviews(core, metrics, log, options.probot);

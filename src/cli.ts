@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
@@ -8,6 +9,10 @@ import { nginxOptionsFrom, renderNginx } from './nginx.js';
 import { ConfigError, loadConfig } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 import { runUpload, UPLOAD_USAGE } from './upload-client.js';
+import { openDb } from './db/client.js';
+import type { AzureKeyOptions } from './secrets/azure.js';
+import { rotateKeys } from './secrets/rotate.js';
+import { formatUsage, usageReport } from './usage.js';
 
 export interface CliIo {
   stdin: Readable & { isTTY?: boolean };
@@ -16,11 +21,15 @@ export interface CliIo {
   env: NodeJS.ProcessEnv;
   /** `upload`'s first wait before a retry (tests shorten it). */
   retryDelayMs?: number;
+  /** Key Vault client options (tests: a credential and TLS trust for a local fake vault). */
+  azure?: AzureKeyOptions;
 }
 
 const USAGE = `usage:
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
   preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS
+  preview-gate keys rotate                          re-wrap every account key under the current key (resumable)
+  preview-gate usage [--json]                       per account: repositories, builds, bytes, uploads this month
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
                                                     print the nginx server blocks for this configuration
 ${UPLOAD_USAGE}`;
@@ -35,6 +44,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     if (command === 'cleanup' && sub === undefined) return await cleanup(io);
     if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'upload') return await runUpload(argv.slice(1), io);
+    if (command === 'keys' && sub === 'rotate' && rest.length === 0) return await rotate(io);
+    if (command === 'usage') return await usage(argv.slice(1), io);
     io.stderr.write(`${USAGE}\n`);
     return 2;
   } catch (err) {
@@ -67,7 +78,7 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
       return 1;
     }
   }
-  const core = await openCore(loadConfig(io.env));
+  const core = await openCore(loadConfig(io.env), io.azure);
   try {
     const repo = await core.registry.ensureRepository(slug);
     await core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, value);
@@ -88,7 +99,7 @@ async function cleanup(io: CliIo): Promise<number> {
   const config = loadConfig(io.env);
   if (!config.appConfigured) throw new Error('cleanup asks GitHub first: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.');
   const log = pino({ level: io.env.LOG_LEVEL ?? 'warn' }, io.stderr);
-  const core = await openCore(config);
+  const core = await openCore(config, io.azure);
   try {
     const { previews } = createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env));
     const { removedPrs, skipped } = await previews.cleanup();
@@ -97,6 +108,37 @@ async function cleanup(io: CliIo): Promise<number> {
     return 0;
   } finally {
     core.db.$client.close();
+  }
+}
+
+/** `keys rotate`: every account DEK re-wrapped under the current key; run it again if it was interrupted. */
+async function rotate(io: CliIo): Promise<number> {
+  const config = loadConfig(io.env);
+  const core = await openCore(config, io.azure);
+  try {
+    const result = await rotateKeys(core.db, core.keys);
+    if (result.newLocalKey) io.stderr.write(`Made a new local master key (${result.keyId}); the old one is kept until every account has moved.\n`);
+    io.stdout.write(`Re-wrapped ${result.rewrapped} account key(s) under ${result.keyId}; ${result.alreadyCurrent} already were.\n`);
+    for (const removed of result.removedKeys) io.stderr.write(`Deleted the retired master key ${removed}: nothing is wrapped by it any more.\n`);
+    if (config.keyProvider === 'azure' && fs.existsSync(config.masterKeyFile)) {
+      io.stderr.write(`${config.masterKeyFile} is no longer needed once this rotation is complete; back it up or delete it.\n`);
+    }
+    return 0;
+  } finally {
+    core.db.$client.close();
+  }
+}
+
+async function usage(args: string[], io: CliIo): Promise<number> {
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' } } });
+  // Reads the database only: no key service (and so no Key Vault) is needed to count.
+  const db = openDb(loadConfig(io.env).databaseFile);
+  try {
+    const report = usageReport(db);
+    io.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatUsage(report));
+    return 0;
+  } finally {
+    db.$client.close();
   }
 }
 

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { ExtractLimits, ExtractResult } from './builds/extract.js';
 import type { BuildStore, Visibility } from './builds/store.js';
 import type { Db } from './db/client.js';
-import { builds, pullRequests, repositories, visibilityChanges } from './db/schema.js';
+import { builds, pullRequests, repositories, uploads, visibilityChanges } from './db/schema.js';
 import { conflict, tooLarge, unavailable } from './errors.js';
 import type { GitHub, Octokit, PrFacts } from './github.js';
 import { KeyedLock } from './lock.js';
@@ -148,6 +148,7 @@ export class Previews {
     repo: Repository,
     facts: PrFacts,
     sha: string,
+    source: 'upload' | 'artifact',
     extract: (staging: string, limits: ExtractLimits) => Promise<ExtractResult>,
   ): Promise<{ pr: PullRequest; build: Build }> {
     const { config } = this;
@@ -166,6 +167,10 @@ export class Previews {
       const { pr, build, changed } = await this.storeBuild(repo, facts, buildId, staging, size);
       staging = undefined;
       this.metrics.uploadedBytes.inc(size.bytes);
+      this.db
+        .insert(uploads)
+        .values({ accountId: repo.accountId, repositoryId: repo.id, pullRequestNumber: pr.number, sha, bytes: size.bytes, files: size.files, source, authorUserId: pr.authorUserId })
+        .run();
       this.notifySafely(octokit, repo, pr, facts, changed ? this.readyBuilds(pr.id) : [build]);
       return { pr, build };
     } catch (err) {

@@ -155,3 +155,30 @@ export const visibilityChanges = sqliteTable(
   },
   (t) => [index('visibility_changes_pr').on(t.pullRequestId)],
 );
+
+/**
+ * Every build stored, kept after its files are cleaned up: the ledger that `preview-gate usage` (and a bill)
+ * counts uploads from. Rows are never updated.
+ */
+export const uploads = sqliteTable(
+  'uploads',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    accountId: integer('account_id')
+      .notNull()
+      .references(() => accounts.id),
+    repositoryId: integer('repository_id')
+      .notNull()
+      .references(() => repositories.id),
+    pullRequestNumber: integer('pull_request_number').notNull(),
+    sha: text('sha').notNull(),
+    bytes: integer('bytes').notNull(),
+    files: integer('files').notNull(),
+    /** `upload` (CI sent it) or `artifact` (pull mode fetched it). */
+    source: text('source', { enum: ['upload', 'artifact'] }).notNull(),
+    /** The PR's author, as a users row. */
+    authorUserId: integer('author_user_id').references(() => users.id),
+    createdAt: createdAt(),
+  },
+  (t) => [index('uploads_account_time').on(t.accountId, t.createdAt)],
+);

@@ -59,7 +59,7 @@ export function uploadRouter(deps: UploadDeps): Router {
     let tempFile: string | undefined;
     let stored;
     try {
-      stored = await deps.previews.ingestBuild(octokit, repo, facts, sha, async (staging, limits) => {
+      stored = await deps.previews.ingestBuild(octokit, repo, facts, sha, 'upload', async (staging, limits) => {
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
         return extractTarGz(body as Readable, staging, limits);
       });

@@ -1,0 +1,98 @@
+import { and, count, countDistinct, eq, gte, sum } from 'drizzle-orm';
+import type { Db } from './db/client.js';
+import { accounts, builds, pullRequests, repositories, uploads } from './db/schema.js';
+
+/** The figures a bill would use, per account. */
+export interface AccountUsage {
+  account: string;
+  githubId: number | null;
+  /** Repositories the app is installed on now. */
+  repositories: number;
+  /** Builds stored now, and their bytes (uncompressed, as on disk). */
+  builds: number;
+  bytesStored: number;
+  /** Builds stored since the first day of the month (UTC), by upload or pull mode, and their bytes. */
+  uploadsThisMonth: number;
+  bytesUploadedThisMonth: number;
+  /** Distinct PR authors (GitHub user ids) whose PRs were built this month. */
+  authorsThisMonth: number;
+}
+
+export interface UsageReport {
+  /** `YYYY-MM`, UTC. */
+  month: string;
+  accounts: AccountUsage[];
+}
+
+export function usageReport(db: Db, now = new Date()): UsageReport {
+  const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+  const repos = db
+    .select({ accountId: repositories.accountId, n: count() })
+    .from(repositories)
+    .where(eq(repositories.installed, true))
+    .groupBy(repositories.accountId)
+    .all();
+  const stored = db
+    .select({ accountId: repositories.accountId, n: count(), bytes: sum(builds.bytes) })
+    .from(builds)
+    .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+    .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+    .where(eq(builds.status, 'ready'))
+    .groupBy(repositories.accountId)
+    .all();
+  const month = db
+    .select({ accountId: uploads.accountId, n: count(), bytes: sum(uploads.bytes), authors: countDistinct(uploads.authorUserId) })
+    .from(uploads)
+    .where(and(gte(uploads.createdAt, monthStart)))
+    .groupBy(uploads.accountId)
+    .all();
+  const byAccount = <T extends { accountId: number }>(rows: T[]) => new Map(rows.map((r) => [r.accountId, r]));
+  const [repoRows, storedRows, monthRows] = [byAccount(repos), byAccount(stored), byAccount(month)];
+  return {
+    month: monthStart.toISOString().slice(0, 7),
+    accounts: db
+      .select()
+      .from(accounts)
+      .orderBy(accounts.login)
+      .all()
+      .map((a) => ({
+        account: a.login,
+        githubId: a.githubId,
+        repositories: repoRows.get(a.id)?.n ?? 0,
+        builds: storedRows.get(a.id)?.n ?? 0,
+        bytesStored: Number(storedRows.get(a.id)?.bytes ?? 0),
+        uploadsThisMonth: monthRows.get(a.id)?.n ?? 0,
+        bytesUploadedThisMonth: Number(monthRows.get(a.id)?.bytes ?? 0),
+        authorsThisMonth: monthRows.get(a.id)?.authors ?? 0,
+      })),
+  };
+}
+
+/** The report as an aligned table for a terminal. */
+export function formatUsage(report: UsageReport): string {
+  const header = ['account', 'repositories', 'builds', 'stored', `uploads ${report.month}`, `uploaded ${report.month}`, 'authors'];
+  const rows = report.accounts.map((a) => [
+    a.account,
+    String(a.repositories),
+    String(a.builds),
+    formatBytes(a.bytesStored),
+    String(a.uploadsThisMonth),
+    formatBytes(a.bytesUploadedThisMonth),
+    String(a.authorsThisMonth),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  return [line(header), ...rows.map(line)].join('\n') + '\n';
+}
+
+function formatBytes(bytes: number): string {
+  if (bytes < 1000) return `${bytes} B`;
+  const units = ['kB', 'MB', 'GB', 'TB'];
+  let value = bytes / 1000;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit++;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
