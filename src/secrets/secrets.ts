@@ -80,5 +80,5 @@ export class SecretStore {
 // Associated data binds each ciphertext to its place: moved to another account or secret, it fails to open.
 const valueAad = (accountId: number, repositoryId: number, name: string) =>
   `preview-gate:secret-value:v1|account=${accountId}|repository=${repositoryId}|name=${name}`;
-const dekAad = (accountId: number, repositoryId: number, name: string) =>
+export const dekAad = (accountId: number, repositoryId: number, name: string) =>
   `preview-gate:secret-dek:v1|account=${accountId}|repository=${repositoryId}|name=${name}`;

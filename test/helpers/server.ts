@@ -5,6 +5,7 @@ import { SignJWT } from 'jose';
 import { pino } from 'pino';
 import { probotFromEnv, startServer, type RunningServer } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
+import type { AzureKeyOptions } from '../../src/secrets/azure.js';
 import { UPLOAD_SECRET_NAME } from '../../src/upload/route.js';
 import { appPrivateKey, OWNER, REPO } from './github.js';
 
@@ -26,7 +27,11 @@ export interface TestServer extends RunningServer {
   buildsTree(): string[];
 }
 
-export async function startTestServer(env: Record<string, string> = {}, reuseTmp?: string): Promise<TestServer> {
+export async function startTestServer(
+  env: Record<string, string> = {},
+  reuseTmp?: string,
+  options: { azure?: AzureKeyOptions; seedSecret?: boolean } = {},
+): Promise<TestServer> {
   const tmp = reuseTmp ?? fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
   const fullEnv = {
     DATA_DIR: path.join(tmp, 'data'),
@@ -46,9 +51,11 @@ export async function startTestServer(env: Record<string, string> = {}, reuseTmp
     { write: (line: string) => void logs.push(JSON.parse(line)) },
   );
   const probot = probotFromEnv(config, log, fullEnv);
-  const running = await startServer(config, log, { probot, port: 0 });
-  const repo = await running.core.registry.ensureRepository(SLUG);
-  await running.core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, Buffer.from(UPLOAD_SECRET));
+  const running = await startServer(config, log, { probot, port: 0, azure: options.azure });
+  if (options.seedSecret !== false) {
+    const repo = await running.core.registry.ensureRepository(SLUG);
+    await running.core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, Buffer.from(UPLOAD_SECRET));
+  }
 
   const server: TestServer = {
     ...running,
