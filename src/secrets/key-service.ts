@@ -61,13 +61,17 @@ export class LocalKeyService implements KeyService {
   private current = '';
   private currentFileIno = -1;
 
-  private constructor(readonly file: string) {}
+  private constructor(
+    readonly file: string,
+    /** False for a key kept for unwrapping only: it is never created or replaced. */
+    private readonly create: boolean,
+  ) {}
 
   /** Opens (and, unless `create` is false, creates) the master key; undefined when absent and not created. */
   static open(file: string, options: { create?: boolean } = {}): LocalKeyService | undefined {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     if (options.create === false && !fs.existsSync(file)) return undefined;
-    const service = new LocalKeyService(file);
+    const service = new LocalKeyService(file, options.create !== false);
     service.load();
     return service;
   }
@@ -131,10 +135,14 @@ export class LocalKeyService implements KeyService {
   }
 
   private load(): void {
-    try {
-      fs.writeFileSync(this.file, crypto.randomBytes(KEY_BYTES), { flag: 'wx', mode: 0o600 });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    if (this.create) {
+      try {
+        fs.writeFileSync(this.file, crypto.randomBytes(KEY_BYTES), { flag: 'wx', mode: 0o600 });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    } else if (!fs.existsSync(this.file)) {
+      return; // removed after a migration: keep what was read
     }
     const keys = new Map<string, Buffer>();
     const current = readKeyFile(this.file);
