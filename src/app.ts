@@ -12,7 +12,7 @@ import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
 import { ArtifactPuller } from './pull-mode.js';
 import { Registry } from './registry.js';
-import { AzureKeyService, type AzureKeyOptions } from './secrets/azure.js';
+import type { AzureKeyOptions } from './secrets/azure.js';
 import { KeyRing, LocalKeyService } from './secrets/key-service.js';
 import { SecretStore } from './secrets/secrets.js';
 import { createServer, type ServerDeps } from './server.js';
@@ -42,12 +42,14 @@ export async function openCore(config: Config, azure?: AzureKeyOptions): Promise
  * re-wrapped by `preview-gate keys rotate` keep working.
  */
 export async function openKeyService(config: Config, azure: AzureKeyOptions = {}): Promise<KeyRing> {
+  // Loaded only when used: the Azure SDK and MSAL add about 20 MB to every process that imports them.
+  const openVault = async (keyId: string) => (await import('./secrets/azure.js')).AzureKeyService.open(keyId, azure);
   if (config.keyProvider === 'local') {
     const local = LocalKeyService.open(config.masterKeyFile)!;
-    const readers = config.azureKeyId ? [await AzureKeyService.open(config.azureKeyId, azure)] : [];
+    const readers = config.azureKeyId ? [await openVault(config.azureKeyId)] : [];
     return new KeyRing(local, readers);
   }
-  const vault = await AzureKeyService.open(config.azureKeyId!, azure);
+  const vault = await openVault(config.azureKeyId!);
   const oldLocal = LocalKeyService.open(config.masterKeyFile, { create: false });
   return new KeyRing(vault, oldLocal ? [oldLocal] : []);
 }
