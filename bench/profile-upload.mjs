@@ -1,0 +1,69 @@
+// Where the server's time goes during uploads of the reference build: runs the server under --cpu-prof,
+// uploads it RUNS times, stops the server and prints the functions with the most self time.
+// Usage: npm run build && node bench/profile-upload.mjs   (RUNS=5 by default; the profile is kept in PROFILE_DIR)
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { SignJWT } from 'jose';
+import { startFakeGitHub } from './fake-github.mjs';
+import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
+
+const RUNS = Number(process.env.RUNS ?? 5);
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-profile-'));
+const profileDir = process.env.PROFILE_DIR ?? path.join(tmp, 'profile');
+const SECRET = crypto.randomBytes(32).toString('base64url');
+const SLUG = 'bench-org/docs';
+
+const archive = path.join(tmp, 'reference.tgz');
+makeReferenceBuild(path.join(tmp, 'reference'));
+packReferenceBuild(path.join(tmp, 'reference'), archive);
+const github = await startFakeGitHub();
+const port = 20000 + Math.floor(Math.random() * 20000);
+const privateKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' });
+const env = {
+  ...process.env, DATA_DIR: path.join(tmp, 'data'), PORT: String(port), HOST: '127.0.0.1', APP_ID: '1', PRIVATE_KEY: String(privateKey),
+  WEBHOOK_SECRET: 'bench', GHE_HOST: github.host, GHE_PROTOCOL: 'http', LOG_LEVEL: 'warn',
+};
+const setSecret = spawn('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, stdio: ['pipe', 'ignore', 'ignore'] });
+setSecret.stdin.end(SECRET);
+await new Promise((r) => setSecret.on('exit', r));
+const server = spawn('node', ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, 'dist/src/main.js'], { env, stdio: 'inherit' });
+for (let i = 0; i < 100; i++) {
+  try { if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) break; } catch {}
+  await new Promise((r) => setTimeout(r, 100));
+}
+for (let i = 0; i < RUNS; i++) {
+  const sha = crypto.randomBytes(20).toString('hex');
+  github.addCommit(i + 1, sha);
+  const jwt = await new SignJWT({ slug: SLUG, 'pull-request': i + 1 }).setProtectedHeader({ alg: 'HS256' }).setIssuer('Travis CI, GmbH').setExpirationTime('10m').sign(Buffer.from(SECRET));
+  const start = process.hrtime.bigint();
+  const status = await new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: `/create-build/${i + 1}/${sha}`, headers: { authorization: `Token ${jwt}`, 'content-type': 'application/gzip', 'content-length': fs.statSync(archive).size } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); });
+    req.on('error', reject);
+    fs.createReadStream(archive).pipe(req);
+  });
+  console.log(`upload ${i + 1}: ${status} in ${(Number(process.hrtime.bigint() - start) / 1e6).toFixed(0)} ms`);
+}
+server.kill('SIGTERM');
+await new Promise((r) => server.on('exit', r));
+await github.close?.();
+
+const file = fs.readdirSync(profileDir).find((f) => f.endsWith('.cpuprofile'));
+const profile = JSON.parse(fs.readFileSync(path.join(profileDir, file), 'utf8'));
+const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+const self = new Map();
+const dt = profile.timeDeltas;
+profile.samples.forEach((id, i) => {
+  const { functionName, url, lineNumber } = byId.get(id).callFrame;
+  const key = `${functionName || '(anonymous)'} ${url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/')}:${lineNumber + 1}`;
+  self.set(key, (self.get(key) ?? 0) + (dt[i] ?? 0));
+});
+const total = [...self.values()].reduce((a, b) => a + b, 0);
+console.log(`profile ${path.join(profileDir, file)}: ${(total / 1000).toFixed(0)} ms sampled`);
+for (const [key, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 25)) {
+  console.log(`${(us / 1000).toFixed(0).padStart(7)} ms ${((100 * us) / total).toFixed(1).padStart(5)}%  ${key}`);
+}
+process.exit(0);
