@@ -83,7 +83,7 @@ const CLEANUP_EVERY_MS = 15 * 60_000;
 
 /** The decision-making part, for the server and for `preview-gate cleanup`. */
 export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot?: Probot) {
-  const github = probot ? new GitHub(probot) : undefined;
+  const github = probot ? new GitHub(probot, core.config.settingsCacheMs) : undefined;
   const notifier = new Notifier(core.db, core.config, log);
   const previews = new Previews(core.db, core.registry, core.store, github, notifier, core.config, metrics, log);
   return { github, previews };

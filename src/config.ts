@@ -29,6 +29,7 @@ export interface Config {
   githubRetries: number;
   /** Octokit's throttling (GitHub's advice: writes at least 1 s apart). Off only against a GitHub stand-in. */
   githubThrottle: boolean;
+  settingsCacheMs: number;
   /** Interface the Node process listens on. */
   host: string;
   /** false when APP_ID / private key / webhook secret are missing: Probot's setup flow is served instead. */
@@ -79,6 +80,12 @@ const schema = z.object({
   GITHUB_TIMEOUT_MS: positiveInt(' of milliseconds').default(10_000),
   GITHUB_RETRIES: z.string().regex(/^[0-9]$/, 'must be a number of retries from 0 to 9').transform(Number).default(2),
   GITHUB_THROTTLE: z.enum(['true', 'false'], { message: 'must be "true" or "false"' }).default('true'),
+  // How long `.github/preview-gate.yml` is trusted without asking GitHub again (a push changing it forgets it).
+  SETTINGS_CACHE_SECONDS: z
+    .string()
+    .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of seconds (0 turns the cache off)')
+    .transform(Number)
+    .default(60),
   HOST: z.string().min(1).default('0.0.0.0'),
   APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional(),
   WEBHOOK_SECRET: z.string().optional(),
@@ -129,6 +136,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     githubTimeoutMs: e.GITHUB_TIMEOUT_MS,
     githubRetries: e.GITHUB_RETRIES,
     githubThrottle: e.GITHUB_THROTTLE === 'true',
+    settingsCacheMs: e.SETTINGS_CACHE_SECONDS * 1000,
     host: e.HOST,
     appConfigured: Boolean(e.APP_ID && (e.PRIVATE_KEY || e.PRIVATE_KEY_PATH) && e.WEBHOOK_SECRET),
   };

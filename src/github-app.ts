@@ -155,8 +155,12 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
     app.on('push', async (context) => {
       const { ref, repository, commits } = context.payload;
       const touched = commits.some((c) => [...(c.added ?? []), ...(c.modified ?? []), ...(c.removed ?? [])].includes(SETTINGS_PATH));
+      if (ref !== `refs/heads/${repository.default_branch}` || !touched) return count(context, 'ignored');
+      // The org's `.github` repository holds the settings of every repository without its own file.
+      const owner = repository.owner?.login ?? repository.full_name.split('/')[0]!;
+      github.forgetSettings(owner, repository.name === '.github' ? undefined : repository.name);
       const repo = registry.findRepository(repository.full_name);
-      if (!repo || ref !== `refs/heads/${repository.default_branch}` || !touched) return count(context, 'ignored');
+      if (!repo) return count(context, 'ignored');
       await reconcileOpenPrs(context, [repo]);
     });
   };

@@ -48,7 +48,22 @@ export const isNotFound = (err: unknown) => (err as { status?: number }).status 
 
 /** The few GitHub questions preview-gate asks, through the installation's Octokit from Probot. */
 export class GitHub {
-  constructor(private readonly probot: Probot) {}
+  /** Settings per repository (lower-case owner/name), read from GitHub at most once per `settingsCacheMs`. */
+  private readonly settingsCache = new Map<string, { settings: RepoSettings; expires: number }>();
+
+  constructor(
+    private readonly probot: Probot,
+    /** 0: always ask GitHub. Otherwise a push that changes the file forgets the entry at once (`forgetSettings`). */
+    private readonly settingsCacheMs = 0,
+  ) {}
+
+  /** Forgets cached settings of one repository, or of every repository of `owner` (its `.github` changed). */
+  forgetSettings(owner: string, repo?: string): void {
+    const prefix = `${owner}/`.toLowerCase();
+    for (const key of this.settingsCache.keys()) {
+      if (repo === undefined ? key.startsWith(prefix) : key === `${owner}/${repo}`.toLowerCase()) this.settingsCache.delete(key);
+    }
+  }
 
   /** The installation's Octokit for a repository; 403 when the app is not installed there. */
   async forRepository(owner: string, repo: string): Promise<{ octokit: Octokit; installationId: number; accountId: number }> {
@@ -65,6 +80,15 @@ export class GitHub {
   }
 
   async settings(octokit: Octokit, owner: string, repo: string): Promise<RepoSettings> {
+    const key = `${owner}/${repo}`.toLowerCase();
+    const cached = this.settingsCache.get(key);
+    if (cached && cached.expires > Date.now()) return cached.settings;
+    const settings = await this.readSettings(octokit, owner, repo);
+    if (this.settingsCacheMs > 0) this.settingsCache.set(key, { settings, expires: Date.now() + this.settingsCacheMs });
+    return settings;
+  }
+
+  private async readSettings(octokit: Octokit, owner: string, repo: string): Promise<RepoSettings> {
     let config: unknown;
     try {
       // Probot's config plugin reads the file from the default branch, so a PR cannot change its own rules.

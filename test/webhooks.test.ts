@@ -274,3 +274,64 @@ test('`preview-gate cleanup` removes builds of PRs closed longer than the retent
   expect(out.join('')).toMatch(/Removed the builds of 1 closed pull request/);
   expect(fs.existsSync(prFolder(41, 'public'))).toBe(false);
 });
+
+describe('settings cache (SETTINGS_CACHE_SECONDS)', () => {
+  let cached: TestServer;
+  beforeEach(async () => {
+    cached = await startTestServer({ SETTINGS_CACHE_SECONDS: '60' });
+  });
+  afterEach(() => cached.close());
+
+  const pushOf = (repository: object, files: string[]) => ({
+    ref: 'refs/heads/main',
+    repository,
+    commits: [{ id: 'c'.repeat(40), added: [], modified: files, removed: [] }],
+    installation: { id: 42 },
+    sender: MAINTAINER,
+  });
+
+  test('a label webhook uses the settings read by the upload; a push changing them takes effect at once', async () => {
+    feedback();
+    installationToken();
+    const commit = sha('c7');
+    const pr = { number: 40, commits: [commit] };
+    const reads = githubFor(pr, { settings: 'trustedLabel: ship it\n' });
+    commitsOf(pr);
+    expect((await cached.upload(40, commit, siteTarball('cached'))).status).toBe(202);
+    expect(reads.isDone()).toBe(true);
+
+    // No settings file is served now: the decision is made from the cache, without asking GitHub.
+    let res = await sendWebhook(cached.url, 'pull_request', pullRequestEvent('labeled', { number: 40, labels: ['ship it'], head: commit }, { label: { name: 'ship it' } }));
+    await cached.previews.settled();
+    expect(res.status).toBe(200);
+    expect(fs.existsSync(path.join(cached.config.buildsDir, 'docs', '40', commit.slice(0, 7), 'index.html'))).toBe(true);
+
+    // A push to the default branch changes the trusted label: the cache is forgotten and the PR re-decided.
+    settingsFile('trustedLabel: reviewed\n');
+    nock(API).get(`/repos/${OWNER}/${REPO}/pulls/40`).reply(200, { number: 40, state: 'open', user: CONTRIBUTOR, labels: [{ name: 'ship it' }], head: { sha: commit } });
+    res = await sendWebhook(cached.url, 'push', pushOf(repositoryJson, ['.github/preview-gate.yml']));
+    await cached.previews.settled();
+    expect(res.status).toBe(200);
+    expect(fs.existsSync(path.join(cached.config.buildsDir, 'docs', 'hidden--40', commit.slice(0, 7), 'index.html'))).toBe(true);
+  });
+
+  test("a push to the organization's .github repository forgets the settings of all its repositories", async () => {
+    feedback();
+    installationToken();
+    const commit = sha('c8');
+    const pr = { number: 41, commits: [commit] };
+    githubFor(pr, { settings: 'trustedLabel: first\n' });
+    commitsOf(pr);
+    expect((await cached.upload(41, commit, siteTarball('org'))).status).toBe(202);
+
+    const orgGithub = { ...repositoryJson, id: 7002, name: '.github', full_name: `${OWNER}/.github` };
+    expect((await sendWebhook(cached.url, 'push', pushOf(orgGithub, ['.github/preview-gate.yml']))).status).toBe(200);
+
+    // Read again: the label named by the new settings makes the PR public (the cached 'first' would ignore it).
+    settingsFile('trustedLabel: second\n');
+    const res = await sendWebhook(cached.url, 'pull_request', pullRequestEvent('labeled', { number: 41, labels: ['second'], head: commit }, { label: { name: 'second' } }));
+    await cached.previews.settled();
+    expect(res.status).toBe(200);
+    expect(fs.existsSync(path.join(cached.config.buildsDir, 'docs', '41', commit.slice(0, 7), 'index.html'))).toBe(true);
+  });
+});

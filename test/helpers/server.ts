@@ -39,6 +39,8 @@ export async function startTestServer(
     GITHUB_RETRIES: '0',
     GITHUB_TIMEOUT_MS: '1500',
     GITHUB_THROTTLE: 'false',
+    // Each test serves the settings it needs; the cache has its own tests.
+    SETTINGS_CACHE_SECONDS: '0',
     APP_ID: '1',
     PRIVATE_KEY: appPrivateKey,
     WEBHOOK_SECRET,
