@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { createProbot, ProbotOctokit, type Probot } from 'probot';
@@ -80,6 +81,7 @@ export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEn
 }
 
 const CLEANUP_EVERY_MS = 15 * 60_000;
+const FEEDBACK_DRAIN_MS = 10_000;
 
 /** The decision-making part, for the server and for `preview-gate cleanup`. */
 export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot?: Probot) {
@@ -145,9 +147,21 @@ export async function startServer(
     previews,
     close: async () => {
       clearInterval(cleanupTimer);
-      // Waits for requests in flight (uploads finish and are answered), then for queued GitHub feedback.
+      // Waits for requests in flight (uploads finish and are answered), then for queued GitHub feedback, but
+      // not for long: Octokit spaces writes 1 s apart, and a stop must not wait minutes for comments.
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      await previews.settled();
+      const giveUp = new AbortController();
+      const drained = await Promise.race([
+        previews.settled().then(() => true),
+        sleep(FEEDBACK_DRAIN_MS, false, { signal: giveUp.signal }).catch(() => false),
+      ]);
+      giveUp.abort();
+      if (!drained) {
+        log.warn(
+          { pending: previews.pendingNotifications },
+          'stopped before all GitHub feedback was sent; those PRs\' comments and statuses catch up at their next change',
+        );
+      }
       core.db.$client.close();
     },
   };

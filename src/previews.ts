@@ -102,6 +102,11 @@ export class Previews {
     void task.finally(() => this.pending.delete(task));
   }
 
+  /** GitHub notifications queued or being sent. */
+  get pendingNotifications(): number {
+    return this.pending.size;
+  }
+
   /** Resolves when every queued GitHub notification has been sent (tests, and draining at shutdown). */
   async settled(): Promise<void> {
     while (this.pending.size) await Promise.all([...this.pending]);
