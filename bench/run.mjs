@@ -57,13 +57,7 @@ async function main() {
     MAX_PR_BUILDS: '200',
   };
   execFileSync('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, input: SECRET });
-  const server = spawn('node', ['dist/src/main.js'], { env, stdio: ['ignore', 'inherit', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) break;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  let server = await startServer(env, port);
 
   // 2. Peak RSS during a 1 GB upload generated on the fly (stored gzip, 100 files of 10 MB).
   // First, on a fresh server, so that the peak is this upload's.
@@ -73,6 +67,19 @@ async function main() {
   const t0 = process.hrtime.bigint();
   const bigStatus = await post(port, `/create-build/900/${bigSha}`, await token(900), generatedUpload(100, 10 * 1024 * 1024));
   console.log(`2. 1 GB upload answered ${bigStatus} in ${seconds(t0).toFixed(1)} s; server peak RSS ${(peakRss(server.pid) / 1024).toFixed(0)} MB (before it: ${(baseline / 1024).toFixed(0)} MB; goal <= 150 MB)`);
+
+  // A fresh server for the other figures: the 1 GB build's writeback and its queued GitHub feedback are
+  // figure 2's, not theirs.
+  await stopServer(server);
+  execFileSync('sync');
+  server = await startServer(env, port);
+  // One upload first, not counted in figure 1: the first request of a process pays for loading and compiling code.
+  const warmSha = newSha('warm-up');
+  github.addCommit(899, warmSha);
+  execFileSync('sync');
+  const tWarm = process.hrtime.bigint();
+  await post(port, `/create-build/899/${warmSha}`, await token(899), archive);
+  console.log(`first upload after a start (not counted below): ${seconds(tWarm).toFixed(3)} s`);
 
   const ratios = [];
   const uploads = [];
@@ -141,11 +148,26 @@ async function main() {
   const many = (16 * midBytes) / seconds(start);
   const errors = statuses.filter((st) => st !== 201).length;
   console.log(`4. throughput: one stream ${(one / 1e6).toFixed(1)} MB/s, 16 concurrent ${(many / 1e6).toFixed(1)} MB/s aggregate = ${(many / one).toFixed(2)}x, ${errors} errors (goal >= 1.5x, no errors)`);
+  await stopServer(server);
+  await github.close();
+  fs.rmSync(tmp, { recursive: true, force: true });
+}
+
+async function startServer(env, port) {
+  const server = spawn('node', ['dist/src/main.js'], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+  for (let i = 0; i < 100; i++) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return server;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the server did not start');
+}
+
+async function stopServer(server) {
   const exited = new Promise((r) => server.once('exit', r));
   server.kill('SIGTERM');
   await exited;
-  await github.close();
-  fs.rmSync(tmp, { recursive: true, force: true });
 }
 
 /** POSTs a file path, a Buffer or a Readable (chunked) as an upload; resolves with the status. */
