@@ -9,6 +9,7 @@ import { extractZip } from './builds/zip.js';
 import type { Config } from './config.js';
 import { HttpError, tooLarge } from './errors.js';
 import { githubError, type GitHub, type Octokit } from './github.js';
+import { STATUS_CONTEXT } from './notify.js';
 import type { Previews } from './previews.js';
 import type { Registry } from './registry.js';
 
@@ -94,8 +95,30 @@ export class ArtifactPuller {
         return extractZip(zipFile, staging, limits);
       });
       return { stored: true, pr: number, visibility: pr.visibility };
+    } catch (err) {
+      if (err instanceof HttpError && (err.status === 400 || err.status === 413)) {
+        await this.showRefusal(octokit, owner, name, run.head_sha, err.message);
+      }
+      throw err;
     } finally {
       await fs.promises.rm(zipFile, { force: true });
+    }
+  }
+
+  /** The PR's people see why its preview is missing: an `error` commit status (best effort, only logged if it fails). */
+  private async showRefusal(octokit: Octokit, owner: string, repo: string, sha: string, why: string): Promise<void> {
+    try {
+      await octokit.rest.repos.createCommitStatus({
+        owner,
+        repo,
+        sha,
+        state: 'error',
+        context: STATUS_CONTEXT,
+        // GitHub keeps at most 140 characters of a status description.
+        description: `Preview artifact refused: ${why}`.slice(0, 140),
+      });
+    } catch (err) {
+      this.log.warn({ repo: `${owner}/${repo}`, sha, err: (err as Error).message }, 'could not set the commit status of a refused artifact');
     }
   }
 

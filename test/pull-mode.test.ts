@@ -203,8 +203,14 @@ describe('runs and artifacts that are not stored', () => {
     ['no files at all', [{ name: 'empty/', mode: 0o040755 }], /holds no files/],
     ['a tarball inside with a symlink', [{ name: 'site.tgz', body: 'not gzip', store: true }], /not gzip-compressed/],
   ] as [string, ZipEntry[], RegExp][])('unsafe or broken artifact: %s', async (_what, entries, reason) => {
+    const calls = feedback();
     github({ zip: makeZip(entries) });
     await expectRefused(await deliver(workflowRun()), reason);
+    // The PR shows why its preview is missing.
+    expect(calls.statuses).toEqual([
+      expect.objectContaining({ state: 'error', context: 'preview-gate', description: expect.stringMatching(/^Preview artifact refused: /) }),
+    ]);
+    expect(calls.statuses[0].description.length).toBeLessThanOrEqual(140);
   });
 
   test('not a zip at all', async () => {
