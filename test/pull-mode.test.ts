@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import nock from 'nock';
 import { API, OWNER, pullRequestJson, REPO } from './helpers/github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { serverPerTest, sha, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { CONTRIBUTOR, feedback, installationToken, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
 import { makeZip, type ZipEntry } from './helpers/zips.js';
@@ -15,15 +15,7 @@ const ARTIFACT_ID = 77;
 const HEAD = sha('d4');
 const SETTINGS = 'workflow: preview.yml\n';
 
-beforeEach(async () => {
-  nock.disableNetConnect();
-  nock.enableNetConnect('127.0.0.1');
-  server = await startTestServer();
-});
-afterEach(async () => {
-  nock.cleanAll();
-  await server.close();
-});
+serverPerTest((s) => (server = s));
 
 const site: ZipEntry[] = [
   { name: 'index.html', body: '<h1>from a fork</h1>' },

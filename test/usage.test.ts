@@ -3,21 +3,13 @@ import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { users } from '../src/db/schema.js';
 import { commitsOf, githubFor, type FakePr } from './helpers/github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { serverPerTest, sha, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { feedback, installationToken, pullRequestEvent, sendWebhook, settingsFile } from './helpers/webhooks.js';
 
 let server: TestServer;
 
-beforeEach(async () => {
-  nock.disableNetConnect();
-  nock.enableNetConnect('127.0.0.1');
-  server = await startTestServer();
-});
-afterEach(async () => {
-  nock.cleanAll();
-  await server.close();
-});
+serverPerTest((s) => (server = s));
 
 async function upload(pr: FakePr, commit: string, marker: string) {
   githubFor(pr);

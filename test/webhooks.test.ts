@@ -7,22 +7,14 @@ import { runCli } from '../src/cli.js';
 import { pullRequests, users, visibilityChanges } from '../src/db/schema.js';
 import { COMMENT_MARKER } from '../src/notify.js';
 import { API, appPrivateKey, commitsOf, githubFor, OWNER, REPO } from './helpers/github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { serverPerTest, sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { CONTRIBUTOR, feedback, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
 
 let server: TestServer;
 const LABEL = 'safe for preview';
 
-beforeEach(async () => {
-  nock.disableNetConnect();
-  nock.enableNetConnect('127.0.0.1');
-  server = await startTestServer();
-});
-afterEach(async () => {
-  nock.cleanAll();
-  await server.close();
-});
+serverPerTest((s) => (server = s));
 
 const prFolder = (pr: number, visibility: 'public' | 'hidden') =>
   path.join(server.config.buildsDir, 'docs', visibility === 'public' ? String(pr) : `hidden--${pr}`);

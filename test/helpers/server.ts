@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { SignJWT } from 'jose';
+import nock from 'nock';
 import { pino } from 'pino';
 import { probotFromEnv, startServer, type RunningServer } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
@@ -90,6 +91,25 @@ export async function startTestServer(
     stop: () => running.close(),
   };
   return server;
+}
+
+/**
+ * A fresh server for each test of the file, GitHub reachable only through nock; `use` receives it before
+ * each test (`let server: TestServer; serverPerTest((s) => (server = s));`).
+ */
+export function serverPerTest(use: (server: TestServer) => void, env: Record<string, string> = {}): void {
+  let current: TestServer | undefined;
+  beforeEach(async () => {
+    nock.disableNetConnect();
+    nock.enableNetConnect('127.0.0.1');
+    current = await startTestServer(env);
+    use(current);
+  });
+  afterEach(async () => {
+    nock.cleanAll();
+    await current?.close();
+    current = undefined;
+  });
 }
 
 export function listTree(root: string): string[] {
