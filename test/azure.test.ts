@@ -244,6 +244,21 @@ describe('preview-gate keys rotate', () => {
     expect(await after.secrets.get(b.id, 'upload-key')).toEqual(VALUE_B);
   });
 
+  test('azure → local: with AZURE_KEY_ID kept for unwrapping, every account moves to the local master key', async () => {
+    const core = await open(azureEnv());
+    const { a, b } = await seed(core);
+    close(core);
+
+    const res = await cli(['keys', 'rotate'], { DATA_DIR: dataDir(), AZURE_KEY_ID: vault.keyId('v1') });
+    expect(res.code).toBe(0);
+    expect(res.stdout).toMatch(/^Re-wrapped 2 account key\(s\) under local:[0-9a-f]{16}; 0 already were\.\n$/);
+
+    vault.state.mode = 'down'; // the vault is not needed any more
+    const after = await open(localEnv());
+    expect(await after.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
+    expect(await after.secrets.get(b.id, 'upload-key')).toEqual(VALUE_B);
+  });
+
   test('local → azure migration is the same command; afterwards the local master key is not needed', async () => {
     const core = await open(localEnv());
     const { a, b } = await seed(core);
