@@ -64,14 +64,15 @@ export class ArtifactPuller {
   private async pull(octokit: Octokit, repoFullName: string, run: WorkflowRunLike): Promise<PullOutcome> {
     const repo = this.registry.findRepository(repoFullName);
     if (!repo?.installed) return { stored: false, why: 'the repository is not installed' };
+    // What the payload alone decides comes first: most runs of a busy repository end here, asking GitHub nothing.
+    if (run.event !== 'pull_request') return { stored: false, why: `the run was triggered by ${run.event}, not by pull_request` };
+    if (run.conclusion !== 'success') return { stored: false, why: `the run's conclusion is ${run.conclusion ?? 'unknown'}` };
     const [owner, name] = repoFullName.split('/') as [string, string];
     const settings = await this.github.settings(octokit, owner, name);
     if (!settings.workflow) return { stored: false, why: 'no workflow is named in .github/preview-gate.yml (pull mode is off)' };
     if (path.posix.basename(run.path) !== settings.workflow) {
       return { stored: false, why: `the run is of ${path.posix.basename(run.path)}, not of the preview workflow ${settings.workflow}` };
     }
-    if (run.event !== 'pull_request') return { stored: false, why: `the run was triggered by ${run.event}, not by pull_request` };
-    if (run.conclusion !== 'success') return { stored: false, why: `the run's conclusion is ${run.conclusion ?? 'unknown'}` };
 
     const number = await this.findPullRequest(octokit, owner, name, run);
     if (number === undefined) return { stored: false, why: `commit ${run.head_sha} is the head of no open pull request` };
