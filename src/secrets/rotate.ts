@@ -1,4 +1,4 @@
-import { and, eq, ne } from 'drizzle-orm';
+import { and, count, eq, ne } from 'drizzle-orm';
 import type { Db } from '../db/client.js';
 import { accounts } from '../db/schema.js';
 import { LocalKeyService, type KeyRing } from './key-service.js';
@@ -28,7 +28,7 @@ export async function rotateKeys(db: Db, keys: KeyRing): Promise<RotationResult>
     newLocalKey = true;
   }
   const keyId = keys.currentKeyId;
-  const total = db.select({ id: accounts.id }).from(accounts).all().length;
+  const total = db.select({ n: count() }).from(accounts).get()!.n;
   let rewrapped = 0;
   for (const account of db.select().from(accounts).where(ne(accounts.dekKeyId, keyId)).all()) {
     const dek = await keys.unwrapKey(account.wrappedDek, account.dekKeyId);
@@ -55,4 +55,4 @@ export async function rotateKeys(db: Db, keys: KeyRing): Promise<RotationResult>
 }
 
 /** Accounts whose DEK is not yet wrapped by `keyId`. */
-const behind = (db: Db, keyId: string) => db.select({ id: accounts.id }).from(accounts).where(ne(accounts.dekKeyId, keyId)).all().length;
+const behind = (db: Db, keyId: string) => db.select({ n: count() }).from(accounts).where(ne(accounts.dekKeyId, keyId)).get()!.n;
