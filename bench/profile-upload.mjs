@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { startFakeGitHub } from './fake-github.mjs';
+import { startServerProcess, stopServerProcess } from './server-process.mjs';
 import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
 
 const RUNS = Number(process.env.RUNS ?? 5);
@@ -30,11 +31,7 @@ const env = {
 const setSecret = spawn('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, stdio: ['pipe', 'ignore', 'ignore'] });
 setSecret.stdin.end(SECRET);
 await new Promise((r) => setSecret.on('exit', r));
-const server = spawn('node', ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, 'dist/src/main.js'], { env, stdio: 'inherit' });
-for (let i = 0; i < 100; i++) {
-  try { if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) break; } catch {}
-  await new Promise((r) => setTimeout(r, 100));
-}
+const server = await startServerProcess(env, port, { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`], stdio: 'inherit' });
 for (let i = 0; i < RUNS; i++) {
   const sha = crypto.randomBytes(20).toString('hex');
   github.addCommit(i + 1, sha);
@@ -47,8 +44,7 @@ for (let i = 0; i < RUNS; i++) {
   });
   console.log(`upload ${i + 1}: ${status} in ${(Number(process.hrtime.bigint() - start) / 1e6).toFixed(0)} ms`);
 }
-server.kill('SIGTERM');
-await new Promise((r) => server.on('exit', r));
+await stopServerProcess(server);
 await github.close?.();
 
 const file = fs.readdirSync(profileDir).find((f) => f.endsWith('.cpuprofile'));

@@ -5,7 +5,7 @@
 //   3. visibility flip (label webhook answered = folder renamed) for a PR of 50 builds vs 1 (goal <= 20 ms, flat)
 //   4. 16 concurrent uploads of distinct SHAs: aggregate throughput vs one stream (goal >= 1.5x, no errors)
 // Usage: npm run bench   (builds first; PAIRS=5 sets the pairs of figure 1)
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -16,6 +16,7 @@ import { Header } from 'tar';
 import zlib from 'node:zlib';
 import { Readable } from 'node:stream';
 import { startFakeGitHub } from './fake-github.mjs';
+import { startServerProcess, stopServerProcess } from './server-process.mjs';
 import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
 
 const PAIRS = Number(process.env.PAIRS ?? 5);
@@ -57,7 +58,7 @@ async function main() {
     MAX_PR_BUILDS: '200',
   };
   execFileSync('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, input: SECRET });
-  let server = await startServer(env, port);
+  let server = await startServerProcess(env, port);
 
   // 2. Peak RSS during a 1 GB upload generated on the fly (stored gzip, 100 files of 10 MB).
   // First, on a fresh server, so that the peak is this upload's.
@@ -70,9 +71,9 @@ async function main() {
 
   // A fresh server for the other figures: the 1 GB build's writeback and its queued GitHub feedback are
   // figure 2's, not theirs.
-  await stopServer(server);
+  await stopServerProcess(server);
   execFileSync('sync');
-  server = await startServer(env, port);
+  server = await startServerProcess(env, port);
   // One upload first, not counted in figure 1: the first request of a process pays for loading and compiling code.
   const warmSha = newSha('warm-up');
   github.addCommit(899, warmSha);
@@ -148,26 +149,9 @@ async function main() {
   const many = (16 * midBytes) / seconds(start);
   const errors = statuses.filter((st) => st !== 201).length;
   console.log(`4. throughput: one stream ${(one / 1e6).toFixed(1)} MB/s, 16 concurrent ${(many / 1e6).toFixed(1)} MB/s aggregate = ${(many / one).toFixed(2)}x, ${errors} errors (goal >= 1.5x, no errors)`);
-  await stopServer(server);
+  await stopServerProcess(server);
   await github.close();
   fs.rmSync(tmp, { recursive: true, force: true });
-}
-
-async function startServer(env, port) {
-  const server = spawn('node', ['dist/src/main.js'], { env, stdio: ['ignore', 'inherit', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return server;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('the server did not start');
-}
-
-async function stopServer(server) {
-  const exited = new Promise((r) => server.once('exit', r));
-  server.kill('SIGTERM');
-  await exited;
 }
 
 /** POSTs a file path, a Buffer or a Readable (chunked) as an upload; resolves with the status. */

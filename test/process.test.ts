@@ -2,7 +2,7 @@
  * The real server process (node dist/src/main.js, built by `npm test`), GitHub answered by the local fake of
  * the benchmarks through GHE_HOST: what a SIGKILL in the middle of an upload leaves, and how SIGTERM drains.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { startFakeGitHub } from '../bench/fake-github.mjs';
+import { startServerProcess } from '../bench/server-process.mjs';
 import { appPrivateKey } from './helpers/github.js';
 import { tarEntry } from './helpers/tarballs.js';
 
@@ -45,16 +46,7 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-async function startServer(): Promise<ChildProcess> {
-  const child = spawn('node', ['dist/src/main.js'], { env, stdio: 'ignore' });
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return child;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('the server did not start');
-}
+const startServer = (): Promise<ChildProcess> => startServerProcess(env, port, { stdio: 'ignore' });
 
 const exited = (child: ChildProcess) => new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
 

@@ -1,0 +1,28 @@
+// The real server as a child process (`node dist/src/main.js`), for the bench scripts and the process tests.
+import { spawn } from 'node:child_process';
+
+/**
+ * Starts the server with `env` and resolves once GET /health on `port` answers; `nodeArgs` go before the script.
+ * @param {NodeJS.ProcessEnv} env
+ * @param {number | string} port
+ * @param {{ nodeArgs?: string[], stdio?: import('node:child_process').StdioOptions }} [options]
+ * @returns {Promise<import('node:child_process').ChildProcess>}
+ */
+export async function startServerProcess(env, port, { nodeArgs = [], stdio = ['ignore', 'inherit', 'inherit'] } = {}) {
+  const child = spawn('node', [...nodeArgs, 'dist/src/main.js'], { env, stdio });
+  for (let i = 0; i < 100; i++) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return child;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill('SIGKILL');
+  throw new Error('the server did not start');
+}
+
+/** Sends SIGTERM and resolves with the exit code once the process has ended. */
+export function stopServerProcess(child) {
+  const exited = new Promise((r) => child.once('exit', (code) => r(code)));
+  child.kill('SIGTERM');
+  return exited;
+}
