@@ -14,7 +14,7 @@ import { eq } from 'drizzle-orm';
 import nock from 'nock';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { startFakeKeyVault } from './helpers/key-vault.js';
-import { sha, startTestServer } from './helpers/server.js';
+import { databaseBytes, sha, startTestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 
 let tmp: string;
@@ -97,9 +97,7 @@ describe('KEY_PROVIDER=azure with the real Key Vault client', () => {
     const core = await open(azureEnv());
     const { a } = await seed(core);
     core.db.$client.pragma('wal_checkpoint(PASSIVE)'); // some pages in the file, the rest still in the WAL
-    const raw = Buffer.concat(
-      ['preview-gate.sqlite', 'preview-gate.sqlite-wal'].map((f) => (fs.existsSync(path.join(dataDir(), f)) ? fs.readFileSync(path.join(dataDir(), f)) : Buffer.alloc(0))),
-    );
+    const raw = databaseBytes(dataDir());
     expect(raw.length).toBeGreaterThan(0);
     expect(raw.includes(VALUE_A)).toBe(false);
     expect(raw.includes(VALUE_B)).toBe(false);

@@ -8,6 +8,7 @@ import { runCli } from '../src/cli.js';
 import { loadConfig } from '../src/config.js';
 import { secrets as secretsTable } from '../src/db/schema.js';
 import { DecryptError } from '../src/secrets/envelope.js';
+import { databaseBytes } from './helpers/server.js';
 
 let tmp: string;
 let env: Record<string, string>;
@@ -38,7 +39,7 @@ describe('envelope encryption', () => {
     await core.secrets.set(repo.accountId, repo.id, 'upload-key', VALUE_A);
     expect(await core.secrets.get(repo.id, 'upload-key')).toEqual(VALUE_A);
     core.db.$client.pragma('wal_checkpoint(TRUNCATE)');
-    const raw = Buffer.concat(['preview-gate.sqlite', 'preview-gate.sqlite-wal'].map((f) => readIfExists(path.join(tmp, 'data', f))));
+    const raw = databaseBytes(path.join(tmp, 'data'));
     expect(raw.includes(VALUE_A)).toBe(false);
     expect(raw.includes(fs.readFileSync(path.join(tmp, 'data', 'master.key')))).toBe(false);
   });
@@ -120,6 +121,3 @@ describe('preview-gate secret set', () => {
   });
 });
 
-function readIfExists(file: string): Buffer {
-  return fs.existsSync(file) ? fs.readFileSync(file) : Buffer.alloc(0);
-}

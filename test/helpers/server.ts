@@ -112,6 +112,12 @@ export function serverPerTest(use: (server: TestServer) => void, env: Record<str
   });
 }
 
+/** Every byte SQLite keeps on disk for DATA_DIR: the database file and its write-ahead log. */
+export function databaseBytes(dataDir: string): Buffer {
+  const files = ['preview-gate.sqlite', 'preview-gate.sqlite-wal'].map((f) => path.join(dataDir, f));
+  return Buffer.concat(files.map((f) => (fs.existsSync(f) ? fs.readFileSync(f) : Buffer.alloc(0))));
+}
+
 export function listTree(root: string): string[] {
   if (!fs.existsSync(root)) return [];
   return (fs.readdirSync(root, { recursive: true }) as string[]).sort();
