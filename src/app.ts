@@ -1,5 +1,4 @@
 import http from 'node:http';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { createProbot, ProbotOctokit, type Probot } from 'probot';
@@ -8,7 +7,8 @@ import type { Config } from './config.js';
 import { openDb, type Db } from './db/client.js';
 import { GitHub } from './github.js';
 import { githubApp } from './github-app.js';
-import { createMetrics, trackStoredBytes, type Metrics } from './metrics.js';
+import { EtagCache, conditionalRequests } from './conditional-requests.js';
+import { createMetrics, trackQueue, trackStoredBytes, type Metrics } from './metrics.js';
 import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
 import { ArtifactPuller } from './pull-mode.js';
@@ -16,6 +16,7 @@ import { Registry } from './registry.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
 import { KeyRing, LocalKeyService } from './secrets/key-service.js';
 import { SecretStore } from './secrets/secrets.js';
+import { Sweep } from './sweep.js';
 import { createServer, type ServerDeps } from './server.js';
 
 /** The parts of a running preview-gate, shared by the server, the CLI and the tests. */
@@ -59,7 +60,7 @@ export async function openKeyService(config: Config, azure: AzureKeyOptions = {}
  * Probot from the environment (APP_ID, PRIVATE_KEY[_PATH], WEBHOOK_SECRET, GHE_HOST, GHE_PROTOCOL), with
  * every GitHub request bounded in time so that a hung GitHub turns into a 503, not a hung upload.
  */
-export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Probot {
+export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env, etags = new EtagCache()): Probot {
   const timeoutMs = config.githubTimeoutMs;
   const timedFetch: typeof fetch = (url, init) => {
     const timeout = AbortSignal.timeout(timeoutMs);
@@ -71,7 +72,7 @@ export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEn
       log,
       request: { fetch: timedFetch },
       // A function, not an object: Probot passes its own `throttle` options, which must be merged, not replaced.
-      Octokit: ProbotOctokit.defaults((options: Record<string, any>) => ({
+      Octokit: ProbotOctokit.plugin(conditionalRequests(etags) as never).defaults((options: Record<string, any>) => ({
         ...options,
         retry: { ...options.retry, retries: config.githubRetries },
         throttle: { ...options.throttle, enabled: config.githubThrottle },
@@ -82,13 +83,15 @@ export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEn
 
 const CLEANUP_EVERY_MS = 15 * 60_000;
 const FEEDBACK_DRAIN_MS = 10_000;
+const FIRST_SWEEP_MS = 5_000;
 
 /** The decision-making part, for the server and for `preview-gate cleanup`. */
 export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot?: Probot) {
   const github = probot ? new GitHub(probot, core.config.settingsCacheMs) : undefined;
   const notifier = new Notifier(core.db, core.config, log);
   const previews = new Previews(core.db, core.registry, core.store, github, notifier, core.config, metrics, log);
-  return { github, previews };
+  const sweep = github ? new Sweep(core.registry, previews, github, log) : undefined;
+  return { github, previews, sweep };
 }
 
 export interface RunningServer {
@@ -96,6 +99,7 @@ export interface RunningServer {
   server: http.Server;
   core: Core;
   previews: Previews;
+  sweep?: Sweep;
   close(): Promise<void>;
 }
 
@@ -108,12 +112,18 @@ export async function startServer(
   const core = await openCore(config, options.azure);
   core.store.init();
   const metrics = createMetrics();
-  const { github, previews } = createPreviews(core, metrics, log, options.probot);
-  previews.recoverAfterRestart();
+  const { github, previews, sweep } = createPreviews(core, metrics, log, options.probot);
+  await previews.recoverAfterRestart();
   trackStoredBytes(metrics, () => previews.storedBytes());
+  trackQueue(metrics, () => previews.queue.depth());
   const cleanupTimer = setInterval(() => {
     previews.cleanup().catch((err: unknown) => log.error({ err }, 'periodic cleanup failed'));
   }, CLEANUP_EVERY_MS).unref();
+  const runSweep = () => void sweep?.run().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'sweep failed; it runs again at the next interval'));
+  // The first sweep soon after start: it also learns the GitHub ids of rows stored before ids were kept.
+  const firstSweep = config.reconcileIntervalMs > 0 ? setTimeout(runSweep, FIRST_SWEEP_MS).unref() : undefined;
+  const sweepTimer = config.reconcileIntervalMs > 0 ? setInterval(runSweep, config.reconcileIntervalMs).unref() : undefined;
+  previews.start();
   const app = await createServer({
     ...core,
     log,
@@ -145,23 +155,17 @@ export async function startServer(
     server,
     core,
     previews,
+    sweep,
     close: async () => {
       clearInterval(cleanupTimer);
-      // Waits for requests in flight (uploads finish and are answered), then for queued GitHub feedback, but
-      // not for long: Octokit spaces writes 1 s apart, and a stop must not wait minutes for comments.
+      clearInterval(sweepTimer);
+      clearTimeout(firstSweep);
+      // Waits for requests in flight (uploads finish and are answered), then for the jobs running now, but
+      // not for long: whatever is left stays in the queue's table and is done after the next start.
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      const giveUp = new AbortController();
-      const drained = await Promise.race([
-        previews.settled().then(() => true),
-        sleep(FEEDBACK_DRAIN_MS, false, { signal: giveUp.signal }).catch(() => false),
-      ]);
-      giveUp.abort();
-      if (!drained) {
-        log.warn(
-          { pending: previews.pendingNotifications },
-          'stopped before all GitHub feedback was sent; those PRs\' comments and statuses catch up at their next change',
-        );
-      }
+      const drained = await previews.stop(FEEDBACK_DRAIN_MS);
+      const { jobs } = previews.queue.depth();
+      if (!drained || jobs) log.info({ jobs }, 'stopped with work queued; it is done after the next start');
       core.db.$client.close();
     },
   };

@@ -28,6 +28,7 @@ export interface CliIo {
 const USAGE = `usage:
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
   preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS
+  preview-gate reconcile                            run the sweep now: every open PR re-decided from GitHub's facts
   preview-gate keys rotate                          re-wrap every account key under the current key (resumable)
   preview-gate usage [--json]                       per account: repositories, builds, bytes, uploads this month
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
@@ -42,6 +43,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     const [command, sub, ...rest] = argv;
     if (command === 'secret' && sub === 'set') return await setSecret(rest, io);
     if (command === 'cleanup' && sub === undefined) return await cleanup(io);
+    if (command === 'reconcile' && sub === undefined) return await reconcile(io);
     if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'upload') return await runUpload(argv.slice(1), io);
     if (command === 'keys' && sub === 'rotate' && rest.length === 0) return await rotate(io);
@@ -105,6 +107,28 @@ async function cleanup(io: CliIo): Promise<number> {
     const { removedPrs, skipped } = await previews.cleanup();
     await previews.settled();
     io.stdout.write(`Removed the builds of ${removedPrs} closed pull request(s); ${skipped} skipped (see the log).\n`);
+    return 0;
+  } finally {
+    core.db.$client.close();
+  }
+}
+
+/**
+ * `reconcile`: the sweep the server runs every RECONCILE_INTERVAL_MINUTES, now. What GitHub could not answer
+ * is left in the queue, which the server works through.
+ */
+async function reconcile(io: CliIo): Promise<number> {
+  const config = loadConfig(io.env);
+  if (!config.appConfigured) throw new Error('reconcile asks GitHub: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.');
+  const log = pino({ level: io.env.LOG_LEVEL ?? 'warn' }, io.stderr);
+  const core = await openCore(config, io.azure);
+  try {
+    const { sweep } = createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env));
+    const r = await sweep!.run();
+    io.stdout.write(
+      `Swept ${r.installations} installation(s), ${r.repositories} repositories, ${r.pullRequests} open pull request(s): ` +
+        `${r.changed} changed visibility, ${r.queued} queued for retry, ${r.overBudget} installation(s) left for later (rate limit).\n`,
+    );
     return 0;
   } finally {
     core.db.$client.close();

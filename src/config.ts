@@ -30,6 +30,8 @@ export interface Config {
   /** Octokit's throttling (GitHub's advice: writes at least 1 s apart). Off only against a GitHub stand-in. */
   githubThrottle: boolean;
   settingsCacheMs: number;
+  /** How often every open PR is re-decided from GitHub (the sweep); 0 turns the periodic sweep off. */
+  reconcileIntervalMs: number;
   /** Interface the Node process listens on. */
   host: string;
   /** false when APP_ID / private key / webhook secret are missing: Probot's setup flow is served instead. */
@@ -86,6 +88,11 @@ const schema = z.object({
     .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of seconds (0 turns the cache off)')
     .transform(Number)
     .default(60),
+  RECONCILE_INTERVAL_MINUTES: z
+    .string()
+    .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of minutes (0 turns the periodic sweep off)')
+    .transform(Number)
+    .default(15),
   HOST: z.string().min(1).default('0.0.0.0'),
   APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional(),
   WEBHOOK_SECRET: z.string().optional(),
@@ -137,6 +144,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     githubRetries: e.GITHUB_RETRIES,
     githubThrottle: e.GITHUB_THROTTLE === 'true',
     settingsCacheMs: e.SETTINGS_CACHE_SECONDS * 1000,
+    reconcileIntervalMs: e.RECONCILE_INTERVAL_MINUTES * 60_000,
     host: e.HOST,
     appConfigured: Boolean(e.APP_ID && (e.PRIVATE_KEY || e.PRIVATE_KEY_PATH) && e.WEBHOOK_SECRET),
   };

@@ -1,13 +1,10 @@
-import { and, eq, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { ApplicationFunction, Context, Probot } from 'probot';
-import { accounts, pullRequests, repositories, users } from './db/schema.js';
-import { isNotFound, SETTINGS_PATH, type GitHub, type Octokit } from './github.js';
+import { SETTINGS_PATH, type GitHub, type Octokit } from './github.js';
 import type { Metrics } from './metrics.js';
 import type { Cause, Previews } from './previews.js';
 import type { ArtifactPuller } from './pull-mode.js';
 import type { Registry, Repository } from './registry.js';
-import type { RepoSettings } from './trust.js';
 
 export interface GithubAppDeps {
   registry: Registry;
@@ -18,131 +15,192 @@ export interface GithubAppDeps {
   log: Logger;
 }
 
-type PullRequestEvent = Context<'pull_request'>;
+interface RepositoryPayload {
+  id: number;
+  full_name: string;
+  owner?: { id: number; login: string } | null;
+}
+
+interface PullRequestPayload {
+  number: number;
+  updated_at?: string;
+  head: { sha: string };
+}
 
 /**
- * Probot handlers, in the order of the events in app.yml. Each maps one event to reconcile() calls; no
- * trust or disk logic lives here. A handler that throws makes Probot answer 500, so GitHub redelivers.
+ * Probot handlers, in the order of the events in app.yml. A webhook says *that* something changed; it is
+ * answered once the work is recorded. What it may do itself is only ever to hide (a revocation, from the
+ * payload, at once); anything that can publish is a queued decision that reads GitHub's facts. No trust or
+ * disk logic lives here.
  */
 export function githubApp(deps: GithubAppDeps): ApplicationFunction {
   const { registry, previews, github, metrics } = deps;
-  const db = registry.db;
 
   const count = (context: Context, outcome: 'applied' | 'ignored') =>
     metrics.webhookEvents.inc({ event: `${context.name}.${(context.payload as { action?: string }).action ?? ''}`, outcome });
-  const actorOf = (context: Context): Cause['actor'] => {
+  const causeOf = (context: Context): Cause => {
     const sender = (context.payload as { sender?: { id: number; login: string } }).sender;
-    return sender ? { id: sender.id, login: sender.login } : undefined;
+    const action = (context.payload as { action?: string }).action;
+    return { event: action ? `${context.name}.${action}` : context.name, actor: sender ? { id: sender.id, login: sender.login } : undefined };
   };
+  const refOf = (repo: RepositoryPayload) => ({ id: repo.id, fullName: repo.full_name, ownerId: repo.owner?.id });
 
-  /** Applies the PR object of a pull_request event (its labels are those after the event). */
-  async function fromPayload(context: PullRequestEvent, settings?: RepoSettings) {
-    const repo = registry.findRepository(context.payload.repository.full_name);
-    if (!repo) return count(context, 'ignored');
-    const { owner, repo: name } = context.repo();
-    const facts = await github.factsFrom(context.octokit, owner, name, context.payload.pull_request, settings);
-    await previews.applyAndNotify(context.octokit, repo, facts, { event: `pull_request.${context.payload.action}`, actor: actorOf(context) });
+  /** The repository row of the payload (by id; a rename is followed) and its installation remembered. */
+  async function repositoryOf(context: Context): Promise<Repository | undefined> {
+    const payload = context.payload as { repository?: RepositoryPayload; installation?: { id: number } };
+    if (!payload.repository) return undefined;
+    const repo = await registry.knownRepository(refOf(payload.repository));
+    if (repo && payload.installation) {
+      const account = registry.accountOf(repo);
+      if (account.installationId !== payload.installation.id) registry.setInstallation(account.id, payload.installation.id);
+    }
+    return repo;
+  }
+
+  /** The PR of a pull_request event, when preview-gate holds anything of it (nothing to decide otherwise). */
+  async function pullRequestOf(context: Context<'pull_request'>) {
+    const repo = await repositoryOf(context);
+    const pr = repo && registry.findPullRequest(repo.id, context.payload.pull_request.number);
+    return repo && pr ? { repo, pr, payload: context.payload.pull_request as PullRequestPayload } : undefined;
+  }
+
+  const payloadTime = (pr: PullRequestPayload) => (pr.updated_at ? new Date(pr.updated_at) : undefined);
+
+  /** Re-decides (queued) the open PRs of some repositories, optionally only those of one author. */
+  function decideOpenPrs(context: Context, repos: Repository[], authorGithubId?: number) {
+    for (const { repo, pr } of registry.openPullRequests(repos, authorGithubId)) previews.decideLater(repo, pr.number, causeOf(context));
     count(context, 'applied');
   }
 
-  /** Reconciles open PRs that have builds, in the given repositories, optionally only those of one author. */
-  async function reconcileOpenPrs(context: Context, repos: Repository[], authorGithubId?: number) {
-    for (const repo of repos) {
-      const rows = db
-        .select({ number: pullRequests.number })
-        .from(pullRequests)
-        .leftJoin(users, eq(pullRequests.authorUserId, users.id))
-        .where(
-          and(
-            eq(pullRequests.repositoryId, repo.id),
-            eq(pullRequests.state, 'open'),
-            authorGithubId === undefined ? undefined : and(eq(users.provider, 'github'), eq(users.providerId, String(authorGithubId))),
-          ),
-        )
-        .all();
-      for (const { number } of rows) {
-        await previews.reconcile(repo, number, { event: context.name, actor: actorOf(context) }, context.octokit as Octokit);
-      }
+  /** The author left a team or the organization: their public PRs are hidden at once, then re-decided. */
+  async function authorLeft(context: Context, org: { id: number; login: string }, member: { id: number; login: string }, where: string) {
+    for (const { repo, pr } of registry.openPullRequests(registry.repositoriesOfAccount(org), member.id)) {
+      await previews.revoke(repo, pr.number, { reason: `the author ${member.login} left ${where}` }, causeOf(context));
     }
     count(context, 'applied');
   }
 
-  const reposOfAccount = (login: string): Repository[] =>
-    db
-      .select({ repo: repositories })
-      .from(repositories)
-      .innerJoin(accounts, eq(repositories.accountId, accounts.id))
-      .where(and(sql`lower(${accounts.login}) = ${login.toLowerCase()}`, eq(repositories.installed, true)))
-      .all()
-      .map((r) => r.repo);
-
   return (app: Probot) => {
-    app.on(['installation.created', 'installation_repositories.added'], async (context) => {
-      const payload = context.payload as { repositories?: { full_name: string }[]; repositories_added?: { full_name: string }[] };
-      for (const { full_name } of payload.repositories ?? payload.repositories_added ?? []) {
-        const repo = await registry.ensureRepository(full_name);
-        db.update(repositories).set({ installed: true, uninstalledAt: null }).where(eq(repositories.id, repo.id)).run();
+    app.on(['installation.created', 'installation_repositories.added', 'installation.unsuspend'], async (context) => {
+      const payload = context.payload as {
+        installation: { id: number; account: { id: number; login: string } | null };
+        repositories?: { id: number; full_name: string }[];
+        repositories_added?: { id: number; full_name: string }[];
+      };
+      const owner = payload.installation.account;
+      if (owner) registry.setInstallation((await registry.ensureAccount(owner.login, owner.id)).id, payload.installation.id);
+      for (const r of payload.repositories ?? payload.repositories_added ?? []) {
+        const repo = await registry.resolveRepository({ id: r.id, fullName: r.full_name, ownerId: owner?.id });
+        registry.markInstalled(repo);
+        for (const { pr } of registry.openPullRequests([repo])) previews.decideLater(repo, pr.number, causeOf(context));
       }
       count(context, 'applied');
     });
 
-    app.on(['installation.deleted', 'installation_repositories.removed'], async (context) => {
-      const payload = context.payload as { repositories?: { full_name: string }[]; repositories_removed?: { full_name: string }[] };
-      for (const { full_name } of payload.repositories ?? payload.repositories_removed ?? []) {
-        const repo = registry.findRepository(full_name);
-        if (repo) await previews.hideRepository(repo, { event: context.name, actor: actorOf(context) });
+    app.on(['installation.deleted', 'installation.suspend', 'installation_repositories.removed'], async (context) => {
+      const payload = context.payload as {
+        action: string;
+        installation: { account: { id: number; login: string } | null };
+        repositories?: { id: number; full_name: string }[];
+        repositories_removed?: { id: number; full_name: string }[];
+      };
+      const owner = payload.installation.account;
+      const listed = payload.repositories ?? payload.repositories_removed;
+      const repos = listed
+        ? listed.map((r) => registry.findRepositoryById(r.id) ?? registry.findRepository(r.full_name)).filter((r) => r !== undefined)
+        : owner
+          ? registry.repositoriesOfAccount(owner)
+          : [];
+      for (const repo of repos) await previews.hideRepository(repo, causeOf(context));
+      if (payload.action !== 'removed' && owner) {
+        for (const repo of repos) registry.setInstallation(repo.accountId, null);
       }
+      count(context, 'applied');
+    });
+
+    app.on('installation_target.renamed', async (context) => {
+      const { account } = context.payload as { account: { id: number; login: string } };
+      await registry.renameAccount(account.id, account.login);
+      count(context, 'applied');
+    });
+
+    app.on(['repository.renamed', 'repository.transferred', 'repository.edited'], async (context) => {
+      // repositoryOf follows the new name (same id); a repository that takes the old name later starts afresh.
+      count(context, (await repositoryOf(context)) ? 'applied' : 'ignored');
+    });
+
+    app.on(['repository.deleted', 'repository.archived'], async (context) => {
+      const repo = await repositoryOf(context);
+      if (!repo) return count(context, 'ignored');
+      await previews.hideRepository(repo, causeOf(context), `the repository was ${context.payload.action}`);
       count(context, 'applied');
     });
 
     app.on(['membership.added', 'membership.removed'], async (context) => {
+      const { organization, member, team } = context.payload;
+      if (!member) return count(context, 'ignored');
+      if (context.payload.action === 'removed') return authorLeft(context, organization, member, `the team ${team.slug}`);
       // Any team counts: GitHub's membership API includes child teams, but the event names only the child.
-      await reconcileOpenPrs(context, reposOfAccount(context.payload.organization.login), context.payload.member?.id);
+      decideOpenPrs(context, registry.repositoriesOfAccount(organization), member.id);
     });
 
     app.on('organization.member_removed', async (context) => {
       const member = context.payload.membership.user;
       if (!member) return count(context, 'ignored');
-      await reconcileOpenPrs(context, reposOfAccount(context.payload.organization.login), member.id);
+      await authorLeft(context, context.payload.organization, member, `the organization ${context.payload.organization.login}`);
     });
 
-    app.on(['team.deleted', 'team.edited'], async (context) => {
-      if (context.payload.action === 'edited' && !('name' in (context.payload.changes ?? {}))) return count(context, 'ignored');
-      await reconcileOpenPrs(context, reposOfAccount(context.payload.organization.login));
+    app.on('team', async (context) => {
+      decideOpenPrs(context, registry.repositoriesOfAccount(context.payload.organization));
     });
 
-    app.on(['pull_request.labeled', 'pull_request.unlabeled'], async (context) => {
-      const repo = registry.findRepository(context.payload.repository.full_name);
-      if (!repo) return count(context, 'ignored');
-      const { owner, repo: name } = context.repo();
-      const settings = await github.settings(context.octokit, owner, name);
-      if (context.payload.label?.name !== settings.trustedLabel) return count(context, 'ignored');
-      await fromPayload(context, settings);
+    app.on('pull_request.labeled', async (context) => {
+      const found = await pullRequestOf(context);
+      const settings = found && previews.decisions.storedSettings(found.repo);
+      if (!found || (settings && context.payload.label?.name !== settings.trustedLabel)) return count(context, 'ignored');
+      if (settings && !settings.labelTrustsNewCommits) {
+        previews.decisions.bindLabel(found.repo, found.pr, found.payload.head.sha, payloadTime(found.payload));
+      }
+      previews.decideLater(found.repo, found.pr.number, causeOf(context));
+      count(context, 'applied');
     });
 
-    app.on(['pull_request.closed', 'pull_request.reopened'], (context) => fromPayload(context));
+    app.on('pull_request.unlabeled', async (context) => {
+      const found = await pullRequestOf(context);
+      const settings = found && previews.decisions.storedSettings(found.repo);
+      const label = context.payload.label?.name;
+      // Without stored settings the removed label may be the trusted one: hide, and let GitHub's facts decide.
+      if (!found || (settings && label !== settings.trustedLabel)) return count(context, 'ignored');
+      await previews.revoke(found.repo, found.pr.number, { reason: `the '${label}' label was removed`, at: payloadTime(found.payload) }, causeOf(context));
+      count(context, 'applied');
+    });
 
     app.on('pull_request.synchronize', async (context) => {
-      const repo = registry.findRepository(context.payload.repository.full_name);
-      if (!repo) return count(context, 'ignored');
-      const { owner, repo: name } = context.repo();
-      const settings = await github.settings(context.octokit, owner, name);
-      const pr = context.payload.pull_request;
-      if (settings.labelTrustsNewCommits || !pr.labels.some((l) => l.name === settings.trustedLabel)) {
-        return fromPayload(context, settings);
+      const found = await pullRequestOf(context);
+      if (!found) return count(context, 'ignored');
+      const settings = previews.decisions.storedSettings(found.repo);
+      const head = found.payload.head.sha;
+      if (settings && !settings.labelTrustsNewCommits && found.pr.labelSha && found.pr.labelSha !== head) {
+        // The label vouched for the commit a maintainer reviewed, not for the ones pushed after it.
+        const reason = `commit ${head.slice(0, 7)} was pushed after the '${settings.trustedLabel}' label was given at ${found.pr.labelSha.slice(0, 7)}`;
+        await previews.revoke(found.repo, found.pr.number, { reason, at: payloadTime(found.payload) }, causeOf(context));
+      } else {
+        previews.decideLater(found.repo, found.pr.number, causeOf(context));
       }
-      // The label vouched for the commits a maintainer reviewed, not for the ones pushed after it.
-      try {
-        await context.octokit.rest.issues.removeLabel({ owner, repo: name, issue_number: pr.number, name: settings.trustedLabel });
-      } catch (err) {
-        if (!isNotFound(err)) throw err;
-      }
-      const labels = pr.labels.filter((l) => l.name !== settings.trustedLabel);
-      const facts = await github.factsFrom(context.octokit, owner, name, { ...pr, labels }, settings);
-      if (!facts.decision.trusted) {
-        facts.decision.reason = `new commits were pushed after the '${settings.trustedLabel}' label was added, so the label was removed until a maintainer reviews them`;
-      }
-      await previews.applyAndNotify(context.octokit, repo, facts, { event: 'pull_request.synchronize', actor: actorOf(context) });
+      count(context, 'applied');
+    });
+
+    app.on('pull_request.closed', async (context) => {
+      const found = await pullRequestOf(context);
+      if (!found) return count(context, 'ignored');
+      await previews.revoke(found.repo, found.pr.number, { reason: 'the pull request was closed', at: payloadTime(found.payload), closed: true }, causeOf(context));
+      count(context, 'applied');
+    });
+
+    app.on(['pull_request.reopened', 'pull_request.edited'], async (context) => {
+      const found = await pullRequestOf(context);
+      if (!found) return count(context, 'ignored');
+      previews.decideLater(found.repo, found.pr.number, causeOf(context));
       count(context, 'applied');
     });
 
@@ -158,10 +216,13 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       if (ref !== `refs/heads/${repository.default_branch}` || !touched) return count(context, 'ignored');
       // The org's `.github` repository holds the settings of every repository without its own file.
       const owner = repository.owner?.login ?? repository.full_name.split('/')[0]!;
-      github.forgetSettings(owner, repository.name === '.github' ? undefined : repository.name);
-      const repo = registry.findRepository(repository.full_name);
-      if (!repo) return count(context, 'ignored');
-      await reconcileOpenPrs(context, [repo]);
+      const orgWide = repository.name === '.github';
+      github.forgetSettings(owner, orgWide ? undefined : repository.name);
+      const repos = orgWide
+        ? registry.repositoriesOfAccount({ id: repository.owner?.id, login: owner })
+        : [await repositoryOf(context)].filter((r) => r !== undefined);
+      if (!repos.length) return count(context, 'ignored');
+      decideOpenPrs(context, repos);
     });
   };
 }

@@ -1,5 +1,5 @@
 import type { Probot, ProbotOctokit } from 'probot';
-import { badRequest, forbidden, HttpError, unavailable } from './errors.js';
+import { badRequest, forbidden, HttpError } from './errors.js';
 import { decideTrust, settingsSchema, type RepoSettings, type TrustDecision } from './trust.js';
 
 export type Octokit = InstanceType<typeof ProbotOctokit>;
@@ -17,8 +17,13 @@ export interface PrFacts {
   labels: string[];
   settings: RepoSettings;
   decision: TrustDecision;
-  /** When these facts were read. */
+  /**
+   * GitHub's `updated_at` of the pull request these facts describe: an older read never overrules a newer one
+   * (a late or replayed delivery, or an API answer older than evidence already applied).
+   */
   at: Date;
+  /** GitHub's id of the repository (the PR's base repository). */
+  repositoryId?: number;
 }
 
 /** The fields of a pull request (REST answer or webhook payload) that trust depends on. */
@@ -29,19 +34,22 @@ export interface PullRequestLike {
   user: { id: number; login: string } | null;
   labels: { name: string }[];
   head: { sha: string };
+  updated_at?: string;
+  base?: { repo?: { id: number; full_name: string } | null };
 }
 
 /** An error from GitHub (or from reaching it) turned into what the caller should answer. */
 export function githubError(err: unknown, what: string): HttpError {
   if (err instanceof HttpError) return err;
   const status = (err as { status?: number }).status;
+  // The original error stays as `cause`: the work queue reads GitHub's `retry-after` from it.
   if (status === undefined || status >= 500 || status === 429) {
-    return unavailable(`GitHub could not be asked ${what}; retry later.`);
+    return new HttpError(503, `GitHub could not be asked ${what}; retry later.`, { cause: err });
   }
   if (status === 403 && /rate limit/i.test(String((err as Error).message))) {
-    return unavailable(`GitHub's rate limit was hit while asking ${what}; retry later.`);
+    return new HttpError(503, `GitHub's rate limit was hit while asking ${what}; retry later.`, { cause: err });
   }
-  return unavailable(`GitHub refused to answer ${what} (HTTP ${status}); retry later.`);
+  return new HttpError(503, `GitHub refused to answer ${what} (HTTP ${status}); retry later.`, { cause: err });
 }
 
 export const isNotFound = (err: unknown) => (err as { status?: number }).status === 404;
@@ -79,6 +87,16 @@ export class GitHub {
     return { octokit, installationId: installation.id, accountId: installation.account?.id ?? 0 };
   }
 
+  /** The Octokit of one installation (Probot caches its token). */
+  async forInstallation(installationId: number): Promise<Octokit> {
+    return (await this.probot.auth(installationId)) as Octokit;
+  }
+
+  /** The app's own Octokit (JWT): installations, and requests that do not count against an installation. */
+  async asApp(): Promise<Octokit> {
+    return (await this.probot.auth()) as Octokit;
+  }
+
   async settings(octokit: Octokit, owner: string, repo: string): Promise<RepoSettings> {
     const key = `${owner}/${repo}`.toLowerCase();
     const cached = this.settingsCache.get(key);
@@ -109,7 +127,6 @@ export class GitHub {
 
   /** Reads the PR, the settings and (when needed) team membership, and decides trust. */
   async prFacts(octokit: Octokit, owner: string, repo: string, number: number, settings?: RepoSettings): Promise<PrFacts> {
-    const at = new Date();
     settings ??= await this.settings(octokit, owner, repo);
     let pr;
     try {
@@ -118,7 +135,7 @@ export class GitHub {
       if (isNotFound(err)) throw forbidden(`Pull request #${number} does not exist in ${owner}/${repo}.`);
       throw githubError(err, `about pull request #${number}`);
     }
-    return this.factsFrom(octokit, owner, repo, pr, settings, at);
+    return this.factsFrom(octokit, owner, repo, pr, settings);
   }
 
   /**
@@ -131,7 +148,6 @@ export class GitHub {
     repo: string,
     pr: PullRequestLike,
     settings?: RepoSettings,
-    at = new Date(),
   ): Promise<PrFacts> {
     settings ??= await this.settings(octokit, owner, repo);
     const labels = pr.labels.map((l) => l.name);
@@ -150,7 +166,8 @@ export class GitHub {
       labels,
       settings,
       decision: decideTrust({ labels, authorTrustedTeam }, settings),
-      at,
+      at: pr.updated_at ? new Date(pr.updated_at) : new Date(),
+      repositoryId: pr.base?.repo?.id,
     };
   }
 

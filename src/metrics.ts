@@ -57,3 +57,23 @@ export function trackStoredBytes(metrics: Metrics, storedBytes: () => number): v
     },
   });
 }
+
+/** Queue depth and the age of its oldest row: work GitHub has not taken yet (decisions, feedback). */
+export function trackQueue(metrics: Metrics, depth: () => { jobs: number; oldestSeconds: number }): void {
+  new client.Gauge({
+    name: 'preview_gate_queue_jobs',
+    help: 'Decisions and GitHub feedback waiting in the durable queue',
+    registers: [metrics.registry],
+    collect() {
+      this.set(depth().jobs);
+    },
+  });
+  new client.Gauge({
+    name: 'preview_gate_queue_oldest_seconds',
+    help: 'Age of the oldest waiting row of the durable queue',
+    registers: [metrics.registry],
+    collect() {
+      this.set(depth().oldestSeconds);
+    },
+  });
+}

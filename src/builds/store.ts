@@ -95,6 +95,29 @@ export class BuildStore {
     }
   }
 
+  /**
+   * A crash between a rename and its database row can leave the PR in the folder the row does not name, or
+   * in both. Brings every build into the folder of `recorded` (the row's visibility), so the next decision
+   * moves one folder as usual and never answers with an error.
+   */
+  async repairBothFolders(site: string, pr: number, recorded: Visibility): Promise<void> {
+    const here = this.prDir(site, pr, recorded);
+    const other = this.prDir(site, pr, recorded === 'public' ? 'hidden' : 'public');
+    if (!fs.existsSync(other)) return;
+    if (!fs.existsSync(here)) {
+      await fs.promises.rename(other, here);
+      return;
+    }
+    const otherLatest = await fs.promises.readlink(path.join(other, LATEST)).catch(() => undefined);
+    for (const entry of await fs.promises.readdir(other)) {
+      if (!/^[0-9a-f]{7}$/.test(entry) || fs.existsSync(path.join(here, entry))) continue;
+      await fs.promises.rename(path.join(other, entry), path.join(here, entry));
+    }
+    await fs.promises.rm(other, { recursive: true, force: true });
+    const hereLatest = await fs.promises.readlink(path.join(here, LATEST)).catch(() => undefined);
+    if (!hereLatest && otherLatest && fs.existsSync(path.join(here, otherLatest))) await this.pointLatestAt(here, otherLatest);
+  }
+
   /** Every `<site>/<pr folder>/<sha7>` folder on disk. */
   buildDirs(): string[] {
     const dirs: string[] = [];

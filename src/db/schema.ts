@@ -64,6 +64,7 @@ export const repositories = sqliteTable(
   (t) => [
     uniqueIndex('repositories_full_name').on(sql`lower(${t.fullName})`),
     uniqueIndex('repositories_site').on(t.site),
+    uniqueIndex('repositories_github_id').on(t.githubId),
   ],
 );
 
@@ -85,6 +86,11 @@ export const pullRequests = sqliteTable(
     reason: text('reason'),
     /** When the GitHub facts behind the current decision were read: older facts never overrule newer ones. */
     factsAt: integer('facts_at', { mode: 'timestamp_ms' }),
+    /**
+     * With `labelTrustsNewCommits: false`: the head SHA the trusted label was given at. The label vouches for
+     * that commit only; any other head removes it.
+     */
+    labelSha: text('label_sha'),
     closedAt: integer('closed_at', { mode: 'timestamp_ms' }),
     /** The one preview comment on the PR, edited in place. */
     commentId: integer('comment_id'),
@@ -181,4 +187,28 @@ export const uploads = sqliteTable(
     createdAt: createdAt(),
   },
   (t) => [index('uploads_account_time').on(t.accountId, t.createdAt)],
+);
+
+/**
+ * Durable work: decisions that still have to be taken and feedback that still has to reach GitHub. A row per
+ * pending item (one per kind and key: a second request for the same PR is coalesced into the row), retried
+ * with backoff until done, across restarts. `generation` grows with every request, so a request that arrives
+ * while the item runs is not lost: the row is deleted only if it was not asked for again meanwhile.
+ */
+export const jobs = sqliteTable(
+  'jobs',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    /** `decide` (re-decide a PR from GitHub's facts), `feedback` (comment/status/deployment), ... */
+    kind: text('kind').notNull(),
+    /** What the job is about, e.g. `pr:<repository row id>#<number>`; jobs of one key run in order. */
+    key: text('key').notNull(),
+    data: text('data', { mode: 'json' }).$type<Record<string, unknown>>().notNull(),
+    dueAt: integer('due_at', { mode: 'timestamp_ms' }).notNull(),
+    attempts: integer('attempts').notNull().default(0),
+    generation: integer('generation').notNull().default(1),
+    lastError: text('last_error'),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('jobs_kind_key').on(t.kind, t.key), index('jobs_due').on(t.dueAt)],
 );

@@ -42,16 +42,19 @@ export function uploadRouter(deps: UploadDeps): Router {
     const sha = parseSha(req.params.sha);
 
     // Authenticate before reading a single byte of the body.
-    const repo = await authenticate(deps, tokenFromHeader(req.headers.authorization), pr);
+    const authenticated = await authenticate(deps, tokenFromHeader(req.headers.authorization), pr);
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > config.maxUploadBytes) throw tooLarge(`The upload is larger than ${config.maxUploadBytes} bytes.`);
 
-    // Authorize with what GitHub says now.
+    // Authorize with what GitHub says now (about this repository id, whatever its name is today).
     if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
+    const read = await deps.previews.decisions.readFacts(authenticated, pr);
+    const { facts, octokit, repo } = read;
     const [owner, name] = repo.fullName.split('/') as [string, string];
-    const { octokit } = await deps.github.forRepository(owner, name);
-    const facts = await deps.github.prFacts(octokit, owner, name, pr);
-    if (facts.state !== 'open') throw forbidden(`Pull request #${pr} is closed.`);
+    if (facts.state !== 'open') {
+      await deps.previews.decisions.apply(repo, facts, { event: 'upload' });
+      throw forbidden(`Pull request #${pr} is closed.`);
+    }
     if (!(await deps.github.prHasCommit(octokit, owner, name, pr, sha))) {
       throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
     }
@@ -59,7 +62,7 @@ export function uploadRouter(deps: UploadDeps): Router {
     let tempFile: string | undefined;
     let stored;
     try {
-      stored = await deps.previews.ingestBuild(octokit, repo, facts, sha, 'upload', async (staging, limits) => {
+      stored = await deps.previews.ingestBuild(repo, facts, sha, 'upload', async (staging, limits) => {
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
         return extractTarGz(body as Readable, staging, limits);
       });
@@ -72,8 +75,8 @@ export function uploadRouter(deps: UploadDeps): Router {
     const { visibility } = stored.pr;
     const answer =
       visibility === 'public'
-        ? { status: 201, body: { url: buildUrl(config, deps.registry.findRepository(repo.fullName)!.site, pr, stored.build.sha7), visibility } }
-        : { status: 202, body: { visibility, reason: facts.decision.reason } };
+        ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr, stored.build.sha7), visibility } }
+        : { status: 202, body: { visibility, reason: stored.pr.reason ?? facts.decision.reason } };
     res.status(answer.status).json(answer.body);
   });
 
@@ -97,10 +100,16 @@ async function authenticate(deps: UploadDeps, token: string, pr: number): Promis
   if (tokenAlgorithm(token) === 'RS256') {
     const { config } = deps;
     const claims = await verifyOidcToken(token, { issuer: config.oidcIssuer, audience: config.publicUrl, pr });
-    const repo = deps.registry.findRepository(claims.repository);
+    // By id when the token carries one: a repository that took a freed name is not the one stored under it.
+    const byId = claims.repositoryId === undefined ? undefined : deps.registry.findRepositoryById(claims.repositoryId);
+    const repo = byId ?? deps.registry.findRepository(claims.repository);
     if (!repo || !repo.installed) throw forbidden(`The preview-gate app is not installed on ${claims.repository}.`);
-    if (repo.githubId && claims.repositoryId !== undefined && repo.githubId !== claims.repositoryId) {
+    if (repo.githubId !== null && claims.repositoryId !== undefined && repo.githubId !== claims.repositoryId) {
       throw forbidden(`The token's repository_id does not match ${claims.repository}.`);
+    }
+    const account = deps.registry.accountOf(repo);
+    if (account.githubId !== null && claims.repositoryOwnerId !== undefined && account.githubId !== claims.repositoryOwnerId) {
+      throw forbidden(`The token's repository_owner_id does not match the owner of ${claims.repository}.`);
     }
     return repo;
   }

@@ -74,6 +74,7 @@ export function tokenAlgorithm(token: string): string {
 export interface OidcClaims {
   repository: string;
   repositoryId?: number;
+  repositoryOwnerId?: number;
 }
 
 const jwksCache = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
@@ -114,6 +115,6 @@ export async function verifyOidcToken(token: string, expected: { issuer: string;
   if (payload.ref !== `refs/pull/${expected.pr}/merge`) {
     throw forbidden(`The token is for ${String(payload.ref)}, not refs/pull/${expected.pr}/merge.`);
   }
-  const repositoryId = payload.repository_id === undefined ? undefined : Number(payload.repository_id);
-  return { repository: String(payload.repository), repositoryId };
+  const idClaim = (value: unknown) => (value === undefined ? undefined : Number(value));
+  return { repository: String(payload.repository), repositoryId: idClaim(payload.repository_id), repositoryOwnerId: idClaim(payload.repository_owner_id) };
 }

@@ -1,0 +1,59 @@
+import type { Logger } from 'pino';
+import type { BuildStore } from '../builds/store.js';
+import type { Config } from '../config.js';
+import type { Db } from '../db/client.js';
+import type { builds } from '../db/schema.js';
+import { unavailable } from '../errors.js';
+import type { GitHub, Octokit } from '../github.js';
+import type { KeyedLock } from '../lock.js';
+import type { Metrics } from '../metrics.js';
+import type { Notifier } from '../notify.js';
+import type { WorkQueue } from '../queue.js';
+import type { Registry, Repository } from '../registry.js';
+
+export type Build = typeof builds.$inferSelect;
+
+export interface Cause {
+  /** `upload`, `sweep`, or the webhook event (`pull_request.labeled`, ...). */
+  event: string;
+  /** Who caused it, as a GitHub numeric user id and login. */
+  actor?: { id: number; login: string };
+}
+
+/** What every part of the previews shares: the stores, GitHub, the queue and the per-PR lock. */
+export interface PreviewsContext {
+  db: Db;
+  registry: Registry;
+  store: BuildStore;
+  github: GitHub | undefined;
+  notifier: Notifier;
+  config: Config;
+  metrics: Metrics;
+  log: Logger;
+  queue: WorkQueue;
+  /** All changes to one PR run under its key, so an upload, a webhook and the sweep never interleave renames. */
+  lock: KeyedLock;
+}
+
+export const prKey = (repositoryId: number, number: number) => `pr:${repositoryId}#${number}`;
+
+export const ownerAndName = (repo: Repository) => repo.fullName.split('/') as [string, string];
+
+export function requireGithub(ctx: PreviewsContext): GitHub {
+  if (!ctx.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
+  return ctx.github;
+}
+
+/**
+ * The installation's Octokit for a repository row: by the account's installation id when known (no name
+ * involved), otherwise found once by name and remembered.
+ */
+export async function octokitFor(ctx: PreviewsContext, repo: Repository): Promise<Octokit> {
+  const github = requireGithub(ctx);
+  const account = ctx.registry.accountOf(repo);
+  if (account.installationId) return github.forInstallation(account.installationId);
+  const [owner, name] = ownerAndName(repo);
+  const { octokit, installationId } = await github.forRepository(owner, name);
+  ctx.registry.setInstallation(account.id, installationId);
+  return octokit;
+}

@@ -1,0 +1,240 @@
+import { and, eq } from 'drizzle-orm';
+import type { Visibility } from '../builds/store.js';
+import { builds, pullRequests, repositories, visibilityChanges } from '../db/schema.js';
+import { forbidden } from '../errors.js';
+import type { Octokit, PrFacts } from '../github.js';
+import type { Job } from '../queue.js';
+import { RetryLater } from '../queue.js';
+import type { PullRequest, Repository } from '../registry.js';
+import { settingsSchema, type RepoSettings, type TrustDecision } from '../trust.js';
+import { octokitFor, ownerAndName, prKey, requireGithub, type Cause, type PreviewsContext } from './context.js';
+
+/** Payload evidence that makes a PR *less* visible (a revocation): applied at once, without asking GitHub. */
+export interface Revocation {
+  reason: string;
+  /** The payload's `pull_request.updated_at`: GitHub's answers older than this cannot grant again. */
+  at?: Date;
+  closed?: boolean;
+}
+
+export interface Applied {
+  pr: PullRequest;
+  changed: boolean;
+  /** The facts were older than evidence already applied: they were not allowed to publish. */
+  stale: boolean;
+}
+
+/** How often a decision whose GitHub answer was older than a webhook is asked again before the sweep takes over. */
+const STALE_RETRIES = 5;
+
+/**
+ * The one decision, applied: facts read from GitHub → trust → PR folder renamed → row → feedback queued.
+ * Grants come only from facts read through the API; revocations from a payload hide at once and are then
+ * confirmed (or undone) by GitHub's facts. Everything about one PR runs under its lock.
+ */
+export class Decisions {
+  constructor(private readonly ctx: PreviewsContext) {}
+
+  /** Reads what GitHub says now and applies it. Throws (nothing changed) when GitHub cannot be asked. */
+  async reconcile(repo: Repository, number: number, cause: Cause, uploadSha?: string): Promise<Applied & { facts: PrFacts; octokit: Octokit }> {
+    const read = await this.readFacts(repo, number);
+    return { ...(await this.apply(read.repo, read.facts, cause, uploadSha)), facts: read.facts, octokit: read.octokit };
+  }
+
+  /** GitHub's facts about one PR now (PR, settings, team membership), checked to be about this repository. */
+  async readFacts(repo: Repository, number: number): Promise<{ repo: Repository; facts: PrFacts; octokit: Octokit }> {
+    const octokit = await octokitFor(this.ctx, repo);
+    const [owner, name] = ownerAndName(repo);
+    const facts = await requireGithub(this.ctx).prFacts(octokit, owner, name, number);
+    return { repo: this.sameRepository(repo, facts), facts, octokit };
+  }
+
+  /** A `decide` job: re-decide one PR from GitHub; asked again shortly when GitHub's answer lags a webhook. */
+  async runJob(data: Record<string, unknown>, job: Job): Promise<void> {
+    const repo = this.ctx.db.select().from(repositories).where(eq(repositories.id, Number(data.repositoryId))).get();
+    if (!repo?.installed) return;
+    const { stale } = await this.reconcile(repo, Number(data.number), data.cause as Cause);
+    if (stale && job.attempts < STALE_RETRIES) {
+      throw new RetryLater("GitHub's answer is older than a webhook already applied; asking again", 2000 * (job.attempts + 1));
+    }
+  }
+
+  /** Records that a PR must be re-decided from GitHub's facts (durable; retried until GitHub answers). */
+  enqueue(repo: Repository, number: number, cause: Cause): void {
+    this.ctx.queue.enqueue('decide', prKey(repo.id, number), { repositoryId: repo.id, number, cause });
+  }
+
+  async apply(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied> {
+    return this.ctx.lock.run(prKey(repo.id, facts.number), () => this.applyLocked(repo, facts, cause, uploadSha));
+  }
+
+  /** `apply` for a caller that already holds the PR's lock (the upload, between extraction and publication). */
+  async applyLocked(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied> {
+    const { db } = this.ctx;
+    const pr = this.ensurePr(repo, facts.number, facts.state, facts.headSha);
+    this.rememberSettings(repo, facts.settings);
+    const { decision, labelSha } = this.boundLabel(repo, pr, facts, uploadSha);
+    // An answer older than evidence already applied may hide (fail closed), never publish.
+    const stale = pr.factsAt !== null && facts.at < pr.factsAt;
+    if (stale && decision.trusted) return { pr, changed: false, stale: true };
+    const visibility: Visibility = decision.trusted ? 'public' : 'hidden';
+    const changed = await this.moveTo(repo, pr, visibility, decision.reason, cause);
+    const authorUserId = this.ctx.registry.upsertUser(facts.author.id, facts.author.login);
+    const updated = db
+      .update(pullRequests)
+      .set({
+        authorUserId,
+        state: facts.state,
+        headSha: facts.headSha,
+        trusted: decision.trusted,
+        visibility,
+        reason: decision.reason,
+        labelSha,
+        factsAt: stale ? pr.factsAt : facts.at,
+        closedAt: facts.state === 'closed' ? (pr.closedAt ?? new Date()) : null,
+        updatedAt: new Date(),
+      })
+      .where(eq(pullRequests.id, pr.id))
+      .returning()
+      .get();
+    if (changed) this.enqueueFeedback(repo, updated, this.readyBuildIds(pr.id));
+    return { pr: updated, changed, stale };
+  }
+
+  /**
+   * `labelTrustsNewCommits: false`: the label vouches for the head SHA it was first seen at. Any other commit
+   * (the PR's head, or the one being uploaded) makes the PR untrusted and the label is removed on GitHub.
+   */
+  private boundLabel(repo: Repository, pr: PullRequest, facts: PrFacts, uploadSha?: string): { decision: TrustDecision; labelSha: string | null } {
+    const { settings } = facts;
+    const labelled = facts.labels.includes(settings.trustedLabel);
+    if (!labelled) return { decision: facts.decision, labelSha: null };
+    if (settings.labelTrustsNewCommits) return { decision: facts.decision, labelSha: pr.labelSha };
+    const labelSha = pr.labelSha ?? facts.headSha;
+    const other = [facts.headSha, uploadSha].find((sha) => sha && sha !== labelSha);
+    if (!other) return { decision: facts.decision, labelSha };
+    this.ctx.queue.enqueue('remove-label', prKey(repo.id, facts.number), { repositoryId: repo.id, number: facts.number, label: settings.trustedLabel });
+    return {
+      decision: {
+        trusted: false,
+        reason: `commit ${other.slice(0, 7)} came after the '${settings.trustedLabel}' label was given at ${labelSha.slice(0, 7)}, so the label was removed until a maintainer reviews the new commits`,
+      },
+      labelSha: null,
+    };
+  }
+
+  /**
+   * A `labeled` delivery under `labelTrustsNewCommits: false`: the label is bound to the head SHA the payload
+   * names, unless the payload is older than what is already known (a late or replayed delivery binds nothing).
+   * Binding never publishes: the queued decision still needs GitHub to say the label is there.
+   */
+  bindLabel(repo: Repository, pr: PullRequest, headSha: string, at: Date | undefined): void {
+    if (pr.labelSha || !at || (pr.factsAt && at < pr.factsAt)) return;
+    this.ctx.db.update(pullRequests).set({ labelSha: headSha }).where(eq(pullRequests.id, pr.id)).run();
+  }
+
+  /**
+   * Hides a PR at once on a payload's word (label removed, author left the team, PR closed, new commits under
+   * `labelTrustsNewCommits: false`), then queues the decision that reads GitHub's facts to confirm or undo it.
+   */
+  async revoke(repo: Repository, number: number, revocation: Revocation, cause: Cause): Promise<void> {
+    await this.ctx.lock.run(prKey(repo.id, number), async () => {
+      const pr = this.ctx.registry.findPullRequest(repo.id, number);
+      if (!pr) return;
+      const changed = await this.moveTo(repo, pr, 'hidden', revocation.reason, cause);
+      const newer = revocation.at && (!pr.factsAt || revocation.at > pr.factsAt);
+      this.ctx.db
+        .update(pullRequests)
+        .set({
+          visibility: 'hidden',
+          trusted: false,
+          ...(changed || revocation.closed ? { reason: revocation.reason } : {}),
+          ...(newer ? { factsAt: revocation.at } : {}),
+          ...(revocation.closed ? { state: 'closed' as const, closedAt: pr.closedAt ?? new Date() } : {}),
+          updatedAt: new Date(),
+        })
+        .where(eq(pullRequests.id, pr.id))
+        .run();
+      if (changed) this.enqueueFeedback(repo, pr, this.readyBuildIds(pr.id));
+    });
+    this.enqueue(repo, number, cause);
+  }
+
+  /** The app lost access to the repository: hide every PR at once (no GitHub needed), remove them later. */
+  async hideRepository(repo: Repository, cause: Cause, reason = 'the app was uninstalled from the repository'): Promise<void> {
+    const prs = this.ctx.db.select().from(pullRequests).where(eq(pullRequests.repositoryId, repo.id)).all();
+    for (const pr of prs) {
+      await this.ctx.lock.run(prKey(repo.id, pr.number), async () => {
+        const fresh = this.ctx.registry.findPullRequest(repo.id, pr.number)!;
+        await this.moveTo(repo, fresh, 'hidden', reason, cause);
+        this.ctx.db.update(pullRequests).set({ visibility: 'hidden', trusted: false, updatedAt: new Date() }).where(eq(pullRequests.id, pr.id)).run();
+      });
+    }
+    this.ctx.db.update(repositories).set({ installed: false, uninstalledAt: new Date() }).where(eq(repositories.id, repo.id)).run();
+  }
+
+  /** Feedback is a row first (the outbox): coalesced per PR, sent in order, retried until GitHub takes it. */
+  enqueueFeedback(repo: Repository, pr: PullRequest, buildIds: number[]): void {
+    this.ctx.queue.enqueue('feedback', prKey(repo.id, pr.number), { repositoryId: repo.id, number: pr.number, buildIds });
+  }
+
+  readyBuildIds(pullRequestId: number): number[] {
+    return this.ctx.db
+      .select({ id: builds.id })
+      .from(builds)
+      .where(and(eq(builds.pullRequestId, pullRequestId), eq(builds.status, 'ready')))
+      .all()
+      .map((b) => b.id);
+  }
+
+  /** The settings last read from GitHub, kept so a revocation can be judged when GitHub cannot be asked. */
+  storedSettings(repo: Repository): RepoSettings | undefined {
+    const parsed = settingsSchema.safeParse(repo.settings ?? undefined);
+    return parsed.success ? parsed.data : undefined;
+  }
+
+  private rememberSettings(repo: Repository, settings: RepoSettings): void {
+    if (JSON.stringify(repo.settings) !== JSON.stringify(settings)) {
+      this.ctx.db.update(repositories).set({ settings }).where(eq(repositories.id, repo.id)).run();
+    }
+  }
+
+  /**
+   * Moves the PR folder to `to` (one rename), repairing first a PR found in both folders after a crash.
+   * Records the change; returns whether the visibility changed.
+   */
+  private async moveTo(repo: Repository, pr: PullRequest, to: Visibility, reason: string, cause: Cause): Promise<boolean> {
+    const site = this.currentRepo(repo).site;
+    await this.ctx.store.repairBothFolders(site, pr.number, pr.visibility);
+    if (pr.visibility === to) return false;
+    await this.ctx.store.setVisibility(site, pr.number, pr.visibility, to);
+    const actorUserId = cause.actor ? this.ctx.registry.upsertUser(cause.actor.id, cause.actor.login) : undefined;
+    this.ctx.db.insert(visibilityChanges).values({ pullRequestId: pr.id, from: pr.visibility, to, reason, cause: cause.event, actorUserId }).run();
+    this.ctx.metrics.visibilityChanges.inc({ to });
+    this.ctx.log.info({ repo: repo.fullName, pr: pr.number, from: pr.visibility, to, cause: cause.event }, `pull request is now ${to}: ${reason}`);
+    return true;
+  }
+
+  /**
+   * The row of the repository these facts are about. GitHub answers for a name; when the name now belongs to
+   * another repository (a rename we have not heard of yet, then a new repository with the old name), the
+   * stored previews are not its own.
+   */
+  private sameRepository(repo: Repository, facts: PrFacts): Repository {
+    if (facts.repositoryId === undefined || repo.githubId === facts.repositoryId) return repo;
+    if (repo.githubId === null && !this.ctx.registry.findRepositoryById(facts.repositoryId)) {
+      return this.ctx.db.update(repositories).set({ githubId: facts.repositoryId }).where(eq(repositories.id, repo.id)).returning().get();
+    }
+    throw forbidden(`${repo.fullName} is now a different repository than the one whose previews are stored under that name.`);
+  }
+
+  /** The PR row, created hidden (the safe default) the first time the PR is seen. */
+  ensurePr(repo: Repository, number: number, state: 'open' | 'closed', headSha: string): PullRequest {
+    this.ctx.db.insert(pullRequests).values({ repositoryId: repo.id, number, state, headSha }).onConflictDoNothing().run();
+    return this.ctx.registry.findPullRequest(repo.id, number)!;
+  }
+
+  currentRepo(repo: Repository): Repository {
+    return this.ctx.db.select().from(repositories).where(eq(repositories.id, repo.id)).get()!;
+  }
+}

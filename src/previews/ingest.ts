@@ -1,0 +1,134 @@
+import { and, count, eq, sum } from 'drizzle-orm';
+import type { ExtractLimits, ExtractResult } from '../builds/extract.js';
+import { builds, pullRequests, repositories, uploads } from '../db/schema.js';
+import { conflict, HttpError, tooLarge } from '../errors.js';
+import type { PrFacts } from '../github.js';
+import type { PullRequest, Repository } from '../registry.js';
+import { prKey, type Build, type PreviewsContext } from './context.js';
+import type { Decisions } from './decide.js';
+
+/** Storing one build of a PR: quota → claim of the SHA → staging → one rename → feedback queued. */
+export class Ingest {
+  constructor(
+    private readonly ctx: PreviewsContext,
+    private readonly decisions: Decisions,
+  ) {}
+
+  /**
+   * Stores one build of a PR, from an upload or a pulled artifact. On any failure nothing stays: the claim
+   * is released and staging removed before this returns. A SHA already stored (409) still applies the
+   * current decision, so a retried upload brings the PR in line with GitHub.
+   */
+  async ingestBuild(
+    repo: Repository,
+    facts: PrFacts,
+    sha: string,
+    source: 'upload' | 'artifact',
+    extract: (staging: string, limits: ExtractLimits) => Promise<ExtractResult>,
+  ): Promise<{ pr: PullRequest; build: Build }> {
+    const { config } = this.ctx;
+    const accountRoom = config.maxAccountBytes - this.accountBytes(repo);
+    const quotaMessage = `The account ${repo.fullName.split('/')[0]} would store more than its ${config.maxAccountBytes} bytes of previews (MAX_ACCOUNT_BYTES); builds of closed PRs are removed after ${config.cleanupAfterHours} h.`;
+    if (accountRoom <= 0) throw tooLarge(quotaMessage);
+    const limits: ExtractLimits =
+      accountRoom < config.maxBuildBytes ? { ...config, maxBuildBytes: accountRoom, buildBytesMessage: quotaMessage } : config;
+    let buildId: number;
+    try {
+      buildId = this.claimBuild(repo, facts, sha);
+    } catch (err) {
+      if (err instanceof HttpError && err.status === 409) await this.decisions.apply(repo, facts, { event: 'upload' }, sha);
+      throw err;
+    }
+    let staging: string | undefined;
+    try {
+      staging = await this.ctx.store.createStaging();
+      const stopTimer = this.ctx.metrics.extractionSeconds.startTimer();
+      const size = await extract(staging, limits);
+      stopTimer();
+      const { pr, build, changed } = await this.storeBuild(repo, facts, buildId, staging, size, sha);
+      staging = undefined;
+      this.ctx.metrics.uploadedBytes.inc(size.bytes);
+      this.ctx.db
+        .insert(uploads)
+        .values({ accountId: repo.accountId, repositoryId: repo.id, pullRequestNumber: pr.number, sha, bytes: size.bytes, files: size.files, source, authorUserId: pr.authorUserId })
+        .run();
+      // A visibility change already queued feedback for every build; otherwise only the new one is reported.
+      if (!changed) this.decisions.enqueueFeedback(repo, pr, [build.id]);
+      return { pr, build };
+    } catch (err) {
+      this.releaseClaim(buildId);
+      throw err;
+    } finally {
+      // Removed before returning, so a client that sees the answer never sees a leftover.
+      if (staging) await this.ctx.store.discard(staging);
+    }
+  }
+
+  /**
+   * Claims `sha7` for this PR before the body is read: of N concurrent uploads of one SHA exactly one gets
+   * the claim (a unique index decides); the others get 409 without extracting anything. Only stored builds
+   * count against MAX_PR_BUILDS.
+   */
+  private claimBuild(repo: Repository, facts: PrFacts, sha: string): number {
+    const pr = this.decisions.ensurePr(repo, facts.number, facts.state, facts.headSha);
+    const sha7 = sha.slice(0, 7);
+    const { n } = this.ctx.db
+      .select({ n: count() })
+      .from(builds)
+      .where(and(eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready')))
+      .get()!;
+    if (n >= this.ctx.config.maxPrBuilds) {
+      throw tooLarge(
+        `Pull request #${facts.number} already holds ${n} builds, the limit (MAX_PR_BUILDS); they are removed ${this.ctx.config.cleanupAfterHours} h after it closes.`,
+      );
+    }
+    const claimed = this.ctx.db
+      .insert(builds)
+      .values({ pullRequestId: pr.id, sha, sha7, status: 'pending' })
+      .onConflictDoNothing()
+      .returning({ id: builds.id })
+      .get();
+    if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${facts.number}.`);
+    return claimed.id;
+  }
+
+  private releaseClaim(buildId: number): void {
+    this.ctx.db.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending'))).run();
+  }
+
+  /** Applies the upload's facts, then moves the staging folder into the PR folder with one rename. */
+  private async storeBuild(
+    repo: Repository,
+    facts: PrFacts,
+    buildId: number,
+    staging: string,
+    size: { bytes: number; files: number },
+    sha: string,
+  ): Promise<{ pr: PullRequest; build: Build; changed: boolean }> {
+    return this.ctx.lock.run(prKey(repo.id, facts.number), async () => {
+      const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
+      const build = this.ctx.db.select().from(builds).where(eq(builds.id, buildId)).get()!;
+      await this.ctx.store.publish(staging, this.decisions.currentRepo(repo).site, facts.number, pr.visibility, build.sha7);
+      const ready = this.ctx.db.update(builds).set({ status: 'ready', ...size }).where(eq(builds.id, buildId)).returning().get();
+      return { pr, build: ready, changed };
+    });
+  }
+
+  /** Bytes of all ready builds. */
+  storedBytes(): number {
+    const row = this.ctx.db.select({ bytes: sum(builds.bytes) }).from(builds).where(eq(builds.status, 'ready')).get();
+    return Number(row?.bytes ?? 0);
+  }
+
+  /** Bytes of builds stored (or being stored) by the account that owns `repo`. */
+  accountBytes(repo: Repository): number {
+    const row = this.ctx.db
+      .select({ bytes: sum(builds.bytes) })
+      .from(builds)
+      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .where(eq(repositories.accountId, repo.accountId))
+      .get();
+    return Number(row?.bytes ?? 0);
+  }
+}

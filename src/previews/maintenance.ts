@@ -1,0 +1,110 @@
+import { and, eq, lt, or } from 'drizzle-orm';
+import fs from 'node:fs';
+import { builds, pullRequests, repositories } from '../db/schema.js';
+import type { PullRequest, Repository } from '../registry.js';
+import { octokitFor, prKey, requireGithub, type PreviewsContext } from './context.js';
+import type { Decisions } from './decide.js';
+
+/** Crash recovery at start and removal of closed PRs' builds after the retention. */
+export class Maintenance {
+  constructor(
+    private readonly ctx: PreviewsContext,
+    private readonly decisions: Decisions,
+  ) {}
+
+  /**
+   * After a crash (SIGKILL, power loss): staging was swept by the store; here every build row gets its folder
+   * and every folder its row. Claims left `pending` are dropped; a folder that was renamed into place but never
+   * marked ready (killed between the two) is removed, so no half-announced build stays reachable.
+   */
+  async recoverAfterRestart(): Promise<void> {
+    const { db, store } = this.ctx;
+    const pending = db.delete(builds).where(eq(builds.status, 'pending')).run().changes;
+    const rows = db
+      .select({ build: builds, pr: pullRequests, repo: repositories })
+      .from(builds)
+      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .all();
+    const repaired = new Set<number>();
+    for (const { pr, repo } of rows) {
+      if (repaired.has(pr.id)) continue;
+      repaired.add(pr.id);
+      await store.repairBothFolders(repo.site, pr.number, pr.visibility);
+    }
+    const known = new Set<string>();
+    let missing = 0;
+    for (const { build, pr, repo } of rows) {
+      const dir = store.buildDir(repo.site, pr.number, pr.visibility, build.sha7);
+      if (fs.existsSync(dir)) known.add(dir);
+      else {
+        db.delete(builds).where(eq(builds.id, build.id)).run();
+        missing++;
+      }
+    }
+    const orphans = store.buildDirs().filter((dir) => !known.has(dir));
+    for (const dir of orphans) fs.rmSync(dir, { recursive: true, force: true });
+    if (pending || missing || orphans.length) {
+      this.ctx.log.warn({ pending, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
+    }
+  }
+
+  /**
+   * Removes the builds of PRs closed (and of repositories uninstalled) longer than CLEANUP_AFTER_HOURS ago.
+   * GitHub is asked first; when it cannot be asked, nothing is deleted.
+   */
+  async cleanup(now = new Date()): Promise<{ removedPrs: number; skipped: number }> {
+    const cutoff = new Date(now.getTime() - this.ctx.config.cleanupAfterHours * 3600_000);
+    let removedPrs = 0;
+    let skipped = 0;
+    const candidates = this.ctx.db
+      .select({ pr: pullRequests, repo: repositories })
+      .from(pullRequests)
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .where(or(and(eq(pullRequests.state, 'closed'), lt(pullRequests.closedAt, cutoff)), lt(repositories.uninstalledAt, cutoff)))
+      .all();
+    for (const { pr, repo } of candidates) {
+      if (!this.decisions.readyBuildIds(pr.id).length && !this.ctx.store.hasPrFolder(repo.site, pr.number)) continue;
+      try {
+        if (!(await this.stillGone(repo, pr))) {
+          skipped++;
+          continue;
+        }
+      } catch (err) {
+        skipped++;
+        this.ctx.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'cleanup skipped: GitHub could not be asked');
+        continue;
+      }
+      await this.ctx.lock.run(prKey(repo.id, pr.number), async () => {
+        await this.ctx.store.removePr(repo.site, pr.number);
+        this.ctx.db.delete(builds).where(eq(builds.pullRequestId, pr.id)).run();
+      });
+      removedPrs++;
+      this.ctx.log.info({ repo: repo.fullName, pr: pr.number }, 'removed the builds of a closed pull request');
+    }
+    return { removedPrs, skipped };
+  }
+
+  /** Whether GitHub confirms the PR is still closed (or the app still uninstalled). Throws when it cannot be asked. */
+  private async stillGone(repo: Repository, pr: PullRequest): Promise<boolean> {
+    requireGithub(this.ctx);
+    let octokitRepo = repo;
+    try {
+      await octokitFor(this.ctx, repo);
+    } catch (err) {
+      if ((err as { status?: number }).status === 403) return true; // not installed any more
+      throw err;
+    }
+    if (repo.uninstalledAt) {
+      octokitRepo = this.ctx.db
+        .update(repositories)
+        .set({ installed: true, uninstalledAt: null })
+        .where(eq(repositories.id, repo.id))
+        .returning()
+        .get();
+    }
+    const { facts } = await this.decisions.reconcile(octokitRepo, pr.number, { event: 'cleanup' });
+    if (facts.state === 'open') return false;
+    return pr.state === 'closed';
+  }
+}

@@ -1,0 +1,202 @@
+import { and, asc, eq, lte, min, count, sql } from 'drizzle-orm';
+import type { Logger } from 'pino';
+import type { Db } from './db/client.js';
+import { jobs } from './db/schema.js';
+import { HttpError } from './errors.js';
+
+export type Job = typeof jobs.$inferSelect;
+
+/**
+ * How a kind of job is run. `lane` separates GitHub reads (decisions) from GitHub writes (feedback): writes
+ * are paced one at a time, and a slow write never holds a decision of another PR behind it.
+ * `merge` coalesces a new request into a row still waiting (default: the newer data wins).
+ */
+export interface JobKind {
+  lane: 'reads' | 'writes';
+  run(data: Record<string, unknown>, job: Job): Promise<void>;
+  merge?(older: Record<string, unknown>, newer: Record<string, unknown>): Record<string, unknown>;
+}
+
+/** Thrown by a job to be retried no sooner than `afterMs` (GitHub's `retry-after`). */
+export class RetryLater extends Error {
+  constructor(
+    message: string,
+    readonly afterMs: number,
+  ) {
+    super(message);
+  }
+}
+
+const MAX_BACKOFF_MS = 10 * 60_000;
+const LANE_SIZE = { reads: 4, writes: 1 } as const;
+
+/** 1 s, 2 s, 4 s … 10 min, with ±20 % jitter so a recovering GitHub is not hit by every job in one second. */
+export function backoffMs(attempts: number): number {
+  const base = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.max(0, attempts - 1));
+  return Math.round(base * (0.8 + Math.random() * 0.4));
+}
+
+/** The wait GitHub asked for (403/429 with `retry-after` or an exhausted `x-ratelimit-remaining`), in ms. */
+export function retryAfterMs(err: unknown, now = Date.now()): number | undefined {
+  const headers = (err as { response?: { headers?: Record<string, string | undefined> } }).response?.headers ?? {};
+  const retryAfter = headers['retry-after'];
+  if (retryAfter !== undefined && /^[0-9]+$/.test(retryAfter)) return Number(retryAfter) * 1000;
+  if (headers['x-ratelimit-remaining'] === '0' && headers['x-ratelimit-reset']) {
+    return Math.max(1000, Number(headers['x-ratelimit-reset']) * 1000 - now);
+  }
+  return undefined;
+}
+
+/**
+ * A durable work queue in SQLite: decisions and GitHub feedback are rows before they are promises. Rows are
+ * run when due, one at a time per key (so one PR's work is done in order), retried with backoff up to 10 min
+ * apart, and survive restarts. A job whose error is a 4xx HttpError (the PR does not exist, the app is not
+ * installed) is dropped with a warning: retrying cannot change GitHub's answer.
+ */
+export class WorkQueue {
+  private readonly running = new Map<number, Promise<void>>();
+  private readonly busyKeys = new Set<string>();
+  private readonly busyLanes = { reads: 0, writes: 0 };
+  private timer?: NodeJS.Timeout;
+  private stopped = true;
+  private idleWaiters: (() => void)[] = [];
+
+  private readonly kinds: Record<string, JobKind> = {};
+
+  constructor(
+    private readonly db: Db,
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  register(kind: string, handler: JobKind): void {
+    this.kinds[kind] = handler;
+  }
+
+  /** Records work (coalesced with a waiting row of the same kind and key) and wakes the runner. */
+  enqueue(kind: string, key: string, data: Record<string, unknown>, delayMs = 0): void {
+    const dueAt = new Date(this.now() + delayMs);
+    const existing = this.db.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).get();
+    if (existing) {
+      const merged = this.kinds[kind]?.merge?.(existing.data, data) ?? { ...existing.data, ...data };
+      this.db
+        .update(jobs)
+        .set({ data: merged, dueAt: existing.dueAt < dueAt ? existing.dueAt : dueAt, generation: sql`${jobs.generation} + 1` })
+        .where(eq(jobs.id, existing.id))
+        .run();
+    } else {
+      this.db.insert(jobs).values({ kind, key, data, dueAt }).run();
+    }
+    this.wake();
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.timer = setInterval(() => this.pump(), 500).unref();
+    this.wake();
+  }
+
+  /** Stops taking jobs; waits (at most `waitMs`) for those running. Waiting rows stay for the next start. */
+  async stop(waitMs = 10_000): Promise<boolean> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    const done = Promise.all(this.running.values()).then(() => true);
+    const timeout = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), waitMs).unref());
+    return Promise.race([done, timeout]);
+  }
+
+  /** Resolves when no job is running and none is due now (jobs waiting for their backoff do not count). */
+  async settled(): Promise<void> {
+    for (;;) {
+      this.pump();
+      if (this.running.size === 0 && !this.dueCount()) return;
+      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    }
+  }
+
+  /** Rows waiting, and how long the oldest has waited (for /metrics). */
+  depth(): { jobs: number; oldestSeconds: number } {
+    const row = this.db.select({ n: count(), oldest: min(jobs.createdAt) }).from(jobs).get();
+    const oldest = row?.oldest ? (this.now() - new Date(row.oldest).getTime()) / 1000 : 0;
+    return { jobs: row?.n ?? 0, oldestSeconds: Math.max(0, oldest) };
+  }
+
+  pendingOf(kind: string, key: string): Job | undefined {
+    return this.db.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).get();
+  }
+
+  private dueCount(): number {
+    return this.db.select({ n: count() }).from(jobs).where(lte(jobs.dueAt, new Date(this.now()))).get()?.n ?? 0;
+  }
+
+  private wake(): void {
+    if (!this.stopped) setImmediate(() => this.pump());
+  }
+
+  /** Starts every due job whose key is free and whose lane has room, oldest first. */
+  private pump(): void {
+    if (!this.stopped) {
+      const due = this.db.select().from(jobs).where(lte(jobs.dueAt, new Date(this.now()))).orderBy(asc(jobs.id)).limit(200).all();
+      for (const job of due) {
+        const kind = this.kinds[job.kind];
+        if (!kind || this.running.has(job.id) || this.busyKeys.has(job.key)) continue;
+        if (this.busyLanes[kind.lane] >= LANE_SIZE[kind.lane]) continue;
+        this.launch(job, kind);
+      }
+    }
+    if (this.running.size === 0 && (this.stopped || !this.dueCount())) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      waiters.forEach((resolve) => resolve());
+    }
+  }
+
+  private launch(job: Job, kind: JobKind): void {
+    this.busyKeys.add(job.key);
+    this.busyLanes[kind.lane]++;
+    // runOne records its own failures; a failure to record one (database closed at shutdown) is dropped here.
+    const task = this.runOne(job, kind).catch(() => undefined).finally(() => {
+      this.busyKeys.delete(job.key);
+      this.busyLanes[kind.lane]--;
+      this.running.delete(job.id);
+      this.wake();
+      if (this.stopped) this.pump();
+    });
+    this.running.set(job.id, task);
+  }
+
+  private async runOne(job: Job, kind: JobKind): Promise<void> {
+    try {
+      await kind.run(job.data, job);
+      // Done, unless it was asked for again while it ran: then the row stays and runs once more.
+      this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run();
+    } catch (err) {
+      const message = (err as Error).message;
+      if (isFinal(err)) {
+        this.log.warn({ job: job.kind, key: job.key }, `dropped: ${message}`);
+        this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run();
+        return;
+      }
+      const attempts = job.attempts + 1;
+      const wait = err instanceof RetryLater ? err.afterMs : (retryAfterMs((err as { cause?: unknown }).cause ?? err) ?? backoffMs(attempts));
+      this.log.warn({ job: job.kind, key: job.key, attempts, retryInSeconds: Math.round(wait / 1000) }, `will retry: ${message}`);
+      this.db
+        .update(jobs)
+        .set({ attempts, lastError: message.slice(0, 500), dueAt: new Date(this.now() + wait) })
+        .where(eq(jobs.id, job.id))
+        .run();
+    }
+  }
+}
+
+/**
+ * Errors that retrying cannot change: our own 4xx sentences (the PR does not exist, the app is not installed)
+ * and GitHub's 4xx answers other than its rate limits (403 with `retry-after` or "rate limit", and 429).
+ */
+function isFinal(err: unknown): boolean {
+  if (err instanceof HttpError) return err.status < 500;
+  const status = (err as { status?: number }).status;
+  if (status === undefined || status < 400 || status >= 500 || status === 429) return false;
+  if (status === 403 && (retryAfterMs(err) !== undefined || /rate limit/i.test((err as Error).message))) return false;
+  return true;
+}
