@@ -206,6 +206,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
 
     app.on('workflow_run.completed', async (context) => {
       const { workflow_run: run, repository } = context.payload;
+      await repositoryOf(context); // learns the repository's id and installation
       const outcome = await deps.puller.onWorkflowRun(context.octokit as Octokit, repository.full_name, run);
       count(context, outcome.stored ? 'applied' : 'ignored');
     });
@@ -222,6 +223,8 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
         ? registry.repositoriesOfAccount({ id: repository.owner?.id, login: owner })
         : [await repositoryOf(context)].filter((r) => r !== undefined);
       if (!repos.length) return count(context, 'ignored');
+      // The stored copy judged revocations without GitHub; it is read again by the decisions queued now.
+      for (const repo of repos) registry.forgetStoredSettings(repo);
       decideOpenPrs(context, repos);
     });
   };

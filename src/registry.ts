@@ -148,6 +148,10 @@ export class Registry {
     return this.db.select().from(repositories).where(eq(repositories.installed, true)).all();
   }
 
+  forgetStoredSettings(repo: Repository): void {
+    this.db.update(repositories).set({ settings: null }).where(eq(repositories.id, repo.id)).run();
+  }
+
   markInstalled(repo: Repository): void {
     this.db.update(repositories).set({ installed: true, uninstalledAt: null }).where(eq(repositories.id, repo.id)).run();
   }

@@ -7,7 +7,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { SignJWT } from 'jose';
 import nock from 'nock';
-import { API, commitsOf, githubFor, OWNER, REPO } from './helpers/github.js';
+import { API, commitsOf, githubFor, OWNER, pullRequestJson, REPO } from './helpers/github.js';
 import { listTree, sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
 import { gzip, rawTar, tarEntry, type RawEntry } from './helpers/tarballs.js';
 import { pullRequestEvent, sendWebhook } from './helpers/webhooks.js';
@@ -190,20 +190,26 @@ describe('webhook attacks', () => {
     expect((await post({ 'x-hub-signature': sig }, body)).status).toBe(400);
     noChange();
   });
-  test('an installation that cannot act on the repository → 5xx, nothing changes', async () => {
-    nock(API).post('/app/installations/666/access_tokens').reply(404, { message: 'Not Found' });
+  test('a signed delivery naming another installation asks GitHub nothing and changes nothing', async () => {
+    const tokens = nock(API).post('/app/installations/666/access_tokens').reply(404, { message: 'Not Found' });
     const res = await sendWebhook(server.url, 'pull_request', { ...event(), installation: { id: 666 } });
-    expect(res.status).toBeGreaterThanOrEqual(400);
+    expect(res.status).toBe(200);
+    await server.previews.settled();
+    expect(tokens.isDone()).toBe(false);
     noChange();
   });
-  test('a replayed delivery reaches the same end state, once', async () => {
+  test('a replayed labeled delivery publishes nothing: GitHub says the label is gone', async () => {
     nock(API).persist().post('/app/installations/42/access_tokens').reply(201, { token: 't', expires_at: new Date(Date.now() + 3600e3).toISOString() });
     nock(API).persist().get(/\/contents\//).reply(404, { message: 'Not Found' });
-    const payload = pullRequestEvent('unlabeled', { number: 62, labels: [] }, { label: { name: LABEL } });
+    nock(API).persist().get(`/repos/${OWNER}/${REPO}/pulls/62`).reply(200, () => pullRequestJson({ number: 62, labels: [] }));
+    const repo = server.core.registry.findRepository(SLUG)!;
+    server.previews.decisions.ensurePr(repo, 62, 'open', 'f'.repeat(40));
+    const payload = pullRequestEvent('labeled', { number: 62, labels: [LABEL] }, { label: { name: LABEL } });
     expect((await sendWebhook(server.url, 'pull_request', payload)).status).toBe(200);
     expect((await sendWebhook(server.url, 'pull_request', payload)).status).toBe(200);
-    const pr = server.core.registry.findPullRequest(server.core.registry.findRepository(SLUG)!.id, 62)!;
-    expect(pr.visibility).toBe('hidden');
+    await server.previews.settled();
+    const pr = server.core.registry.findPullRequest(repo.id, 62)!;
+    expect(pr).toMatchObject({ visibility: 'hidden', trusted: false });
   });
 });
 

@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import nock from 'nock';
-import { commitsOf, githubFor } from './helpers/github.js';
+import { commitsOf, githubFor, prRead } from './helpers/github.js';
 import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
@@ -103,6 +103,7 @@ test('a hidden build is 404 on every URL until the label webhook, then the same 
 
   installationToken();
   settingsFile();
+  prRead({ number: 2, labels: [LABEL], commits: [A] });
   const { body, headers } = signedWebhook('pull_request', pullRequestEvent('labeled', { number: 2, labels: [LABEL], head: A }, { label: { name: LABEL } }));
   const hook = await request(nginx.port, MAIN_HOST, '/api/github/webhooks', { method: 'POST', headers, body: Buffer.from(body) });
   expect(hook.status).toBe(200);

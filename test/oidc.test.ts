@@ -74,4 +74,4 @@ test('expired → 403', async () => refused(await oidcToken({}, { expiresIn: Mat
 test('signed by a key not in the JWKS → 403', async () => refused(await oidcToken({}, { signWith: strangerKey }), /signature/));
 test('a pull_request_target run → 403', async () => refused(await oidcToken({ event_name: 'pull_request_target' }), /pull_request_target/));
 test('the merge ref of another PR → 403', async () => refused(await oidcToken({ ref: 'refs/pull/51/merge' }), /refs\/pull\/51\/merge/));
-test('a repository the app is not installed on → 403', async () => refused(await oidcToken({ repository: 'stranger/repo' }), /not installed/));
+test('a repository the app is not installed on → 403', async () => refused(await oidcToken({ repository: 'stranger/repo', repository_id: 424242 }), /not installed/));

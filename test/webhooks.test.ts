@@ -6,7 +6,8 @@ import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { pullRequests, users, visibilityChanges } from '../src/db/schema.js';
 import { COMMENT_MARKER } from '../src/notify.js';
-import { API, appPrivateKey, commitsOf, githubFor, OWNER, REPO } from './helpers/github.js';
+import { API, appPrivateKey, commitsOf, githubFor, OWNER, prRead, REPO } from './helpers/github.js';
+import { jobs } from '../src/db/schema.js';
 import { serverPerTest, sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { CONTRIBUTOR, feedback, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
@@ -52,8 +53,9 @@ test('the full story: hidden upload → labelled → public with comment → unl
   expect(calls.comments[0].body).toMatch(/hidden.*\n\n.*add the label `safe for preview`/s);
   expect(calls.deployments).toHaveLength(0);
 
-  // 2. A maintainer adds the label: the folder moves, GitHub shows the preview.
+  // 2. A maintainer adds the label: GitHub confirms it, the folder moves, GitHub shows the preview.
   settingsFile();
+  prRead({ number: 30, labels: [LABEL], commits: [SHA1] });
   let res = await send('pull_request', pullRequestEvent('labeled', { number: 30, labels: [LABEL], head: SHA1 }, { label: { name: LABEL } }));
   expect(res.status).toBe(200);
   expect(fs.existsSync(prFolder(30, 'hidden'))).toBe(false);
@@ -71,8 +73,9 @@ test('the full story: hidden upload → labelled → public with comment → unl
   expect(change.visibility_changes).toMatchObject({ from: 'hidden', to: 'public', cause: 'pull_request.labeled' });
   expect(change.users).toMatchObject({ provider: 'github', providerId: String(MAINTAINER.id) });
 
-  // 3. The label is removed: hidden again, deployment inactive.
+  // 3. The label is removed: hidden again at once, deployment inactive; GitHub's facts confirm it.
   settingsFile();
+  prRead({ number: 30, labels: [], commits: [SHA1] });
   res = await send('pull_request', pullRequestEvent('unlabeled', { number: 30, labels: [], head: SHA1 }, { label: { name: LABEL } }));
   expect(res.status).toBe(200);
   expect(fs.existsSync(prFolder(30, 'public'))).toBe(false);
@@ -83,6 +86,7 @@ test('the full story: hidden upload → labelled → public with comment → unl
 
   // 4. The same delivery again: same end state, nothing new told to GitHub.
   settingsFile();
+  prRead({ number: 30, labels: [], commits: [SHA1] });
   res = await send('pull_request', pullRequestEvent('unlabeled', { number: 30, labels: [], head: SHA1 }, { label: { name: LABEL } }));
   expect(res.status).toBe(200);
   expect(calls.commentEdits).toHaveLength(2);
@@ -90,6 +94,7 @@ test('the full story: hidden upload → labelled → public with comment → unl
 
   // 5. Closed: kept until the retention has passed.
   settingsFile();
+  prRead({ number: 30, state: 'closed', commits: [SHA1] });
   res = await send('pull_request', pullRequestEvent('closed', { number: 30, state: 'closed', head: SHA1 }));
   expect(res.status).toBe(200);
   expect(prRow(30).state).toBe('closed');
@@ -147,26 +152,27 @@ test('labels other than the trusted one, unknown actions and unknown repositorie
   expect(calls.statuses.length).toBe(told);
 });
 
-test('a label on a PR without builds yet is recorded without error', async () => {
+test('a label on a PR without builds yet asks GitHub nothing; its first upload lands public', async () => {
   feedback();
   installationToken();
-  settingsFile();
   const res = await send('pull_request', pullRequestEvent('labeled', { number: 34, labels: [LABEL] }, { label: { name: LABEL } }));
   expect(res.status).toBe(200);
-  expect(prRow(34)).toMatchObject({ visibility: 'public', trusted: true });
-  // The first upload then lands public directly.
+  expect(server.core.db.select().from(jobs).all()).toEqual([]);
   expect((await upload(34, SHA1, [LABEL])).status).toBe(201);
 });
 
-test('a GitHub error while handling unlabeled keeps a public PR public and answers 5xx for redelivery', async () => {
+test('unlabeled while GitHub fails hides the PR at once, answers 200 and keeps the decision queued', async () => {
   feedback();
   installationToken();
   expect((await upload(35, SHA1, [LABEL])).status).toBe(201);
   nock(API).get(`/repos/${OWNER}/${REPO}/contents/${encodeURIComponent('.github/preview-gate.yml')}`).reply(502, 'Bad Gateway');
   const res = await send('pull_request', pullRequestEvent('unlabeled', { number: 35, labels: [] }, { label: { name: LABEL } }));
-  expect(res.status).toBeGreaterThanOrEqual(500);
-  expect(prRow(35).visibility).toBe('public');
-  expect(fs.existsSync(path.join(prFolder(35, 'public'), SHA1.slice(0, 7)))).toBe(true);
+  expect(res.status).toBe(200);
+  expect(prRow(35).visibility).toBe('hidden');
+  expect(fs.existsSync(path.join(prFolder(35, 'hidden'), SHA1.slice(0, 7)))).toBe(true);
+  expect(fs.existsSync(prFolder(35, 'public'))).toBe(false);
+  const decide = server.core.db.select().from(jobs).all().find((j) => j.kind === 'decide');
+  expect(decide).toMatchObject({ attempts: 1, lastError: expect.stringMatching(/GitHub could not be asked/) });
 });
 
 test('labelTrustsNewCommits: false — a push after the label removes it and hides the PR, saying why', async () => {
@@ -179,12 +185,13 @@ test('labelTrustsNewCommits: false — a push after the label removes it and hid
   expect((await server.upload(36, SHA1, siteTarball())).status).toBe(201);
 
   settingsFile(yaml);
+  prRead({ number: 36, labels: [LABEL], commits: [SHA1, sha('d4')] });
   const removed = nock(API).delete(`/repos/${OWNER}/${REPO}/issues/36/labels/${encodeURIComponent(LABEL)}`).reply(200, []);
   const res = await send('pull_request', pullRequestEvent('synchronize', { number: 36, labels: [LABEL], head: sha('d4') }, { sender: CONTRIBUTOR }));
   expect(res.status).toBe(200);
   expect(removed.isDone()).toBe(true);
   expect(prRow(36)).toMatchObject({ visibility: 'hidden', headSha: sha('d4') });
-  expect(calls.commentEdits.at(-1).body).toMatch(/new commits were pushed after the 'safe for preview' label/);
+  expect(calls.commentEdits.at(-1).body).toMatch(/commit d4d4d4d came after the 'safe for preview' label was given at c3c3c3c, so the label was removed/);
 });
 
 test('with the default labelTrustsNewCommits a push keeps a labelled PR public', async () => {
@@ -192,6 +199,7 @@ test('with the default labelTrustsNewCommits a push keeps a labelled PR public',
   installationToken();
   expect((await upload(37, SHA1, [LABEL])).status).toBe(201);
   settingsFile();
+  prRead({ number: 37, labels: [LABEL], commits: [SHA1, sha('d4')] });
   const res = await send('pull_request', pullRequestEvent('synchronize', { number: 37, labels: [LABEL], head: sha('d4') }));
   expect(res.status).toBe(200);
   expect(prRow(37)).toMatchObject({ visibility: 'public', headSha: sha('d4') });
@@ -255,6 +263,7 @@ test('`preview-gate cleanup` removes builds of PRs closed longer than the retent
   installationToken();
   expect((await upload(41, SHA1, [LABEL])).status).toBe(201);
   settingsFile();
+  prRead({ number: 41, state: 'closed', labels: [LABEL], commits: [SHA1] });
   await send('pull_request', pullRequestEvent('closed', { number: 41, state: 'closed', labels: [LABEL], head: SHA1 }));
   server.core.db.update(pullRequests).set({ closedAt: new Date(Date.now() - 25 * 3600_000) }).where(eq(pullRequests.number, 41)).run();
 
@@ -292,7 +301,8 @@ describe('settings cache (SETTINGS_CACHE_SECONDS)', () => {
     expect((await cached.upload(40, commit, siteTarball('cached'))).status).toBe(202);
     expect(reads.isDone()).toBe(true);
 
-    // No settings file is served now: the decision is made from the cache, without asking GitHub.
+    // No settings file is served now: the decision is made from the cache, asking GitHub only for the PR.
+    prRead({ number: 40, labels: ['ship it'], commits: [commit] });
     let res = await sendWebhook(cached.url, 'pull_request', pullRequestEvent('labeled', { number: 40, labels: ['ship it'], head: commit }, { label: { name: 'ship it' } }));
     await cached.previews.settled();
     expect(res.status).toBe(200);
@@ -300,7 +310,7 @@ describe('settings cache (SETTINGS_CACHE_SECONDS)', () => {
 
     // A push to the default branch changes the trusted label: the cache is forgotten and the PR re-decided.
     settingsFile('trustedLabel: reviewed\n');
-    nock(API).get(`/repos/${OWNER}/${REPO}/pulls/40`).reply(200, { number: 40, state: 'open', user: CONTRIBUTOR, labels: [{ name: 'ship it' }], head: { sha: commit } });
+    prRead({ number: 40, labels: ['ship it'], commits: [commit] });
     res = await sendWebhook(cached.url, 'push', pushOf(repositoryJson, ['.github/preview-gate.yml']));
     await cached.previews.settled();
     expect(res.status).toBe(200);
@@ -321,6 +331,7 @@ describe('settings cache (SETTINGS_CACHE_SECONDS)', () => {
 
     // Read again: the label named by the new settings makes the PR public (the cached 'first' would ignore it).
     settingsFile('trustedLabel: second\n');
+    prRead({ number: 41, labels: ['second'], commits: [commit] });
     const res = await sendWebhook(cached.url, 'pull_request', pullRequestEvent('labeled', { number: 41, labels: ['second'], head: commit }, { label: { name: 'second' } }));
     await cached.previews.settled();
     expect(res.status).toBe(200);

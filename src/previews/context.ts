@@ -46,12 +46,13 @@ export function requireGithub(ctx: PreviewsContext): GitHub {
 
 /**
  * The installation's Octokit for a repository row: by the account's installation id when known (no name
- * involved), otherwise found once by name and remembered.
+ * involved), otherwise found by name and remembered. Uploads ask GitHub each time (`askGitHub`): an app
+ * uninstalled without a delivery must answer 403, not fail on a stale installation.
  */
-export async function octokitFor(ctx: PreviewsContext, repo: Repository): Promise<Octokit> {
+export async function octokitFor(ctx: PreviewsContext, repo: Repository, options: { askGitHub?: boolean } = {}): Promise<Octokit> {
   const github = requireGithub(ctx);
   const account = ctx.registry.accountOf(repo);
-  if (account.installationId) return github.forInstallation(account.installationId);
+  if (account.installationId && !options.askGitHub) return github.forInstallation(account.installationId);
   const [owner, name] = ownerAndName(repo);
   const { octokit, installationId } = await github.forRepository(owner, name);
   ctx.registry.setInstallation(account.id, installationId);

@@ -26,6 +26,7 @@ export interface Applied {
 
 /** How often a decision whose GitHub answer was older than a webhook is asked again before the sweep takes over. */
 const STALE_RETRIES = 5;
+const REVOCATION_FEEDBACK_DELAY_MS = 3000;
 
 /**
  * The one decision, applied: facts read from GitHub → trust → PR folder renamed → row → feedback queued.
@@ -42,8 +43,8 @@ export class Decisions {
   }
 
   /** GitHub's facts about one PR now (PR, settings, team membership), checked to be about this repository. */
-  async readFacts(repo: Repository, number: number): Promise<{ repo: Repository; facts: PrFacts; octokit: Octokit }> {
-    const octokit = await octokitFor(this.ctx, repo);
+  async readFacts(repo: Repository, number: number, options: { askGitHub?: boolean } = {}): Promise<{ repo: Repository; facts: PrFacts; octokit: Octokit }> {
+    const octokit = await octokitFor(this.ctx, repo, options);
     const [owner, name] = ownerAndName(repo);
     const facts = await requireGithub(this.ctx).prFacts(octokit, owner, name, number);
     return { repo: this.sameRepository(repo, facts), facts, octokit };
@@ -64,19 +65,28 @@ export class Decisions {
     this.ctx.queue.enqueue('decide', prKey(repo.id, number), { repositoryId: repo.id, number, cause });
   }
 
+  /** Applies facts under the PR's lock and queues the feedback that follows (the comment says why). */
   async apply(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied> {
-    return this.ctx.lock.run(prKey(repo.id, facts.number), () => this.applyLocked(repo, facts, cause, uploadSha));
+    return this.ctx.lock.run(prKey(repo.id, facts.number), async () => {
+      const applied = await this.applyLocked(repo, facts, cause, uploadSha);
+      if (applied.changed) this.enqueueFeedback(repo, applied.pr, this.readyBuildIds(applied.pr.id));
+      else if (applied.reasonChanged) this.enqueueFeedback(repo, applied.pr, []);
+      return applied;
+    });
   }
 
-  /** `apply` for a caller that already holds the PR's lock (the upload, between extraction and publication). */
-  async applyLocked(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied> {
+  /**
+   * `apply` for a caller that already holds the PR's lock (the upload, between extraction and publication),
+   * which queues the feedback itself, once, after its build is in place.
+   */
+  async applyLocked(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied & { reasonChanged: boolean }> {
     const { db } = this.ctx;
     const pr = this.ensurePr(repo, facts.number, facts.state, facts.headSha);
     this.rememberSettings(repo, facts.settings);
     const { decision, labelSha } = this.boundLabel(repo, pr, facts, uploadSha);
     // An answer older than evidence already applied may hide (fail closed), never publish.
     const stale = pr.factsAt !== null && facts.at < pr.factsAt;
-    if (stale && decision.trusted) return { pr, changed: false, stale: true };
+    if (stale && decision.trusted) return { pr, changed: false, stale: true, reasonChanged: false };
     const visibility: Visibility = decision.trusted ? 'public' : 'hidden';
     const changed = await this.moveTo(repo, pr, visibility, decision.reason, cause);
     const authorUserId = this.ctx.registry.upsertUser(facts.author.id, facts.author.login);
@@ -97,8 +107,7 @@ export class Decisions {
       .where(eq(pullRequests.id, pr.id))
       .returning()
       .get();
-    if (changed) this.enqueueFeedback(repo, updated, this.readyBuildIds(pr.id));
-    return { pr: updated, changed, stale };
+    return { pr: updated, changed, stale, reasonChanged: updated.reason !== pr.reason };
   }
 
   /**
@@ -155,7 +164,8 @@ export class Decisions {
         })
         .where(eq(pullRequests.id, pr.id))
         .run();
-      if (changed) this.enqueueFeedback(repo, pr, this.readyBuildIds(pr.id));
+      // Told to GitHub a little later, so the decision queued now coalesces into one comment edit.
+      if (changed) this.enqueueFeedback(repo, pr, this.readyBuildIds(pr.id), REVOCATION_FEEDBACK_DELAY_MS);
     });
     this.enqueue(repo, number, cause);
   }
@@ -174,8 +184,8 @@ export class Decisions {
   }
 
   /** Feedback is a row first (the outbox): coalesced per PR, sent in order, retried until GitHub takes it. */
-  enqueueFeedback(repo: Repository, pr: PullRequest, buildIds: number[]): void {
-    this.ctx.queue.enqueue('feedback', prKey(repo.id, pr.number), { repositoryId: repo.id, number: pr.number, buildIds });
+  enqueueFeedback(repo: Repository, pr: PullRequest, buildIds: number[], delayMs = 0): void {
+    this.ctx.queue.enqueue('feedback', prKey(repo.id, pr.number), { repositoryId: repo.id, number: pr.number, buildIds }, delayMs);
   }
 
   readyBuildIds(pullRequestId: number): number[] {
@@ -220,7 +230,8 @@ export class Decisions {
    * another repository (a rename we have not heard of yet, then a new repository with the old name), the
    * stored previews are not its own.
    */
-  private sameRepository(repo: Repository, facts: PrFacts): Repository {
+  private sameRepository(stale: Repository, facts: PrFacts): Repository {
+    const repo = this.currentRepo(stale);
     if (facts.repositoryId === undefined || repo.githubId === facts.repositoryId) return repo;
     if (repo.githubId === null && !this.ctx.registry.findRepositoryById(facts.repositoryId)) {
       return this.ctx.db.update(repositories).set({ githubId: facts.repositoryId }).where(eq(repositories.id, repo.id)).returning().get();

@@ -52,8 +52,8 @@ export class Ingest {
         .insert(uploads)
         .values({ accountId: repo.accountId, repositoryId: repo.id, pullRequestNumber: pr.number, sha, bytes: size.bytes, files: size.files, source, authorUserId: pr.authorUserId })
         .run();
-      // A visibility change already queued feedback for every build; otherwise only the new one is reported.
-      if (!changed) this.decisions.enqueueFeedback(repo, pr, [build.id]);
+      // One feedback row per upload: every build when the visibility changed, otherwise the new one.
+      this.decisions.enqueueFeedback(repo, pr, changed ? this.decisions.readyBuildIds(pr.id) : [build.id]);
       return { pr, build };
     } catch (err) {
       this.releaseClaim(buildId);

@@ -48,11 +48,12 @@ export function uploadRouter(deps: UploadDeps): Router {
 
     // Authorize with what GitHub says now (about this repository id, whatever its name is today).
     if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
-    const read = await deps.previews.decisions.readFacts(authenticated, pr);
+    const read = await deps.previews.decisions.readFacts(authenticated, pr, { askGitHub: true });
     const { facts, octokit, repo } = read;
     const [owner, name] = repo.fullName.split('/') as [string, string];
     if (facts.state !== 'open') {
-      await deps.previews.decisions.apply(repo, facts, { event: 'upload' });
+      // A PR we hold builds of is brought in line (hidden, retention starts); an unknown one gets no row.
+      if (deps.registry.findPullRequest(repo.id, pr)) await deps.previews.decisions.apply(repo, facts, { event: 'upload' });
       throw forbidden(`Pull request #${pr} is closed.`);
     }
     if (!(await deps.github.prHasCommit(octokit, owner, name, pr, sha))) {

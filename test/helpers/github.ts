@@ -63,7 +63,10 @@ export function commitsOf(pr: FakePr) {
     .reply(200, (pr.commits ?? []).map((sha) => ({ sha })));
 }
 
-export function pullRequestJson(pr: FakePr) {
+/** GitHub's id of the test repository (also in the webhook payloads' `repository`). */
+export const REPO_ID = 7001;
+
+export function pullRequestJson(pr: FakePr & { updatedAt?: string; repoId?: number }) {
   const author = pr.author ?? { id: 555, login: 'contributor' };
   return {
     number: pr.number,
@@ -71,6 +74,12 @@ export function pullRequestJson(pr: FakePr) {
     user: { id: author.id, login: author.login },
     labels: (pr.labels ?? []).map((name, i) => ({ id: i + 1, name })),
     head: { sha: pr.commits?.at(-1) ?? 'f'.repeat(40), ref: 'feature' },
-    base: { ref: 'main' },
+    base: { ref: 'main', repo: { id: pr.repoId ?? REPO_ID, full_name: `${pr.owner ?? OWNER}/${pr.repo ?? REPO}` } },
+    updated_at: pr.updatedAt ?? new Date().toISOString(),
   };
+}
+
+/** One read of the PR by a queued decision (the installation is known from the webhook: no /installation call). */
+export function prRead(pr: FakePr & { updatedAt?: string }) {
+  return nock(API).get(`/repos/${pr.owner ?? OWNER}/${pr.repo ?? REPO}/pulls/${pr.number}`).reply(200, pullRequestJson(pr));
 }
