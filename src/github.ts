@@ -151,6 +151,7 @@ export class GitHub {
   ): Promise<PrFacts> {
     settings ??= await this.settings(octokit, owner, repo);
     const labels = pr.labels.map((l) => l.name);
+    const state = pr.state === 'open' ? 'open' : 'closed';
     const author = pr.user ? { id: pr.user.id, login: pr.user.login } : { id: 0, login: 'ghost' };
     const authorTrustedTeam =
       labels.includes(settings.trustedLabel) || !pr.user
@@ -160,12 +161,12 @@ export class GitHub {
       owner,
       repo,
       number: pr.number,
-      state: pr.state === 'open' ? 'open' : 'closed',
+      state,
       headSha: pr.head.sha,
       author,
       labels,
       settings,
-      decision: decideTrust({ labels, authorTrustedTeam }, settings),
+      decision: decideTrust({ state, labels, authorTrustedTeam }, settings),
       at: pr.updated_at ? new Date(pr.updated_at) : new Date(),
       repositoryId: pr.base?.repo?.id,
     };

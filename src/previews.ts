@@ -15,6 +15,7 @@ import { Ingest } from './previews/ingest.js';
 import { Maintenance } from './previews/maintenance.js';
 import { WorkQueue } from './queue.js';
 import type { PullRequest, Registry, Repository } from './registry.js';
+import type { RepoSettings } from './trust.js';
 
 export type { Cause } from './previews/context.js';
 
@@ -64,8 +65,14 @@ export class Previews {
   }
 
   /** Reads GitHub's facts about one PR now and applies them; `uploadSha` is the commit being uploaded. */
-  reconcile(repo: Repository, number: number, cause: Cause, uploadSha?: string) {
-    return this.decisions.reconcile(repo, number, cause, uploadSha);
+  reconcile(repo: Repository, number: number, cause: Cause, options?: { uploadSha?: string; settings?: RepoSettings }) {
+    return this.decisions.reconcile(repo, number, cause, options);
+  }
+
+  /** The repository's settings read from GitHub now (the sweep reads them once per repository). */
+  async readSettings(repo: Repository): Promise<RepoSettings> {
+    const [owner, name] = ownerAndName(repo);
+    return this.ctx.github!.settings(await octokitFor(this.ctx, repo), owner, name);
   }
 
   /** Queues a decision from GitHub's facts (the webhook is answered once this is recorded). */

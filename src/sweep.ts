@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { GitHub, Octokit } from './github.js';
 import type { Previews } from './previews.js';
 import type { Registry, Repository } from './registry.js';
+import type { RepoSettings } from './trust.js';
 
 export interface SweepReport {
   installations: number;
@@ -90,10 +91,14 @@ export class Sweep {
   }
 
   private async redecide(repos: Repository[], report: SweepReport): Promise<void> {
+    // Settings are read once per repository (not once per PR), so a sweep costs little more than its 304s.
+    const settingsOf = new Map<number, Promise<RepoSettings>>();
     for (const { repo, pr } of this.registry.openPullRequests(repos)) {
       report.pullRequests++;
       try {
-        const { changed } = await this.previews.reconcile(repo, pr.number, { event: 'sweep' });
+        if (!settingsOf.has(repo.id)) settingsOf.set(repo.id, this.previews.readSettings(repo));
+        const settings = await settingsOf.get(repo.id)!;
+        const { changed } = await this.previews.reconcile(repo, pr.number, { event: 'sweep' }, { settings });
         if (changed) report.changed++;
       } catch (err) {
         // GitHub could not answer now: the decision becomes a queued row, retried with backoff.

@@ -21,6 +21,8 @@ export const settingsSchema = z.object({
 export type RepoSettings = z.infer<typeof settingsSchema>;
 
 export interface TrustFacts {
+  /** A closed PR is never public, whatever vouched for it. */
+  state?: 'open' | 'closed';
   labels: string[];
   /** The first trusted team (slug) in which the author is an active member, if any was found. */
   authorTrustedTeam?: string;
@@ -31,8 +33,9 @@ export interface TrustDecision {
   reason: string;
 }
 
-/** The one trust rule: the trusted label, or the author's active membership in a trusted team. */
+/** The one trust rule: an open PR with the trusted label, or whose author is an active member of a trusted team. */
 export function decideTrust(facts: TrustFacts, settings: RepoSettings): TrustDecision {
+  if (facts.state === 'closed') return { trusted: false, reason: 'the pull request is closed' };
   if (facts.labels.includes(settings.trustedLabel)) {
     return { trusted: true, reason: `the pull request is labelled '${settings.trustedLabel}'` };
   }

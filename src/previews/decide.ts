@@ -37,16 +37,26 @@ export class Decisions {
   constructor(private readonly ctx: PreviewsContext) {}
 
   /** Reads what GitHub says now and applies it. Throws (nothing changed) when GitHub cannot be asked. */
-  async reconcile(repo: Repository, number: number, cause: Cause, uploadSha?: string): Promise<Applied & { facts: PrFacts; octokit: Octokit }> {
-    const read = await this.readFacts(repo, number);
+  async reconcile(
+    repo: Repository,
+    number: number,
+    cause: Cause,
+    options: { uploadSha?: string; settings?: RepoSettings } = {},
+  ): Promise<Applied & { facts: PrFacts; octokit: Octokit }> {
+    const { uploadSha, settings } = options;
+    const read = await this.readFacts(repo, number, { settings });
     return { ...(await this.apply(read.repo, read.facts, cause, uploadSha)), facts: read.facts, octokit: read.octokit };
   }
 
   /** GitHub's facts about one PR now (PR, settings, team membership), checked to be about this repository. */
-  async readFacts(repo: Repository, number: number, options: { askGitHub?: boolean } = {}): Promise<{ repo: Repository; facts: PrFacts; octokit: Octokit }> {
+  async readFacts(
+    repo: Repository,
+    number: number,
+    options: { askGitHub?: boolean; settings?: RepoSettings } = {},
+  ): Promise<{ repo: Repository; facts: PrFacts; octokit: Octokit }> {
     const octokit = await octokitFor(this.ctx, repo, options);
     const [owner, name] = ownerAndName(repo);
-    const facts = await requireGithub(this.ctx).prFacts(octokit, owner, name, number);
+    const facts = await requireGithub(this.ctx).prFacts(octokit, owner, name, number, options.settings);
     return { repo: this.sameRepository(repo, facts), facts, octokit };
   }
 

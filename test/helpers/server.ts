@@ -42,6 +42,8 @@ export async function startTestServer(
     GITHUB_THROTTLE: 'false',
     // Each test serves the settings it needs; the cache has its own tests.
     SETTINGS_CACHE_SECONDS: '0',
+    // Tests run the sweep themselves (server.sweep.run()).
+    RECONCILE_INTERVAL_MINUTES: '0',
     APP_ID: '1',
     PRIVATE_KEY: appPrivateKey,
     WEBHOOK_SECRET,

@@ -1,0 +1,256 @@
+/**
+ * A stand-in for GitHub's REST API (GitHub Enterprise paths, `/api/v3`), reached by the real server through
+ * GHE_HOST / GHE_PROTOCOL=http on 127.0.0.1, and as unkind as github.com where it matters to trust:
+ * - state changes only through the test (labels, state, pushes, renames) and `updated_at` moves with them;
+ * - every GET carries an ETag and a matching `If-None-Match` gets 304 (not counted against the rate limit);
+ * - it can be down (502), hang (time out), or answer 403 secondary rate limit with `retry-after`;
+ * - repositories are renamed keeping their id (the old name stops answering);
+ * - it never redelivers a webhook: deliveries are the test's to send, late, twice or never.
+ */
+import crypto from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface FakeRepo {
+  id: number;
+  owner: { id: number; login: string };
+  name: string;
+  /** Files on the default branch (`.github/preview-gate.yml`). */
+  files: Record<string, string>;
+}
+
+export interface FakePull {
+  number: number;
+  state: 'open' | 'closed';
+  user: { id: number; login: string };
+  labels: string[];
+  commits: string[];
+  updatedAt: Date;
+}
+
+type Fault = { kind: 'down' } | { kind: 'hang' } | { kind: 'secondary-rate-limit'; retryAfter: number };
+
+export class FakeGitHub {
+  readonly repos = new Map<number, FakeRepo>();
+  readonly pulls = new Map<string, FakePull>();
+  /** `org/team` → member logins. */
+  readonly teams = new Map<string, string[]>();
+  readonly installations = new Map<number, { id: number; account: { id: number; login: string }; repoIds: number[] }>();
+  /** Requests that count against an installation's rate limit (authenticated by an installation token, not 304). */
+  counted = 0;
+  notModified = 0;
+  readonly writes: { method: string; path: string; body: any }[] = [];
+  fault?: Fault;
+  private server!: http.Server;
+  private clock = Date.now();
+  private nextCommentId = 1;
+  private readonly comments = new Map<number, string>();
+  private readonly hanging = new Set<http.ServerResponse>();
+
+  async start(): Promise<this> {
+    this.server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => this.handle(req, res, Buffer.concat(chunks).toString()));
+    });
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    return this;
+  }
+
+  /** GHE_HOST / GHE_PROTOCOL for the server under test. */
+  get env(): Record<string, string> {
+    return { GHE_HOST: `127.0.0.1:${(this.server.address() as AddressInfo).port}`, GHE_PROTOCOL: 'http' };
+  }
+
+  async close(): Promise<void> {
+    for (const res of this.hanging) res.destroy();
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  // --- the world, as the test changes it -------------------------------------------------------------------
+
+  /** A repository, in installation `installationId` (null: not installed, like an org's `.github`). */
+  addRepo(repo: Omit<FakeRepo, 'files'> & { files?: Record<string, string> }, installationId: number | null = 42): FakeRepo {
+    const full: FakeRepo = { files: {}, ...repo };
+    this.repos.set(repo.id, full);
+    if (installationId === null) return full;
+    const inst = this.installations.get(installationId) ?? { id: installationId, account: repo.owner, repoIds: [] };
+    inst.repoIds.push(repo.id);
+    this.installations.set(installationId, inst);
+    return full;
+  }
+
+  addPull(repoId: number, pull: Omit<FakePull, 'updatedAt' | 'state' | 'labels'> & Partial<FakePull>): FakePull {
+    const full: FakePull = { state: 'open', labels: [], ...pull, updatedAt: this.tick() };
+    this.pulls.set(`${repoId}#${pull.number}`, full);
+    return full;
+  }
+
+  pull(repoId: number, number: number): FakePull {
+    return this.pulls.get(`${repoId}#${number}`)!;
+  }
+
+  /** Changes a PR the way GitHub does: `updated_at` moves on. */
+  change(repoId: number, number: number, change: Partial<Omit<FakePull, 'updatedAt'>>): FakePull {
+    const pull = this.pull(repoId, number);
+    Object.assign(pull, change, { updatedAt: this.tick() });
+    return pull;
+  }
+
+  rename(repoId: number, name: string): void {
+    this.repos.get(repoId)!.name = name;
+  }
+
+  // --- webhook payloads built from the current state (keep one to replay it later) ---------------------------
+
+  repositoryPayload(repoId: number) {
+    const r = this.repos.get(repoId)!;
+    return { id: r.id, name: r.name, full_name: `${r.owner.login}/${r.name}`, owner: { id: r.owner.id, login: r.owner.login }, default_branch: 'main', private: false };
+  }
+
+  pullRequestEvent(repoId: number, number: number, action: string, extra: object = {}) {
+    const installation = [...this.installations.values()].find((i) => i.repoIds.includes(repoId))!;
+    return {
+      action,
+      number,
+      pull_request: this.pullJson(repoId, this.pull(repoId, number)),
+      repository: this.repositoryPayload(repoId),
+      installation: { id: installation.id },
+      sender: { id: 1001, login: 'maintainer' },
+      ...extra,
+    };
+  }
+
+  // --- the API --------------------------------------------------------------------------------------------
+
+  private tick(): Date {
+    // updated_at has whole seconds on GitHub; each change here is a second later than the previous one.
+    this.clock = Math.max(this.clock + 1000, Math.floor(Date.now() / 1000) * 1000);
+    return new Date(this.clock);
+  }
+
+  private repoByName(owner: string, name: string): FakeRepo | undefined {
+    return [...this.repos.values()].find((r) => r.owner.login.toLowerCase() === owner.toLowerCase() && r.name.toLowerCase() === name.toLowerCase());
+  }
+
+  private pullJson(repoId: number, p: FakePull) {
+    const r = this.repos.get(repoId)!;
+    return {
+      number: p.number,
+      state: p.state,
+      user: p.user,
+      labels: p.labels.map((name, i) => ({ id: i + 1, name })),
+      head: { sha: p.commits.at(-1), ref: 'feature' },
+      base: { ref: 'main', repo: { id: r.id, full_name: `${r.owner.login}/${r.name}` } },
+      updated_at: p.updatedAt.toISOString().replace(/\.\d+Z$/, 'Z'),
+    };
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse, body: string): void {
+    const url = new URL(req.url!, 'http://fake');
+    const path = url.pathname.replace(/^\/api\/v3/, '');
+    const method = req.method!;
+    const installationToken = /^token ghs_/i.test(req.headers.authorization ?? '');
+    const free = !installationToken || path === '/rate_limit';
+
+    if (this.fault && !free) {
+      if (this.fault.kind === 'hang') {
+        this.hanging.add(res);
+        return;
+      }
+      this.counted++;
+      if (this.fault.kind === 'down') return this.send(res, 502, { message: 'Bad Gateway' });
+      return this.send(res, 403, { message: 'You have exceeded a secondary rate limit. Please wait a few minutes before you try again.' }, { 'retry-after': String(this.fault.retryAfter) });
+    }
+
+    const answer = (status: number, data: unknown): void => {
+      if (method === 'GET' && status === 200) {
+        const etag = `"${crypto.createHash('sha1').update(JSON.stringify(data)).digest('hex')}"`;
+        if (req.headers['if-none-match'] === etag) {
+          this.notModified++;
+          res.writeHead(304, { etag }).end();
+          return;
+        }
+        if (!free) this.counted++;
+        return this.send(res, status, data, { etag });
+      }
+      if (!free) this.counted++;
+      return this.send(res, status, data);
+    };
+    if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined });
+
+    let m: RegExpExecArray | null;
+    if ((m = /^\/app\/installations\/(\d+)\/access_tokens$/.exec(path))) {
+      if (!this.installations.has(Number(m[1]))) return answer(404, { message: 'Not Found' });
+      return answer(201, { token: `ghs_fake${m[1]}`, expires_at: new Date(Date.now() + 3600_000).toISOString() });
+    }
+    if (path === '/app/installations') {
+      return answer(200, [...this.installations.values()].map((i) => ({ id: i.id, account: { ...i.account, type: 'Organization' }, suspended_at: null })));
+    }
+    if (path === '/rate_limit') return answer(200, { resources: { core: { limit: 5000, remaining: 5000 - this.counted, reset: 0, used: this.counted } } });
+    if (path === '/installation/repositories') {
+      const token = /ghs_fake(\d+)/.exec(req.headers.authorization ?? '');
+      const inst = this.installations.get(Number(token?.[1]));
+      const repositories = (inst?.repoIds ?? []).map((id) => this.repositoryPayload(id));
+      return answer(200, { total_count: repositories.length, repositories });
+    }
+    if ((m = /^\/orgs\/([^/]+)\/teams\/([^/]+)\/memberships\/([^/]+)$/.exec(path))) {
+      const members = this.teams.get(`${m[1]}/${m[2]}`) ?? [];
+      return members.includes(decodeURIComponent(m[3]!)) ? answer(200, { state: 'active', role: 'member' }) : answer(404, { message: 'Not Found' });
+    }
+    if (!(m = /^\/repos\/([^/]+)\/([^/]+)(\/.*)?$/.exec(path))) return answer(404, { message: `fake GitHub has no ${method} ${path}` });
+    const repo = this.repoByName(m[1]!, m[2]!);
+    if (!repo) return answer(404, { message: 'Not Found' });
+    const rest = m[3] ?? '';
+    if (rest === '/installation') {
+      const inst = [...this.installations.values()].find((i) => i.repoIds.includes(repo.id));
+      return inst ? answer(200, { id: inst.id, account: { ...inst.account, type: 'Organization' } }) : answer(404, { message: 'Not Found' });
+    }
+    if (rest === '') return answer(200, this.repositoryPayload(repo.id));
+    if ((m = /^\/contents\/(.+)$/.exec(rest))) {
+      const file = repo.files[decodeURIComponent(m[1]!)];
+      return file === undefined ? answer(404, { message: 'Not Found' }) : answer(200, file);
+    }
+    if ((m = /^\/pulls\/(\d+)$/.exec(rest))) {
+      const pull = this.pulls.get(`${repo.id}#${m[1]}`);
+      return pull ? answer(200, this.pullJson(repo.id, pull)) : answer(404, { message: 'Not Found' });
+    }
+    if ((m = /^\/pulls\/(\d+)\/commits$/.exec(rest))) {
+      const pull = this.pulls.get(`${repo.id}#${m[1]}`);
+      return answer(200, (pull?.commits ?? []).map((sha) => ({ sha })));
+    }
+    if ((m = /^\/issues\/(\d+)\/labels\/(.+)$/.exec(rest)) && method === 'DELETE') {
+      const pull = this.pulls.get(`${repo.id}#${m[1]}`)!;
+      const label = decodeURIComponent(m[2]!);
+      if (!pull.labels.includes(label)) return answer(404, { message: 'Label does not exist' });
+      this.change(repo.id, pull.number, { labels: pull.labels.filter((l) => l !== label) });
+      return answer(200, []);
+    }
+    if (/^\/issues\/\d+\/comments$/.test(rest)) {
+      if (method === 'GET') return answer(200, []);
+      const id = this.nextCommentId++;
+      this.comments.set(id, JSON.parse(body).body);
+      return answer(201, { id });
+    }
+    if ((m = /^\/issues\/comments\/(\d+)$/.exec(rest))) {
+      this.comments.set(Number(m[1]), JSON.parse(body).body);
+      return answer(200, { id: Number(m[1]) });
+    }
+    if (/^\/statuses\/[0-9a-f]{40}$/.test(rest)) return answer(201, {});
+    if (rest === '/deployments') return answer(201, { id: this.nextCommentId++ });
+    if (/^\/deployments\/\d+\/statuses$/.test(rest)) return answer(201, {});
+    return answer(404, { message: `fake GitHub has no ${method} ${path}` });
+  }
+
+  /** The text of the preview comment, as GitHub would show it now. */
+  commentText(): string | undefined {
+    return [...this.comments.values()].at(-1);
+  }
+
+  private send(res: http.ServerResponse, status: number, data: unknown, headers: Record<string, string> = {}): void {
+    const raw = typeof data === 'string';
+    res.writeHead(status, { 'content-type': raw ? 'text/plain; charset=utf-8' : 'application/json; charset=utf-8', ...headers });
+    res.end(raw ? data : JSON.stringify(data));
+  }
+}

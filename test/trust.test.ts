@@ -1,0 +1,302 @@
+/**
+ * Trust against a GitHub that behaves like github.com (test/helpers/fake-github.ts): deliveries replayed,
+ * late, out of order or lost; repositories renamed; GitHub down, hanging or rate-limiting. One story per
+ * bullet of issue 11's "Bad input and faults", each against the real server with its real SQLite queue.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { eq } from 'drizzle-orm';
+import nock from 'nock';
+import { jobs, pullRequests } from '../src/db/schema.js';
+import { FakeGitHub } from './helpers/fake-github.js';
+import { sha, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { siteTarball } from './helpers/tarballs.js';
+import { sendWebhook } from './helpers/webhooks.js';
+
+const LABEL = 'safe for preview';
+const OWNER = { id: 9001, login: 'octo-org' };
+const DOCS = 7001;
+const CONTRIBUTOR = { id: 555, login: 'contributor' };
+const A = sha('a1');
+const B = sha('b2');
+
+let fake: FakeGitHub;
+let server: TestServer;
+const servers: TestServer[] = [];
+
+beforeEach(async () => {
+  nock.enableNetConnect('127.0.0.1');
+  fake = await new FakeGitHub().start();
+  fake.addRepo({ id: DOCS, owner: OWNER, name: 'docs' });
+  server = await startTestServer(fake.env);
+  servers.push(server);
+});
+
+afterEach(async () => {
+  for (const s of servers.splice(0)) await s.close().catch(() => undefined);
+  await fake.close();
+});
+
+const prRow = (number: number, repositoryId?: number) =>
+  server.core.db
+    .select()
+    .from(pullRequests)
+    .where(eq(pullRequests.number, number))
+    .all()
+    .find((p) => repositoryId === undefined || p.repositoryId === repositoryId)!;
+const prDir = (site: string, number: number, visibility: 'public' | 'hidden') =>
+  path.join(server.config.buildsDir, site, visibility === 'public' ? String(number) : `hidden--${number}`);
+
+/** An open PR on the stand-in GitHub and one upload of its head (hidden unless labelled). */
+async function openAndUpload(number: number, commits: string[], labels: string[] = []) {
+  fake.addPull(DOCS, { number, user: CONTRIBUTOR, commits, labels });
+  const res = await server.upload(number, commits.at(-1)!, siteTarball(`pr ${number}`));
+  await server.previews.settled();
+  if (res.status >= 400) throw new Error(`upload refused: ${res.status} ${await res.text()}`);
+  return res;
+}
+
+async function deliver(event: string, payload: object) {
+  const res = await sendWebhook(server.url, event, payload);
+  expect(res.status).toBe(200);
+  await server.previews.settled();
+}
+
+/** Polls until `check` holds (for retries after backoff); fails with the last state after `ms`. */
+async function eventually(check: () => boolean, ms = 10_000) {
+  const until = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > until) throw new Error('not reached in time');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const queued = () => server.core.db.select().from(jobs).all();
+
+describe('deliveries replayed, late or out of order never publish on payload evidence', () => {
+  test('a replayed labeled delivery after the label was removed publishes nothing, not even a commit uploaded since', async () => {
+    expect((await openAndUpload(1, [A])).status).toBe(202);
+    fake.change(DOCS, 1, { labels: [LABEL] });
+    const labeled = fake.pullRequestEvent(DOCS, 1, 'labeled', { label: { name: LABEL } });
+    await deliver('pull_request', labeled);
+    expect(prRow(1).visibility).toBe('public');
+
+    fake.change(DOCS, 1, { labels: [] });
+    await deliver('pull_request', fake.pullRequestEvent(DOCS, 1, 'unlabeled', { label: { name: LABEL } }));
+    expect(prRow(1).visibility).toBe('hidden');
+
+    fake.change(DOCS, 1, { commits: [A, B] });
+    expect((await server.upload(1, B, siteTarball('unreviewed'))).status).toBe(202);
+
+    await deliver('pull_request', labeled); // the same delivery again, hours later
+    expect(prRow(1)).toMatchObject({ visibility: 'hidden', trusted: false });
+    expect(fs.existsSync(path.join(prDir('docs', 1, 'hidden'), B.slice(0, 7), 'index.html'))).toBe(true);
+    expect(fs.existsSync(prDir('docs', 1, 'public'))).toBe(false);
+  });
+
+  test('unlabeled handled before a late labeled: hidden', async () => {
+    await openAndUpload(2, [A]);
+    fake.change(DOCS, 2, { labels: [LABEL] });
+    const labeled = fake.pullRequestEvent(DOCS, 2, 'labeled', { label: { name: LABEL } });
+    fake.change(DOCS, 2, { labels: [] });
+    const unlabeled = fake.pullRequestEvent(DOCS, 2, 'unlabeled', { label: { name: LABEL } });
+    await deliver('pull_request', unlabeled);
+    await deliver('pull_request', labeled);
+    expect(prRow(2).visibility).toBe('hidden');
+    expect(fs.existsSync(prDir('docs', 2, 'public'))).toBe(false);
+  });
+
+  test('stale synchronize and reopened carrying the old label: GitHub, which no longer has it, decides', async () => {
+    await openAndUpload(3, [A], [LABEL]);
+    expect(prRow(3).visibility).toBe('public');
+    const oldSynchronize = fake.pullRequestEvent(DOCS, 3, 'synchronize');
+    const oldReopened = fake.pullRequestEvent(DOCS, 3, 'reopened');
+    fake.change(DOCS, 3, { labels: [] }); // its unlabeled delivery is lost
+    await deliver('pull_request', oldSynchronize);
+    expect(prRow(3).visibility).toBe('hidden');
+    await deliver('pull_request', oldReopened);
+    expect(prRow(3)).toMatchObject({ visibility: 'hidden', trusted: false });
+  });
+});
+
+describe('ids, not names', () => {
+  test('renamed, then unlabeled under the new name: hidden; the site and builds stay with the repository', async () => {
+    await openAndUpload(4, [A], [LABEL]);
+    fake.rename(DOCS, 'handbook'); // the repository.renamed delivery never arrives
+    fake.change(DOCS, 4, { labels: [] });
+    await deliver('pull_request', fake.pullRequestEvent(DOCS, 4, 'unlabeled', { label: { name: LABEL } }));
+    expect(prRow(4).visibility).toBe('hidden');
+    const repo = server.core.registry.findRepositoryById(DOCS)!;
+    expect(repo).toMatchObject({ fullName: 'octo-org/handbook', site: 'docs' });
+    expect(fs.existsSync(path.join(prDir('docs', 4, 'hidden'), A.slice(0, 7)))).toBe(true);
+  });
+
+  test('a new repository that takes a freed name inherits nothing: not the site, the PR, the hidden build or the secret', async () => {
+    await openAndUpload(5, [A]); // hidden, never approved
+    fake.rename(DOCS, 'handbook');
+    await deliver('repository', { action: 'renamed', changes: { repository: { name: { from: 'docs' } } }, repository: fake.repositoryPayload(DOCS), installation: { id: 42 }, sender: { id: 1001, login: 'maintainer' } });
+    expect(server.core.registry.findRepositoryById(DOCS)!.fullName).toBe('octo-org/handbook');
+
+    const NEW = 7002;
+    fake.addRepo({ id: NEW, owner: OWNER, name: 'docs' });
+    await deliver('installation_repositories', {
+      action: 'added',
+      installation: { id: 42, account: OWNER },
+      repositories_added: [{ id: NEW, name: 'docs', full_name: 'octo-org/docs' }],
+      repositories_removed: [],
+      sender: { id: 1001, login: 'maintainer' },
+    });
+    const newRow = server.core.registry.findRepositoryById(NEW)!;
+    expect(newRow.site).toBe(`docs-${NEW}`);
+
+    // Labelling the new repository's PR #5 touches nothing of the old one.
+    fake.addPull(NEW, { number: 5, user: CONTRIBUTOR, commits: [B], labels: [LABEL] });
+    await deliver('pull_request', fake.pullRequestEvent(NEW, 5, 'labeled', { label: { name: LABEL } }));
+    expect(prRow(5, server.core.registry.findRepositoryById(DOCS)!.id).visibility).toBe('hidden');
+    expect(fs.existsSync(path.join(prDir('docs', 5, 'hidden'), A.slice(0, 7)))).toBe(true);
+    expect(fs.existsSync(prDir('docs', 5, 'public'))).toBe(false);
+
+    // The old repository's upload secret does not work for the newcomer.
+    const refused = await server.upload(5, B, siteTarball('newcomer'));
+    expect(refused.status).toBe(403);
+    await server.core.secrets.set(newRow.accountId, newRow.id, 'upload-key', Buffer.from(UPLOAD_SECRET));
+    const stored = await server.upload(5, B, siteTarball('newcomer'));
+    expect(stored.status).toBe(201);
+    expect((await stored.json()).url).toBe(`https://pr5-${B.slice(0, 7)}--docs-${NEW}.previews.test/`);
+  });
+});
+
+describe('revocations fail closed; grants wait for GitHub, without any redelivery', () => {
+  const faults = [
+    ['502', { kind: 'down' }],
+    ['a timeout', { kind: 'hang' }],
+    ['403 secondary rate limit', { kind: 'secondary-rate-limit', retryAfter: 1 }],
+  ] as const;
+
+  test.each(faults)('GitHub answering %s during unlabeled: hidden at once', async (_name, fault) => {
+    await openAndUpload(6, [A], [LABEL]);
+    expect(prRow(6).visibility).toBe('public');
+    fake.fault = fault;
+    fake.change(DOCS, 6, { labels: [] });
+    const res = await sendWebhook(server.url, 'pull_request', fake.pullRequestEvent(DOCS, 6, 'unlabeled', { label: { name: LABEL } }));
+    expect(res.status).toBe(200);
+    expect(prRow(6).visibility).toBe('hidden');
+    expect(fs.existsSync(prDir('docs', 6, 'public'))).toBe(false);
+  });
+
+  test.each(faults)('GitHub answering %s during labeled: stays hidden, published by the retry once GitHub answers', async (_name, fault) => {
+    await openAndUpload(7, [A]);
+    fake.fault = fault;
+    fake.change(DOCS, 7, { labels: [LABEL] });
+    await deliver('pull_request', fake.pullRequestEvent(DOCS, 7, 'labeled', { label: { name: LABEL } }));
+    await eventually(() => queued().some((j) => j.kind === 'decide' && j.attempts >= 1));
+    expect(prRow(7).visibility).toBe('hidden');
+    fake.fault = undefined;
+    await eventually(() => prRow(7).visibility === 'public');
+    expect(fs.existsSync(path.join(prDir('docs', 7, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
+    await eventually(() => queued().length === 0);
+  });
+
+  test('a server stopped with queued work does it after the restart', async () => {
+    await openAndUpload(8, [A]);
+    fake.fault = { kind: 'down' };
+    fake.change(DOCS, 8, { labels: [LABEL] });
+    await deliver('pull_request', fake.pullRequestEvent(DOCS, 8, 'labeled', { label: { name: LABEL } }));
+    await server.stop();
+    fake.fault = undefined;
+    server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
+    servers.push(server);
+    await eventually(() => prRow(8).visibility === 'public');
+    await eventually(() => fake.commentText()?.includes(`https://pr8-${A.slice(0, 7)}--docs.previews.test/`) === true);
+  });
+});
+
+describe('the sweep catches what no webhook said', () => {
+  test('a PR closed without a delivery is found closed and its builds removed after the retention', async () => {
+    await openAndUpload(9, [A], [LABEL]);
+    fake.change(DOCS, 9, { state: 'closed' });
+    const report = await server.sweep!.run();
+    expect(report).toMatchObject({ installations: 1, pullRequests: 1, changed: 1 });
+    expect(prRow(9)).toMatchObject({ state: 'closed', visibility: 'hidden' });
+    expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toEqual({ removedPrs: 1, skipped: 0 });
+    expect(fs.existsSync(prDir('docs', 9, 'hidden'))).toBe(false);
+  });
+
+  test("a change of the organization's .github settings (no webhook reaches us) re-decides the PR", async () => {
+    fake.addRepo({ id: 7100, owner: OWNER, name: '.github', files: { '.github/preview-gate.yml': 'trustedLabel: first\n' } }, null);
+    await openAndUpload(10, [A], ['reviewed']);
+    expect(prRow(10).visibility).toBe('hidden');
+    fake.repos.get(7100)!.files['.github/preview-gate.yml'] = 'trustedLabel: reviewed\n';
+    await server.sweep!.run();
+    expect(prRow(10).visibility).toBe('public');
+  });
+
+  test('a rename and a removal from the installation are caught by id', async () => {
+    await openAndUpload(11, [A], [LABEL]);
+    fake.rename(DOCS, 'handbook');
+    await server.sweep!.run();
+    expect(server.core.registry.findRepositoryById(DOCS)!.fullName).toBe('octo-org/handbook');
+    fake.installations.get(42)!.repoIds = [];
+    await server.sweep!.run();
+    expect(server.core.registry.findRepositoryById(DOCS)!.installed).toBe(false);
+    expect(prRow(11).visibility).toBe('hidden');
+  });
+
+  test('100 open PRs with builds and nothing changed: the sweep costs at most 5 requests against the rate limit', async () => {
+    for (let n = 100; n < 200; n++) await openAndUpload(n, [sha(n.toString(16))], n % 2 ? [LABEL] : []);
+    await server.sweep!.run(); // learns the ETags
+    fake.counted = 0;
+    fake.notModified = 0;
+    const report = await server.sweep!.run();
+    expect(report).toMatchObject({ pullRequests: 100, changed: 0, queued: 0 });
+    expect(fake.notModified).toBeGreaterThanOrEqual(100);
+    if (process.env.PRINT_FIGURES) process.stderr.write(`sweep of 100 unchanged PRs: ${fake.counted} counted requests, ${fake.notModified} answered 304\n`);
+    expect(fake.counted).toBeLessThanOrEqual(5);
+  }, 60_000);
+});
+
+describe('labelTrustsNewCommits: false binds the label to the commit it was given at', () => {
+  test('a commit uploaded before its synchronize delivery is hidden, and the label removed on GitHub', async () => {
+    fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'labelTrustsNewCommits: false\n';
+    expect((await openAndUpload(12, [A], [LABEL])).status).toBe(201);
+    fake.change(DOCS, 12, { commits: [A, B] }); // pushed; the synchronize delivery is late
+    const res = await server.upload(12, B, siteTarball('unreviewed'));
+    expect(res.status).toBe(202);
+    expect((await res.json()).reason).toMatch(/commit b2b2b2b came after the 'safe for preview' label/);
+    await server.previews.settled();
+    expect(prRow(12).visibility).toBe('hidden');
+    expect(fake.pull(DOCS, 12).labels).toEqual([]);
+    expect(fs.existsSync(prDir('docs', 12, 'public'))).toBe(false);
+  });
+});
+
+test('an upload answered 409 still applies the current decision (its label webhook was lost)', async () => {
+  await openAndUpload(13, [A]);
+  fake.change(DOCS, 13, { labels: [LABEL] });
+  const res = await server.upload(13, A, siteTarball('again'));
+  expect(res.status).toBe(409);
+  expect(prRow(13).visibility).toBe('public');
+  expect(fs.readFileSync(path.join(prDir('docs', 13, 'public'), A.slice(0, 7), 'index.html'), 'utf8')).toContain('pr 13');
+});
+
+test('a PR found in both folders after a crash is repaired into the one the decision names', async () => {
+  await openAndUpload(14, [A, B], [LABEL]);
+  const stray = path.join(prDir('docs', 14, 'hidden'), 'c0ffee0');
+  fs.mkdirSync(stray, { recursive: true });
+  fs.writeFileSync(path.join(stray, 'index.html'), 'stray');
+  fake.change(DOCS, 14, { labels: [] });
+  await deliver('pull_request', fake.pullRequestEvent(DOCS, 14, 'unlabeled', { label: { name: LABEL } }));
+  expect(prRow(14).visibility).toBe('hidden');
+  expect(fs.existsSync(prDir('docs', 14, 'public'))).toBe(false);
+  expect(fs.readdirSync(prDir('docs', 14, 'hidden')).sort()).toEqual(['.latest', B.slice(0, 7), 'c0ffee0']);
+});
+
+test('/metrics shows the queue depth and the age of its oldest row', async () => {
+  await openAndUpload(15, [A]);
+  fake.fault = { kind: 'down' };
+  fake.change(DOCS, 15, { labels: [LABEL] });
+  await deliver('pull_request', fake.pullRequestEvent(DOCS, 15, 'labeled', { label: { name: LABEL } }));
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  expect(text).toMatch(/^preview_gate_queue_jobs 1$/m);
+  expect(text).toMatch(/^preview_gate_queue_oldest_seconds \d/m);
+});
