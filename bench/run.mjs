@@ -2,7 +2,7 @@
 // with GitHub answered by a local fake server through GHE_HOST (no nock: the server runs unmodified):
 //   1. upload-to-live of the reference build vs `tar -xzf` of the same archive (goal <= 1.3x)
 //   2. peak RSS of the server while it accepts a 1 GB upload streamed from a generator (goal <= 150 MB)
-//   3. visibility flip (label webhook answered = folder renamed) for a PR of 50 builds vs 1 (goal <= 20 ms, flat)
+//   3. visibility flip (label webhook sent → folder renamed; a grant includes GitHub's confirming read) for a PR of 50 builds vs 1 (goal <= 20 ms, flat)
 //   4. 16 concurrent uploads of distinct SHAs: aggregate throughput vs one stream (goal >= 1.5x, no errors)
 // Usage: npm run bench   (builds first; PAIRS=5 sets the pairs of figure 1)
 import { execFileSync } from 'node:child_process';
@@ -121,12 +121,16 @@ async function main() {
       if (st !== 202) throw new Error(`hidden upload answered ${st}`);
     }
     const flips = [];
+    const publicDir = path.join(tmp, 'data', 'builds', 'docs', String(pr));
     for (let i = 0; i < 10; i++) {
       for (const action of ['labeled', 'unlabeled']) {
+        // GitHub changes first (the grant is read back from it), then the delivery; timed until the folder moved.
+        github.setLabels(pr, action === 'labeled' ? ['safe for preview'] : []);
         const start = process.hrtime.bigint();
         const st = await webhook(port, pr, action);
-        flips.push(seconds(start) * 1000);
         if (st !== 200) throw new Error(`webhook answered ${st}`);
+        while (fs.existsSync(publicDir) !== (action === 'labeled')) await new Promise((r) => setImmediate(r));
+        flips.push(seconds(start) * 1000);
       }
     }
     console.log(`3. visibility flip, PR with ${count} build(s): median ${median(flips).toFixed(1)} ms over ${flips.length} flips (goal <= 20 ms, flat in size)`);

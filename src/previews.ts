@@ -6,7 +6,7 @@ import type { Config } from './config.js';
 import type { Db } from './db/client.js';
 import { builds, repositories } from './db/schema.js';
 import { isNotFound, type GitHub, type PrFacts } from './github.js';
-import { KeyedLock } from './lock.js';
+import { KeyedLock, SharedLock } from './lock.js';
 import type { Metrics } from './metrics.js';
 import type { Notifier } from './notify.js';
 import { octokitFor, ownerAndName, type Build, type Cause, type PreviewsContext } from './previews/context.js';
@@ -34,7 +34,7 @@ export class Previews {
 
   constructor(db: Db, registry: Registry, store: BuildStore, github: GitHub | undefined, notifier: Notifier, config: Config, metrics: Metrics, log: Logger) {
     this.queue = new WorkQueue(db, log);
-    this.ctx = { db, registry, store, github, notifier, config, metrics, log, queue: this.queue, lock: new KeyedLock() };
+    this.ctx = { db, registry, store, github, notifier, config, metrics, log, queue: this.queue, lock: new KeyedLock(), repoLock: new SharedLock() };
     this.decisions = new Decisions(this.ctx);
     this.ingest = new Ingest(this.ctx, this.decisions);
     this.maintenance = new Maintenance(this.ctx, this.decisions);
@@ -45,6 +45,7 @@ export class Previews {
       merge: (older, newer) => ({ ...newer, buildIds: [...new Set([...(older.buildIds as number[]), ...(newer.buildIds as number[])])] }),
     });
     this.queue.register('remove-label', { lane: 'writes', run: (data) => this.removeLabel(data) });
+    this.queue.register('move-site', { lane: 'reads', run: (data) => this.decisions.moveSite(data) });
   }
 
   /** Starts running queued work (left by a previous run too). Without GitHub there is nothing to run it with. */

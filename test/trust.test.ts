@@ -9,7 +9,9 @@ import { eq } from 'drizzle-orm';
 import nock from 'nock';
 import { jobs, pullRequests } from '../src/db/schema.js';
 import { FakeGitHub } from './helpers/fake-github.js';
-import { sha, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { startServerProcess } from '../bench/server-process.mjs';
+import { appPrivateKey } from './helpers/github.js';
+import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { sendWebhook } from './helpers/webhooks.js';
 
@@ -211,6 +213,45 @@ describe('revocations fail closed; grants wait for GitHub, without any redeliver
   });
 });
 
+test('a server process killed (SIGKILL) with a queued decision takes it after the restart', async () => {
+  await openAndUpload(16, [A]);
+  await server.stop();
+  const port = 30000 + Math.floor(Math.random() * 20000);
+  const env = {
+    ...process.env,
+    ...fake.env,
+    NODE_OPTIONS: '',
+    DATA_DIR: server.config.dataDir,
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    APP_ID: '1',
+    PRIVATE_KEY: appPrivateKey,
+    WEBHOOK_SECRET,
+    GITHUB_RETRIES: '0',
+    GITHUB_THROTTLE: 'false',
+    GITHUB_TIMEOUT_MS: '1500',
+    RECONCILE_INTERVAL_MINUTES: '0',
+    LOG_LEVEL: 'silent' as const,
+  };
+  let child = await startServerProcess(env, port, { stdio: 'ignore' });
+  try {
+    fake.fault = { kind: 'down' };
+    fake.change(DOCS, 16, { labels: [LABEL] });
+    const res = await sendWebhook(`http://127.0.0.1:${port}`, 'pull_request', fake.pullRequestEvent(DOCS, 16, 'labeled', { label: { name: LABEL } }));
+    expect(res.status).toBe(200);
+    await eventually(() => fake.counted > 0); // the decision was tried, and failed
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    expect(fs.existsSync(prDir('docs', 16, 'public'))).toBe(false);
+
+    fake.fault = undefined;
+    child = await startServerProcess(env, port, { stdio: 'ignore' });
+    await eventually(() => fs.existsSync(path.join(prDir('docs', 16, 'public'), A.slice(0, 7), 'index.html')));
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
 describe('the sweep catches what no webhook said', () => {
   test('a PR closed without a delivery is found closed and its builds removed after the retention', async () => {
     await openAndUpload(9, [A], [LABEL]);
@@ -299,4 +340,30 @@ test('/metrics shows the queue depth and the age of its oldest row', async () =>
   const text = await (await fetch(`${server.url}/metrics`)).text();
   expect(text).toMatch(/^preview_gate_queue_jobs 1$/m);
   expect(text).toMatch(/^preview_gate_queue_oldest_seconds \d/m);
+});
+
+describe('site: in the settings', () => {
+  test('a free site is taken with one rename of the builds folder; the comment shows the new URLs', async () => {
+    await openAndUpload(17, [A], [LABEL]);
+    expect(fs.existsSync(prDir('docs', 17, 'public'))).toBe(true);
+    fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'site: handbook\n';
+    await server.sweep!.run();
+    await server.previews.settled();
+    expect(server.core.registry.findRepositoryById(DOCS)!.site).toBe('handbook');
+    expect(fs.existsSync(path.join(prDir('handbook', 17, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
+    expect(fs.existsSync(path.join(server.config.buildsDir, 'docs'))).toBe(false);
+    expect(fake.commentText()).toContain(`https://pr17-${A.slice(0, 7)}--handbook.previews.test/`);
+  });
+
+  test('a site held by another repository is refused: the repository keeps its own and the answer says why', async () => {
+    await server.core.registry.resolveRepository({ id: 7300, fullName: 'octo-org/angular', ownerId: OWNER.id });
+    fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'site: angular\n';
+    fake.addPull(DOCS, { number: 18, user: CONTRIBUTOR, commits: [A] });
+    const res = await server.upload(18, A, siteTarball('mine'));
+    expect(res.status).toBe(202);
+    expect((await res.json()).reason).toMatch(/the site 'angular' named in .github\/preview-gate.yml is used by another repository, so previews stay at 'docs'/);
+    await server.previews.settled();
+    expect(server.core.registry.findRepositoryById(DOCS)!.site).toBe('docs');
+    expect(fs.existsSync(path.join(prDir('docs', 18, 'hidden'), A.slice(0, 7)))).toBe(true);
+  });
 });

@@ -118,6 +118,17 @@ export class BuildStore {
     if (!hereLatest && otherLatest && fs.existsSync(path.join(here, otherLatest))) await this.pointLatestAt(here, otherLatest);
   }
 
+  /** Moves every build of a repository to another site: one rename (old URLs stop at once). */
+  async moveSite(from: string, to: string): Promise<void> {
+    const target = path.join(this.buildsDir, to);
+    if (fs.existsSync(target)) throw conflict(`The builds folder of site '${to}' already exists.`);
+    try {
+      await fs.promises.rename(path.join(this.buildsDir, from), target);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // no builds yet: nothing to move
+    }
+  }
+
   /** Every `<site>/<pr folder>/<sha7>` folder on disk. */
   buildDirs(): string[] {
     const dirs: string[] = [];

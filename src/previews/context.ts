@@ -5,7 +5,7 @@ import type { Db } from '../db/client.js';
 import type { builds } from '../db/schema.js';
 import { unavailable } from '../errors.js';
 import type { GitHub, Octokit } from '../github.js';
-import type { KeyedLock } from '../lock.js';
+import type { KeyedLock, SharedLock } from '../lock.js';
 import type { Metrics } from '../metrics.js';
 import type { Notifier } from '../notify.js';
 import type { WorkQueue } from '../queue.js';
@@ -33,6 +33,18 @@ export interface PreviewsContext {
   queue: WorkQueue;
   /** All changes to one PR run under its key, so an upload, a webhook and the sweep never interleave renames. */
   lock: KeyedLock;
+  /** Held shared by every PR operation of a repository, exclusively while its site folder moves. */
+  repoLock: SharedLock;
+}
+
+/** Runs `task` as the one operation on this PR now (and while the repository's site folder stays put). */
+export function withPr<T>(ctx: PreviewsContext, repositoryId: number, number: number, task: () => Promise<T>): Promise<T> {
+  return ctx.repoLock.shared(`repo:${repositoryId}`, () => ctx.lock.run(prKey(repositoryId, number), task));
+}
+
+/** Runs `task` while no operation on any PR of the repository runs (moving its site folder). */
+export function withRepository<T>(ctx: PreviewsContext, repositoryId: number, task: () => Promise<T>): Promise<T> {
+  return ctx.repoLock.exclusive(`repo:${repositoryId}`, task);
 }
 
 export const prKey = (repositoryId: number, number: number) => `pr:${repositoryId}#${number}`;

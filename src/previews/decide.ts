@@ -7,7 +7,7 @@ import type { Job } from '../queue.js';
 import { RetryLater } from '../queue.js';
 import type { PullRequest, Repository } from '../registry.js';
 import { settingsSchema, type RepoSettings, type TrustDecision } from '../trust.js';
-import { octokitFor, ownerAndName, prKey, requireGithub, type Cause, type PreviewsContext } from './context.js';
+import { octokitFor, ownerAndName, prKey, requireGithub, withPr, withRepository, type Cause, type PreviewsContext } from './context.js';
 
 /** Payload evidence that makes a PR *less* visible (a revocation): applied at once, without asking GitHub. */
 export interface Revocation {
@@ -77,7 +77,7 @@ export class Decisions {
 
   /** Applies facts under the PR's lock and queues the feedback that follows (the comment says why). */
   async apply(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied> {
-    return this.ctx.lock.run(prKey(repo.id, facts.number), async () => {
+    return withPr(this.ctx, repo.id, facts.number, async () => {
       const applied = await this.applyLocked(repo, facts, cause, uploadSha);
       if (applied.changed) this.enqueueFeedback(repo, applied.pr, this.readyBuildIds(applied.pr.id));
       else if (applied.reasonChanged) this.enqueueFeedback(repo, applied.pr, []);
@@ -93,7 +93,10 @@ export class Decisions {
     const { db } = this.ctx;
     const pr = this.ensurePr(repo, facts.number, facts.state, facts.headSha);
     this.rememberSettings(repo, facts.settings);
-    const { decision, labelSha } = this.boundLabel(repo, pr, facts, uploadSha);
+    const bound = this.boundLabel(repo, pr, facts, uploadSha);
+    const labelSha = bound.labelSha;
+    const note = this.siteNote(repo, facts.settings);
+    const decision = note ? { ...bound.decision, reason: `${bound.decision.reason} (${note})` } : bound.decision;
     // An answer older than evidence already applied may hide (fail closed), never publish.
     const stale = pr.factsAt !== null && facts.at < pr.factsAt;
     if (stale && decision.trusted) return { pr, changed: false, stale: true, reasonChanged: false };
@@ -157,7 +160,7 @@ export class Decisions {
    * `labelTrustsNewCommits: false`), then queues the decision that reads GitHub's facts to confirm or undo it.
    */
   async revoke(repo: Repository, number: number, revocation: Revocation, cause: Cause): Promise<void> {
-    await this.ctx.lock.run(prKey(repo.id, number), async () => {
+    await withPr(this.ctx, repo.id, number, async () => {
       const pr = this.ctx.registry.findPullRequest(repo.id, number);
       if (!pr) return;
       const changed = await this.moveTo(repo, pr, 'hidden', revocation.reason, cause);
@@ -184,7 +187,7 @@ export class Decisions {
   async hideRepository(repo: Repository, cause: Cause, reason = 'the app was uninstalled from the repository'): Promise<void> {
     const prs = this.ctx.db.select().from(pullRequests).where(eq(pullRequests.repositoryId, repo.id)).all();
     for (const pr of prs) {
-      await this.ctx.lock.run(prKey(repo.id, pr.number), async () => {
+      await withPr(this.ctx, repo.id, pr.number, async () => {
         const fresh = this.ctx.registry.findPullRequest(repo.id, pr.number)!;
         await this.moveTo(repo, fresh, 'hidden', reason, cause);
         this.ctx.db.update(pullRequests).set({ visibility: 'hidden', trusted: false, updatedAt: new Date() }).where(eq(pullRequests.id, pr.id)).run();
@@ -205,6 +208,34 @@ export class Decisions {
       .where(and(eq(builds.pullRequestId, pullRequestId), eq(builds.status, 'ready')))
       .all()
       .map((b) => b.id);
+  }
+
+  /**
+   * `site:` of the settings: a free site is taken (a `move-site` job renames the folder once no operation on
+   * the repository runs); a site held by another repository is refused, and this sentence says why.
+   */
+  siteNote(repo: Repository, settings: RepoSettings): string | undefined {
+    const current = this.currentRepo(repo);
+    if (!settings.site || settings.site === current.site) return undefined;
+    if (this.ctx.registry.isSiteTaken(settings.site, repo.id)) {
+      return `the site '${settings.site}' named in .github/preview-gate.yml is used by another repository, so previews stay at '${current.site}'`;
+    }
+    this.ctx.queue.enqueue('move-site', `repo:${repo.id}`, { repositoryId: repo.id, site: settings.site });
+    return undefined;
+  }
+
+  /** A `move-site` job: one rename of the repository's folder; every open PR's feedback shows the new URLs. */
+  async moveSite(data: Record<string, unknown>): Promise<void> {
+    const wanted = String(data.site);
+    const moved = await withRepository(this.ctx, Number(data.repositoryId), async () => {
+      const repo = this.ctx.db.select().from(repositories).where(eq(repositories.id, Number(data.repositoryId))).get();
+      if (!repo || repo.site === wanted || this.ctx.registry.isSiteTaken(wanted, repo.id)) return undefined;
+      await this.ctx.store.moveSite(repo.site, wanted);
+      this.ctx.log.info({ repo: repo.fullName, from: repo.site, to: wanted }, 'moved the previews to the site named in the settings');
+      return this.ctx.db.update(repositories).set({ site: wanted }).where(eq(repositories.id, repo.id)).returning().get();
+    });
+    if (!moved) return;
+    for (const { pr } of this.ctx.registry.openPullRequests([moved])) this.enqueueFeedback(moved, pr, this.readyBuildIds(pr.id));
   }
 
   /** The settings last read from GitHub, kept so a revocation can be judged when GitHub cannot be asked. */

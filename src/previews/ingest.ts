@@ -4,7 +4,7 @@ import { builds, pullRequests, repositories, uploads } from '../db/schema.js';
 import { conflict, HttpError, tooLarge } from '../errors.js';
 import type { PrFacts } from '../github.js';
 import type { PullRequest, Repository } from '../registry.js';
-import { prKey, type Build, type PreviewsContext } from './context.js';
+import { withPr, type Build, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 
 /** Storing one build of a PR: quota → claim of the SHA → staging → one rename → feedback queued. */
@@ -105,7 +105,7 @@ export class Ingest {
     size: { bytes: number; files: number },
     sha: string,
   ): Promise<{ pr: PullRequest; build: Build; changed: boolean }> {
-    return this.ctx.lock.run(prKey(repo.id, facts.number), async () => {
+    return withPr(this.ctx, repo.id, facts.number, async () => {
       const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
       const build = this.ctx.db.select().from(builds).where(eq(builds.id, buildId)).get()!;
       await this.ctx.store.publish(staging, this.decisions.currentRepo(repo).site, facts.number, pr.visibility, build.sha7);

@@ -2,7 +2,7 @@ import { and, eq, lt, or } from 'drizzle-orm';
 import fs from 'node:fs';
 import { builds, pullRequests, repositories } from '../db/schema.js';
 import type { PullRequest, Repository } from '../registry.js';
-import { octokitFor, prKey, requireGithub, type PreviewsContext } from './context.js';
+import { octokitFor, requireGithub, withPr, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 
 /** Crash recovery at start and removal of closed PRs' builds after the retention. */
@@ -75,7 +75,7 @@ export class Maintenance {
         this.ctx.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'cleanup skipped: GitHub could not be asked');
         continue;
       }
-      await this.ctx.lock.run(prKey(repo.id, pr.number), async () => {
+      await withPr(this.ctx, repo.id, pr.number, async () => {
         await this.ctx.store.removePr(repo.site, pr.number);
         this.ctx.db.delete(builds).where(eq(builds.pullRequestId, pr.id)).run();
       });

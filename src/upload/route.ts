@@ -74,9 +74,10 @@ export function uploadRouter(deps: UploadDeps): Router {
       if (tempFile) await fs.promises.rm(tempFile, { force: true });
     }
     const { visibility } = stored.pr;
+    const warning = deps.previews.decisions.siteNote(repo, facts.settings);
     const answer =
       visibility === 'public'
-        ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr, stored.build.sha7), visibility } }
+        ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr, stored.build.sha7), visibility, ...(warning ? { warning } : {}) } }
         : { status: 202, body: { visibility, reason: stored.pr.reason ?? facts.decision.reason } };
     res.status(answer.status).json(answer.body);
   });

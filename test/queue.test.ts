@@ -1,0 +1,131 @@
+/** The durable work queue (src/queue.ts) and the repository lock, on a real SQLite file. */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { openDb, type Db } from '../src/db/client.js';
+import { jobs } from '../src/db/schema.js';
+import { forbidden } from '../src/errors.js';
+import { SharedLock } from '../src/lock.js';
+import { backoffMs, retryAfterMs, WorkQueue } from '../src/queue.js';
+
+let tmp: string;
+let db: Db;
+let queue: WorkQueue;
+const log = pino({ level: 'silent' });
+
+beforeEach(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-queue-'));
+  db = openDb(path.join(tmp, 'q.sqlite'));
+  queue = new WorkQueue(db, log);
+});
+afterEach(async () => {
+  await queue.stop(1000);
+  db.$client.close();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test('requests for one key are coalesced into one row; the merge decides the data', async () => {
+  const seen: unknown[] = [];
+  queue.register('feedback', {
+    lane: 'writes',
+    run: async (data) => void seen.push(data.ids),
+    merge: (a, b) => ({ ids: [...(a.ids as number[]), ...(b.ids as number[])] }),
+  });
+  for (const id of [1, 2, 3]) queue.enqueue('feedback', 'pr:1#5', { ids: [id] });
+  expect(db.select().from(jobs).all()).toHaveLength(1);
+  queue.start();
+  await queue.settled();
+  expect(seen).toEqual([[1, 2, 3]]);
+  expect(db.select().from(jobs).all()).toEqual([]);
+});
+
+test('a request arriving while its row runs is not lost: the row runs once more', async () => {
+  let runs = 0;
+  let release!: () => void;
+  queue.register('decide', {
+    lane: 'reads',
+    run: async () => {
+      runs++;
+      if (runs === 1) await new Promise<void>((r) => (release = r));
+    },
+  });
+  queue.start();
+  queue.enqueue('decide', 'pr:1#1', {});
+  while (!release) await new Promise((r) => setTimeout(r, 5));
+  queue.enqueue('decide', 'pr:1#1', {});
+  release();
+  await queue.settled();
+  expect(runs).toBe(2);
+});
+
+test('a failure is kept with its error and retried after a backoff; a 4xx sentence is dropped', async () => {
+  queue.register('decide', { lane: 'reads', run: async () => Promise.reject(Object.assign(new Error('GitHub is down'), { status: 502 })) });
+  queue.register('gone', { lane: 'reads', run: async () => Promise.reject(forbidden('Pull request #9 does not exist.')) });
+  queue.start();
+  queue.enqueue('decide', 'pr:1#1', {});
+  queue.enqueue('gone', 'pr:1#9', {});
+  await queue.settled();
+  const rows = db.select().from(jobs).all();
+  expect(rows).toEqual([expect.objectContaining({ kind: 'decide', attempts: 1, lastError: 'GitHub is down' })]);
+  expect(rows[0]!.dueAt.getTime()).toBeGreaterThan(Date.now() + 500);
+});
+
+test('rows survive a restart and run at the next start', async () => {
+  queue.enqueue('decide', 'pr:1#1', { n: 1 });
+  await queue.stop();
+  const again = new WorkQueue(db, log);
+  const seen: unknown[] = [];
+  again.register('decide', { lane: 'reads', run: async (data) => void seen.push(data.n) });
+  again.start();
+  await again.settled();
+  await again.stop();
+  expect(seen).toEqual([1]);
+});
+
+test('one key runs in order; a slow write of one PR does not hold the decision of another', async () => {
+  const order: string[] = [];
+  let releaseWrite!: () => void;
+  queue.register('feedback', { lane: 'writes', run: async (d) => { order.push(`write ${d.pr}`); await new Promise<void>((r) => (releaseWrite = r)); } });
+  queue.register('decide', { lane: 'reads', run: async (d) => void order.push(`decide ${d.pr}`) });
+  queue.enqueue('feedback', 'pr:1#1', { pr: 1 });
+  queue.enqueue('decide', 'pr:1#1', { pr: 1 });
+  queue.enqueue('decide', 'pr:1#2', { pr: 2 });
+  queue.start();
+  while (order.length < 2) await new Promise((r) => setTimeout(r, 5));
+  expect(order).toEqual(['write 1', 'decide 2']); // PR 1's decision waits for PR 1's write, PR 2's does not
+  releaseWrite();
+  await queue.settled();
+  expect(order).toEqual(['write 1', 'decide 2', 'decide 1']);
+});
+
+test("backoff doubles from 1 s to 10 min; GitHub's retry-after and rate-limit reset are honoured", () => {
+  expect(backoffMs(1)).toBeGreaterThanOrEqual(800);
+  expect(backoffMs(1)).toBeLessThanOrEqual(1200);
+  expect(backoffMs(4)).toBeGreaterThanOrEqual(6400);
+  expect(backoffMs(30)).toBeLessThanOrEqual(12 * 60_000);
+  expect(backoffMs(30)).toBeGreaterThanOrEqual(8 * 60_000);
+  expect(retryAfterMs({ response: { headers: { 'retry-after': '30' } } })).toBe(30_000);
+  expect(retryAfterMs({ response: { headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '1100' } } }, 1_000_000)).toBe(100_000);
+  expect(retryAfterMs(new Error('x'))).toBeUndefined();
+});
+
+test('a shared lock: shared holders together, an exclusive one alone, and not starved by later shared ones', async () => {
+  const lock = new SharedLock();
+  const events: string[] = [];
+  let releaseFirst!: () => void;
+  const first = lock.shared('repo:1', async () => {
+    events.push('shared 1 in');
+    await new Promise<void>((r) => (releaseFirst = r));
+    events.push('shared 1 out');
+  });
+  const second = lock.shared('repo:1', async () => void events.push('shared 2 in'));
+  await second;
+  const exclusive = lock.exclusive('repo:1', async () => void events.push('exclusive'));
+  const third = lock.shared('repo:1', async () => void events.push('shared 3 in'));
+  await new Promise((r) => setTimeout(r, 10));
+  expect(events).toEqual(['shared 1 in', 'shared 2 in']);
+  releaseFirst();
+  await Promise.all([first, exclusive, third]);
+  expect(events).toEqual(['shared 1 in', 'shared 2 in', 'shared 1 out', 'exclusive', 'shared 3 in']);
+});
