@@ -32,6 +32,8 @@ export interface Config {
   settingsCacheMs: number;
   /** How often every open PR is re-decided from GitHub (the sweep); 0 turns the periodic sweep off. */
   reconcileIntervalMs: number;
+  /** An upload body that sends nothing for this long is cut (408) and its claim released. */
+  uploadIdleMs: number;
   /** Interface the Node process listens on. */
   host: string;
   /** false when APP_ID / private key / webhook secret are missing: Probot's setup flow is served instead. */
@@ -88,6 +90,7 @@ const schema = z.object({
     .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of seconds (0 turns the cache off)')
     .transform(Number)
     .default(60),
+  UPLOAD_IDLE_SECONDS: positiveInt(' of seconds').default(30),
   RECONCILE_INTERVAL_MINUTES: z
     .string()
     .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of minutes (0 turns the periodic sweep off)')
@@ -138,13 +141,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     cleanupAfterHours: e.CLEANUP_AFTER_HOURS,
     maxAccountBytes: e.MAX_ACCOUNT_BYTES,
     maxPrBuilds: e.MAX_PR_BUILDS,
-    oidcIssuer: e.OIDC_ISSUER,
+    oidcIssuer: e.OIDC_ISSUER.replace(/\/+$/, ''),
     githubApiUrl: e.GHE_HOST ? `${e.GHE_PROTOCOL}://${e.GHE_HOST}/api/v3` : 'https://api.github.com',
     githubTimeoutMs: e.GITHUB_TIMEOUT_MS,
     githubRetries: e.GITHUB_RETRIES,
     githubThrottle: e.GITHUB_THROTTLE === 'true',
     settingsCacheMs: e.SETTINGS_CACHE_SECONDS * 1000,
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MINUTES * 60_000,
+    uploadIdleMs: e.UPLOAD_IDLE_SECONDS * 1000,
     host: e.HOST,
     appConfigured: Boolean(e.APP_ID && (e.PRIVATE_KEY || e.PRIVATE_KEY_PATH) && e.WEBHOOK_SECRET),
   };

@@ -27,6 +27,11 @@ export const unavailable = (msg: string) => new HttpError(503, msg);
 export function errorHandler(log: Logger): ErrorRequestHandler {
   return (err, req, res, _next) => {
     const known = err instanceof HttpError ? err : fromLibraryError(err);
+    if (res.headersSent) {
+      // Already answered (an idle upload cut with 408): the failure that followed is the same story.
+      if (!known) log.error({ err, method: req.method, path: req.path }, 'unexpected error after the answer');
+      return;
+    }
     if (known) {
       log.info({ status: known.status, method: req.method, path: req.path }, known.message);
       res.status(known.status).json({ error: known.message });

@@ -22,7 +22,8 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   app.set('trust proxy', 'loopback');
 
   if (deps.probot && deps.appFn) {
-    // Before any body parser: a parsed body breaks Probot's signature check.
+    app.post(WEBHOOKS_PATH, webhookBodyLimit(deps.log));
+    // Before any body parser: a parsed body breaks Probot's signature check (the limit above hands it the raw bytes).
     app.use(await createNodeMiddleware(deps.appFn, { probot: deps.probot, webhooksPath: WEBHOOKS_PATH }));
   }
 
@@ -63,4 +64,47 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   });
   app.use(errorHandler(deps.log));
   return app;
+}
+
+/** GitHub caps webhook payloads at 25 MB; nothing bigger is buffered, signed or not. */
+export const MAX_WEBHOOK_BYTES = 25 * 1024 * 1024;
+
+/**
+ * Reads a webhook body up to MAX_WEBHOOK_BYTES (refused by its Content-Length before a byte is read, or as soon
+ * as the stream passes it) and hands the raw bytes to Probot, which checks the signature on exactly them
+ * (`@octokit/webhooks` reads `req.rawBody` when it is set).
+ */
+function webhookBodyLimit(log: Logger): express.RequestHandler {
+  const refuse = (req: express.Request, res: express.Response) => {
+    log.warn({ path: req.path }, 'webhook body over 25 MB refused');
+    res.set('Connection', 'close').status(413).json({ error: 'Webhook bodies are limited to 25 MB.' });
+    res.once('finish', () => req.destroy());
+  };
+  return (req, res, next) => {
+    if (Number(req.headers['content-length'] ?? 0) > MAX_WEBHOOK_BYTES) return refuse(req, res);
+    if (!req.headers['x-hub-signature-256']) {
+      // Probot would refuse it after reading it whole; refused here before a byte is read.
+      log.warn({ path: req.path }, 'webhook without a signature refused');
+      res.set('Connection', 'close').status(400).json({ error: 'The webhook has no X-Hub-Signature-256 header.' });
+      res.once('finish', () => req.destroy());
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= MAX_WEBHOOK_BYTES) return void chunks.push(chunk);
+      req.off('data', onData);
+      req.pause();
+      chunks.length = 0;
+      refuse(req, res);
+    };
+    req.on('data', onData);
+    req.once('end', () => {
+      if (size > MAX_WEBHOOK_BYTES) return;
+      Object.assign(req, { rawBody: Buffer.concat(chunks), body: {} });
+      next();
+    });
+    req.once('error', () => undefined);
+  };
 }

@@ -75,3 +75,32 @@ test('signed by a key not in the JWKS → 403', async () => refused(await oidcTo
 test('a pull_request_target run → 403', async () => refused(await oidcToken({ event_name: 'pull_request_target' }), /pull_request_target/));
 test('the merge ref of another PR → 403', async () => refused(await oidcToken({ ref: 'refs/pull/51/merge' }), /refs\/pull\/51\/merge/));
 test('a repository the app is not installed on → 403', async () => refused(await oidcToken({ repository: 'stranger/repo', repository_id: 424242 }), /not installed/));
+
+test('OIDC_ISSUER written with a trailing slash accepts the same tokens', async () => {
+  const slashed = await startTestServer({ OIDC_ISSUER: `${issuerUrl}/`, PUBLIC_URL: AUDIENCE });
+  try {
+    const pr = { number: 50, commits: [SHA], labels: ['safe for preview'] };
+    githubFor(pr);
+    commitsOf(pr);
+    const res = await slashed.upload(50, SHA, siteTarball('slash'), { token: await oidcToken() });
+    expect(res.status).toBe(201);
+  } finally {
+    await slashed.close();
+  }
+});
+
+test("a token whose key set cannot be fetched (the issuer answers 500) → 503, so CI retries", async () => {
+  const broken = http.createServer((_req, res) => res.writeHead(500).end('oops'));
+  await new Promise<void>((r) => broken.listen(0, '127.0.0.1', r));
+  const brokenUrl = `http://127.0.0.1:${(broken.address() as { port: number }).port}`;
+  const other = await startTestServer({ OIDC_ISSUER: brokenUrl, PUBLIC_URL: AUDIENCE });
+  try {
+    const token = await oidcToken({ iss: brokenUrl });
+    const res = await other.upload(50, SHA, siteTarball(), { token });
+    expect(res.status).toBe(503);
+    expect((await res.json()).error).toMatch(/key set could not be fetched/);
+  } finally {
+    await other.close();
+    await new Promise((r) => broken.close(r));
+  }
+});

@@ -138,7 +138,14 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
   // The source is piped, not put in the pipeline: a refused upload must not destroy the request (its socket
   // is needed for the answer); the caller decides what to do with the unread rest.
   const onSourceError = (err: Error) => countCompressed.destroy(err);
+  // A client that goes away (reset, FIN, a framing error) closes the request without an error on some paths:
+  // without this the extraction would wait for bytes that never come, holding its claim and staging.
+  const onSourceClose = () => {
+    if (!source.readableEnded) countCompressed.destroy(badRequest('The upload ended before its body was complete.'));
+  };
   source.once('error', onSourceError);
+  source.once('close', onSourceClose);
+  if (source.destroyed && !source.readableEnded) onSourceClose();
   source.pipe(countCompressed);
   try {
     await pipeline(countCompressed, gunzip, intoParser);
@@ -151,6 +158,7 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
     throw streamError(err, result.compressedBytes);
   } finally {
     source.off('error', onSourceError);
+    source.off('close', onSourceClose);
   }
   await whenWritesBelow(0);
   if (failure) throw failure;

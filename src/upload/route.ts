@@ -38,6 +38,11 @@ export function uploadRouter(deps: UploadDeps): Router {
 
   router.post('/create-build/:pr/:sha', async (req, res) => {
     res.on('finish', () => metrics.uploads.inc({ status: String(res.statusCode) }));
+    // Whatever the answer, a body still coming is read and dropped (up to a bound), so a client that writes its
+    // whole body before reading (Node's fetch, Python's requests) reads the answer instead of a broken pipe.
+    res.once('finish', () => {
+      if (!req.complete) discardRestOfBody(req, config.maxUploadBytes, config.uploadIdleMs);
+    });
     const pr = parsePr(req.params.pr);
     const sha = parseSha(req.params.sha);
 
@@ -64,11 +69,12 @@ export function uploadRouter(deps: UploadDeps): Router {
     let stored;
     try {
       stored = await deps.previews.ingestBuild(repo, facts, sha, 'upload', async (staging, limits) => {
+        cutWhenIdle(req, res, config.uploadIdleMs);
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
         return extractTarGz(body as Readable, staging, limits);
       });
     } catch (err) {
-      if (!req.complete) discardRestOfBody(req, res);
+      if (!req.complete) res.set('Connection', 'close');
       throw err;
     } finally {
       if (tempFile) await fs.promises.rm(tempFile, { force: true });
@@ -138,13 +144,29 @@ function parseSha(raw: string | undefined): string {
 }
 
 /**
- * A refused upload's remaining bytes are read and dropped (a client that is still sending would otherwise
- * never read the answer); the connection closes after the answer, at the latest 5 s after it.
+ * A refused upload's remaining bytes are read and dropped, up to `maxBytes` (then the connection is cut) and
+ * as long as they keep coming (idle for `idleMs`: cut).
  */
-function discardRestOfBody(req: Request, res: Response): void {
-  res.set('Connection', 'close');
+function discardRestOfBody(req: Request, maxBytes: number, idleMs: number): void {
+  let dropped = 0;
+  req.on('data', (chunk: Buffer) => {
+    dropped += chunk.length;
+    if (dropped > maxBytes) req.destroy();
+  });
+  req.setTimeout(idleMs, () => req.destroy());
   req.resume();
-  res.once('finish', () => setTimeout(() => req.socket.destroy(), 5000).unref());
+}
+
+/**
+ * A body that sends nothing for `idleMs` is cut: 408 if nothing was answered yet, then the connection closed,
+ * which ends the extraction (claim released, staging removed) like any client that goes away.
+ */
+function cutWhenIdle(req: Request, res: Response, idleMs: number): void {
+  req.setTimeout(idleMs, () => {
+    if (res.headersSent) return void req.destroy();
+    res.set('Connection', 'close').status(408).json({ error: `The upload sent nothing for ${Math.round(idleMs / 1000)} s and was stopped; send it again.` });
+    res.once('finish', () => req.destroy());
+  });
 }
 
 const isMultipart = (req: Request) => (req.headers['content-type'] ?? '').toLowerCase().startsWith('multipart/');

@@ -2,11 +2,13 @@ import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify
 import { forbidden, HttpError, unauthorized, unavailable } from '../errors.js';
 
 export const TRAVIS_ISSUER = 'Travis CI, GmbH';
+const MAX_TRAVIS_TOKEN_SECONDS = 24 * 3600;
 
 /** `Authorization: Token <jwt>` or `Bearer <jwt>` → the JWT; 401 when missing or malformed. */
 export function tokenFromHeader(header: string | undefined): string {
   if (!header) throw unauthorized('The Authorization header is missing; send "Authorization: Token <jwt>".');
-  const match = /^(?:Token|Bearer) +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)$/.exec(header.trim());
+  // RFC 7235: the scheme is case-insensitive (`token`, `TOKEN`, `bearer` all count).
+  const match = /^(?:Token|Bearer) +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)$/i.exec(header.trim());
   if (!match) throw unauthorized('The Authorization header is malformed; send "Authorization: Token <jwt>".');
   return match[1]!;
 }
@@ -43,6 +45,10 @@ export async function verifyTravisToken(token: string, secret: Uint8Array, expec
   }
   if (String(payload.slug).toLowerCase() !== expected.slug.toLowerCase()) {
     throw forbidden(`The token is for ${String(payload.slug)}, not ${expected.slug}.`);
+  }
+  // Travis signs for 90 minutes; a token good for longer than a day is a leaked key's best friend.
+  if (typeof payload.exp === 'number' && payload.exp - Date.now() / 1000 > MAX_TRAVIS_TOKEN_SECONDS) {
+    throw forbidden('The token expires more than 24 hours from now; sign upload tokens for at most 24 hours.');
   }
   const claimedPr = payload['pull-request'];
   if ((typeof claimedPr !== 'number' && typeof claimedPr !== 'string') || String(claimedPr) !== String(expected.pr)) {
@@ -96,17 +102,17 @@ function issuerKeys(issuer: string) {
 export async function verifyOidcToken(token: string, expected: { issuer: string; audience: string; pr: number }): Promise<OidcClaims> {
   let payload;
   try {
-    ({ payload } = await jwtVerify(token, issuerKeys(expected.issuer), {
+    const issuer = expected.issuer.replace(/\/+$/, '');
+    ({ payload } = await jwtVerify(token, issuerKeys(issuer), {
       algorithms: ['RS256'],
-      issuer: expected.issuer,
+      // Compared without a trailing slash on either side: OIDC_ISSUER may be written with one.
+      issuer: [issuer, `${issuer}/`],
       audience: expected.audience,
       requiredClaims: ['exp', 'repository', 'event_name', 'ref'],
     }));
   } catch (err) {
     if (err instanceof errors.JWKSNoMatchingKey) throw forbidden("The token is not signed by a key of the issuer's key set.");
-    if (err instanceof errors.JWKSTimeout || (err as Error).name === 'TypeError') {
-      throw unavailable('The OIDC issuer\'s key set could not be fetched; retry later.');
-    }
+    if (isKeySetUnavailable(err)) throw unavailable("The OIDC issuer's key set could not be fetched; retry later.");
     throw tokenError(err);
   }
   if (payload.event_name !== 'pull_request') {
@@ -117,4 +123,11 @@ export async function verifyOidcToken(token: string, expected: { issuer: string;
   }
   const idClaim = (value: unknown) => (value === undefined ? undefined : Number(value));
   return { repository: String(payload.repository), repositoryId: idClaim(payload.repository_id), repositoryOwnerId: idClaim(payload.repository_owner_id) };
+}
+
+/** The issuer's key set could not be had (timeout, refused, non-200, not a key set): the client should retry. */
+function isKeySetUnavailable(err: unknown): boolean {
+  if (err instanceof errors.JWKSTimeout || err instanceof errors.JWKSInvalid) return true;
+  if ((err as Error).name === 'TypeError') return true; // fetch failed
+  return err instanceof errors.JOSEError && (err as { code?: string }).code === 'ERR_JOSE_GENERIC' && /JSON Web Key Set/i.test((err as Error).message);
 }
