@@ -16,6 +16,7 @@ export class HttpError extends Error {
 export const badRequest = (msg: string) => new HttpError(400, msg);
 export const unauthorized = (msg: string) => new HttpError(401, msg);
 export const forbidden = (msg: string) => new HttpError(403, msg);
+export const notFound = (msg: string) => new HttpError(404, msg);
 export const conflict = (msg: string) => new HttpError(409, msg);
 export const tooLarge = (msg: string) => new HttpError(413, msg);
 export const unavailable = (msg: string) => new HttpError(503, msg);

@@ -19,6 +19,7 @@ interface RepositoryPayload {
   id: number;
   full_name: string;
   owner?: { id: number; login: string } | null;
+  private?: boolean;
 }
 
 interface PullRequestPayload {
@@ -43,7 +44,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
     const action = (context.payload as { action?: string }).action;
     return { event: action ? `${context.name}.${action}` : context.name, actor: sender ? { id: sender.id, login: sender.login } : undefined };
   };
-  const refOf = (repo: RepositoryPayload) => ({ id: repo.id, fullName: repo.full_name, ownerId: repo.owner?.id });
+  const refOf = (repo: RepositoryPayload) => ({ id: repo.id, fullName: repo.full_name, ownerId: repo.owner?.id, private: repo.private });
 
   /** The repository row of the payload (by id; a rename is followed) and its installation remembered. */
   async function repositoryOf(context: Context): Promise<Repository | undefined> {
@@ -84,13 +85,13 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
     app.on(['installation.created', 'installation_repositories.added', 'installation.unsuspend'], async (context) => {
       const payload = context.payload as {
         installation: { id: number; account: { id: number; login: string } | null };
-        repositories?: { id: number; full_name: string }[];
-        repositories_added?: { id: number; full_name: string }[];
+        repositories?: { id: number; full_name: string; private?: boolean }[];
+        repositories_added?: { id: number; full_name: string; private?: boolean }[];
       };
       const owner = payload.installation.account;
       if (owner) registry.setInstallation((await registry.ensureAccount(owner.login, owner.id)).id, payload.installation.id);
       for (const r of payload.repositories ?? payload.repositories_added ?? []) {
-        const repo = await registry.resolveRepository({ id: r.id, fullName: r.full_name, ownerId: owner?.id });
+        const repo = await registry.resolveRepository({ id: r.id, fullName: r.full_name, ownerId: owner?.id, private: r.private });
         registry.markInstalled(repo);
         for (const { pr } of registry.openPullRequests([repo])) previews.decideLater(repo, pr.number, causeOf(context));
       }

@@ -8,6 +8,14 @@ export type Account = typeof accounts.$inferSelect;
 export type Repository = typeof repositories.$inferSelect;
 export type PullRequest = typeof pullRequests.$inferSelect;
 
+/** A repository as GitHub names it: its id, its name now, and (when the source says) owner id and privacy. */
+export interface RepositoryRef {
+  id: number;
+  fullName: string;
+  ownerId?: number;
+  private?: boolean;
+}
+
 /** Accounts, repositories, users and pull requests as the database knows them. */
 export class Registry {
   constructor(
@@ -75,7 +83,13 @@ export class Registry {
    * a row with the same name but another id is a different repository that held the name before: it keeps
    * its things and loses the name, and the new repository starts with nothing.
    */
-  async resolveRepository(ref: { id: number; fullName: string; ownerId?: number }): Promise<Repository> {
+  async resolveRepository(ref: RepositoryRef): Promise<Repository> {
+    const repo = await this.resolveByIdOrName(ref);
+    if (ref.private === undefined || repo.private === ref.private) return repo;
+    return this.db.update(repositories).set({ private: ref.private }).where(eq(repositories.id, repo.id)).returning().get();
+  }
+
+  private async resolveByIdOrName(ref: RepositoryRef): Promise<Repository> {
     const [owner, name] = ref.fullName.split('/') as [string, string];
     const byId = this.findRepositoryById(ref.id);
     if (byId) {
@@ -138,7 +152,7 @@ export class Registry {
    * The row of a repository named in a webhook payload, by GitHub's id (its name brought up to date), or a row
    * known only by that name whose id was never learnt; undefined when preview-gate holds nothing of it.
    */
-  async knownRepository(ref: { id: number; fullName: string; ownerId?: number }): Promise<Repository | undefined> {
+  async knownRepository(ref: RepositoryRef): Promise<Repository | undefined> {
     const byName = this.findRepository(ref.fullName);
     if (this.findRepositoryById(ref.id) || byName?.githubId === null) return this.resolveRepository(ref);
     return undefined;

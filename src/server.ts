@@ -3,7 +3,8 @@ import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { createNodeMiddleware, type ApplicationFunction, type Probot } from 'probot';
 import { errorHandler, unavailable } from './errors.js';
-import { parsePr, uploadRouter, type UploadDeps } from './upload/route.js';
+import { PublicPreviewCheck } from './public-preview-check.js';
+import { authenticate, parsePr, uploadRouter, type UploadDeps } from './upload/route.js';
 
 export const WEBHOOKS_PATH = '/api/github/webhooks';
 
@@ -42,12 +43,11 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
     res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
   });
 
+  const check = new PublicPreviewCheck(deps.registry, deps.previews, (token, pr) => authenticate(deps, token, pr));
   app.get('/can-have-public-preview/:owner/:repo/:pr', async (req, res) => {
     const pr = parsePr(req.params.pr);
     if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
-    const { octokit } = await deps.github.forRepository(req.params.owner, req.params.repo);
-    const facts = await deps.github.prFacts(octokit, req.params.owner, req.params.repo, pr);
-    res.json({ canHavePublicPreview: facts.decision.trusted, reason: facts.decision.reason });
+    res.json(await check.answer(req.params.owner, req.params.repo, pr, req.headers.authorization));
   });
 
   app.use(uploadRouter(deps));

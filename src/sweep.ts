@@ -79,7 +79,7 @@ export class Sweep {
     const listed = await octokit.paginate(octokit.rest.apps.listReposAccessibleToInstallation, { per_page: 100 });
     const repos: Repository[] = [];
     for (const r of listed) {
-      const repo = await this.registry.resolveRepository({ id: r.id, fullName: r.full_name, ownerId: r.owner.id });
+      const repo = await this.registry.resolveRepository({ id: r.id, fullName: r.full_name, ownerId: r.owner.id, private: r.private });
       if (!repo.installed) this.registry.markInstalled(repo);
       repos.push(repo);
     }

@@ -156,3 +156,16 @@ test('the main host serves no build file, refuses other methods with 405 and ove
   expect(JSON.parse(tooBig.body.toString()).error).toMatch(/larger than 262144 bytes/);
   expect((await request(nginx.port, MAIN_HOST, '/health')).status).toBe(200);
 });
+
+test('nginx caps webhook bodies at 25 MB and rate-limits anonymous questions per address', async () => {
+  const hook = await request(nginx.port, MAIN_HOST, '/api/github/webhooks', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-hub-signature-256': `sha256=${'0'.repeat(64)}` },
+    body: Buffer.alloc(26 * 1024 * 1024, 0x20),
+  });
+  expect(hook.status).toBe(413);
+  const statuses: number[] = [];
+  for (let i = 0; i < 40; i++) statuses.push((await request(nginx.port, MAIN_HOST, '/can-have-public-preview/octo-org/elsewhere/1')).status);
+  expect(statuses.slice(0, 10).every((s) => s === 404)).toBe(true); // Node's answer: not served here
+  expect(statuses).toContain(429);
+});

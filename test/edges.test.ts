@@ -246,3 +246,51 @@ describe('webhook bodies', () => {
     expect((await fetch(`${server.url}/api/github/webhooks`, { method: 'POST', headers, body })).status).toBe(200);
   });
 });
+
+describe('/can-have-public-preview', () => {
+  const ask = (owner: string, repo: string, pr: number, headers: Record<string, string> = {}) =>
+    fetch(`${server.url}/can-have-public-preview/${owner}/${repo}/${pr}`, { headers });
+  /** Sent as written: fetch would resolve `%2e%2e` as a dot segment before sending. */
+  const rawStatus = (path: string) =>
+    new Promise<number>((resolve, reject) => {
+      http.get({ host: '127.0.0.1', port: port(), path }, (res) => (res.resume(), resolve(res.statusCode!))).on('error', reject);
+    });
+
+  test('1,000 anonymous requests in a burst cost one read of the PR; the answer names the label of a public repository', async () => {
+    await start({ SETTINGS_CACHE_SECONDS: '60' });
+    await server.sweep!.run(); // learns that the repository is public
+    fake.addPull(DOCS, { number: 20, user: CONTRIBUTOR, commits: [sha('e1')] });
+    fake.requests.length = 0;
+    const answers = await Promise.all(Array.from({ length: 1000 }, () => ask('octo-org', 'docs', 20)));
+    expect(answers.every((a) => a.status === 200)).toBe(true);
+    expect(await answers[0]!.json()).toEqual({ canHavePublicPreview: false, reason: "waiting for the 'safe for preview' label" });
+    expect(fake.requests.filter((r) => r === 'GET /repos/octo-org/docs/pulls/20')).toHaveLength(1);
+    expect(fake.requests.length).toBeLessThanOrEqual(4); // + token and the settings file (repository, then org)
+    await healthy();
+  }, 60_000);
+
+  test('a private repository needs the upload token, and its answer names no label or team', async () => {
+    fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'trustedLabel: secret-label\ntrustedTeams: [secret-team]\n';
+    await start();
+    await server.core.registry.resolveRepository({ id: DOCS, fullName: 'octo-org/docs', private: true });
+    fake.addPull(DOCS, { number: 21, user: CONTRIBUTOR, commits: [sha('e2')] });
+    const before = fake.requests.length;
+    expect((await ask('octo-org', 'docs', 21)).status).toBe(401);
+    expect((await ask('octo-org', 'docs', 21, { authorization: `Token ${await travisToken(22)}` })).status).toBe(403);
+    expect(fake.requests.length).toBe(before);
+    const res = await ask('octo-org', 'docs', 21, { authorization: `Token ${await travisToken(21)}` });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(JSON.parse(text)).toEqual({ canHavePublicPreview: false, reason: 'the pull request is not trusted yet' });
+    expect(text).not.toMatch(/secret-(label|team)/);
+  });
+
+  test('names outside GitHub\'s alphabet are refused with 400 (no GitHub request); an unknown repository is 404', async () => {
+    await start();
+    for (const [owner, repo] of [['octo-org', '%2e%2e'], ['octo-org', '..'], ['%2e%2e', 'installation'], ['octo_org', 'docs'], ['-octo', 'docs'], ['octo-org', 'do%20cs']]) {
+      expect([await rawStatus(`/can-have-public-preview/${owner}/${repo}/1`), owner, repo]).toEqual([400, owner, repo]);
+    }
+    expect((await ask('octo-org', 'elsewhere', 1)).status).toBe(404);
+    expect(fake.requests).toEqual([]);
+  });
+});

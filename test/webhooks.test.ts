@@ -248,14 +248,18 @@ test('installation_repositories.removed hides every preview at once', async () =
   expect(fs.existsSync(prFolder(39, 'hidden'))).toBe(true);
 });
 
-test('GET /can-have-public-preview tells CI whether a build would be public', async () => {
+test('GET /can-have-public-preview tells CI whether a build would be public, from a decision at most 60 s old', async () => {
   installationToken();
+  const repo = server.core.registry.findRepository(`${OWNER}/${REPO}`)!;
+  await server.core.registry.resolveRepository({ id: 7001, fullName: repo.fullName, private: false });
   githubFor({ number: 40, labels: [] });
   let res = await fetch(`${server.url}/can-have-public-preview/${OWNER}/${REPO}/40`);
   expect(await res.json()).toEqual({ canHavePublicPreview: false, reason: "waiting for the 'safe for preview' label" });
-  githubFor({ number: 40, labels: [LABEL] });
+  // Within 60 s the same decision answers, without asking GitHub again.
+  const second = githubFor({ number: 40, labels: [LABEL] });
   res = await fetch(`${server.url}/can-have-public-preview/${OWNER}/${REPO}/40`);
-  expect(await res.json()).toMatchObject({ canHavePublicPreview: true });
+  expect(await res.json()).toMatchObject({ canHavePublicPreview: false });
+  expect(second.isDone()).toBe(false);
 });
 
 test('`preview-gate cleanup` removes builds of PRs closed longer than the retention, after asking GitHub', async () => {

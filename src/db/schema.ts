@@ -52,6 +52,8 @@ export const repositories = sqliteTable(
     /** owner/name as GitHub spells it (matched case-insensitively). */
     fullName: text('full_name').notNull(),
     githubId: integer('github_id'),
+    /** Whether GitHub says the repository is private; null until known (treated as private). */
+    private: integer('private', { mode: 'boolean' }),
     /** DNS label under which the repository's previews are served; unique per deployment. */
     site: text('site').notNull(),
     /** Last `.github/preview-gate.yml` read from the default branch, as JSON. */

@@ -104,7 +104,7 @@ export function uploadRouter(deps: UploadDeps): Router {
  * verifier accepts exactly one algorithm: HS256 with the repository's upload secret (Travis-style), or
  * RS256 from the OIDC issuer's key set (GitHub Actions). `alg: none` and confusions fail both.
  */
-async function authenticate(deps: UploadDeps, token: string, pr: number): Promise<Repository> {
+export async function authenticate(deps: UploadDeps, token: string, pr: number): Promise<Repository> {
   if (tokenAlgorithm(token) === 'RS256') {
     const { config } = deps;
     const claims = await verifyOidcToken(token, { issuer: config.oidcIssuer, audience: config.publicUrl, pr });

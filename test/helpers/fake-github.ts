@@ -40,6 +40,8 @@ export class FakeGitHub {
   counted = 0;
   notModified = 0;
   readonly writes: { method: string; path: string; body: any }[] = [];
+  /** Every request as `METHOD /path` (without /api/v3). */
+  readonly requests: string[] = [];
   fault?: Fault;
   private server!: http.Server;
   private clock = Date.now();
@@ -153,6 +155,7 @@ export class FakeGitHub {
     const method = req.method!;
     const installationToken = /^token ghs_/i.test(req.headers.authorization ?? '');
     const free = !installationToken || path === '/rate_limit';
+    this.requests.push(`${method} ${path}`);
 
     if (this.fault && !free) {
       if (this.fault.kind === 'hang') {
