@@ -6,6 +6,8 @@ export interface Config {
   port: number;
   publicUrl: string;
   previewDomain: string;
+  /** `https` or `http`: preview URLs use PUBLIC_URL's scheme (nginx is rendered with TLS or without it for both). */
+  previewScheme: 'https' | 'http';
   dataDir: string;
   buildsDir: string;
   databaseFile: string;
@@ -125,9 +127,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError('AZURE_KEY_ID must be set when KEY_PROVIDER is "azure"');
   }
   const dataDir = path.resolve(e.DATA_DIR);
+  const publicUrl = (e.PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, '');
   return {
     port: e.PORT,
-    publicUrl: (e.PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, ''),
+    publicUrl,
+    previewScheme: publicUrl.startsWith('https:') ? 'https' : 'http',
     previewDomain: e.PREVIEW_DOMAIN,
     dataDir,
     buildsDir: path.join(dataDir, 'builds'),

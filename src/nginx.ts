@@ -53,6 +53,7 @@ export function renderNginx(o: NginxOptions): string {
     BUILDS_DIR: o.buildsDir,
     DOMAIN_REGEX: o.previewDomain.replace(/\./g, '\\.'),
     SNIPPET: path.join(dir, 'preview-site.conf'),
+    TYPES: path.join(dir, 'preview-types.conf'),
     HEADERS: path.join(dir, 'preview-headers.conf'),
     LISTEN_MAIN: o.tls ? `listen ${tlsListen} ssl default_server;` : `listen ${o.listen} default_server;`,
     LISTEN_PREVIEW: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,

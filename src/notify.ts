@@ -14,8 +14,8 @@ export const STATUS_CONTEXT = 'preview-gate';
 type Build = typeof builds.$inferSelect;
 
 export const buildUrl = (config: Config, site: string, pr: number, sha7: string) =>
-  `https://pr${pr}-${sha7}--${site}.${config.previewDomain}/`;
-export const latestUrl = (config: Config, site: string, pr: number) => `https://pr${pr}--${site}.${config.previewDomain}/`;
+  `${config.previewScheme}://pr${pr}-${sha7}--${site}.${config.previewDomain}/`;
+export const latestUrl = (config: Config, site: string, pr: number) => `${config.previewScheme}://pr${pr}--${site}.${config.previewDomain}/`;
 
 /**
  * Tells GitHub what happened: one PR comment (edited in place), a commit status per built SHA, and a

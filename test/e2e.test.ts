@@ -70,7 +70,8 @@ const host = (pr: number, commit: string) => `pr${pr}-${commit.slice(0, 7)}--doc
 test('a trusted build is served byte for byte, with SPA fallback, its own 404 page and folder rules', async () => {
   const res = await uploadThroughNginx(1, A, 'trusted', [LABEL]);
   expect(res.status).toBe(201);
-  expect(JSON.parse(res.body.toString()).url).toBe(`https://${host(1, A)}/`);
+  // nginx here has no TLS, and PUBLIC_URL says http: so do the preview URLs.
+  expect(JSON.parse(res.body.toString()).url).toBe(`http://${host(1, A)}/`);
 
   const index = await request(nginx.port, host(1, A), '/');
   expect(index.status).toBe(200);
@@ -168,4 +169,39 @@ test('nginx caps webhook bodies at 25 MB and rate-limits anonymous questions per
   for (let i = 0; i < 40; i++) statuses.push((await request(nginx.port, MAIN_HOST, '/can-have-public-preview/octo-org/elsewhere/1')).status);
   expect(statuses.slice(0, 10).every((s) => s === 404)).toBe(true); // Node's answer: not served here
   expect(statuses).toContain(429);
+});
+
+test('only a found file of a per-commit host is immutable; 404s are no-store; modern types; the upload host answers JSON without a version', async () => {
+  const commit = sha('e7');
+  // Hidden first: its URL is a 404 nobody may keep.
+  expect((await uploadThroughNginx(8, commit, 'typed')).status).toBe(202);
+  const hidden = await request(nginx.port, host(8, commit), '/');
+  expect([hidden.status, hidden.headers['cache-control']]).toEqual([404, 'no-store']);
+  const notYet = await request(nginx.port, host(8, sha('e8')), '/');
+  expect([notYet.status, notYet.headers['cache-control']]).toEqual([404, 'no-store']);
+
+  const typed = tarball({ 'index.html': '<h1>t</h1>', 'app.mjs': 'export {}', 'm.wasm': Buffer.from([0, 97, 115, 109]), 'site.webmanifest': '{}', 'i.avif': 'x' });
+  const pr = { number: 9, commits: [commit], labels: [LABEL] };
+  githubFor(pr);
+  commitsOf(pr);
+  nock('https://api.github.com').persist().post(/.*/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
+  const up = await request(nginx.port, MAIN_HOST, `/create-build/9/${commit}`, { method: 'POST', headers: { authorization: `Token ${await server.token({ 'pull-request': 9 })}`, 'content-type': 'application/gzip' }, body: typed });
+  expect(up.status).toBe(201);
+  const types: Record<string, string> = { '/app.mjs': 'text/javascript', '/m.wasm': 'application/wasm', '/site.webmanifest': 'application/manifest+json', '/i.avif': 'image/avif' };
+  for (const [p, type] of Object.entries(types)) {
+    const res = await request(nginx.port, host(9, commit), p);
+    expect([p, res.status, res.headers['content-type']]).toEqual([p, 200, type]);
+    expect(res.headers['cache-control']).toMatch(/immutable/);
+  }
+  const missing = await request(nginx.port, host(9, commit), '/nope.js');
+  expect([missing.status, missing.headers['cache-control']]).toEqual([404, 'no-store']);
+
+  for (const [method, p, status] of [['GET', '/create-build/9/' + commit, 405], ['GET', '/nothing-here', 404]] as const) {
+    const res = await request(nginx.port, MAIN_HOST, p, { method });
+    expect(res.status).toBe(status);
+    expect(res.headers['content-type']).toMatch(/application\/json/);
+    expect(JSON.parse(res.body.toString()).error).toEqual(expect.any(String));
+    expect(res.headers.server).toBe('nginx');
+  }
+  expect((await request(nginx.port, MAIN_HOST, '/health/')).status).toBe(200);
 });

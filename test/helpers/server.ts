@@ -37,6 +37,8 @@ export async function startTestServer(
   const fullEnv = {
     DATA_DIR: path.join(tmp, 'data'),
     PREVIEW_DOMAIN: 'previews.test',
+    // Behind TLS, as in production: preview URLs are https.
+    PUBLIC_URL: 'https://uploads.previews-gate.test',
     GITHUB_RETRIES: '0',
     GITHUB_TIMEOUT_MS: '1500',
     GITHUB_THROTTLE: 'false',
