@@ -148,7 +148,17 @@ export async function startServer(
   // Uploads of large builds over slow links: no whole-request timeout, but headers must come quickly.
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;
-  await new Promise<void>((resolve) => server.listen(options.port ?? config.port, options.host ?? '127.0.0.1', resolve));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? config.port, options.host ?? '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch(async (err: unknown) => {
+    await previews.stop(0);
+    core.db.$client.close();
+    throw err;
+  });
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,

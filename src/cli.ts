@@ -8,7 +8,7 @@ import { createMetrics } from './metrics.js';
 import { nginxOptionsFrom, renderNginx } from './nginx.js';
 import { ConfigError, loadConfig } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
-import { runUpload, UPLOAD_USAGE } from './upload-client.js';
+import { parseArgsMessage, runUpload, UPLOAD_USAGE } from './upload-client.js';
 import { openDb } from './db/client.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
 import { rotateKeys } from './secrets/rotate.js';
@@ -27,6 +27,7 @@ export interface CliIo {
 
 const USAGE = `usage:
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
+  preview-gate backup <file>                        copy the database, consistent while the server runs
   preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS
   preview-gate reconcile                            run the sweep now: every open PR re-decided from GitHub's facts
   preview-gate keys rotate                          re-wrap every account key under the current key (resumable)
@@ -37,24 +38,91 @@ ${UPLOAD_USAGE}`;
 
 const MIN_SECRET_BYTES = 32;
 
+/** The usage line(s) of each command, for `<command> --help` and for its argument errors. */
+const COMMAND_USAGE: Record<string, string> = {
+  secret: '  preview-gate secret set <owner/repo> upload-key',
+  backup: '  preview-gate backup <file>',
+  cleanup: '  preview-gate cleanup',
+  reconcile: '  preview-gate reconcile',
+  keys: '  preview-gate keys rotate',
+  usage: '  preview-gate usage [--json]',
+  nginx: '  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]',
+  upload: UPLOAD_USAGE,
+};
+
+/** A wrong argument: the sentence says which; exit code 2 with the command's usage. */
+class ArgumentError extends Error {
+  constructor(
+    readonly command: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const isHelp = (args: string[]) => args.some((a) => a === '--help' || a === '-h');
+
 /** Runs one CLI command; returns the exit code. */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  const [command, sub, ...rest] = argv;
   try {
-    const [command, sub, ...rest] = argv;
-    if (command === 'secret' && sub === 'set') return await setSecret(rest, io);
-    if (command === 'cleanup' && sub === undefined) return await cleanup(io);
-    if (command === 'reconcile' && sub === undefined) return await reconcile(io);
-    if (command === 'nginx') return printNginx(argv.slice(1), io);
+    if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+      (command === undefined ? io.stderr : io.stdout).write(`${USAGE}\n`);
+      return command === undefined ? 2 : 0;
+    }
+    if (!(command in COMMAND_USAGE)) throw new ArgumentError('', `unknown command "${command}".`);
+    if (isHelp(argv.slice(1))) {
+      io.stdout.write(`usage:\n${COMMAND_USAGE[command]}\n`);
+      return 0;
+    }
     if (command === 'upload') return await runUpload(argv.slice(1), io);
-    if (command === 'keys' && sub === 'rotate' && rest.length === 0) return await rotate(io);
+    if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'usage') return await usage(argv.slice(1), io);
-    io.stderr.write(`${USAGE}\n`);
-    return 2;
+    if (command === 'secret') {
+      if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set".' : `unknown subcommand "secret ${sub}"; only "secret set" exists.`);
+      return await setSecret(rest, io);
+    }
+    if (command === 'keys') {
+      if (sub !== 'rotate' || rest.length) throw new ArgumentError(command, 'the only keys command is "keys rotate".');
+      return await rotate(io);
+    }
+    if (command === 'backup') {
+      if (sub === undefined || rest.length) throw new ArgumentError(command, 'give one file to write the backup to.');
+      return await backup(sub, io);
+    }
+    if (sub !== undefined) throw new ArgumentError(command, `"${command}" takes no arguments (got "${sub}").`);
+    if (command === 'cleanup') return await cleanup(io);
+    return await reconcile(io);
   } catch (err) {
+    if (err instanceof ArgumentError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      const which = err instanceof ArgumentError ? err.command : (command ?? '');
+      io.stderr.write(`preview-gate: ${parseArgsMessage(err as Error)}\nusage:\n${COMMAND_USAGE[which] ?? USAGE}\n`);
+      return 2;
+    }
     const msg = err instanceof ConfigError ? `configuration error: ${err.message}` : (err as Error).message;
     io.stderr.write(`preview-gate: ${msg}\n`);
     return 1;
   }
+}
+
+
+/**
+ * `backup <file>`: SQLite's online backup of the database, consistent while the server writes. With it and
+ * the key (the local master key file, or the Key Vault key id) a new data directory is whole again; builds
+ * can be uploaded again by CI.
+ */
+async function backup(file: string, io: CliIo): Promise<number> {
+  const config = loadConfig(io.env);
+  if (fs.existsSync(file)) throw new Error(`${file} already exists; choose a new file name.`);
+  const db = openDb(config.databaseFile);
+  try {
+    await db.$client.backup(file);
+  } finally {
+    db.$client.close();
+  }
+  fs.chmodSync(file, 0o600);
+  io.stdout.write(`Backed up the database to ${file}. Keep ${config.keyProvider === 'local' ? config.masterKeyFile : 'AZURE_KEY_ID'} with it: without the key the secrets cannot be read.\n`);
+  return 0;
 }
 
 /**
@@ -63,10 +131,12 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
  */
 async function setSecret(args: string[], io: CliIo): Promise<number> {
   const [slug, name] = args;
-  if (!slug || !/^[A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+$/.test(slug) || name !== UPLOAD_SECRET_NAME || args.length !== 2) {
-    io.stderr.write(`${USAGE}\n`);
-    return 2;
+  if (!slug) throw new ArgumentError('secret', 'name the repository: secret set <owner/repo> upload-key.');
+  if (!/^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}\/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$/.test(slug)) {
+    throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
   }
+  if (name !== UPLOAD_SECRET_NAME) throw new ArgumentError('secret', `the only secret is "${UPLOAD_SECRET_NAME}"${name ? ` (got "${name}")` : ''}.`);
+  if (args.length !== 2) throw new ArgumentError('secret', `unexpected argument "${args[2]}".`);
   let value: Buffer;
   let generated = false;
   if (io.stdin.isTTY) {
@@ -104,9 +174,9 @@ async function cleanup(io: CliIo): Promise<number> {
   const core = await openCore(config, io.azure);
   try {
     const { previews } = createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env));
-    const { removedPrs, skipped } = await previews.cleanup();
-    await previews.settled();
-    io.stdout.write(`Removed the builds of ${removedPrs} closed pull request(s); ${skipped} skipped (see the log).\n`);
+    const { removedPrs, skipped, why } = await previews.cleanup();
+    io.stdout.write(`Removed the builds of ${removedPrs} closed pull request(s); ${skipped} skipped${skipped ? ':' : '.'}\n`);
+    for (const line of why) io.stdout.write(`  ${line}\n`);
     return 0;
   } finally {
     core.db.$client.close();
@@ -154,7 +224,7 @@ async function rotate(io: CliIo): Promise<number> {
 }
 
 async function usage(args: string[], io: CliIo): Promise<number> {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' } } });
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
   // Reads the database only: no key service (and so no Key Vault) is needed to count.
   const db = openDb(loadConfig(io.env).databaseFile);
   try {
@@ -173,7 +243,14 @@ function printNginx(args: string[], io: CliIo): number {
   });
   const cert = values['tls-cert'];
   const key = values['tls-key'];
-  if (Boolean(cert) !== Boolean(key)) throw new Error('--tls-cert and --tls-key go together.');
+  if (Boolean(cert) !== Boolean(key)) throw new ArgumentError('nginx', '--tls-cert and --tls-key go together.');
+  if (values.listen !== undefined && !isListenAddress(values.listen)) {
+    throw new ArgumentError('nginx', `--listen must be a port or address:port, like 80 or 127.0.0.1:8080 (got "${values.listen}").`);
+  }
+  if (values.upstream !== undefined && !(/:[0-9]+$/.test(values.upstream) && isListenAddress(values.upstream))) {
+    throw new ArgumentError('nginx', `--upstream must be host:port of the Node process, like 127.0.0.1:3000 (got "${values.upstream}").`);
+  }
+  for (const file of [cert, key]) if (file && !fs.existsSync(file)) throw new ArgumentError('nginx', `${file} does not exist.`);
   const config = loadConfig(io.env);
   io.stdout.write(
     renderNginx(
@@ -185,6 +262,12 @@ function printNginx(args: string[], io: CliIo): number {
     ),
   );
   return 0;
+}
+
+/** `80`, `127.0.0.1:8080`, `[::1]:8080`, `localhost:3000`: what nginx's `listen` and an upstream accept. */
+function isListenAddress(value: string): boolean {
+  const m = /^(?:(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):)?([0-9]{1,5})$/.exec(value);
+  return m !== null && Number(m[2]) >= 1 && Number(m[2]) <= 65535;
 }
 
 async function readAll(stream: Readable): Promise<Buffer> {

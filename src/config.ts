@@ -1,3 +1,5 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 
@@ -38,6 +40,8 @@ export interface Config {
   uploadIdleMs: number;
   /** Interface the Node process listens on. */
   host: string;
+  /** The GitHub App's webhook secret: deliveries are checked against it before Probot sees them. */
+  webhookSecret?: string;
   /** false when APP_ID / private key / webhook secret are missing: Probot's setup flow is served instead. */
   appConfigured: boolean;
 }
@@ -126,6 +130,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.KEY_PROVIDER === 'azure' && !e.AZURE_KEY_ID) {
     throw new ConfigError('AZURE_KEY_ID must be set when KEY_PROVIDER is "azure"');
   }
+  checkPrivateKey(e.PRIVATE_KEY, e.PRIVATE_KEY_PATH);
   const dataDir = path.resolve(e.DATA_DIR);
   const publicUrl = (e.PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, '');
   return {
@@ -154,6 +159,30 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MINUTES * 60_000,
     uploadIdleMs: e.UPLOAD_IDLE_SECONDS * 1000,
     host: e.HOST,
+    webhookSecret: e.WEBHOOK_SECRET,
     appConfigured: Boolean(e.APP_ID && (e.PRIVATE_KEY || e.PRIVATE_KEY_PATH) && e.WEBHOOK_SECRET),
   };
+}
+
+/**
+ * The GitHub App's private key, checked at start so a pasted fragment says which variable is wrong (Probot's
+ * own message is "privateKey option is required"). Probot accepts `\n` escapes in PRIVATE_KEY; so does this.
+ */
+function checkPrivateKey(inline: string | undefined, file: string | undefined): void {
+  let pem = inline;
+  let name = 'PRIVATE_KEY';
+  if (!pem && file) {
+    name = 'PRIVATE_KEY_PATH';
+    try {
+      pem = fs.readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`PRIVATE_KEY_PATH names a file that cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'}: ${file})`);
+    }
+  }
+  if (!pem) return;
+  try {
+    crypto.createPrivateKey(pem.replace(/\\n/g, '\n'));
+  } catch {
+    throw new ConfigError(`${name} is not a PEM private key (the .pem file GitHub gave for the app, starting with -----BEGIN RSA PRIVATE KEY-----)`);
+  }
 }

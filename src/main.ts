@@ -7,7 +7,11 @@ import { probotFromEnv, startServer } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import type { ServerDeps } from './server.js';
 
-const log = pino({ name: 'preview-gate', level: process.env.LOG_LEVEL ?? 'info' });
+// JSON lines for log collectors; one readable line per event on a terminal.
+const log = pino({
+  level: process.env.LOG_LEVEL ?? 'info',
+  ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { colorize: true, ignore: 'pid,hostname', singleLine: true } } } : {}),
+});
 
 async function main(): Promise<void> {
   const config = loadConfig();
@@ -39,8 +43,16 @@ async function probotSetupHandler(port: number): Promise<ServerDeps['setupHandle
 }
 
 main().catch((err: unknown) => {
+  const code = (err as NodeJS.ErrnoException).code;
   if (err instanceof ConfigError) {
     console.error(`preview-gate: configuration error: ${err.message}`);
+  } else if (code === 'EADDRINUSE' || code === 'EACCES') {
+    const { address, port } = err as { address?: string; port?: number };
+    console.error(
+      code === 'EADDRINUSE'
+        ? `preview-gate: ${address ?? ''}:${port ?? ''} is already in use; stop the other process or set PORT (and HOST) to a free address.`
+        : `preview-gate: not allowed to listen on ${address ?? ''}:${port ?? ''}; ports below 1024 need privileges: set PORT to 1024 or more.`,
+    );
   } else {
     console.error(`preview-gate: could not start: ${(err as Error).message}`);
   }

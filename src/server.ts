@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import express, { type Express } from 'express';
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
@@ -23,7 +24,7 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   app.set('trust proxy', 'loopback');
 
   if (deps.probot && deps.appFn) {
-    app.post(WEBHOOKS_PATH, webhookBodyLimit(deps.log));
+    app.post(WEBHOOKS_PATH, webhookBodyLimit(deps.log, deps.config.webhookSecret));
     // Before any body parser: a parsed body breaks Probot's signature check (the limit above hands it the raw bytes).
     app.use(await createNodeMiddleware(deps.appFn, { probot: deps.probot, webhooksPath: WEBHOOKS_PATH }));
   }
@@ -74,7 +75,7 @@ export const MAX_WEBHOOK_BYTES = 25 * 1024 * 1024;
  * as the stream passes it) and hands the raw bytes to Probot, which checks the signature on exactly them
  * (`@octokit/webhooks` reads `req.rawBody` when it is set).
  */
-function webhookBodyLimit(log: Logger): express.RequestHandler {
+function webhookBodyLimit(log: Logger, secret: string | undefined): express.RequestHandler {
   const refuse = (req: express.Request, res: express.Response) => {
     log.warn({ path: req.path }, 'webhook body over 25 MB refused');
     res.set('Connection', 'close').status(413).json({ error: 'Webhook bodies are limited to 25 MB.' });
@@ -102,9 +103,22 @@ function webhookBodyLimit(log: Logger): express.RequestHandler {
     req.on('data', onData);
     req.once('end', () => {
       if (size > MAX_WEBHOOK_BYTES) return;
-      Object.assign(req, { rawBody: Buffer.concat(chunks), body: {} });
+      const rawBody = Buffer.concat(chunks);
+      // An expected refusal, so one warn line (Probot would log two errors with stacks for it).
+      if (secret && !signatureMatches(rawBody, secret, String(req.headers['x-hub-signature-256']))) {
+        log.warn({ delivery: req.headers['x-github-delivery'], event: req.headers['x-github-event'] }, 'webhook refused: its signature does not match WEBHOOK_SECRET');
+        res.status(400).json({ error: 'The webhook signature does not match.' });
+        return;
+      }
+      Object.assign(req, { rawBody, body: {} });
       next();
     });
     req.once('error', () => undefined);
   };
+}
+
+function signatureMatches(body: Buffer, secret: string, header: string): boolean {
+  const expected = Buffer.from(`sha256=${crypto.createHmac('sha256', secret).update(body).digest('hex')}`);
+  const given = Buffer.from(header);
+  return given.length === expected.length && crypto.timingSafeEqual(given, expected);
 }

@@ -26,6 +26,16 @@ const RETRYABLE = new Set([502, 503, 504]);
 
 class UsageError extends Error {}
 
+/** Node's parseArgs messages, shortened to the option they are about. */
+export function parseArgsMessage(err: Error): string {
+  const code = (err as { code?: string }).code;
+  const option = /option '([^']+)'/.exec(err.message)?.[1];
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && option) return `unknown option ${option}.`;
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && option) return `the option ${option.split(' ')[0]} needs a value.`;
+  if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return 'unexpected argument.';
+  return err.message;
+}
+
 /** Exit codes: 0 stored (or already stored), 1 refused or failed, 2 wrong arguments. */
 export async function runUpload(args: string[], io: UploadIo): Promise<number> {
   let options;
@@ -33,10 +43,11 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
     options = parseUploadArgs(args, io.env);
   } catch (err) {
     if (!(err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))) throw err;
-    io.stderr.write(`preview-gate upload: ${(err as Error).message}\nusage:\n${UPLOAD_USAGE}\n`);
+    io.stderr.write(`preview-gate upload: ${parseArgsMessage(err as Error)}\nusage:\n${UPLOAD_USAGE}\n`);
     return 2;
   }
-  const say = (line: string) => io.stderr.write(`preview-gate upload: ${line}\n`);
+  // On a terminal the progress line is redrawn in place: cleared before anything else is said.
+  const say = (line: string) => io.stderr.write(`${io.stderr.isTTY ? '\r\x1b[K' : ''}preview-gate upload: ${line}\n`);
   let token: string;
   try {
     token = options.token ?? (options.secret ? await travisStyleToken(options) : await githubActionsToken(io.env, options.url));
@@ -49,12 +60,13 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
   for (let attempt = 0; ; attempt++) {
     let res: Response;
     let readFailure: Error | undefined;
+    const build = openBuild(options.source).once('error', (err: Error) => (readFailure = err));
+    const progress = withProgress(build, options.size, io.stderr);
     try {
-      const build = openBuild(options.source).once('error', (err: Error) => (readFailure = err));
       res = await fetch(endpoint, {
         method: 'POST',
         headers: { authorization: `Bearer ${token}`, 'content-type': 'application/gzip' },
-        body: Readable.toWeb(withProgress(build, options.size, io.stderr)) as ReadableStream,
+        body: Readable.toWeb(progress.stream) as ReadableStream,
         duplex: 'half',
       } as RequestInit);
     } catch (err) {
@@ -72,6 +84,8 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
       say(`cannot reach ${options.url} (${why}).`);
       return 1;
     }
+    // Said only once the server answered: a connection that failed sent nothing worth counting.
+    if (progress.complete()) say(progress.summary());
     const body = (await res.json().catch(() => ({}))) as { url?: string; visibility?: string; reason?: string; error?: string };
     if (RETRYABLE.has(res.status) && attempt < options.retries) {
       const wait = retryAfterMs(res) ?? delay;
@@ -164,10 +178,14 @@ function openBuild(source: UploadOptions['source']): Readable {
   return createTar({ gzip: true, cwd: source.path, portable: true }, entries) as unknown as Readable;
 }
 
-/** On a terminal, one line redrawn as bytes go out; in CI logs, one line at the end. */
-function withProgress(source: Readable, total: number | undefined, out: Writable & { isTTY?: boolean }): Readable {
+/**
+ * On a terminal, one line redrawn as bytes go out; in CI logs, nothing until the caller prints `summary()`
+ * once the server has answered.
+ */
+function withProgress(source: Readable, total: number | undefined, out: Writable & { isTTY?: boolean }) {
   let sent = 0;
   let drawnAt = 0;
+  let finished = false;
   const started = Date.now();
   const line = () => {
     const mb = (sent / 1e6).toFixed(1);
@@ -186,13 +204,16 @@ function withProgress(source: Readable, total: number | undefined, out: Writable
       cb(null, chunk);
     },
     flush(cb) {
-      const seconds = ((Date.now() - started) / 1000).toFixed(1);
-      out.write(`${out.isTTY ? '\r' : ''}preview-gate upload: sent ${(sent / 1e6).toFixed(1)} MB in ${seconds} s\n`);
+      finished = true;
       cb();
     },
   });
   source.on('error', (err) => counter.destroy(err));
-  return source.pipe(counter);
+  return {
+    stream: source.pipe(counter),
+    complete: () => finished,
+    summary: () => `sent ${(sent / 1e6).toFixed(1)} MB in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+  };
 }
 
 /** The token Travis's JWT addon used to make: HS256 with the upload secret, valid for this PR, for 10 minutes. */

@@ -1,4 +1,4 @@
-import { and, count, countDistinct, eq, gte, sum } from 'drizzle-orm';
+import { and, count, countDistinct, eq, gte, isNotNull, sum } from 'drizzle-orm';
 import type { Db } from './db/client.js';
 import { accounts, builds, pullRequests, repositories, uploads } from './db/schema.js';
 
@@ -29,7 +29,8 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
   const repos = db
     .select({ accountId: repositories.accountId, n: count() })
     .from(repositories)
-    .where(eq(repositories.installed, true))
+    // Installed as GitHub says (an installation event or the sweep gave its id), not merely named by `secret set`.
+    .where(and(eq(repositories.installed, true), isNotNull(repositories.githubId)))
     .groupBy(repositories.accountId)
     .all();
   const stored = db

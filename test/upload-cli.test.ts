@@ -120,7 +120,7 @@ test('on a terminal a progress bar is drawn for an archive; without one, a singl
   await fake.close();
   expect(onTerminal.code).toBe(0);
   expect(onTerminal.stderr).toMatch(/^\r\[#*-*\] \d+% \d\.\d of 3\.0 MB/);
-  expect(onTerminal.stderr).toMatch(/\rpreview-gate upload: sent 3\.0 MB in \d+\.\d s\n$/);
+  expect(onTerminal.stderr).toMatch(/\r\x1b\[Kpreview-gate upload: sent 3\.0 MB in \d+\.\d s\n$/);
   expect(inCi.stderr).toMatch(/^preview-gate upload: sent 3\.0 MB in \d+\.\d s\n$/);
   expect(fake.requests[0]!.body.length).toBe(3_000_000);
 });
@@ -184,7 +184,7 @@ test.each([
   [['.', '--pr', '1', '--sha', 'abc', '--url', 'http://x'], /--sha must be the full 40-character commit SHA/],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'x.example'], /--url must be the server's base URL/],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--token-env', 'NOPE'], /the variable NOPE is not set/],
-  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--bogus'], /Unknown option '--bogus'/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--bogus'], /unknown option --bogus\./],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'a/b'], /but PREVIEW_GATE_SECRET is not set/],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'nope'], /--repo must be <owner>\/<repo>/],
 ])('wrong arguments exit 2 with the reason: %j', async (argv, reason) => {

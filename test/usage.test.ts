@@ -68,7 +68,7 @@ test('usage counts per account what is stored now and what was uploaded this mon
   await sendWebhook(server.url, 'pull_request', pullRequestEvent('closed', { number: 90, state: 'closed', author: alice, head: sha('a2') }));
   await server.previews.settled();
   githubFor({ number: 90, state: 'closed', author: alice, commits: [sha('a2')] });
-  expect(await server.previews.cleanup(new Date(Date.now() + 49 * 3600_000))).toEqual({ removedPrs: 1, skipped: 0 });
+  expect(await server.previews.cleanup(new Date(Date.now() + 49 * 3600_000))).toEqual({ removedPrs: 1, skipped: 0, why: [] });
   const after = JSON.parse((await usage(['--json'])).stdout).accounts[0];
   expect(after).toMatchObject({ builds: 1, uploadsThisMonth: 3, authorsThisMonth: 2 });
   expect(after.bytesStored).toBe(siteTarballBytes('three'));

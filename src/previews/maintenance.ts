@@ -53,10 +53,11 @@ export class Maintenance {
    * Removes the builds of PRs closed (and of repositories uninstalled) longer than CLEANUP_AFTER_HOURS ago.
    * GitHub is asked first; when it cannot be asked, nothing is deleted.
    */
-  async cleanup(now = new Date()): Promise<{ removedPrs: number; skipped: number }> {
+  async cleanup(now = new Date()): Promise<{ removedPrs: number; skipped: number; why: string[] }> {
     const cutoff = new Date(now.getTime() - this.ctx.config.cleanupAfterHours * 3600_000);
     let removedPrs = 0;
     let skipped = 0;
+    const why: string[] = [];
     const candidates = this.ctx.db
       .select({ pr: pullRequests, repo: repositories })
       .from(pullRequests)
@@ -68,10 +69,12 @@ export class Maintenance {
       try {
         if (!(await this.stillGone(repo, pr))) {
           skipped++;
+          why.push(`${repo.fullName}#${pr.number}: GitHub says it is open again; its builds stay`);
           continue;
         }
       } catch (err) {
         skipped++;
+        why.push(`${repo.fullName}#${pr.number}: GitHub could not be asked (${(err as Error).message}); nothing was deleted`);
         this.ctx.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'cleanup skipped: GitHub could not be asked');
         continue;
       }
@@ -82,7 +85,7 @@ export class Maintenance {
       removedPrs++;
       this.ctx.log.info({ repo: repo.fullName, pr: pr.number }, 'removed the builds of a closed pull request');
     }
-    return { removedPrs, skipped };
+    return { removedPrs, skipped, why };
   }
 
   /** Whether GitHub confirms the PR is still closed (or the app still uninstalled). Throws when it cannot be asked. */
