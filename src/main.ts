@@ -1,11 +1,10 @@
 /** Start-up only: config → database → key service → server → listen. */
 import 'dotenv/config';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { pino } from 'pino';
 import { probotFromEnv, startServer } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
-import type { ServerDeps } from './server.js';
+import { createSetupHandler, loadAppEnv } from './setup.js';
 
 // JSON lines for log collectors; one readable line per event on a terminal.
 const log = pino({
@@ -14,9 +13,11 @@ const log = pino({
 });
 
 async function main(): Promise<void> {
+  // Credentials written by the setup flow live with the data, not in the code directory.
+  loadAppEnv(path.resolve(process.env.DATA_DIR || './data'));
   const config = loadConfig();
   const probot = config.appConfigured ? probotFromEnv(config, log) : undefined;
-  const setupHandler = probot ? undefined : await probotSetupHandler(config.port);
+  const setupHandler = probot ? undefined : await createSetupHandler(config, log);
   const running = await startServer(config, log, { probot, setupHandler, host: config.host });
   log.info(
     { url: running.url.replace('127.0.0.1', config.host), dataDir: config.dataDir, previews: `*.${config.previewDomain}` },
@@ -28,18 +29,6 @@ async function main(): Promise<void> {
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
-}
-
-/**
- * Without APP_ID / private key / webhook secret, Probot's own setup flow registers the app from app.yml
- * (the manifest flow) and writes the credentials to .env. Probot does not export it, so it is loaded
- * from the installed package by file path.
- */
-async function probotSetupHandler(port: number): Promise<ServerDeps['setupHandler']> {
-  process.env.NO_SMEE_SETUP ??= 'true';
-  const probotLib = path.dirname(fileURLToPath(import.meta.resolve('probot')));
-  const { setupAppFactory } = await import(pathToFileURL(path.join(probotLib, 'apps', 'setup.js')).href);
-  return setupAppFactory({ host: 'localhost', port, log: log.child({ name: 'setup' }) })();
 }
 
 main().catch((err: unknown) => {

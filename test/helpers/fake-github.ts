@@ -43,6 +43,8 @@ export class FakeGitHub {
   /** Every request as `METHOD /path` (without /api/v3). */
   readonly requests: string[] = [];
   fault?: Fault;
+  /** The private key the manifest flow hands out. */
+  appPem = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
   private server!: http.Server;
   private clock = Date.now();
   private nextCommentId = 1;
@@ -187,6 +189,11 @@ export class FakeGitHub {
     if ((m = /^\/app\/installations\/(\d+)\/access_tokens$/.exec(path))) {
       if (!this.installations.has(Number(m[1]))) return answer(404, { message: 'Not Found' });
       return answer(201, { token: `ghs_fake${m[1]}`, expires_at: new Date(Date.now() + 3600_000).toISOString() });
+    }
+    if ((m = /^\/app-manifests\/([^/]+)\/conversions$/.exec(path)) && method === 'POST') {
+      // The manifest flow's last step: GitHub hands over the new app's credentials once, for the code.
+      if (m[1] !== 'good-code') return answer(404, { message: 'Not Found' });
+      return answer(201, { id: 4242, slug: 'preview-gate', pem: this.appPem, webhook_secret: 'whsec-from-github', client_id: 'Iv1.abc', client_secret: 'cs-secret', html_url: 'https://github.example/apps/preview-gate' });
     }
     if (path === '/app/installations') {
       return answer(200, [...this.installations.values()].map((i) => ({ id: i.id, account: { ...i.account, type: 'Organization' }, suspended_at: null })));

@@ -1,0 +1,112 @@
+/**
+ * Probot's setup flow (no credentials yet), made safe and complete for a real installation: it registers an
+ * app whose webhook URL is PUBLIC_URL/api/github/webhooks, serves Probot's own page assets, answers only on
+ * loopback or to a one-time token printed in the log, and writes the credentials to DATA_DIR/app.env (0600),
+ * never to the code directory.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseEnv } from 'node:util';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { Request, Response } from 'express';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+
+export const APP_ENV_FILE = 'app.env';
+const COOKIE = 'preview_gate_setup';
+const STATIC_FILES: Record<string, string> = { 'primer.css': 'text/css', 'probot-head.svg': 'image/svg+xml', 'robot.svg': 'image/svg+xml' };
+
+/** The credentials the setup flow wrote, read at start (variables already in the environment win). */
+export function loadAppEnv(dataDir: string, env: NodeJS.ProcessEnv = process.env): void {
+  const file = path.join(dataDir, APP_ENV_FILE);
+  if (!fs.existsSync(file)) return;
+  for (const [key, value] of Object.entries(parseEnv(fs.readFileSync(file, 'utf8')))) {
+    if (env[key] === undefined || env[key] === '') env[key] = value;
+  }
+}
+
+/** Merges `values` into DATA_DIR/app.env, created 0600; other files (`.env`) are never touched. */
+export function writeAppEnv(dataDir: string, values: Record<string, string>): Record<string, string> {
+  const file = path.join(dataDir, APP_ENV_FILE);
+  fs.mkdirSync(dataDir, { recursive: true });
+  const existing = (fs.existsSync(file) ? parseEnv(fs.readFileSync(file, 'utf8')) : {}) as Record<string, string>;
+  const merged: Record<string, string> = { ...existing, ...values };
+  // PRIVATE_KEY comes quoted with real newlines from Probot: stored as one line with \n escapes, like Probot's .env.
+  const lines = Object.entries(merged).map(([k, v]) => `${k}=${JSON.stringify(String(v).replace(/^"|"$/g, ''))}`);
+  const temp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(temp, `# Written by preview-gate's setup flow; read at start.\n${lines.join('\n')}\n`, { mode: 0o600 });
+  fs.renameSync(temp, file);
+  Object.assign(process.env, merged);
+  return merged;
+}
+
+const isLoopback = (ip: string | undefined) => ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1';
+
+export async function createSetupHandler(config: Config, log: Logger, setupToken = process.env.SETUP_TOKEN): Promise<(req: Request, res: Response) => Promise<boolean>> {
+  const webhookUrl = `${config.publicUrl}/api/github/webhooks`;
+  // Probot puts WEBHOOK_PROXY_URL into the manifest's hook_attributes.url and the "existing app" page.
+  process.env.WEBHOOK_PROXY_URL = webhookUrl;
+  process.env.NO_SMEE_SETUP = 'true';
+  const token = setupToken || crypto.randomBytes(18).toString('base64url');
+  const probotLib = path.dirname(fileURLToPath(import.meta.resolve('probot')));
+  const staticDir = path.join(probotLib, '..', 'static');
+  const { setupAppFactory } = await import(pathToFileURL(path.join(probotLib, 'apps', 'setup.js')).href);
+  const probotHandler: (req: Request, res: Response) => Promise<boolean> = await setupAppFactory({
+    host: 'localhost',
+    port: config.port,
+    log: { info: () => undefined, warn: (m: string) => log.warn(m), error: (m: unknown) => log.error(m) },
+    updateEnv: (values: Record<string, string>) => {
+      const written = writeAppEnv(config.dataDir, values);
+      if (values.APP_ID) {
+        log.info(
+          { file: path.join(config.dataDir, APP_ENV_FILE) },
+          `the GitHub App ${values.APP_ID} is registered; restart preview-gate to receive its webhooks (npm start, or: docker compose restart app)`,
+        );
+      }
+      return written;
+    },
+  })();
+
+  log.info({ webhookUrl }, `no GitHub App credentials yet: open ${config.publicUrl}/probot on this machine to register the app`);
+  log.info(`from another machine, open ${config.publicUrl}/probot?setup_token=${token} (the setup pages answer nobody else)`);
+
+  return async (req, res) => {
+    const urlPath = req.path;
+    if (urlPath !== '/' && urlPath !== '/probot' && !urlPath.startsWith('/probot/')) return false;
+    if (!allowed(req, res, token)) {
+      res.status(403).json({ error: 'The setup pages answer on loopback, or with the setup token printed in the server log.' });
+      return true;
+    }
+    const asset = /^\/probot\/static\/([a-z.-]+)$/.exec(urlPath)?.[1];
+    if (asset) {
+      if (!STATIC_FILES[asset]) return false;
+      res.type(STATIC_FILES[asset]).send(fs.readFileSync(path.join(staticDir, asset)));
+      return true;
+    }
+    return probotHandler(req, res);
+  };
+}
+
+/** Loopback (as seen through nginx too: `trust proxy loopback`), or the token in the query, then in a cookie. */
+function allowed(req: Request, res: Response, token: string): boolean {
+  if (isLoopback(req.ip)) return true;
+  const given = typeof req.query.setup_token === 'string' ? req.query.setup_token : cookie(req, COOKIE);
+  if (!given || !safeEqual(given, token)) return false;
+  if (req.query.setup_token) res.cookie(COOKIE, token, { httpOnly: true, sameSite: 'lax', path: '/probot' });
+  return true;
+}
+
+function cookie(req: Request, name: string): string | undefined {
+  for (const part of (req.headers.cookie ?? '').split(';')) {
+    const [k, ...v] = part.trim().split('=');
+    if (k === name) return decodeURIComponent(v.join('='));
+  }
+  return undefined;
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && crypto.timingSafeEqual(x, y);
+}
