@@ -1,7 +1,8 @@
 # preview-gate: the Node process (Probot app + upload route). nginx runs beside it (compose.yaml).
 # Build: docker build -t preview-gate .   Run: see compose.yaml and README "Deploying".
+# Node 24 is the active LTS; the code also runs on Node 20 and 22.
 
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /app
 # better-sqlite3 builds its native addon when no prebuilt binary fits.
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
@@ -12,8 +13,12 @@ COPY src ./src
 COPY bin ./bin
 COPY nginx ./nginx
 RUN npm run build && npm prune --omit=dev
+# Only the addon itself is needed at run time: the compiler's objects and the SQLite sources are ~27 MB.
+RUN cd node_modules/better-sqlite3 \
+ && mv build/Release/better_sqlite3.node /tmp/ && rm -rf build deps src \
+ && mkdir -p build/Release && mv /tmp/better_sqlite3.node build/Release/
 
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 ENV NODE_ENV=production DATA_DIR=/data PORT=3000 HOST=0.0.0.0
 WORKDIR /app
 COPY --from=build /app/package.json /app/app.yml ./
@@ -21,10 +26,12 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/bin ./bin
 COPY --from=build /app/nginx ./nginx
-RUN mkdir -p /data && chown node:node /data
+# The process writes only under /data (database, master key, builds, the setup flow's app.env).
+# A bind mount must belong to uid 1000 (chown -R 1000:1000 <dir>); the server says so when it cannot write.
+RUN mkdir -p /data/builds && chown -R node:node /data
 USER node
 VOLUME /data
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
-  CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+  CMD node -e "const h=process.env.HOST;const host=!h||h==='0.0.0.0'||h==='::'?'127.0.0.1':h.includes(':')?'['+h+']':h;fetch('http://'+host+':'+(process.env.PORT||3000)+'/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 CMD ["node", "dist/src/main.js"]

@@ -1,7 +1,7 @@
 // A local stand-in for the GitHub REST API (GHE-style /api/v3 paths), enough for uploads to succeed.
 import http from 'node:http';
 
-export async function startFakeGitHub({ labels = ['safe for preview'] } = {}) {
+export async function startFakeGitHub({ labels = ['safe for preview'], host = '127.0.0.1', port = 0 } = {}) {
   const commits = new Map(); // pr → [sha]
   const prLabels = new Map(); // pr → [label], default `labels`
   const server = http.createServer((req, res) => {
@@ -24,7 +24,7 @@ export async function startFakeGitHub({ labels = ['safe for preview'] } = {}) {
     if (req.method === 'POST' || req.method === 'PATCH') return json(201, { id: 1 });
     json(404, { message: `fake GitHub has no ${req.method} ${p}` });
   });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  await new Promise((r) => server.listen(port, host, r));
   return {
     host: `127.0.0.1:${server.address().port}`,
     addCommit: (pr, sha) => commits.set(pr, [...(commits.get(pr) ?? []), sha]),

@@ -35,6 +35,13 @@ main().catch((err: unknown) => {
   const code = (err as NodeJS.ErrnoException).code;
   if (err instanceof ConfigError) {
     console.error(`preview-gate: configuration error: ${err.message}`);
+  } else if ((code === 'EACCES' || code === 'EPERM' || code === 'EROFS') && (err as NodeJS.ErrnoException).path) {
+    const uid = process.getuid?.() ?? '?';
+    const gid = process.getgid?.() ?? '?';
+    console.error(
+      `preview-gate: cannot write ${(err as NodeJS.ErrnoException).path} as uid ${uid}: DATA_DIR must belong to the server's user ` +
+        `(for a bind mount: chown -R ${uid}:${gid} <host directory>).`,
+    );
   } else if (code === 'EADDRINUSE' || code === 'EACCES') {
     const { address, port } = err as { address?: string; port?: number };
     console.error(
