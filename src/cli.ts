@@ -13,6 +13,7 @@ import { openDb } from './db/client.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
 import { rotateKeys } from './secrets/rotate.js';
 import { formatUsage, usageReport } from './usage.js';
+import { verifyDeployment } from './verify.js';
 
 export interface CliIo {
   stdin: Readable & { isTTY?: boolean };
@@ -28,6 +29,8 @@ export interface CliIo {
 const USAGE = `usage:
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
   preview-gate backup <file>                        copy the database, consistent while the server runs
+  preview-gate verify <PUBLIC_URL> [--connect host:port]
+                                                    check a live deployment from outside, one line per check
   preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS
   preview-gate reconcile                            run the sweep now: every open PR re-decided from GitHub's facts
   preview-gate keys rotate                          re-wrap every account key under the current key (resumable)
@@ -48,6 +51,7 @@ const COMMAND_USAGE: Record<string, string> = {
   usage: '  preview-gate usage [--json]',
   nginx: '  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]',
   upload: UPLOAD_USAGE,
+  verify: '  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)',
 };
 
 /** A wrong argument: the sentence says which; exit code 2 with the command's usage. */
@@ -76,6 +80,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return 0;
     }
     if (command === 'upload') return await runUpload(argv.slice(1), io);
+    if (command === 'verify') return await verify(argv.slice(1), io);
     if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'usage') return await usage(argv.slice(1), io);
     if (command === 'secret') {
@@ -105,6 +110,20 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   }
 }
 
+
+/** `verify <PUBLIC_URL>`: one line per check of a live deployment; exit 1 when any fails. */
+async function verify(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { connect: { type: 'string' } }, strict: true });
+  const [publicUrl] = positionals;
+  if (!publicUrl || positionals.length !== 1 || !/^https?:\/\/[^/\s]+/.test(publicUrl)) throw new ArgumentError('verify', 'give the deployment\'s PUBLIC_URL, like https://uploads.example.com.');
+  if (values.connect !== undefined && !/^[A-Za-z0-9.[\]:-]+:[0-9]{1,5}$/.test(values.connect)) throw new ArgumentError('verify', '--connect must be host:port.');
+  const config = loadConfig(io.env);
+  const ok = await verifyDeployment(
+    { publicUrl, previewDomain: config.previewDomain, webhookSecret: config.webhookSecret, connect: values.connect },
+    (line) => io.stdout.write(`${line}\n`),
+  );
+  return ok ? 0 : 1;
+}
 
 /**
  * `backup <file>`: SQLite's online backup of the database, consistent while the server writes. With it and

@@ -8,7 +8,9 @@ import path from 'node:path';
 import nock from 'nock';
 import { commitsOf, githubFor, prRead } from './helpers/github.js';
 import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { sha, startTestServer, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
+import { PassThrough } from 'node:stream';
+import { runCli } from '../src/cli.js';
 import { tarball } from './helpers/tarballs.js';
 import { installationToken, pullRequestEvent, settingsFile, signedWebhook } from './helpers/webhooks.js';
 
@@ -204,4 +206,22 @@ test('only a found file of a per-commit host is immutable; 404s are no-store; mo
     expect(res.headers.server).toBe('nginx');
   }
   expect((await request(nginx.port, MAIN_HOST, '/health/')).status).toBe(200);
+});
+
+test('`preview-gate verify` checks the deployment from outside, one line per check; a wrong secret fails it', async () => {
+  const run = async (secret: string) => {
+    let out = '';
+    const sink = new PassThrough().on('data', (d: Buffer) => (out += d.toString()));
+    const env = { DATA_DIR: path.join(server.tmp, 'verify'), PREVIEW_DOMAIN: 'previews.test', WEBHOOK_SECRET: secret };
+    const code = await runCli(['verify', `http://${MAIN_HOST}`, '--connect', `127.0.0.1:${nginx.port}`], { stdin: new PassThrough(), stdout: sink, stderr: sink, env });
+    return { code, lines: out.trim().split('\n') };
+  };
+  const good = await run(WEBHOOK_SECRET);
+  expect(good.code).toBe(0);
+  expect(good.lines).toHaveLength(5);
+  expect(good.lines.every((l) => l.startsWith('ok    '))).toBe(true);
+  expect(good.lines.join('\n')).toMatch(/a hidden or unknown preview is 404 and not cached: 404, Cache-Control: no-store/);
+  const bad = await run('not-the-secret');
+  expect(bad.code).toBe(1);
+  expect(bad.lines.filter((l) => l.startsWith('FAIL'))).toEqual([expect.stringMatching(/^FAIL  webhook URL accepts a delivery signed with WEBHOOK_SECRET: a signed ping answered 400/)]);
 });
