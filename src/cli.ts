@@ -170,11 +170,16 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
     }
   }
   const core = await openCore(loadConfig(io.env), io.azure);
+  let installed: boolean;
   try {
     const repo = await core.registry.ensureRepository(slug);
     await core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, value);
+    installed = repo.installed && repo.githubId !== null;
   } finally {
     core.db.$client.close();
+  }
+  if (!installed) {
+    io.stderr.write(`Note: no installation of the GitHub App on ${slug} has been seen yet; its uploads are refused until the app is installed there.\n`);
   }
   if (generated) {
     io.stdout.write(`${value.toString()}\n`);

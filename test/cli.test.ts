@@ -62,6 +62,13 @@ test.each([
   expect(res.stderr).not.toMatch(/\n\s+at /);
 });
 
+test('secret set on a repository the app was never installed on stores it and says so', async () => {
+  const res = await cli(['secret', 'set', 'octo-org/docs', 'upload-key']);
+  expect(res.code).toBe(0);
+  expect(res.stdout.trim()).toMatch(/^[A-Za-z0-9_-]{43}$/); // generated on a terminal, printed once
+  expect(res.stderr).toMatch(/no installation of the GitHub App on octo-org\/docs has been seen yet/);
+});
+
 test('nginx --listen takes a port or address:port and renders it', async () => {
   const res = await cli(['nginx', '--listen', '127.0.0.1:8080']);
   expect(res.code).toBe(0);

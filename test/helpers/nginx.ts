@@ -12,7 +12,7 @@ export interface RunningNginx {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer().listen(0, '127.0.0.1', () => {
       const { port } = srv.address() as net.AddressInfo;
@@ -23,12 +23,17 @@ async function freePort(): Promise<number> {
 }
 
 /** Real nginx from the rendered template, with its own prefix, pid, logs and temp dirs under `dir`. */
-export async function startNginx(dir: string, options: Omit<NginxOptions, 'listen'>): Promise<RunningNginx> {
+export async function startNginx(
+  dir: string,
+  options: Omit<NginxOptions, 'listen'>,
+  /** Server blocks rendered elsewhere (`preview-gate nginx --listen 127.0.0.1:<port>`), listening on `port`. */
+  rendered?: { config: string; port: number },
+): Promise<RunningNginx> {
   if (!NGINX) throw new Error('nginx is not installed: run `apt-get install -y nginx` (.ci/run does) — the end-to-end test needs it.');
-  const port = await freePort();
+  const port = rendered?.port ?? (await freePort());
   fs.mkdirSync(path.join(dir, 'logs'), { recursive: true });
   fs.mkdirSync(path.join(dir, 'temp'), { recursive: true });
-  fs.writeFileSync(path.join(dir, 'preview-gate.conf'), renderNginx({ ...options, listen: `127.0.0.1:${port}` }));
+  fs.writeFileSync(path.join(dir, 'preview-gate.conf'), rendered?.config ?? renderNginx({ ...options, listen: `127.0.0.1:${port}` }));
   const mime = fs.existsSync('/etc/nginx/mime.types') ? 'include /etc/nginx/mime.types;' : '';
   const runAs = process.getuid?.() === 0 ? 'user root;' : '';
   fs.writeFileSync(
