@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { createProbot, ProbotOctokit, type Probot } from 'probot';
@@ -84,6 +86,7 @@ export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEn
 const CLEANUP_EVERY_MS = 15 * 60_000;
 const FEEDBACK_DRAIN_MS = 10_000;
 const FIRST_SWEEP_MS = 5_000;
+const CLEAN_STOP_MARKER = '.clean-stop';
 
 /** The decision-making part, for the server and for `preview-gate cleanup`. */
 export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot?: Probot) {
@@ -113,7 +116,11 @@ export async function startServer(
   core.store.init();
   const metrics = createMetrics();
   const { github, previews, sweep } = createPreviews(core, metrics, log, options.probot);
-  await previews.recoverAfterRestart();
+  // Written at a clean stop, removed at start: its absence means the last stop was a crash or a power loss.
+  const cleanMarker = path.join(config.dataDir, CLEAN_STOP_MARKER);
+  const unclean = !fs.existsSync(cleanMarker);
+  fs.rmSync(cleanMarker, { force: true });
+  await previews.recoverAfterRestart({ unclean });
   trackStoredBytes(metrics, () => previews.storedBytes());
   trackQueue(metrics, () => previews.queue.depth());
   const cleanupTimer = setInterval(() => {
@@ -177,6 +184,7 @@ export async function startServer(
       const { jobs } = previews.queue.depth();
       if (!drained || jobs) log.info({ jobs }, 'stopped with work queued; it is done after the next start');
       core.db.$client.close();
+      fs.writeFileSync(cleanMarker, '');
     },
   };
 }

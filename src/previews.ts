@@ -57,8 +57,8 @@ export class Previews {
     return this.queue.stop(waitMs);
   }
 
-  recoverAfterRestart(): Promise<void> {
-    return this.maintenance.recoverAfterRestart();
+  recoverAfterRestart(options?: { unclean?: boolean; now?: Date }): Promise<void> {
+    return this.maintenance.recoverAfterRestart(options);
   }
 
   cleanup(now?: Date) {

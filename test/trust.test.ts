@@ -367,3 +367,32 @@ describe('site: in the settings', () => {
     expect(fs.existsSync(path.join(prDir('docs', 18, 'hidden'), A.slice(0, 7)))).toBe(true);
   });
 });
+
+test('after an unclean stop, a recent build whose files did not all reach the disk is dropped and uploads again; intact ones stay', async () => {
+  await openAndUpload(19, [A], [LABEL]);
+  fake.addPull(DOCS, { number: 20, user: CONTRIBUTOR, commits: [B], labels: [LABEL] });
+  expect((await server.upload(20, B, siteTarball('intact'))).status).toBe(201);
+  await server.stop();
+  // What a power loss leaves: the clean-stop marker never written, a file of the last build empty.
+  fs.rmSync(path.join(server.config.dataDir, '.clean-stop'));
+  const damaged = path.join(prDir('docs', 19, 'public'), A.slice(0, 7), 'assets', 'app.js');
+  fs.chmodSync(damaged, 0o644);
+  fs.truncateSync(damaged, 0);
+
+  server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
+  servers.push(server);
+  expect(server.logs.some((l) => /incomplete on disk; dropped/.test(l.msg) && (l as { sha?: string }).sha === A.slice(0, 7))).toBe(true);
+  expect(fs.existsSync(path.join(prDir('docs', 19, 'public'), A.slice(0, 7)))).toBe(false);
+  expect(fs.readFileSync(path.join(prDir('docs', 20, 'public'), B.slice(0, 7), 'index.html'), 'utf8')).toContain('intact');
+  expect((await server.upload(19, A, siteTarball('again'))).status).toBe(201);
+});
+
+test('after a clean stop nothing is re-checked or dropped', async () => {
+  await openAndUpload(21, [A], [LABEL]);
+  await server.stop();
+  expect(fs.existsSync(path.join(server.config.dataDir, '.clean-stop'))).toBe(true);
+  server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
+  servers.push(server);
+  expect(server.logs.some((l) => /dropped/.test(l.msg))).toBe(false);
+  expect(fs.existsSync(path.join(prDir('docs', 21, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
+});

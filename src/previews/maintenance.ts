@@ -1,9 +1,25 @@
-import { and, eq, lt, or } from 'drizzle-orm';
+import { and, eq, gt, lt, or } from 'drizzle-orm';
 import fs from 'node:fs';
+import path from 'node:path';
 import { builds, pullRequests, repositories } from '../db/schema.js';
 import type { PullRequest, Repository } from '../registry.js';
 import { octokitFor, requireGithub, withPr, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
+
+/** How far back an unclean stop may have lost written files (Linux writes dirty pages back within 30 s). */
+const RECENT_BUILD_MS = 5 * 60_000;
+
+/** Regular files under `dir` and their total size, as the extractor counts them. */
+function filesAndBytes(dir: string): { files: number; bytes: number } {
+  let files = 0;
+  let bytes = 0;
+  for (const entry of fs.readdirSync(dir, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    files++;
+    bytes += fs.statSync(path.join(entry.parentPath, entry.name)).size;
+  }
+  return { files, bytes };
+}
 
 /** Crash recovery at start and removal of closed PRs' builds after the retention. */
 export class Maintenance {
@@ -17,7 +33,7 @@ export class Maintenance {
    * and every folder its row. Claims left `pending` are dropped; a folder that was renamed into place but never
    * marked ready (killed between the two) is removed, so no half-announced build stays reachable.
    */
-  async recoverAfterRestart(): Promise<void> {
+  async recoverAfterRestart(options: { unclean?: boolean; now?: Date } = {}): Promise<void> {
     const { db, store } = this.ctx;
     const pending = db.delete(builds).where(eq(builds.status, 'pending')).run().changes;
     const rows = db
@@ -46,6 +62,38 @@ export class Maintenance {
     for (const dir of orphans) fs.rmSync(dir, { recursive: true, force: true });
     if (pending || missing || orphans.length) {
       this.ctx.log.warn({ pending, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
+    }
+    if (options.unclean) await this.checkRecentBuilds(options.now ?? new Date());
+  }
+
+  /**
+   * Builds are answered 201 without an fsync (it would cost more than the extraction). After an unclean stop
+   * (power loss), the page cache of the last moments may never have reached the disk: every build stored in
+   * the last RECENT_BUILD_MS is compared with its recorded files and bytes, and one that differs is dropped
+   * (logged), so CI's retry stores it again instead of getting 409 for a build that is not there.
+   */
+  private async checkRecentBuilds(now: Date): Promise<void> {
+    const { db, store } = this.ctx;
+    const since = new Date(now.getTime() - RECENT_BUILD_MS);
+    const recent = db
+      .select({ build: builds, pr: pullRequests, repo: repositories })
+      .from(builds)
+      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .where(and(eq(builds.status, 'ready'), gt(builds.createdAt, since)))
+      .all();
+    for (const { build, pr, repo } of recent) {
+      const dir = store.buildDir(repo.site, pr.number, pr.visibility, build.sha7);
+      const found = filesAndBytes(dir);
+      if (found.files === build.files && found.bytes === build.bytes) continue;
+      await withPr(this.ctx, repo.id, pr.number, async () => {
+        fs.rmSync(dir, { recursive: true, force: true });
+        db.delete(builds).where(eq(builds.id, build.id)).run();
+      });
+      this.ctx.log.warn(
+        { repo: repo.fullName, pr: pr.number, sha: build.sha7, recorded: { files: build.files, bytes: build.bytes }, found },
+        'a build stored just before an unclean stop is incomplete on disk; dropped so that it can be uploaded again',
+      );
     }
   }
 
