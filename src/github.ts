@@ -127,15 +127,19 @@ export class GitHub {
 
   /** Reads the PR, the settings and (when needed) team membership, and decides trust. */
   async prFacts(octokit: Octokit, owner: string, repo: string, number: number, settings?: RepoSettings): Promise<PrFacts> {
-    settings ??= await this.settings(octokit, owner, repo);
-    let pr;
-    try {
-      pr = (await octokit.rest.pulls.get({ owner, repo, pull_number: number })).data;
-    } catch (err) {
-      if (isNotFound(err)) throw forbidden(`Pull request #${number} does not exist in ${owner}/${repo}.`);
-      throw githubError(err, `about pull request #${number}`);
-    }
-    return this.factsFrom(octokit, owner, repo, pr, settings);
+    // The settings and the PR are asked in parallel: one round trip to GitHub instead of two.
+    const readPr = octokit.rest.pulls.get({ owner, repo, pull_number: number }).then(
+      (answer) => answer.data,
+      (err: unknown) => {
+        if (isNotFound(err)) throw forbidden(`Pull request #${number} does not exist in ${owner}/${repo}.`);
+        throw githubError(err, `about pull request #${number}`);
+      },
+    );
+    // Both settle before this returns or throws: no request of this read outlives it.
+    const [settingsRead, prRead] = await Promise.allSettled([settings ?? this.settings(octokit, owner, repo), readPr]);
+    if (settingsRead.status === 'rejected') throw settingsRead.reason;
+    if (prRead.status === 'rejected') throw prRead.reason;
+    return this.factsFrom(octokit, owner, repo, prRead.value, settingsRead.value);
   }
 
   /**

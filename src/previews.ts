@@ -89,14 +89,20 @@ export class Previews {
     return this.decisions.hideRepository(repo, cause, reason);
   }
 
+  /** The installation's Octokit for a repository row (`askGitHub`: look the installation up now). */
+  octokitFor(repo: Repository, options?: { askGitHub?: boolean }) {
+    return octokitFor(this.ctx, repo, options);
+  }
+
   ingestBuild(
     repo: Repository,
-    facts: PrFacts,
+    number: number,
+    authorize: () => Promise<{ repo: Repository; facts: PrFacts }>,
     sha: string,
     source: 'upload' | 'artifact',
     extract: (staging: string, limits: ExtractLimits) => Promise<ExtractResult>,
   ): Promise<{ pr: PullRequest; build: Build }> {
-    return this.ingest.ingestBuild(repo, facts, sha, source, extract);
+    return this.ingest.ingestBuild(repo, number, authorize, sha, source, extract);
   }
 
   storedBytes(): number {

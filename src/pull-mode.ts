@@ -91,7 +91,7 @@ export class ArtifactPuller {
 
     const zipFile = path.join(this.store.stagingDir, `artifact-${artifact.id}-${process.pid}-${Date.now()}.zip`);
     try {
-      const { pr } = await this.previews.ingestBuild(repo, facts, run.head_sha, 'artifact', async (staging, limits) => {
+      const { pr } = await this.previews.ingestBuild(repo, number, async () => ({ repo, facts }), run.head_sha, 'artifact', async (staging, limits) => {
         await this.download(octokit, owner, name, artifact.id, zipFile);
         return extractZip(zipFile, staging, limits);
       });

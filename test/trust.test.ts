@@ -4,6 +4,7 @@
  * bullet of issue 11's "Bad input and faults", each against the real server with its real SQLite queue.
  */
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { eq } from 'drizzle-orm';
 import nock from 'nock';
@@ -395,4 +396,25 @@ test('after a clean stop nothing is re-checked or dropped', async () => {
   servers.push(server);
   expect(server.logs.some((l) => /dropped/.test(l.msg))).toBe(false);
   expect(fs.existsSync(path.join(prDir('docs', 21, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
+});
+
+test('GitHub is asked while the body streams in: the PR is read before the body has ended, and published only after', async () => {
+  fake.addPull(DOCS, { number: 22, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });
+  const token = await server.token({ 'pull-request': 22 });
+  const body = siteTarball('streamed');
+  const port = Number(new URL(server.url).port);
+  const answer = new Promise<number>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: `/create-build/22/${A}`, headers: { authorization: `Token ${token}`, 'content-length': body.length } });
+    req.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
+    req.on('error', reject);
+    req.write(body.subarray(0, 64));
+    eventually(() => fake.requests.includes('GET /repos/octo-org/docs/pulls/22') && fake.requests.some((r) => r.startsWith('GET /repos/octo-org/docs/pulls/22/commits')))
+      .then(() => {
+        expect(fs.existsSync(prDir('docs', 22, 'public'))).toBe(false); // asked, not published: the body is not complete
+        req.end(body.subarray(64));
+      })
+      .catch(reject);
+  });
+  expect(await answer).toBe(201);
+  expect(fs.existsSync(path.join(prDir('docs', 22, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
 });

@@ -52,9 +52,9 @@ export class Decisions {
   async readFacts(
     repo: Repository,
     number: number,
-    options: { askGitHub?: boolean; settings?: RepoSettings } = {},
+    options: { askGitHub?: boolean; settings?: RepoSettings; octokit?: Octokit } = {},
   ): Promise<{ repo: Repository; facts: PrFacts; octokit: Octokit }> {
-    const octokit = await octokitFor(this.ctx, repo, options);
+    const octokit = options.octokit ?? (await octokitFor(this.ctx, repo, options));
     const [owner, name] = ownerAndName(repo);
     const facts = await requireGithub(this.ctx).prFacts(octokit, owner, name, number, options.settings);
     return { repo: this.sameRepository(repo, facts), facts, octokit };
@@ -281,7 +281,7 @@ export class Decisions {
   }
 
   /** The PR row, created hidden (the safe default) the first time the PR is seen. */
-  ensurePr(repo: Repository, number: number, state: 'open' | 'closed', headSha: string): PullRequest {
+  ensurePr(repo: Repository, number: number, state: 'open' | 'closed', headSha: string | null): PullRequest {
     this.ctx.db.insert(pullRequests).values({ repositoryId: repo.id, number, state, headSha }).onConflictDoNothing().run();
     return this.ctx.registry.findPullRequest(repo.id, number)!;
   }

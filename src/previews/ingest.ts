@@ -1,4 +1,4 @@
-import { and, count, eq, sum } from 'drizzle-orm';
+import { and, count, eq, isNull, sum } from 'drizzle-orm';
 import type { ExtractLimits, ExtractResult } from '../builds/extract.js';
 import { builds, pullRequests, repositories, uploads } from '../db/schema.js';
 import { conflict, HttpError, tooLarge } from '../errors.js';
@@ -15,13 +15,16 @@ export class Ingest {
   ) {}
 
   /**
-   * Stores one build of a PR, from an upload or a pulled artifact. On any failure nothing stays: the claim
-   * is released and staging removed before this returns. A SHA already stored (409) still applies the
-   * current decision, so a retried upload brings the PR in line with GitHub.
+   * Stores one build of a PR, from an upload or a pulled artifact. `authorized` is GitHub's answer, which an
+   * upload asks for while its body streams into staging: nothing is published before it said yes. On any
+   * failure nothing stays: the claim is released, staging removed, a PR row made for nothing deleted, before
+   * this returns. A SHA already stored (409) still applies the current decision, so a retried upload brings
+   * the PR in line with GitHub.
    */
   async ingestBuild(
     repo: Repository,
-    facts: PrFacts,
+    number: number,
+    authorize: () => Promise<{ repo: Repository; facts: PrFacts }>,
     sha: string,
     source: 'upload' | 'artifact',
     extract: (staging: string, limits: ExtractLimits) => Promise<ExtractResult>,
@@ -32,31 +35,40 @@ export class Ingest {
     if (accountRoom <= 0) throw tooLarge(quotaMessage);
     const limits: ExtractLimits =
       accountRoom < config.maxBuildBytes ? { ...config, maxBuildBytes: accountRoom, buildBytesMessage: quotaMessage } : config;
-    let buildId: number;
+    let claim: { buildId: number; prId: number };
     try {
-      buildId = this.claimBuild(repo, facts, sha);
+      claim = this.claimBuild(repo, number, sha);
     } catch (err) {
-      if (err instanceof HttpError && err.status === 409) await this.decisions.apply(repo, facts, { event: 'upload' }, sha);
+      if (err instanceof HttpError && err.status === 409) {
+        const answer = await authorize(); // GitHub's refusal, if any, is the answer; otherwise the decision applies
+        await this.decisions.apply(answer.repo, answer.facts, { event: 'upload' }, sha);
+      }
       throw err;
     }
+    // GitHub is asked now, while the body streams into staging (the limits above needed no GitHub).
+    const authorized = authorize();
+    authorized.catch(() => undefined);
     let staging: string | undefined;
     try {
       staging = await this.ctx.store.createStaging();
       const stopTimer = this.ctx.metrics.extractionSeconds.startTimer();
       const size = await extract(staging, limits);
       stopTimer();
-      const { pr, build, changed } = await this.storeBuild(repo, facts, buildId, staging, size, sha);
+      const { repo: current, facts } = await authorized;
+      const { pr, build, changed } = await this.storeBuild(current, facts, claim.buildId, staging, size, sha);
       staging = undefined;
       this.ctx.metrics.uploadedBytes.inc(size.bytes);
       this.ctx.db
         .insert(uploads)
-        .values({ accountId: repo.accountId, repositoryId: repo.id, pullRequestNumber: pr.number, sha, bytes: size.bytes, files: size.files, source, authorUserId: pr.authorUserId })
+        .values({ accountId: current.accountId, repositoryId: current.id, pullRequestNumber: pr.number, sha, bytes: size.bytes, files: size.files, source, authorUserId: pr.authorUserId })
         .run();
       // One feedback row per upload: every build when the visibility changed, otherwise the new one.
-      this.decisions.enqueueFeedback(repo, pr, changed ? this.decisions.readyBuildIds(pr.id) : [build.id]);
+      this.decisions.enqueueFeedback(current, pr, changed ? this.decisions.readyBuildIds(pr.id) : [build.id]);
       return { pr, build };
     } catch (err) {
-      this.releaseClaim(buildId);
+      // GitHub's answer is waited for even when the body failed first: no request outlives the upload.
+      await authorized.catch(() => undefined);
+      this.releaseClaim(claim.buildId, claim.prId);
       throw err;
     } finally {
       // Removed before returning, so a client that sees the answer never sees a leftover.
@@ -67,10 +79,10 @@ export class Ingest {
   /**
    * Claims `sha7` for this PR before the body is read: of N concurrent uploads of one SHA exactly one gets
    * the claim (a unique index decides); the others get 409 without extracting anything. Only stored builds
-   * count against MAX_PR_BUILDS.
+   * count against MAX_PR_BUILDS. The PR row is made hidden if GitHub was not asked about it yet.
    */
-  private claimBuild(repo: Repository, facts: PrFacts, sha: string): number {
-    const pr = this.decisions.ensurePr(repo, facts.number, facts.state, facts.headSha);
+  private claimBuild(repo: Repository, number: number, sha: string): { buildId: number; prId: number } {
+    const pr = this.decisions.ensurePr(repo, number, 'open', null);
     const sha7 = sha.slice(0, 7);
     const { n } = this.ctx.db
       .select({ n: count() })
@@ -79,7 +91,7 @@ export class Ingest {
       .get()!;
     if (n >= this.ctx.config.maxPrBuilds) {
       throw tooLarge(
-        `Pull request #${facts.number} already holds ${n} builds, the limit (MAX_PR_BUILDS); they are removed ${this.ctx.config.cleanupAfterHours} h after it closes.`,
+        `Pull request #${number} already holds ${n} builds, the limit (MAX_PR_BUILDS); they are removed ${this.ctx.config.cleanupAfterHours} h after it closes.`,
       );
     }
     const claimed = this.ctx.db
@@ -88,12 +100,19 @@ export class Ingest {
       .onConflictDoNothing()
       .returning({ id: builds.id })
       .get();
-    if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${facts.number}.`);
-    return claimed.id;
+    if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${number}.`);
+    return { buildId: claimed.id, prId: pr.id };
   }
 
-  private releaseClaim(buildId: number): void {
-    this.ctx.db.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending'))).run();
+  /** Drops the claim, and the PR row when this claim made it and GitHub never decided anything about it. */
+  private releaseClaim(buildId: number, prId: number): void {
+    const { db } = this.ctx;
+    db.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending'))).run();
+    const pr = db.select().from(pullRequests).where(eq(pullRequests.id, prId)).get();
+    const left = db.select({ n: count() }).from(builds).where(eq(builds.pullRequestId, prId)).get()!.n;
+    if (pr && pr.factsAt === null && left === 0) {
+      db.delete(pullRequests).where(and(eq(pullRequests.id, prId), isNull(pullRequests.factsAt))).run();
+    }
   }
 
   /** Applies the upload's facts, then moves the staging folder into the PR folder with one rename. */

@@ -51,24 +51,17 @@ export function uploadRouter(deps: UploadDeps): Router {
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > config.maxUploadBytes) throw tooLarge(`The upload is larger than ${config.maxUploadBytes} bytes.`);
 
-    // Authorize with what GitHub says now (about this repository id, whatever its name is today).
+    // Authorize with what GitHub says now (about this repository id, whatever its name is today). Asked while
+    // the body streams into staging: the build is published only once GitHub has said yes.
     if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
-    const read = await deps.previews.decisions.readFacts(authenticated, pr, { askGitHub: true });
-    const { facts, octokit, repo } = read;
-    const [owner, name] = repo.fullName.split('/') as [string, string];
-    if (facts.state !== 'open') {
-      // A PR we hold builds of is brought in line (hidden, retention starts); an unknown one gets no row.
-      if (deps.registry.findPullRequest(repo.id, pr)) await deps.previews.decisions.apply(repo, facts, { event: 'upload' });
-      throw forbidden(`Pull request #${pr} is closed.`);
-    }
-    if (!(await deps.github.prHasCommit(octokit, owner, name, pr, sha))) {
-      throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
-    }
+    const github = deps.github;
+    let authorized: ReturnType<typeof authorizeWithGitHub> | undefined;
+    const authorize = () => (authorized = authorizeWithGitHub(deps, github, authenticated, pr, sha));
 
     let tempFile: string | undefined;
     let stored;
     try {
-      stored = await deps.previews.ingestBuild(repo, facts, sha, 'upload', async (staging, limits) => {
+      stored = await deps.previews.ingestBuild(authenticated, pr, authorize, sha, 'upload', async (staging, limits) => {
         cutWhenIdle(req, res, config.uploadIdleMs);
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
         return extractTarGz(body as Readable, staging, limits);
@@ -79,6 +72,7 @@ export function uploadRouter(deps: UploadDeps): Router {
     } finally {
       if (tempFile) await fs.promises.rm(tempFile, { force: true });
     }
+    const { repo, facts } = await authorized!;
     const { visibility } = stored.pr;
     const warning = deps.previews.decisions.siteNote(repo, facts.settings);
     const answer =
@@ -97,6 +91,30 @@ export function uploadRouter(deps: UploadDeps): Router {
   });
 
   return router;
+}
+
+/**
+ * GitHub's yes to an upload: the PR is open and holds the commit (asked at once), with the facts its decision
+ * needs. Every request settles before this does, so none outlives the upload.
+ */
+async function authorizeWithGitHub(deps: UploadDeps, github: GitHub, repo: Repository, pr: number, sha: string) {
+  const octokit = await deps.previews.octokitFor(repo, { askGitHub: true });
+  const [owner, name] = repo.fullName.split('/') as [string, string];
+  const inPr = github.prHasCommit(octokit, owner, name, pr, sha).then((found) => ({ found }), (err: unknown) => ({ err }));
+  const read = await deps.previews.decisions.readFacts(repo, pr, { octokit }).catch(async (err: unknown) => {
+    await inPr;
+    throw err;
+  });
+  const commit = await inPr;
+  // A closed PR is the answer whatever the commit question gave.
+  if (read.facts.state !== 'open') {
+    // A PR we hold builds of is brought in line (hidden, retention starts); an unknown one gets no row.
+    if (deps.registry.findPullRequest(read.repo.id, pr)?.factsAt) await deps.previews.decisions.apply(read.repo, read.facts, { event: 'upload' });
+    throw forbidden(`Pull request #${pr} is closed.`);
+  }
+  if ('err' in commit) throw commit.err;
+  if (!commit.found) throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
+  return read;
 }
 
 /**

@@ -31,8 +31,10 @@ export function githubFor(pr: FakePr, options: { settings?: string; teams?: Reco
   scope
     .get(`/repos/${owner}/${repo}/installation`)
     .reply(200, { id: installationId, account: { login: owner, id: 9001, type: 'Organization' } });
-  scope
+  // An upload asks GitHub several things at once: each may fetch the installation token before it is cached.
+  nock(API)
     .post(`/app/installations/${installationId}/access_tokens`)
+    .times(4)
     .optionally()
     .reply(201, { token: 'ghs_test', expires_at: new Date(Date.now() + 3600_000).toISOString() });
   scope
