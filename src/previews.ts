@@ -5,7 +5,7 @@ import type { BuildStore } from './builds/store.js';
 import type { Config } from './config.js';
 import type { Db } from './db/client.js';
 import { builds, repositories } from './db/schema.js';
-import { isNotFound, type GitHub, type PrFacts } from './github.js';
+import { isNotFound, type GitHub, type Octokit, type PrFacts } from './github.js';
 import { KeyedLock, SharedLock } from './lock.js';
 import type { Metrics } from './metrics.js';
 import type { Notifier } from './notify.js';
@@ -66,7 +66,7 @@ export class Previews {
   }
 
   /** Reads GitHub's facts about one PR now and applies them; `uploadSha` is the commit being uploaded. */
-  reconcile(repo: Repository, number: number, cause: Cause, options?: { uploadSha?: string; settings?: RepoSettings }) {
+  reconcile(repo: Repository, number: number, cause: Cause, options?: { uploadSha?: string; settings?: RepoSettings; octokit?: Octokit }) {
     return this.decisions.reconcile(repo, number, cause, options);
   }
 

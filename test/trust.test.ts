@@ -418,3 +418,18 @@ test('GitHub is asked while the body streams in: the PR is read before the body 
   expect(await answer).toBe(201);
   expect(fs.existsSync(path.join(prDir('docs', 22, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
 });
+
+test('a repository removed from the installation has its builds removed after the retention (GitHub confirms it is gone)', async () => {
+  await openAndUpload(23, [A], [LABEL]);
+  fake.installations.get(42)!.repoIds = [];
+  await deliver('installation_repositories', {
+    action: 'removed',
+    installation: { id: 42, account: OWNER },
+    repositories_removed: [{ id: DOCS, name: 'docs', full_name: 'octo-org/docs' }],
+    repositories_added: [],
+    sender: { id: 1001, login: 'maintainer' },
+  });
+  expect(prRow(23).visibility).toBe('hidden');
+  expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toEqual({ removedPrs: 1, skipped: 0, why: [] });
+  expect(fs.existsSync(prDir('docs', 23, 'hidden'))).toBe(false);
+});

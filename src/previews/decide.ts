@@ -41,10 +41,10 @@ export class Decisions {
     repo: Repository,
     number: number,
     cause: Cause,
-    options: { uploadSha?: string; settings?: RepoSettings } = {},
+    options: { uploadSha?: string; settings?: RepoSettings; octokit?: Octokit } = {},
   ): Promise<Applied & { facts: PrFacts; octokit: Octokit }> {
-    const { uploadSha, settings } = options;
-    const read = await this.readFacts(repo, number, { settings });
+    const { uploadSha, settings, octokit } = options;
+    const read = await this.readFacts(repo, number, { settings, octokit });
     return { ...(await this.apply(read.repo, read.facts, cause, uploadSha)), facts: read.facts, octokit: read.octokit };
   }
 

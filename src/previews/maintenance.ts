@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { builds, pullRequests, repositories } from '../db/schema.js';
 import type { PullRequest, Repository } from '../registry.js';
-import { octokitFor, requireGithub, withPr, type PreviewsContext } from './context.js';
+import type { Octokit } from '../github.js';
+import { octokitFor, withPr, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 
 /** How far back an unclean stop may have lost written files (Linux writes dirty pages back within 30 s). */
@@ -138,24 +139,21 @@ export class Maintenance {
 
   /** Whether GitHub confirms the PR is still closed (or the app still uninstalled). Throws when it cannot be asked. */
   private async stillGone(repo: Repository, pr: PullRequest): Promise<boolean> {
-    requireGithub(this.ctx);
-    let octokitRepo = repo;
+    let octokit: Octokit;
     try {
-      await octokitFor(this.ctx, repo);
+      // Asked now, not taken from the account's remembered installation: a repository removed from an
+      // installation that still exists has a working token, so only this lookup says it is gone.
+      octokit = await octokitFor(this.ctx, repo, { askGitHub: true });
     } catch (err) {
       if ((err as { status?: number }).status === 403) return true; // not installed any more
       throw err;
     }
-    if (repo.uninstalledAt) {
-      octokitRepo = this.ctx.db
-        .update(repositories)
-        .set({ installed: true, uninstalledAt: null })
-        .where(eq(repositories.id, repo.id))
-        .returning()
-        .get();
-    }
-    const { facts } = await this.decisions.reconcile(octokitRepo, pr.number, { event: 'cleanup' });
+    const current = repo.uninstalledAt
+      ? this.ctx.db.update(repositories).set({ installed: true, uninstalledAt: null }).where(eq(repositories.id, repo.id)).returning().get()
+      : repo;
+    const { facts } = await this.decisions.reconcile(current, pr.number, { event: 'cleanup' }, { octokit });
     if (facts.state === 'open') return false;
     return pr.state === 'closed';
   }
+
 }
