@@ -14,6 +14,7 @@ import type { AzureKeyOptions } from './secrets/azure.js';
 import { rotateKeys } from './secrets/rotate.js';
 import { formatUsage, usageReport } from './usage.js';
 import { verifyDeployment } from './verify.js';
+import { isGitHubRepositoryName } from './trust.js';
 
 export interface CliIo {
   stdin: Readable & { isTTY?: boolean };
@@ -151,7 +152,7 @@ async function backup(file: string, io: CliIo): Promise<number> {
 async function setSecret(args: string[], io: CliIo): Promise<number> {
   const [slug, name] = args;
   if (!slug) throw new ArgumentError('secret', 'name the repository: secret set <owner/repo> upload-key.');
-  if (!/^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}\/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$/.test(slug)) {
+  if (!isGitHubRepositoryName(slug)) {
     throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
   }
   if (name !== UPLOAD_SECRET_NAME) throw new ArgumentError('secret', `the only secret is "${UPLOAD_SECRET_NAME}"${name ? ` (got "${name}")` : ''}.`);
@@ -190,43 +191,45 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
   return 0;
 }
 
-/** One cleanup pass, as the server runs every 15 minutes; GitHub must be reachable (nothing is deleted otherwise). */
-async function cleanup(io: CliIo): Promise<number> {
+/**
+ * Runs `task` with the previews of this data directory and the GitHub App from the environment (the commands
+ * that ask GitHub: cleanup, reconcile); the database is closed after it, whatever happens.
+ */
+async function withGitHub(io: CliIo, command: string, task: (parts: ReturnType<typeof createPreviews>) => Promise<number>): Promise<number> {
   const config = loadConfig(io.env);
-  if (!config.appConfigured) throw new Error('cleanup asks GitHub first: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.');
+  if (!config.appConfigured) throw new Error(`${command} asks GitHub: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.`);
   const log = pino({ level: io.env.LOG_LEVEL ?? 'warn' }, io.stderr);
   const core = await openCore(config, io.azure);
   try {
-    const { previews } = createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env));
+    return await task(createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env)));
+  } finally {
+    core.db.$client.close();
+  }
+}
+
+/** One cleanup pass, as the server runs every 15 minutes; GitHub must be reachable (nothing is deleted otherwise). */
+function cleanup(io: CliIo): Promise<number> {
+  return withGitHub(io, 'cleanup', async ({ previews }) => {
     const { removedPrs, skipped, why } = await previews.cleanup();
     io.stdout.write(`Removed the builds of ${removedPrs} closed pull request(s); ${skipped} skipped${skipped ? ':' : '.'}\n`);
     for (const line of why) io.stdout.write(`  ${line}\n`);
     return 0;
-  } finally {
-    core.db.$client.close();
-  }
+  });
 }
 
 /**
  * `reconcile`: the sweep the server runs every RECONCILE_INTERVAL_MINUTES, now. What GitHub could not answer
  * is left in the queue, which the server works through.
  */
-async function reconcile(io: CliIo): Promise<number> {
-  const config = loadConfig(io.env);
-  if (!config.appConfigured) throw new Error('reconcile asks GitHub: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.');
-  const log = pino({ level: io.env.LOG_LEVEL ?? 'warn' }, io.stderr);
-  const core = await openCore(config, io.azure);
-  try {
-    const { sweep } = createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env));
+function reconcile(io: CliIo): Promise<number> {
+  return withGitHub(io, 'reconcile', async ({ sweep }) => {
     const r = await sweep!.run();
     io.stdout.write(
       `Swept ${r.installations} installation(s), ${r.repositories} repositories, ${r.pullRequests} open pull request(s): ` +
         `${r.changed} changed visibility, ${r.queued} queued for retry, ${r.overBudget} installation(s) left for later (rate limit).\n`,
     );
     return 0;
-  } finally {
-    core.db.$client.close();
-  }
+  });
 }
 
 /** `keys rotate`: every account DEK re-wrapped under the current key; run it again if it was interrupted. */

@@ -18,7 +18,6 @@ interface HookableOctokit {
 /** An LRU of ETags and answers, shared by all Octokits of one process. */
 export class EtagCache {
   private readonly entries = new Map<string, CachedResponse>();
-  hits = 0;
 
   constructor(private readonly maxEntries = 5000) {}
 
@@ -54,10 +53,7 @@ export function conditionalRequests(cache: EtagCache) {
         if (typeof etag === 'string') cache.set(key, { etag, response });
         return response;
       } catch (err) {
-        if (cached && (err as { status?: number }).status === 304) {
-          cache.hits++;
-          return cached.response;
-        }
+        if (cached && (err as { status?: number }).status === 304) return cached.response;
         throw err;
       }
     });

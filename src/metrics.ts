@@ -46,34 +46,25 @@ export function createMetrics() {
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-/** `preview_gate_stored_bytes`: read from the database at each scrape, so it is right after restarts too. */
-export function trackStoredBytes(metrics: Metrics, storedBytes: () => number): void {
+/** A gauge whose value is read when Prometheus scrapes (from the database, so it is right after restarts too). */
+function readAtScrape(metrics: Metrics, name: string, help: string, read: () => number): void {
   new client.Gauge({
-    name: 'preview_gate_stored_bytes',
-    help: 'Uncompressed bytes of builds on disk now',
+    name,
+    help,
     registers: [metrics.registry],
     collect() {
-      this.set(storedBytes());
+      this.set(read());
     },
   });
 }
 
+/** `preview_gate_stored_bytes`. */
+export function trackStoredBytes(metrics: Metrics, storedBytes: () => number): void {
+  readAtScrape(metrics, 'preview_gate_stored_bytes', 'Uncompressed bytes of builds on disk now', storedBytes);
+}
+
 /** Queue depth and the age of its oldest row: work GitHub has not taken yet (decisions, feedback). */
 export function trackQueue(metrics: Metrics, depth: () => { jobs: number; oldestSeconds: number }): void {
-  new client.Gauge({
-    name: 'preview_gate_queue_jobs',
-    help: 'Decisions and GitHub feedback waiting in the durable queue',
-    registers: [metrics.registry],
-    collect() {
-      this.set(depth().jobs);
-    },
-  });
-  new client.Gauge({
-    name: 'preview_gate_queue_oldest_seconds',
-    help: 'Age of the oldest waiting row of the durable queue',
-    registers: [metrics.registry],
-    collect() {
-      this.set(depth().oldestSeconds);
-    },
-  });
+  readAtScrape(metrics, 'preview_gate_queue_jobs', 'Decisions and GitHub feedback waiting in the durable queue', () => depth().jobs);
+  readAtScrape(metrics, 'preview_gate_queue_oldest_seconds', 'Age of the oldest waiting row of the durable queue', () => depth().oldestSeconds);
 }

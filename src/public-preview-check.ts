@@ -1,7 +1,7 @@
 import { badRequest, forbidden, notFound } from './errors.js';
 import type { Previews } from './previews.js';
 import type { Registry, Repository } from './registry.js';
-import type { TrustDecision } from './trust.js';
+import { isGitHubRepositoryName, type TrustDecision } from './trust.js';
 import { tokenFromHeader } from './upload/tokens.js';
 
 export interface PublicPreviewAnswer {
@@ -9,9 +9,6 @@ export interface PublicPreviewAnswer {
   reason: string;
 }
 
-// GitHub's alphabets: owners are letters, digits and single inner hyphens (≤ 39); repositories add `.` and `_`.
-const OWNER_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$/;
-const REPO_NAME = /^(?!\.\.?$)[A-Za-z0-9._-]{1,100}$/;
 
 /**
  * `GET /can-have-public-preview/<owner>/<repo>/<pr>`, safe to leave open to anyone: answered from a decision at
@@ -31,7 +28,7 @@ export class PublicPreviewCheck {
   ) {}
 
   async answer(owner: string, name: string, pr: number, authorization: string | undefined): Promise<PublicPreviewAnswer> {
-    if (!OWNER_NAME.test(owner) || !REPO_NAME.test(name)) throw badRequest(`"${owner}/${name}" is not a GitHub repository name.`);
+    if (!isGitHubRepositoryName(`${owner}/${name}`)) throw badRequest(`"${owner}/${name}" is not a GitHub repository name.`);
     const repo = this.registry.findRepository(`${owner}/${name}`);
     if (!repo?.installed) throw notFound(`preview-gate serves no previews for ${owner}/${name}.`);
     // Unknown privacy counts as private until GitHub has said otherwise.

@@ -55,3 +55,11 @@ export function defaultSite(repoName: string): string {
     .replace(/-+$/, '');
   return label || 'site';
 }
+
+/**
+ * `owner/name` in GitHub's alphabets: owners are letters, digits and single inner hyphens (≤ 39 characters);
+ * repository names add `.` and `_` (≤ 100, not `.` or `..`).
+ */
+export function isGitHubRepositoryName(fullName: string): boolean {
+  return /^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}\/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$/.test(fullName);
+}
