@@ -113,7 +113,8 @@ export async function startServer(
   options: { probot?: Probot; setupHandler?: ServerDeps['setupHandler']; host?: string; port?: number; azure?: AzureKeyOptions } = {},
 ): Promise<RunningServer> {
   const core = await openCore(config, options.azure);
-  core.store.init();
+  const objectsNote = core.store.init();
+  if (objectsNote) log.info(objectsNote);
   const metrics = createMetrics();
   const { github, previews, sweep } = createPreviews(core, metrics, log, options.probot);
   // Written at a clean stop, removed at start: its absence means the last stop was a crash or a power loss.

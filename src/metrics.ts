@@ -60,7 +60,7 @@ function readAtScrape(metrics: Metrics, name: string, help: string, read: () => 
 
 /** `preview_gate_stored_bytes`. */
 export function trackStoredBytes(metrics: Metrics, storedBytes: () => number): void {
-  readAtScrape(metrics, 'preview_gate_stored_bytes', 'Uncompressed bytes of builds on disk now', storedBytes);
+  readAtScrape(metrics, 'preview_gate_stored_bytes', 'Bytes of builds on disk now (identical files of builds of a repository counted once)', storedBytes);
 }
 
 /** Queue depth and the age of its oldest row: work GitHub has not taken yet (decisions, feedback). */

@@ -1,6 +1,6 @@
 import { and, eq, inArray } from 'drizzle-orm';
 import type { Logger } from 'pino';
-import type { ExtractLimits, ExtractResult } from './builds/extract.js';
+import type { BuildTarget, ExtractResult } from './builds/extract.js';
 import type { BuildStore } from './builds/store.js';
 import type { Config } from './config.js';
 import type { Db } from './db/client.js';
@@ -100,7 +100,7 @@ export class Previews {
     authorize: () => Promise<{ repo: Repository; facts: PrFacts }>,
     sha: string,
     source: 'upload' | 'artifact',
-    extract: (staging: string, limits: ExtractLimits) => Promise<ExtractResult>,
+    extract: (target: BuildTarget) => Promise<ExtractResult>,
   ): Promise<{ pr: PullRequest; build: Build }> {
     return this.ingest.ingestBuild(repo, number, authorize, sha, source, extract);
   }

@@ -91,9 +91,9 @@ export class ArtifactPuller {
 
     const zipFile = path.join(this.store.stagingDir, `artifact-${artifact.id}-${process.pid}-${Date.now()}.zip`);
     try {
-      const { pr } = await this.previews.ingestBuild(repo, number, async () => ({ repo, facts }), run.head_sha, 'artifact', async (staging, limits) => {
+      const { pr } = await this.previews.ingestBuild(repo, number, async () => ({ repo, facts }), run.head_sha, 'artifact', async (target) => {
         await this.download(octokit, owner, name, artifact.id, zipFile);
-        return extractZip(zipFile, staging, limits);
+        return extractZip(zipFile, target);
       });
       return { stored: true, pr: number, visibility: pr.visibility };
     } catch (err) {

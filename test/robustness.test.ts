@@ -88,10 +88,12 @@ test('a restart after an unclean stop sweeps staging, drops half-made builds and
 
 test('the account quota (MAX_ACCOUNT_BYTES) refuses with 413 and names the limit', async () => {
   server = await startTestServer({ MAX_ACCOUNT_BYTES: String(150 * 1024) });
-  const big = tarball({ 'data.bin': Buffer.alloc(100 * 1024, 7) });
-  github(4, [sha('95'), sha('96')], [LABEL], 2);
-  expect((await server.upload(4, sha('95'), big)).status).toBe(201);
-  const res = await server.upload(4, sha('96'), big);
+  const big = (fill: number) => tarball({ 'data.bin': Buffer.alloc(100 * 1024, fill) });
+  github(4, [sha('95'), sha('96'), sha('97')], [LABEL], 3);
+  expect((await server.upload(4, sha('95'), big(7))).status).toBe(201);
+  // The quota counts stored bytes: the same files again cost nothing (they are links to the first build's).
+  expect((await server.upload(4, sha('97'), big(7))).status).toBe(201);
+  const res = await server.upload(4, sha('96'), big(8));
   expect(res.status).toBe(413);
   expect((await res.json()).error).toMatch(/octo-org .*153600 bytes of previews \(MAX_ACCOUNT_BYTES\)/);
   expect(fs.existsSync(path.join(server.config.buildsDir, 'docs', '4', sha('96').slice(0, 7)))).toBe(false);

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Transform, Writable, type Readable } from 'node:stream';
@@ -5,6 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { Parser, type ReadEntry } from 'tar';
 import { badRequest, HttpError, tooLarge } from '../errors.js';
+import { replaceWithLink, sha256, type RepositoryObjects } from './objects.js';
 
 export interface ExtractLimits {
   /** Compressed bytes read from the source. */
@@ -13,14 +15,38 @@ export interface ExtractLimits {
   maxBuildBytes: number;
   /** Number of entries (files and directories). */
   maxBuildFiles: number;
-  /** The sentence of the 413 when maxBuildBytes is exceeded (when another limit, a quota, is the tighter one). */
-  buildBytesMessage?: string;
+  /** Bytes of new objects (files the repository's store did not hold) this build may add: the account's quota. */
+  maxNewBytes?: number;
+  /** The sentence of the 413 when maxNewBytes is exceeded. */
+  newBytesMessage?: string;
+}
+
+/** A file of a digest upload's manifest. */
+export interface ManifestFile {
+  sha256: string;
+  size: number;
+}
+
+/** Where a build is extracted: an empty staging folder whose files become links into the repository's objects. */
+export interface BuildTarget {
+  dir: string;
+  limits: ExtractLimits;
+  objects: RepositoryObjects;
+  /** A digest upload's manifest (safe relative path → file): what the archive sends must match it; the rest comes from the objects. */
+  manifest?: Map<string, ManifestFile>;
 }
 
 export interface ExtractResult {
   files: number;
+  /** Logical bytes: what the build holds. */
   bytes: number;
   compressedBytes: number;
+  /** Bytes of the contents the repository's store did not hold (what the build costs on disk). */
+  newBytes: number;
+  /** Every distinct file content of the build: sha256 → size. */
+  hashes: Map<string, number>;
+  /** The files holding those new contents, in staging: they become objects when the build is published. */
+  fresh: { path: string; hash: string }[];
 }
 
 const MAX_DEPTH = 64;
@@ -47,13 +73,15 @@ type EntryStream = Readable | ReadEntry;
 const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
 
 /**
- * Streams a gzipped tar into `dest` (an existing, empty folder), keeping only regular files and folders.
+ * Streams a gzipped tar into `target.dir` (an existing, empty folder), keeping only regular files and folders.
  * Every limit is enforced while streaming, before the bytes that break it are written. Files are created
  * read-only with O_EXCL, so nothing (a duplicate entry, a name planted earlier) is ever written through.
- * On error the caller removes `dest`; this function only guarantees it wrote nothing outside it.
+ * On error the caller removes the folder; this function only guarantees it wrote nothing outside it (objects
+ * it added are whole and checked; one that no build links is removed by the next cleanup).
  */
-export async function extractTarGz(source: Readable, dest: string, limits: ExtractLimits): Promise<ExtractResult> {
-  const tree = new BuildTree(dest, limits);
+export async function extractTarGz(source: Readable, target: BuildTarget): Promise<ExtractResult> {
+  const { limits } = target;
+  const tree = new BuildTree(target);
   const result = tree.result;
   let inflatedBytes = 0;
   // Tar adds at most a few 512-byte blocks per entry (header, pax/long-name headers, padding).
@@ -86,9 +114,9 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
       if (!FILE_TYPES.has(entry.type)) {
         throw badRequest(`The archive entry "${entry.path}" is a ${describeType(entry.type)}; only regular files and folders are allowed.`);
       }
-      const target = tree.file(entry.path, entry.size);
+      const file = tree.file(entry.path, entry.size);
       pendingWrites++;
-      writeFile(entry, target, entry.size, abort.signal).then(settled, (err) => {
+      tree.write(entry, file, entry.size, abort.signal).then(settled, (err) => {
         settled();
         if (!abort.signal.aborted) fail(writeError(err, entry.path));
       });
@@ -168,18 +196,24 @@ export async function extractTarGz(source: Readable, dest: string, limits: Extra
 
 /**
  * The checks every archive entry passes, whatever the archive format: a safe relative path, the entry count,
- * the total size, and no file where a folder is (or the reverse). Returns where to write.
+ * the total size, and no file where a folder is (or the reverse). Files are written through it, so that each
+ * becomes a link into the repository's objects (and, for a digest upload, matches its manifest).
  */
 export class BuildTree {
-  readonly result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0 };
+  readonly result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0, newBytes: 0, hashes: new Map(), fresh: [] };
   private entries = 0;
   private readonly knownDirs: Set<string>;
+  private readonly dest: string;
+  private readonly limits: ExtractLimits;
+  /** Paths of a digest upload's manifest received in the archive. */
+  private readonly received = new Set<string>();
+  /** Contents first written by this build: sha256 → its file in staging. */
+  private readonly fresh = new Map<string, string>();
 
-  constructor(
-    private readonly dest: string,
-    private readonly limits: ExtractLimits,
-  ) {
-    this.knownDirs = new Set([dest]);
+  constructor(private readonly target: BuildTarget) {
+    this.dest = target.dir;
+    this.limits = target.limits;
+    this.knownDirs = new Set([this.dest]);
   }
 
   directory(rawPath: string): void {
@@ -187,19 +221,93 @@ export class BuildTree {
     if (rel) this.ensureDir(path.join(this.dest, rel));
   }
 
-  /** The path to create for a regular file of `size` bytes; the caller writes it with `writeFile`. */
-  file(rawPath: string, size: number): string {
+  /** Where to create a regular file of `size` bytes; the caller writes it with `write`. */
+  file(rawPath: string, size: number): BuildFile {
     const rel = this.count(rawPath);
     if (!rel) throw badRequest('The archive holds a file entry without a name.');
+    const { manifest } = this.target;
+    if (manifest) {
+      const listed = manifest.get(rel);
+      if (!listed) throw badRequest(`The archive holds "${rel}", which the manifest does not name.`);
+      if (listed.size !== size) throw badRequest(`"${rel}" has ${size} bytes, but the manifest says ${listed.size}.`);
+      if (this.received.has(rel)) throw badRequest(`The archive holds "${rel}" more than once.`);
+      this.received.add(rel);
+    }
     this.result.bytes += size;
     if (this.result.bytes > this.limits.maxBuildBytes) throw tooLarge(buildTooLarge(this.limits));
     this.result.files++;
     const target = path.join(this.dest, rel);
     this.ensureDir(path.dirname(target));
-    return target;
+    return { rel, target };
   }
 
+  /**
+   * Writes one file: a link to the repository's object of its content when there is one (a small file then
+   * costs one link and no write), otherwise a new file, hashed and checked against the manifest, that becomes an
+   * object when the build is published (`ExtractResult.fresh`). Nothing unchecked ever becomes an object.
+   */
+  async write(content: EntryStream, file: BuildFile, size: number, signal: AbortSignal): Promise<void> {
+    const expected = this.target.manifest?.get(file.rel)?.sha256;
+    const check = (hash: string) => {
+      if (expected && hash !== expected) {
+        throw badRequest(`"${file.rel}" does not match the manifest: its sha256 is ${hash}, the manifest says ${expected}.`);
+      }
+    };
+    let hash: string;
+    if (size <= SMALL_FILE_BYTES) {
+      const buffer = await readSmall(content, signal);
+      hash = sha256(buffer);
+      check(hash);
+      if (!this.linkKnown(hash, file.target)) {
+        await writeBuffer(file.target, buffer);
+        this.addFresh(file.target, hash, size);
+      }
+    } else {
+      hash = await writeLargeFile(content, file.target, signal);
+      check(hash);
+      const known = this.target.objects.has(hash) ? this.target.objects.pathOf(hash) : this.fresh.get(hash);
+      if (known) replaceWithLink(known, file.target);
+      else this.addFresh(file.target, hash, size);
+    }
+    this.result.hashes.set(hash, size);
+  }
+
+  /** Links a content the repository or this build holds already; false when neither does. */
+  private linkKnown(hash: string, target: string): boolean {
+    if (this.target.objects.linkTo(hash, target)) return true;
+    const inThisBuild = this.fresh.get(hash);
+    if (!inThisBuild) return false;
+    fs.linkSync(inThisBuild, target);
+    return true;
+  }
+
+  private addFresh(target: string, hash: string, size: number): void {
+    this.fresh.set(hash, target);
+    this.result.fresh.push({ path: target, hash });
+    this.result.newBytes += size;
+    const max = this.limits.maxNewBytes;
+    if (max !== undefined && this.result.newBytes > max) {
+      throw tooLarge(this.limits.newBytesMessage ?? `The build adds more than ${max} bytes to the store.`);
+    }
+  }
+
+  /**
+   * The build as stored. For a digest upload, every manifest file that was not sent is linked from the
+   * objects; one that is not there either is a 400 (the client sends the manifest again).
+   */
   finish(): ExtractResult {
+    const { manifest } = this.target;
+    for (const [rel, listed] of manifest ?? []) {
+      if (this.received.has(rel)) continue;
+      const target = path.join(this.dest, rel);
+      this.ensureDir(path.dirname(target));
+      if (!this.linkKnown(listed.sha256, target)) {
+        throw badRequest(`The manifest names "${rel}" (sha256 ${listed.sha256}), which was neither sent nor stored; send the manifest again.`);
+      }
+      this.result.files++;
+      this.result.bytes += listed.size;
+      this.result.hashes.set(listed.sha256, listed.size);
+    }
     if (this.result.files === 0) throw badRequest('The archive holds no files.');
     return this.result;
   }
@@ -219,8 +327,13 @@ export class BuildTree {
   }
 }
 
-const buildTooLarge = (limits: ExtractLimits) =>
-  limits.buildBytesMessage ?? `The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`;
+export interface BuildFile {
+  /** The path relative to the build root, normalised. */
+  rel: string;
+  target: string;
+}
+
+const buildTooLarge = (limits: ExtractLimits) => `The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`;
 
 /**
  * The entry's path relative to the build root ('' for the root itself), or a 400 when it is absolute,
@@ -242,12 +355,7 @@ export function safeEntryPath(raw: string): string {
   return rel;
 }
 
-/** Writes one entry's bytes to a new read-only file (small files in one call, large ones streamed). */
-export function writeFile(content: EntryStream, target: string, size: number, signal: AbortSignal): Promise<void> {
-  return size <= SMALL_FILE_BYTES ? writeSmallFile(content, target, signal) : writeLargeFile(content, target, signal);
-}
-
-async function writeSmallFile(entry: EntryStream, target: string, signal: AbortSignal): Promise<void> {
+async function readSmall(entry: EntryStream, signal: AbortSignal): Promise<Buffer> {
   const chunks: Buffer[] = [];
   entry.on('data', (c: Buffer) => chunks.push(c));
   await new Promise<void>((resolve, reject) => {
@@ -261,16 +369,28 @@ async function writeSmallFile(entry: EntryStream, target: string, signal: AbortS
     entry.on('end', () => settle());
     entry.on('error', (err: unknown) => settle(err as Error));
   });
-  const content = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+}
+
+async function writeBuffer(target: string, content: Buffer): Promise<void> {
   // 'wx': never replace or write through anything already there; 0444: builds are immutable.
   const options = { flag: 'wx', mode: 0o444 };
   if (content.length <= SYNC_WRITE_BYTES) fs.writeFileSync(target, content, options);
   else await fs.promises.writeFile(target, content, options);
 }
 
-async function writeLargeFile(entry: EntryStream, target: string, signal: AbortSignal): Promise<void> {
+/** Streams a large entry to a new read-only file; returns its sha256. */
+async function writeLargeFile(entry: EntryStream, target: string, signal: AbortSignal): Promise<string> {
+  const hash = crypto.createHash('sha256');
+  const hashing = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      cb(null, chunk);
+    },
+  });
   const out = fs.createWriteStream(target, { flags: 'wx', mode: 0o444 });
-  await pipeline(entry, out, { signal });
+  await pipeline(entry, hashing, out, { signal });
+  return hash.digest('hex');
 }
 
 /** Maps what the filesystem says about an entry to a client error; anything unexpected passes through (500). */

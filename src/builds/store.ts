@@ -2,10 +2,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { conflict } from '../errors.js';
+import { ObjectStore } from './objects.js';
 
 export type Visibility = 'public' | 'hidden';
 
 const STAGING = '.staging';
+const OBJECTS_IN_BUILDS = '.objects';
 export const LATEST = '.latest';
 
 /** The folder of one PR: `<site>/<pr>` when public, `<site>/hidden--<pr>` when hidden. */
@@ -19,16 +21,43 @@ export function prFolderName(pr: number, visibility: Visibility): string {
  */
 export class BuildStore {
   readonly stagingDir: string;
+  private objectStore: ObjectStore | undefined;
 
-  constructor(readonly buildsDir: string) {
+  /** `objectsDir`: `DATA_DIR/objects`, used when it is on the builds' filesystem (see `init`). */
+  constructor(
+    readonly buildsDir: string,
+    private readonly objectsDir = path.join(path.dirname(buildsDir), 'objects'),
+  ) {
     this.stagingDir = path.join(buildsDir, STAGING);
   }
 
-  /** Creates the builds dir; removes staging folders left by a crash (nothing in them was ever served). */
-  init(): void {
+  /**
+   * Creates the builds dir; removes staging folders left by a crash (nothing in them was ever served).
+   * Returns a sentence when the objects cannot live in `DATA_DIR/objects` (see `objects`).
+   */
+  init(): string | undefined {
     fs.mkdirSync(this.buildsDir, { recursive: true });
     fs.rmSync(this.stagingDir, { recursive: true, force: true });
     fs.mkdirSync(this.stagingDir, { recursive: true });
+    const objects = this.objects;
+    return objects.dir === this.objectsDir
+      ? undefined
+      : `${this.objectsDir} is not on the filesystem of ${this.buildsDir}; the content-addressed objects are kept in ${objects.dir} so that builds can hard-link them`;
+  }
+
+  /**
+   * The repositories' content-addressed files: `DATA_DIR/objects`, or, when builds/ is a filesystem of its own
+   * (compose gives nginx only that volume), `builds/.objects` beside the staging folder: hard links need one
+   * filesystem. nginx serves neither.
+   */
+  get objects(): ObjectStore {
+    if (!this.objectStore) {
+      fs.mkdirSync(this.buildsDir, { recursive: true });
+      fs.mkdirSync(this.objectsDir, { recursive: true });
+      const sameFilesystem = fs.statSync(this.objectsDir).dev === fs.statSync(this.buildsDir).dev;
+      this.objectStore = new ObjectStore(sameFilesystem ? this.objectsDir : path.join(this.buildsDir, OBJECTS_IN_BUILDS));
+    }
+    return this.objectStore;
   }
 
   prDir(site: string, pr: number, visibility: Visibility): string {
@@ -134,7 +163,7 @@ export class BuildStore {
     const dirs: string[] = [];
     const list = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir, { withFileTypes: true }) : []);
     for (const site of list(this.buildsDir)) {
-      if (!site.isDirectory() || site.name === STAGING) continue;
+      if (!site.isDirectory() || site.name.startsWith('.')) continue;
       for (const pr of list(path.join(this.buildsDir, site.name))) {
         if (!pr.isDirectory() || !/^(hidden--)?[1-9][0-9]*$/.test(pr.name)) continue;
         for (const build of list(path.join(this.buildsDir, site.name, pr.name))) {

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import yauzl, { type Entry, type ZipFile } from 'yauzl';
 import { badRequest, HttpError, tooLarge } from '../errors.js';
-import { BuildTree, extractTarGz, writeError, writeFile, type ExtractLimits, type ExtractResult } from './extract.js';
+import { BuildTree, extractTarGz, writeError, type BuildTarget, type ExtractResult } from './extract.js';
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
@@ -13,7 +13,8 @@ const S_IFDIR = 0o040000;
  * (paths, types, entry count, sizes); the declared sizes are checked before anything is written, and yauzl
  * refuses an entry whose real size differs from the declared one.
  */
-export async function extractZip(file: string, dest: string, limits: ExtractLimits): Promise<ExtractResult> {
+export async function extractZip(file: string, target: BuildTarget): Promise<ExtractResult> {
+  const { limits } = target;
   const zip = await openZip(file);
   try {
     if (zip.entryCount > limits.maxBuildFiles) throw tooLarge(`The archive has more than ${limits.maxBuildFiles} entries.`);
@@ -21,9 +22,9 @@ export async function extractZip(file: string, dest: string, limits: ExtractLimi
     const files = entries.filter((e) => !isDirectory(e));
     const only = files.length === 1 ? files[0]! : undefined;
     if (only && /\.(tgz|tar\.gz)$/i.test(only.fileName)) {
-      return await extractTarGz(await openEntry(zip, only), dest, limits);
+      return await extractTarGz(await openEntry(zip, only), target);
     }
-    const tree = new BuildTree(dest, limits);
+    const tree = new BuildTree(target);
     for (const entry of entries) await extractEntry(zip, entry, tree);
     return tree.finish();
   } finally {
@@ -40,8 +41,8 @@ async function extractEntry(zip: ZipFile, entry: Entry, tree: BuildTree): Promis
       throw badRequest(`The archive entry "${entry.fileName}" is a ${kind}; only regular files and folders are allowed.`);
     }
     if (entry.isEncrypted()) throw badRequest(`The archive entry "${entry.fileName}" is encrypted.`);
-    const target = tree.file(entry.fileName, entry.uncompressedSize);
-    await writeFile(await openEntry(zip, entry), target, entry.uncompressedSize, new AbortController().signal);
+    const file = tree.file(entry.fileName, entry.uncompressedSize);
+    await tree.write(await openEntry(zip, entry), file, entry.uncompressedSize, new AbortController().signal);
   } catch (err) {
     const mapped = writeError(err, entry.fileName);
     throw mapped instanceof HttpError ? mapped : zipProblem(mapped);

@@ -3,7 +3,7 @@
  * migrations under src/db/migrations (`npm run db:generate`), which are applied at start-up.
  */
 import { sql } from 'drizzle-orm';
-import { blob, index, integer, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core';
+import { blob, index, integer, primaryKey, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core';
 
 const createdAt = () =>
   integer('created_at', { mode: 'timestamp_ms' })
@@ -118,10 +118,50 @@ export const builds = sqliteTable(
     files: integer('files').notNull().default(0),
     /** The GitHub Deployment (environment preview/pr-<N>) created for this build. */
     deploymentId: integer('deployment_id'),
+    /** Its files are links into the repository's objects (false: stored before objects existed, its own copies). */
+    contentAddressed: integer('content_addressed', { mode: 'boolean' }).notNull().default(false),
     createdAt: createdAt(),
   },
   // One claim per sha7 per PR: the database, not the filesystem, decides which of N concurrent uploads wins.
   (t) => [uniqueIndex('builds_pr_sha7').on(t.pullRequestId, t.sha7)],
+);
+
+/**
+ * The repository's content-addressed files (`<objects>/<repository id>/<ab>/<sha256>`) that builds link: what
+ * they cost on disk, for quotas and `usage`. A row is added when a build using the object is stored, and removed
+ * with the object once no build links it.
+ */
+export const objects = sqliteTable(
+  'objects',
+  {
+    repositoryId: integer('repository_id')
+      .notNull()
+      .references(() => repositories.id),
+    sha256: text('sha256').notNull(),
+    size: integer('size').notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [primaryKey({ columns: [t.repositoryId, t.sha256] })],
+);
+
+/**
+ * A digest upload's manifest, between `POST …/manifest` and the upload that names it by its sha256 (kept an
+ * hour).
+ */
+export const manifests = sqliteTable(
+  'manifests',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    repositoryId: integer('repository_id')
+      .notNull()
+      .references(() => repositories.id),
+    pullRequestNumber: integer('pull_request_number').notNull(),
+    sha: text('sha').notNull(),
+    digest: text('digest').notNull(),
+    body: text('body').notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('manifests_upload').on(t.repositoryId, t.pullRequestNumber, t.sha, t.digest)],
 );
 
 /** Encrypted values (upload secrets). The value's own DEK is wrapped by the account DEK. */

@@ -1,6 +1,6 @@
-import { and, count, eq, isNull, sum } from 'drizzle-orm';
-import type { ExtractLimits, ExtractResult } from '../builds/extract.js';
-import { builds, pullRequests, repositories, uploads } from '../db/schema.js';
+import { and, count, eq, isNull, sql, sum } from 'drizzle-orm';
+import type { BuildTarget, ExtractResult } from '../builds/extract.js';
+import { builds, objects, pullRequests, repositories, uploads } from '../db/schema.js';
 import { conflict, HttpError, tooLarge } from '../errors.js';
 import type { PrFacts } from '../github.js';
 import type { PullRequest, Repository } from '../registry.js';
@@ -27,14 +27,14 @@ export class Ingest {
     authorize: () => Promise<{ repo: Repository; facts: PrFacts }>,
     sha: string,
     source: 'upload' | 'artifact',
-    extract: (staging: string, limits: ExtractLimits) => Promise<ExtractResult>,
+    extract: (target: BuildTarget) => Promise<ExtractResult>,
   ): Promise<{ pr: PullRequest; build: Build }> {
     const { config } = this.ctx;
+    // The quota counts what is stored: a build whose files the repository holds already costs (almost) nothing.
     const accountRoom = config.maxAccountBytes - this.accountBytes(repo);
     const quotaMessage = `The account ${repo.fullName.split('/')[0]} would store more than its ${config.maxAccountBytes} bytes of previews (MAX_ACCOUNT_BYTES); builds of closed PRs are removed after ${config.cleanupAfterHours} h.`;
     if (accountRoom <= 0) throw tooLarge(quotaMessage);
-    const limits: ExtractLimits =
-      accountRoom < config.maxBuildBytes ? { ...config, maxBuildBytes: accountRoom, buildBytesMessage: quotaMessage } : config;
+    const limits = { ...config, maxNewBytes: accountRoom, newBytesMessage: quotaMessage };
     let claim: { buildId: number; prId: number };
     try {
       claim = this.claimBuild(repo, number, sha);
@@ -52,9 +52,12 @@ export class Ingest {
     try {
       staging = await this.ctx.store.createStaging();
       const stopTimer = this.ctx.metrics.extractionSeconds.startTimer();
-      const size = await extract(staging, limits);
+      const objects = this.ctx.store.objects.forRepository(repo.id);
+      const size = await extract({ dir: staging, limits, objects });
       stopTimer();
       const { repo: current, facts } = await authorized;
+      // Only a build GitHub said yes to adds objects; a refused one leaves nothing behind.
+      objects.adoptAll(size.fresh);
       const { pr, build, changed } = await this.storeBuild(current, facts, claim.buildId, staging, size, sha);
       staging = undefined;
       this.ctx.metrics.uploadedBytes.inc(size.bytes);
@@ -121,33 +124,62 @@ export class Ingest {
     facts: PrFacts,
     buildId: number,
     staging: string,
-    size: { bytes: number; files: number },
+    size: ExtractResult,
     sha: string,
   ): Promise<{ pr: PullRequest; build: Build; changed: boolean }> {
     return withPr(this.ctx, repo.id, facts.number, async () => {
       const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
       const build = this.ctx.db.select().from(builds).where(eq(builds.id, buildId)).get()!;
       await this.ctx.store.publish(staging, this.decisions.currentRepo(repo).site, facts.number, pr.visibility, build.sha7);
-      const ready = this.ctx.db.update(builds).set({ status: 'ready', ...size }).where(eq(builds.id, buildId)).returning().get();
+      const ready = this.ctx.db.transaction((tx) => {
+        const insert = tx
+          .insert(objects)
+          .values({ repositoryId: repo.id, sha256: sql.placeholder('sha256'), size: sql.placeholder('size') })
+          .onConflictDoNothing()
+          .prepare();
+        for (const [sha256, bytes] of size.hashes) insert.run({ sha256, size: bytes });
+        return tx
+          .update(builds)
+          .set({ status: 'ready', files: size.files, bytes: size.bytes, contentAddressed: true })
+          .where(eq(builds.id, buildId))
+          .returning()
+          .get();
+      });
       return { pr, build: ready, changed };
     });
   }
 
-  /** Bytes of all ready builds. */
+  /** Bytes on disk: every object, and the builds stored before objects existed. */
   storedBytes(): number {
-    const row = this.ctx.db.select({ bytes: sum(builds.bytes) }).from(builds).where(eq(builds.status, 'ready')).get();
-    return Number(row?.bytes ?? 0);
+    const { db } = this.ctx;
+    const inObjects = db.select({ bytes: sum(objects.size) }).from(objects).get();
+    const ownCopies = db
+      .select({ bytes: sum(builds.bytes) })
+      .from(builds)
+      .where(and(eq(builds.status, 'ready'), eq(builds.contentAddressed, false)))
+      .get();
+    return Number(inObjects?.bytes ?? 0) + Number(ownCopies?.bytes ?? 0);
   }
 
-  /** Bytes of builds stored (or being stored) by the account that owns `repo`. */
+  /**
+   * Bytes on disk of the account that owns `repo`: its repositories' objects, plus builds stored before
+   * objects existed (their own copies).
+   */
   accountBytes(repo: Repository): number {
-    const row = this.ctx.db
+    const { db } = this.ctx;
+    const inObjects = db
+      .select({ bytes: sum(objects.size) })
+      .from(objects)
+      .innerJoin(repositories, eq(objects.repositoryId, repositories.id))
+      .where(eq(repositories.accountId, repo.accountId))
+      .get();
+    const ownCopies = db
       .select({ bytes: sum(builds.bytes) })
       .from(builds)
       .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
       .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
-      .where(eq(repositories.accountId, repo.accountId))
+      .where(and(eq(repositories.accountId, repo.accountId), eq(builds.contentAddressed, false)))
       .get();
-    return Number(row?.bytes ?? 0);
+    return Number(inObjects?.bytes ?? 0) + Number(ownCopies?.bytes ?? 0);
   }
 }

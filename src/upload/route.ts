@@ -61,10 +61,10 @@ export function uploadRouter(deps: UploadDeps): Router {
     let tempFile: string | undefined;
     let stored;
     try {
-      stored = await deps.previews.ingestBuild(authenticated, pr, authorize, sha, 'upload', async (staging, limits) => {
+      stored = await deps.previews.ingestBuild(authenticated, pr, authorize, sha, 'upload', async (target) => {
         cutWhenIdle(req, res, config.uploadIdleMs);
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
-        return extractTarGz(body as Readable, staging, limits);
+        return extractTarGz(body as Readable, target);
       });
     } catch (err) {
       if (!req.complete) res.set('Connection', 'close');

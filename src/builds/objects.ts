@@ -1,0 +1,129 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const sha256 = (content: Buffer) => crypto.createHash('sha256').update(content).digest('hex');
+export const isSha256 = (value: unknown): value is string => typeof value === 'string' && /^[0-9a-f]{64}$/.test(value);
+
+/**
+ * One repository's content-addressed files: `<objects>/<repository id>/<ab>/<sha256>`, read-only. A build's
+ * file is a hard link to its object, so identical files of any two builds are one inode. Per repository, so
+ * a manifest's answer ("missing") never tells one repository what another one holds.
+ *
+ * An object no build links any more has a link count of 1: that is how unreferenced objects are found,
+ * without a reference count to keep right.
+ */
+export class RepositoryObjects {
+  private readonly knownDirs = new Set<string>();
+
+  constructor(readonly dir: string) {}
+
+  pathOf(hash: string): string {
+    return path.join(this.dir, hash.slice(0, 2), hash);
+  }
+
+  has(hash: string): boolean {
+    return fs.existsSync(this.pathOf(hash));
+  }
+
+  /**
+   * Makes the build's new files (written and checked during extraction) objects, just before the build is
+   * published: a failed or refused upload never adds an object. A file whose object appeared meanwhile (another
+   * upload of the same content) is replaced by a link to it.
+   */
+  adoptAll(files: Iterable<{ path: string; hash: string }>): void {
+    for (const file of files) {
+      const object = this.pathOf(file.hash);
+      this.ensureDir(path.dirname(object));
+      if (!adoptAsObject(file.path, object)) replaceWithLink(object, file.path);
+    }
+  }
+
+  /** Links the object for `hash` at `target`; false when there is no such object. */
+  linkTo(hash: string, target: string): boolean {
+    return linkIfThere(this.pathOf(hash), target);
+  }
+
+  /** Removes objects that no build links any more; returns how many and their bytes. */
+  removeUnreferenced(): { hashes: string[]; bytes: number } {
+    const hashes: string[] = [];
+    let bytes = 0;
+    for (const fan of readdir(this.dir)) {
+      const fanDir = path.join(this.dir, fan);
+      for (const name of readdir(fanDir)) {
+        const file = path.join(fanDir, name);
+        const stat = fs.lstatSync(file, { throwIfNoEntry: false });
+        if (!stat?.isFile() || stat.nlink > 1) continue;
+        fs.rmSync(file, { force: true });
+        if (isSha256(name)) hashes.push(name);
+        bytes += stat.size;
+      }
+    }
+    return { hashes, bytes };
+  }
+
+  private ensureDir(dir: string): void {
+    if (this.knownDirs.has(dir)) return;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    this.knownDirs.add(dir);
+  }
+}
+
+/** The object stores of all repositories, in one folder on the builds' filesystem (hard links need that). */
+export class ObjectStore {
+  private readonly repositories = new Map<number, RepositoryObjects>();
+
+  constructor(readonly dir: string) {}
+
+  forRepository(repositoryId: number): RepositoryObjects {
+    let objects = this.repositories.get(repositoryId);
+    if (!objects) {
+      objects = new RepositoryObjects(path.join(this.dir, String(repositoryId)));
+      this.repositories.set(repositoryId, objects);
+    }
+    return objects;
+  }
+
+  /** Repository ids that have an objects folder. */
+  repositoryIds(): number[] {
+    return readdir(this.dir)
+      .filter((name) => /^[1-9][0-9]*$/.test(name))
+      .map(Number);
+  }
+}
+
+function linkIfThere(existing: string, target: string): boolean {
+  try {
+    fs.linkSync(existing, target);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !fs.existsSync(existing)) return false;
+    throw err;
+  }
+}
+
+/** Replaces `file` by a link to `existing` (renamed over it: `file` never goes missing); kept as it is when `existing` went away. */
+export function replaceWithLink(existing: string, file: string): void {
+  const temp = `${file}.link-${crypto.randomBytes(4).toString('hex')}`;
+  if (linkIfThere(existing, temp)) fs.renameSync(temp, file);
+}
+
+/** Links `file` as `object`; false when the object exists already. */
+function adoptAsObject(file: string, object: string): boolean {
+  try {
+    fs.linkSync(file, object);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+}
+
+function readdir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
