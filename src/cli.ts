@@ -210,9 +210,10 @@ async function withGitHub(io: CliIo, command: string, task: (parts: ReturnType<t
 /** One cleanup pass, as the server runs every 15 minutes; GitHub must be reachable (nothing is deleted otherwise). */
 function cleanup(io: CliIo): Promise<number> {
   return withGitHub(io, 'cleanup', async ({ previews }) => {
-    const { removedPrs, skipped, why } = await previews.cleanup();
+    const { removedPrs, skipped, why, freed } = await previews.cleanup();
     io.stdout.write(`Removed the builds of ${removedPrs} closed pull request(s); ${skipped} skipped${skipped ? ':' : '.'}\n`);
     for (const line of why) io.stdout.write(`  ${line}\n`);
+    io.stdout.write(`Removed ${freed.objects} stored file(s) no build uses any more (${freed.bytes} bytes).\n`);
     return 0;
   });
 }

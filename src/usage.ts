@@ -1,6 +1,6 @@
-import { and, count, countDistinct, eq, gte, isNotNull, sum } from 'drizzle-orm';
+import { and, count, countDistinct, eq, gte, isNotNull, sql, sum } from 'drizzle-orm';
 import type { Db } from './db/client.js';
-import { accounts, builds, pullRequests, repositories, uploads } from './db/schema.js';
+import { accounts, builds, objects, pullRequests, repositories, uploads } from './db/schema.js';
 
 /** The figures a bill would use, per account. */
 export interface AccountUsage {
@@ -8,8 +8,11 @@ export interface AccountUsage {
   githubId: number | null;
   /** Repositories the app is installed on now. */
   repositories: number;
-  /** Builds stored now, and their bytes (uncompressed, as on disk). */
+  /** Builds stored now. */
   builds: number;
+  /** What those builds hold (uncompressed), counting a file once per build. */
+  bytesLogical: number;
+  /** What they take on disk: identical files of a repository's builds are stored once. */
   bytesStored: number;
   /** Builds stored since the first day of the month (UTC), by upload or pull mode, and their bytes. */
   uploadsThisMonth: number;
@@ -34,11 +37,23 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
     .groupBy(repositories.accountId)
     .all();
   const stored = db
-    .select({ accountId: repositories.accountId, n: count(), bytes: sum(builds.bytes) })
+    .select({
+      accountId: repositories.accountId,
+      n: count(),
+      bytes: sum(builds.bytes),
+      // Builds stored before objects existed are their own copies.
+      ownCopies: sum(sql<number>`case when ${builds.contentAddressed} then 0 else ${builds.bytes} end`),
+    })
     .from(builds)
     .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
     .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
     .where(eq(builds.status, 'ready'))
+    .groupBy(repositories.accountId)
+    .all();
+  const inObjects = db
+    .select({ accountId: repositories.accountId, bytes: sum(objects.size) })
+    .from(objects)
+    .innerJoin(repositories, eq(objects.repositoryId, repositories.id))
     .groupBy(repositories.accountId)
     .all();
   const month = db
@@ -48,7 +63,7 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
     .groupBy(uploads.accountId)
     .all();
   const byAccount = <T extends { accountId: number }>(rows: T[]) => new Map(rows.map((r) => [r.accountId, r]));
-  const [repoRows, storedRows, monthRows] = [byAccount(repos), byAccount(stored), byAccount(month)];
+  const [repoRows, storedRows, monthRows, objectRows] = [byAccount(repos), byAccount(stored), byAccount(month), byAccount(inObjects)];
   return {
     month: monthStart.toISOString().slice(0, 7),
     accounts: db
@@ -61,7 +76,8 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
         githubId: a.githubId,
         repositories: repoRows.get(a.id)?.n ?? 0,
         builds: storedRows.get(a.id)?.n ?? 0,
-        bytesStored: Number(storedRows.get(a.id)?.bytes ?? 0),
+        bytesLogical: Number(storedRows.get(a.id)?.bytes ?? 0),
+        bytesStored: Number(objectRows.get(a.id)?.bytes ?? 0) + Number(storedRows.get(a.id)?.ownCopies ?? 0),
         uploadsThisMonth: monthRows.get(a.id)?.n ?? 0,
         bytesUploadedThisMonth: Number(monthRows.get(a.id)?.bytes ?? 0),
         authorsThisMonth: monthRows.get(a.id)?.authors ?? 0,
@@ -71,11 +87,12 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
 
 /** The report as an aligned table for a terminal. */
 export function formatUsage(report: UsageReport): string {
-  const header = ['account', 'repositories', 'builds', 'stored', `uploads ${report.month}`, `uploaded ${report.month}`, 'authors'];
+  const header = ['account', 'repositories', 'builds', 'logical', 'stored', `uploads ${report.month}`, `uploaded ${report.month}`, 'authors'];
   const rows = report.accounts.map((a) => [
     a.account,
     String(a.repositories),
     String(a.builds),
+    formatBytes(a.bytesLogical),
     formatBytes(a.bytesStored),
     String(a.uploadsThisMonth),
     formatBytes(a.bytesUploadedThisMonth),

@@ -260,7 +260,7 @@ describe('the sweep catches what no webhook said', () => {
     const report = await server.sweep!.run();
     expect(report).toMatchObject({ installations: 1, pullRequests: 1, changed: 1 });
     expect(prRow(9)).toMatchObject({ state: 'closed', visibility: 'hidden' });
-    expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toEqual({ removedPrs: 1, skipped: 0, why: [] });
+    expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toMatchObject({ removedPrs: 1, skipped: 0, why: [] });
     expect(fs.existsSync(prDir('docs', 9, 'hidden'))).toBe(false);
   });
 
@@ -430,6 +430,6 @@ test('a repository removed from the installation has its builds removed after th
     sender: { id: 1001, login: 'maintainer' },
   });
   expect(prRow(23).visibility).toBe('hidden');
-  expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toEqual({ removedPrs: 1, skipped: 0, why: [] });
+  expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toMatchObject({ removedPrs: 1, skipped: 0, why: [] });
   expect(fs.existsSync(prDir('docs', 23, 'hidden'))).toBe(false);
 });

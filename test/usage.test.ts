@@ -46,14 +46,16 @@ test('usage counts per account what is stored now and what was uploaded this mon
         githubId: null,
         repositories: 1,
         builds: 3,
-        bytesStored: siteTarballBytes('one') + siteTarballBytes('two') + siteTarballBytes('three'),
+        bytesLogical: siteTarballBytes('one') + siteTarballBytes('two') + siteTarballBytes('three'),
+        // The three builds share one 404.html: it is stored once.
+        bytesStored: siteTarballBytes('one') + siteTarballBytes('two') + siteTarballBytes('three') - 2 * NOT_FOUND_BYTES,
         uploadsThisMonth: 3,
         bytesUploadedThisMonth: expect.any(Number),
         authorsThisMonth: 2,
       },
     ],
   });
-  expect(report.accounts[0].bytesUploadedThisMonth).toBe(report.accounts[0].bytesStored);
+  expect(report.accounts[0].bytesUploadedThisMonth).toBe(report.accounts[0].bytesLogical);
   // Authors are users keyed by GitHub's numeric id, not by login.
   expect(server.core.db.select({ provider: users.provider, providerId: users.providerId }).from(users).all()).toEqual(
     expect.arrayContaining([
@@ -68,15 +70,25 @@ test('usage counts per account what is stored now and what was uploaded this mon
   await sendWebhook(server.url, 'pull_request', pullRequestEvent('closed', { number: 90, state: 'closed', author: alice, head: sha('a2') }));
   await server.previews.settled();
   githubFor({ number: 90, state: 'closed', author: alice, commits: [sha('a2')] });
-  expect(await server.previews.cleanup(new Date(Date.now() + 49 * 3600_000))).toEqual({ removedPrs: 1, skipped: 0, why: [] });
+  // The files only PR 90's builds used are removed with them; the shared 404.html stays for PR 91's build.
+  const freedBytes = siteTarballBytes('one') + siteTarballBytes('two') - 2 * NOT_FOUND_BYTES;
+  expect(await server.previews.cleanup(new Date(Date.now() + 49 * 3600_000))).toEqual({
+    removedPrs: 1,
+    skipped: 0,
+    why: [],
+    freed: { objects: 4, bytes: freedBytes },
+  });
   const after = JSON.parse((await usage(['--json'])).stdout).accounts[0];
   expect(after).toMatchObject({ builds: 1, uploadsThisMonth: 3, authorsThisMonth: 2 });
+  expect(after.bytesLogical).toBe(siteTarballBytes('three'));
   expect(after.bytesStored).toBe(siteTarballBytes('three'));
 
   const table = await usage();
-  expect(table.stdout.split('\n')[0]).toMatch(new RegExp(`^account\\s+repositories\\s+builds\\s+stored\\s+uploads ${month}\\s+uploaded ${month}\\s+authors$`));
-  expect(table.stdout.split('\n')[1]).toMatch(/^octo-org\s+1\s+1\s+\d+ B\s+3\s+\d+ B\s+2$/);
+  expect(table.stdout.split('\n')[0]).toMatch(new RegExp(`^account\\s+repositories\\s+builds\\s+logical\\s+stored\\s+uploads ${month}\\s+uploaded ${month}\\s+authors$`));
+  expect(table.stdout.split('\n')[1]).toMatch(/^octo-org\s+1\s+1\s+\d+ B\s+\d+ B\s+3\s+\d+ B\s+2$/);
 });
+
+const NOT_FOUND_BYTES = Buffer.byteLength('<h1>not here</h1>');
 
 /** Uncompressed bytes of the files of `siteTarball(marker)`. */
 function siteTarballBytes(marker: string): number {

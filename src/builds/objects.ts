@@ -44,11 +44,15 @@ export class RepositoryObjects {
     return linkIfThere(this.pathOf(hash), target);
   }
 
-  /** Removes objects that no build links any more; returns how many and their bytes. */
-  removeUnreferenced(): { hashes: string[]; bytes: number } {
+  /**
+   * Removes objects that no build links any more; returns which and their bytes. Yields to the event loop
+   * between the 256 sub-folders, so a large store does not stall uploads while it is walked.
+   */
+  async removeUnreferenced(): Promise<{ hashes: string[]; bytes: number }> {
     const hashes: string[] = [];
     let bytes = 0;
     for (const fan of readdir(this.dir)) {
+      await new Promise((resolve) => setImmediate(resolve));
       const fanDir = path.join(this.dir, fan);
       for (const name of readdir(fanDir)) {
         const file = path.join(fanDir, name);

@@ -1,7 +1,8 @@
-import { and, eq, gt, lt, or } from 'drizzle-orm';
+import { and, eq, gt, inArray, lt, or } from 'drizzle-orm';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { builds, pullRequests, repositories } from '../db/schema.js';
+import { builds, objects, pullRequests, repositories } from '../db/schema.js';
 import type { PullRequest, Repository } from '../registry.js';
 import type { Octokit } from '../github.js';
 import { octokitFor, withPr, type PreviewsContext } from './context.js';
@@ -64,7 +65,53 @@ export class Maintenance {
     if (pending || missing || orphans.length) {
       this.ctx.log.warn({ pending, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
     }
-    if (options.unclean) await this.checkRecentBuilds(options.now ?? new Date());
+    if (options.unclean) {
+      const now = options.now ?? new Date();
+      await this.checkRecentBuilds(now);
+      this.checkRecentObjects(now);
+      await this.removeUnreferencedObjects();
+    }
+  }
+
+  /**
+   * An object written just before a power loss may hold less (or other) than its name says; a build linking
+   * it was dropped above, but the object must not serve the next upload of that content. Objects recorded in
+   * the last RECENT_BUILD_MS are hashed again; one that differs is removed with its row.
+   */
+  private checkRecentObjects(now: Date): void {
+    const { db, store } = this.ctx;
+    const since = new Date(now.getTime() - RECENT_BUILD_MS);
+    for (const row of db.select().from(objects).where(gt(objects.createdAt, since)).all()) {
+      const file = store.objects.forRepository(row.repositoryId).pathOf(row.sha256);
+      const content = fs.existsSync(file) ? fs.readFileSync(file) : undefined;
+      if (content && crypto.createHash('sha256').update(content).digest('hex') === row.sha256) continue;
+      fs.rmSync(file, { force: true });
+      db.delete(objects).where(and(eq(objects.repositoryId, row.repositoryId), eq(objects.sha256, row.sha256))).run();
+      this.ctx.log.warn({ repositoryId: row.repositoryId, sha256: row.sha256 }, 'an object stored just before an unclean stop is damaged on disk; removed');
+    }
+  }
+
+  /**
+   * Removes the objects no build links any more (a link count of 1: only the objects folder names it), and
+   * the rows of objects that are gone. Returns how many and their bytes.
+   */
+  async removeUnreferencedObjects(): Promise<{ objects: number; bytes: number }> {
+    const { db, store } = this.ctx;
+    let count = 0;
+    let bytes = 0;
+    for (const repositoryId of store.objects.repositoryIds()) {
+      const repoObjects = store.objects.forRepository(repositoryId);
+      const removed = await repoObjects.removeUnreferenced();
+      count += removed.hashes.length;
+      bytes += removed.bytes;
+      const rows = db.select({ sha256: objects.sha256 }).from(objects).where(eq(objects.repositoryId, repositoryId)).all();
+      const gone = rows.map((r) => r.sha256).filter((hash) => !repoObjects.has(hash));
+      for (let i = 0; i < gone.length; i += 500) {
+        db.delete(objects).where(and(eq(objects.repositoryId, repositoryId), inArray(objects.sha256, gone.slice(i, i + 500)))).run();
+      }
+    }
+    if (count) this.ctx.log.info({ objects: count, bytes }, 'removed objects that no build links any more');
+    return { objects: count, bytes };
   }
 
   /**
@@ -102,7 +149,7 @@ export class Maintenance {
    * Removes the builds of PRs closed (and of repositories uninstalled) longer than CLEANUP_AFTER_HOURS ago.
    * GitHub is asked first; when it cannot be asked, nothing is deleted.
    */
-  async cleanup(now = new Date()): Promise<{ removedPrs: number; skipped: number; why: string[] }> {
+  async cleanup(now = new Date()): Promise<{ removedPrs: number; skipped: number; why: string[]; freed: { objects: number; bytes: number } }> {
     const cutoff = new Date(now.getTime() - this.ctx.config.cleanupAfterHours * 3600_000);
     let removedPrs = 0;
     let skipped = 0;
@@ -134,7 +181,7 @@ export class Maintenance {
       removedPrs++;
       this.ctx.log.info({ repo: repo.fullName, pr: pr.number }, 'removed the builds of a closed pull request');
     }
-    return { removedPrs, skipped, why };
+    return { removedPrs, skipped, why, freed: await this.removeUnreferencedObjects() };
   }
 
   /** Whether GitHub confirms the PR is still closed (or the app still uninstalled). Throws when it cannot be asked. */
