@@ -105,6 +105,10 @@ export class Previews {
     return this.ingest.ingestBuild(repo, number, authorize, sha, source, extract);
   }
 
+  hasBuild(repo: Repository, number: number, sha: string): boolean {
+    return this.ingest.hasBuild(repo, number, sha);
+  }
+
   storedBytes(): number {
     return this.ingest.storedBytes();
   }

@@ -149,6 +149,17 @@ export class Ingest {
     });
   }
 
+  /** Whether a build of `sha` (its 7-character prefix) is stored, or being stored, for this PR. */
+  hasBuild(repo: Repository, number: number, sha: string): boolean {
+    const row = this.ctx.db
+      .select({ id: builds.id })
+      .from(builds)
+      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+      .where(and(eq(pullRequests.repositoryId, repo.id), eq(pullRequests.number, number), eq(builds.sha7, sha.slice(0, 7))))
+      .get();
+    return row !== undefined;
+  }
+
   /** Bytes on disk: every object, and the builds stored before objects existed. */
   storedBytes(): number {
     const { db } = this.ctx;

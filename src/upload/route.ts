@@ -2,9 +2,10 @@ import fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { Router, type Request, type Response } from 'express';
 import multer from 'multer';
-import { extractTarGz } from '../builds/extract.js';
+import { BuildTree, extractTarGz, type BuildTarget, type ExtractResult } from '../builds/extract.js';
 import type { BuildStore } from '../builds/store.js';
 import type { Config } from '../config.js';
+import type { Db } from '../db/client.js';
 import { badRequest, forbidden, tooLarge, unavailable } from '../errors.js';
 import type { GitHub } from '../github.js';
 import type { Metrics } from '../metrics.js';
@@ -12,12 +13,16 @@ import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
+import { MANIFEST_HEADER, Manifests, readManifestBody, parseManifest } from './manifests.js';
 import { claimedSlug, tokenAlgorithm, tokenFromHeader, verifyOidcToken, verifyTravisToken } from './tokens.js';
 
 export const UPLOAD_SECRET_NAME = 'upload-key';
+/** A manifest of 50,000 files with paths of 200 characters fits. */
+const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
 
 export interface UploadDeps {
   config: Config;
+  db: Db;
   registry: Registry;
   secrets: SecretStore;
   store: BuildStore;
@@ -29,7 +34,8 @@ export interface UploadDeps {
 
 /** POST /create-build/<pr>/<sha>: parse → authenticate → authorize → store → answer. */
 export function uploadRouter(deps: UploadDeps): Router {
-  const { config, metrics } = deps;
+  const { config } = deps;
+  const manifests = new Manifests(deps.db);
   const router = Router();
   const multipart = multer({
     dest: deps.store.stagingDir,
@@ -37,49 +43,50 @@ export function uploadRouter(deps: UploadDeps): Router {
   }).single('artifact');
 
   router.post('/create-build/:pr/:sha', async (req, res) => {
-    res.on('finish', () => metrics.uploads.inc({ status: String(res.statusCode) }));
-    // Whatever the answer, a body still coming is read and dropped (up to a bound), so a client that writes its
-    // whole body before reading (Node's fetch, Python's requests) reads the answer instead of a broken pipe.
-    res.once('finish', () => {
-      if (!req.complete) discardRestOfBody(req, config.maxUploadBytes, config.uploadIdleMs);
-    });
+    answerWhateverComes(deps, req, res);
     const pr = parsePr(req.params.pr);
     const sha = parseSha(req.params.sha);
-
     // Authenticate before reading a single byte of the body.
     const authenticated = await authenticate(deps, tokenFromHeader(req.headers.authorization), pr);
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > config.maxUploadBytes) throw tooLarge(`The upload is larger than ${config.maxUploadBytes} bytes.`);
-
-    // Authorize with what GitHub says now (about this repository id, whatever its name is today). Asked while
-    // the body streams into staging: the build is published only once GitHub has said yes.
-    if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
-    const github = deps.github;
-    let authorized: ReturnType<typeof authorizeWithGitHub> | undefined;
-    const authorize = () => (authorized = authorizeWithGitHub(deps, github, authenticated, pr, sha));
+    // A digest upload: the archive holds only what the manifest's answer said was missing.
+    const digest = req.headers[MANIFEST_HEADER];
+    const manifest = typeof digest === 'string' ? manifests.find(config, authenticated.id, pr, sha, digest.trim()) : undefined;
 
     let tempFile: string | undefined;
-    let stored;
     try {
-      stored = await deps.previews.ingestBuild(authenticated, pr, authorize, sha, 'upload', async (target) => {
+      await storeAndAnswer(deps, req, res, authenticated, pr, sha, async (target) => {
         cutWhenIdle(req, res, config.uploadIdleMs);
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
-        return extractTarGz(body as Readable, target);
+        return extractTarGz(body as Readable, { ...target, manifest: manifest?.files });
       });
-    } catch (err) {
-      if (!req.complete) res.set('Connection', 'close');
-      throw err;
+      if (manifest) manifests.forget(manifest.id);
     } finally {
       if (tempFile) await fs.promises.rm(tempFile, { force: true });
     }
-    const { repo, facts } = await authorized!;
-    const { visibility } = stored.pr;
-    const warning = deps.previews.decisions.siteNote(repo, facts.settings);
-    const answer =
-      visibility === 'public'
-        ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr, stored.build.sha7), visibility, ...(warning ? { warning } : {}) } }
-        : { status: 202, body: { visibility, reason: stored.pr.reason ?? facts.decision.reason } };
-    res.status(answer.status).json(answer.body);
+  });
+
+  /**
+   * The digest protocol's first step: the build's file list with hashes. Answers the hashes the repository
+   * does not store yet, or, when it stores them all, stores the build at once and answers like an upload.
+   */
+  router.post('/create-build/:pr/:sha/manifest', async (req, res) => {
+    answerWhateverComes(deps, req, res);
+    const pr = parsePr(req.params.pr);
+    const sha = parseSha(req.params.sha);
+    const authenticated = await authenticate(deps, tokenFromHeader(req.headers.authorization), pr);
+    const body = await readManifestBody(req, MAX_MANIFEST_BYTES);
+    const files = parseManifest(body, config);
+    const objects = deps.store.objects.forRepository(authenticated.id);
+    const missing = [...new Set([...files.values()].map((f) => f.sha256))].filter((hash) => !objects.has(hash));
+    // A SHA already stored is answered now (409), not after the client sent what is missing.
+    if (missing.length === 0 || deps.previews.hasBuild(authenticated, pr, sha)) {
+      await storeAndAnswer(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
+      return;
+    }
+    manifests.remember(authenticated.id, pr, sha, body);
+    res.status(200).json({ missing });
   });
 
   router.all('/create-build/{*rest}', (req, res) => {
@@ -91,6 +98,53 @@ export function uploadRouter(deps: UploadDeps): Router {
   });
 
   return router;
+}
+
+/**
+ * Stores a build (GitHub asked while `extract` runs; nothing published before its yes) and answers 201 with
+ * the URL or 202 hidden.
+ */
+async function storeAndAnswer(
+  deps: UploadDeps,
+  req: Request,
+  res: Response,
+  repo: Repository,
+  pr: number,
+  sha: string,
+  extract: (target: BuildTarget) => Promise<ExtractResult>,
+): Promise<void> {
+  const { config } = deps;
+  if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
+  const github = deps.github;
+  let authorized: ReturnType<typeof authorizeWithGitHub> | undefined;
+  const authorize = () => (authorized = authorizeWithGitHub(deps, github, repo, pr, sha));
+  let stored;
+  try {
+    stored = await deps.previews.ingestBuild(repo, pr, authorize, sha, 'upload', extract);
+  } catch (err) {
+    if (!req.complete) res.set('Connection', 'close');
+    throw err;
+  }
+  const { repo: current, facts } = await authorized!;
+  const { visibility } = stored.pr;
+  const warning = deps.previews.decisions.siteNote(current, facts.settings);
+  const answer =
+    visibility === 'public'
+      ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(current).site, pr, stored.build.sha7), visibility, ...(warning ? { warning } : {}) } }
+      : { status: 202, body: { visibility, reason: stored.pr.reason ?? facts.decision.reason } };
+  res.status(answer.status).json(answer.body);
+}
+
+/**
+ * Counts the answer in the metrics and, whatever the answer, reads and drops a body still coming (up to a
+ * bound), so a client that writes its whole body before reading (Node's fetch, Python's requests) reads the
+ * answer instead of a broken pipe.
+ */
+function answerWhateverComes(deps: UploadDeps, req: Request, res: Response): void {
+  res.on('finish', () => deps.metrics.uploads.inc({ status: String(res.statusCode) }));
+  res.once('finish', () => {
+    if (!req.complete) discardRestOfBody(req, deps.config.maxUploadBytes, deps.config.uploadIdleMs);
+  });
 }
 
 /**

@@ -1,0 +1,100 @@
+import { and, eq, lt } from 'drizzle-orm';
+import type { Request } from 'express';
+import { safeEntryPath, type ManifestFile } from '../builds/extract.js';
+import { isSha256, sha256 } from '../builds/objects.js';
+import type { Config } from '../config.js';
+import type { Db } from '../db/client.js';
+import { manifests } from '../db/schema.js';
+import { badRequest, tooLarge } from '../errors.js';
+
+/** The header of a digest upload: the sha256 of the manifest body it completes. */
+export const MANIFEST_HEADER = 'preview-gate-manifest';
+/** How long a manifest waits for its upload. */
+const MANIFEST_KEPT_MS = 60 * 60_000;
+const SHAPE = 'The manifest must be JSON {"files": {"<path>": {"sha256": "<64 hex>", "size": <bytes>}}}.';
+
+/** Manifests between `POST …/manifest` and the upload that names them. */
+export class Manifests {
+  constructor(private readonly db: Db) {}
+
+  remember(repositoryId: number, pullRequestNumber: number, sha: string, body: Buffer): void {
+    this.db.delete(manifests).where(lt(manifests.createdAt, new Date(Date.now() - MANIFEST_KEPT_MS))).run();
+    this.db
+      .insert(manifests)
+      .values({ repositoryId, pullRequestNumber, sha, digest: sha256(body), body: body.toString('utf8') })
+      .onConflictDoNothing()
+      .run();
+  }
+
+  /** The manifest a digest upload names, or a 400 that says what to do. */
+  find(config: Config, repositoryId: number, pullRequestNumber: number, sha: string, digest: string): { id: number; files: Map<string, ManifestFile> } {
+    if (!isSha256(digest)) throw badRequest('The Preview-Gate-Manifest header must be the sha256 (64 lower-case hex) of the manifest sent before.');
+    const row = this.db
+      .select()
+      .from(manifests)
+      .where(and(eq(manifests.repositoryId, repositoryId), eq(manifests.pullRequestNumber, pullRequestNumber), eq(manifests.sha, sha), eq(manifests.digest, digest)))
+      .get();
+    if (!row || row.createdAt.getTime() < Date.now() - MANIFEST_KEPT_MS) {
+      throw badRequest(`The Preview-Gate-Manifest header names no manifest sent for this commit in the last hour; POST the manifest to /create-build/${pullRequestNumber}/${sha}/manifest first.`);
+    }
+    return { id: row.id, files: parseManifest(Buffer.from(row.body), config) };
+  }
+
+  forget(id: number): void {
+    this.db.delete(manifests).where(eq(manifests.id, id)).run();
+  }
+}
+
+/** Reads a manifest body, refusing one over `maxBytes` before it is all read. */
+export async function readManifestBody(req: Request, maxBytes: number): Promise<Buffer> {
+  const tooBig = () => tooLarge(`The manifest is larger than ${maxBytes} bytes.`);
+  if (Number(req.headers['content-length'] ?? 0) > maxBytes) throw tooBig();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxBytes) throw tooBig();
+    chunks.push(chunk);
+  }
+  if (size === 0) throw badRequest(`The manifest is empty. ${SHAPE}`);
+  return Buffer.concat(chunks);
+}
+
+/**
+ * The manifest's files (safe relative path → hash and size), checked as an archive's entries are: the same
+ * path rules, the build's file and byte limits (413), no path twice, no file where another needs a folder.
+ */
+export function parseManifest(body: Buffer, limits: Pick<Config, 'maxBuildFiles' | 'maxBuildBytes'>): Map<string, ManifestFile> {
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw badRequest(`The manifest is not valid JSON. ${SHAPE}`);
+  }
+  const listed = (json as { files?: unknown } | null)?.files;
+  if (typeof listed !== 'object' || listed === null || Array.isArray(listed)) throw badRequest(SHAPE);
+  const entries = Object.entries(listed);
+  if (entries.length === 0) throw badRequest('The manifest lists no files.');
+  if (entries.length > limits.maxBuildFiles) throw tooLarge(`The manifest lists more than ${limits.maxBuildFiles} files.`);
+  const files = new Map<string, ManifestFile>();
+  let bytes = 0;
+  for (const [raw, file] of entries) {
+    const rel = safeEntryPath(raw);
+    if (!rel) throw badRequest(`The manifest lists a file without a name ("${raw}").`);
+    const { sha256: hash, size } = (file ?? {}) as { sha256?: unknown; size?: unknown };
+    if (!isSha256(hash)) throw badRequest(`The manifest's sha256 of "${rel}" is not 64 lower-case hex characters.`);
+    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw badRequest(`The manifest's size of "${rel}" is not a whole number of bytes.`);
+    if (files.has(rel)) throw badRequest(`The manifest lists "${rel}" more than once.`);
+    bytes += size;
+    if (bytes > limits.maxBuildBytes) throw tooLarge(`The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`);
+    files.set(rel, { sha256: hash, size });
+  }
+  for (const rel of files.keys()) {
+    for (let slash = rel.indexOf('/'); slash !== -1; slash = rel.indexOf('/', slash + 1)) {
+      if (files.has(rel.slice(0, slash))) {
+        throw badRequest(`The manifest entry "${rel}" conflicts with another entry (a file and a folder of one name).`);
+      }
+    }
+  }
+  return files;
+}
