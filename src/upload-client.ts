@@ -1,4 +1,6 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { Readable, Transform, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
@@ -14,11 +16,13 @@ export interface UploadIo {
   retryDelayMs?: number;
 }
 
-export const UPLOAD_USAGE = `  preview-gate upload <dir|archive.tgz> --pr <n> --sha <sha> --url <base> [--retries 4]
+export const UPLOAD_USAGE = `  preview-gate upload <dir|archive.tgz> --pr <n> --sha <sha> --url <base> [--retries 4] [--full]
         [--token-env VAR | --repo <owner/repo> [--secret-env VAR]]
                                                     upload a build; the token is $PREVIEW_GATE_TOKEN (or --token-env),
                                                     or signed here with the upload secret $PREVIEW_GATE_SECRET and
-                                                    --repo, or on GitHub Actions (id-token: write) an OIDC token`;
+                                                    --repo, or on GitHub Actions (id-token: write) an OIDC token;
+                                                    a folder is sent by digest (only the files the server lacks)
+                                                    unless --full is given or the server does not take digests`;
 
 const DEFAULT_TOKEN_ENV = 'PREVIEW_GATE_TOKEN';
 const DEFAULT_SECRET_ENV = 'PREVIEW_GATE_SECRET';
@@ -38,7 +42,7 @@ export function parseArgsMessage(err: Error): string {
 
 /** Exit codes: 0 stored (or already stored), 1 refused or failed, 2 wrong arguments. */
 export async function runUpload(args: string[], io: UploadIo): Promise<number> {
-  let options;
+  let options: UploadOptions;
   try {
     options = parseUploadArgs(args, io.env);
   } catch (err) {
@@ -48,30 +52,100 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
   }
   // On a terminal the progress line is redrawn in place: cleared before anything else is said.
   const say = (line: string) => io.stderr.write(`${io.stderr.isTTY ? '\r\x1b[K' : ''}preview-gate upload: ${line}\n`);
-  let token: string;
   try {
-    token = options.token ?? (options.secret ? await travisStyleToken(options) : await githubActionsToken(io.env, options.url));
+    options.token ??= options.secret ? await travisStyleToken(options) : await githubActionsToken(io.env, options.url);
   } catch (err) {
     say((err as Error).message);
     return 1;
   }
   const endpoint = `${options.url}/create-build/${options.pr}/${options.sha}`;
+  const send = (url: string, request: () => UploadRequest) => sendWithRetries(url, request, options, io, say);
+  const full = () =>
+    send(endpoint, () => {
+      const stream = openBuild(options.source);
+      return { body: stream, contentType: 'application/gzip', size: options.size, source: options.source.path };
+    });
+
+  if (options.source.kind === 'file' || options.full) return finish(await full());
+  // Digest mode: the manifest first, then only the files the server lacks (twice at most: an object the
+  // server removed in between is asked for again).
+  let manifest: Manifest;
+  try {
+    manifest = await manifestOf(options.source.path);
+  } catch (err) {
+    say((err as Error).message);
+    return 1;
+  }
+  for (let round = 0; round < 2; round++) {
+    const asked = await send(`${endpoint}/manifest`, () => ({ body: manifest.json, contentType: 'application/json' }));
+    if (typeof asked === 'number') return asked;
+    if (serverLacksDigests(asked)) {
+      say('the server does not take digest uploads; sending the whole build');
+      return finish(await full());
+    }
+    if (asked.status !== 200 || !Array.isArray(asked.body.missing)) return finish(asked);
+    const missing = new Set(asked.body.missing);
+    const files = manifest.firstPathOf.filter(([hash]) => missing.has(hash)).map(([, rel]) => rel);
+    const sent = await send(endpoint, () => ({
+      body: createTar({ gzip: true, cwd: options.source.path, portable: true }, files) as unknown as Readable,
+      contentType: 'application/gzip',
+      headers: { 'preview-gate-manifest': manifest.digest },
+      source: options.source.path,
+      note: files.length < manifest.count ? `${files.length} of ${manifest.count} files; the server had the others` : undefined,
+    }));
+    if (typeof sent !== 'number' && sent.status === 400 && /send the manifest again/.test(sent.body.error ?? '') && round === 0) continue;
+    return finish(sent);
+  }
+  return 1;
+
+  function finish(answer: Answer | number): number {
+    return typeof answer === 'number' ? answer : report(answer.status, answer.body, options.sha, io);
+  }
+}
+
+interface UploadRequest {
+  body: Readable | string;
+  contentType: string;
+  headers?: Record<string, string>;
+  /** For the progress bar: the body's size when known. */
+  size?: number;
+  /** The file or folder read, for the message when reading it fails. */
+  source?: string;
+  /** Said after the summary of what was sent. */
+  note?: string;
+}
+
+type AnswerBody = { url?: string; visibility?: string; reason?: string; error?: string; missing?: unknown };
+interface Answer {
+  status: number;
+  body: AnswerBody;
+}
+
+/**
+ * POSTs one request, retrying refused connections and 502/503/504 (Retry-After honoured) with the body made
+ * anew each time. Returns the server's answer, or the exit code when it could not be had.
+ */
+async function sendWithRetries(url: string, request: () => UploadRequest, options: UploadOptions, io: UploadIo, say: (line: string) => void): Promise<Answer | number> {
   let delay = io.retryDelayMs ?? 2000;
   for (let attempt = 0; ; attempt++) {
+    const { body, contentType, headers, size, source, note } = request();
     let res: Response;
     let readFailure: Error | undefined;
-    const build = openBuild(options.source).once('error', (err: Error) => (readFailure = err));
-    const progress = withProgress(build, options.size, io.stderr);
+    let progress: ReturnType<typeof withProgress> | undefined;
+    if (typeof body !== 'string') {
+      body.once('error', (err: Error) => (readFailure = err));
+      progress = withProgress(body, size, io.stderr);
+    }
     try {
-      res = await fetch(endpoint, {
+      res = await fetch(url, {
         method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/gzip' },
-        body: Readable.toWeb(progress.stream) as ReadableStream,
+        headers: { authorization: `Bearer ${options.token}`, 'content-type': contentType, ...headers },
+        body: progress ? (Readable.toWeb(progress.stream) as ReadableStream) : (body as string),
         duplex: 'half',
       } as RequestInit);
     } catch (err) {
       if (readFailure) {
-        say(`could not read ${options.source.path}: ${readFailure.message}`);
+        say(`could not read ${source}: ${readFailure.message}`);
         return 1;
       }
       const why = networkProblem(err);
@@ -85,17 +159,69 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
       return 1;
     }
     // Said only once the server answered: a connection that failed sent nothing worth counting.
-    if (progress.complete()) say(progress.summary());
-    const body = (await res.json().catch(() => ({}))) as { url?: string; visibility?: string; reason?: string; error?: string };
+    if (progress?.complete()) say(`${progress.summary()}${note ? ` (${note})` : ''}`);
+    const answer = (await res.json().catch(() => ({}))) as AnswerBody;
     if (RETRYABLE.has(res.status) && attempt < options.retries) {
       const wait = retryAfterMs(res) ?? delay;
-      say(`the server is busy (HTTP ${res.status}${body.error ? `: ${body.error}` : ''}); retrying in ${wait / 1000} s`);
+      say(`the server is busy (HTTP ${res.status}${answer.error ? `: ${answer.error}` : ''}); retrying in ${wait / 1000} s`);
       await sleep(wait);
       delay *= 2;
       continue;
     }
-    return report(res.status, body, options.sha, io);
+    return { status: res.status, body: answer };
   }
+}
+
+/**
+ * A server without the digest protocol: no such route (404/405, or this app's own sentence for an unknown
+ * /create-build/ URL), or a manifest too large for it: the whole build is sent instead.
+ */
+function serverLacksDigests(answer: Answer): boolean {
+  const { status, body } = answer;
+  if (status === 404 || status === 405 || status === 501) return true;
+  if (status === 400 && /^The upload URL must be/.test(body.error ?? '')) return true;
+  return status === 413 && /^The manifest is larger than/.test(body.error ?? '');
+}
+
+interface Manifest {
+  /** The body sent, and its sha256 (the header of the upload that follows). */
+  json: string;
+  digest: string;
+  count: number;
+  /** Each distinct content once: [sha256, the first path that holds it]. */
+  firstPathOf: [string, string][];
+}
+
+/** Walks the folder, hashing every file (large ones streamed): the digest upload's manifest. */
+async function manifestOf(root: string): Promise<Manifest> {
+  const files: Record<string, { sha256: string; size: number }> = {};
+  const firstPath = new Map<string, string>();
+  const walk = async (rel: string) => {
+    for (const entry of fs.readdirSync(path.join(root, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const child = rel ? `${rel}/${entry.name}` : entry.name;
+      if (entry.isDirectory()) await walk(child);
+      else if (entry.isFile()) {
+        const file = path.join(root, child);
+        const size = fs.statSync(file).size;
+        const hash = size <= 1024 * 1024 ? sha256(fs.readFileSync(file)) : await sha256OfStream(fs.createReadStream(file));
+        files[child] = { sha256: hash, size };
+        if (!firstPath.has(hash)) firstPath.set(hash, child);
+      } else {
+        throw new Error(`${path.join(root, child)} is not a regular file or folder (a symbolic link?); the server stores only files and folders.`);
+      }
+    }
+  };
+  await walk('');
+  const json = JSON.stringify({ files });
+  return { json, digest: sha256(Buffer.from(json)), count: Object.keys(files).length, firstPathOf: [...firstPath] };
+}
+
+const sha256 = (content: Buffer) => crypto.createHash('sha256').update(content).digest('hex');
+
+async function sha256OfStream(stream: Readable): Promise<string> {
+  const hash = crypto.createHash('sha256');
+  for await (const chunk of stream) hash.update(chunk as Buffer);
+  return hash.digest('hex');
 }
 
 function report(status: number, body: { url?: string; reason?: string; error?: string }, sha: string, io: UploadIo): number {
@@ -125,6 +251,8 @@ interface UploadOptions {
   /** The repository's upload secret and slug, to sign a Travis-style token here. */
   secret?: { value: string; repo: string };
   retries: number;
+  /** Send the whole build even to a server that takes digest uploads. */
+  full: boolean;
 }
 
 function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions {
@@ -139,6 +267,7 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
       repo: { type: 'string' },
       'secret-env': { type: 'string' },
       retries: { type: 'string' },
+      full: { type: 'boolean' },
     },
   });
   if (positionals.length !== 1) throw new UsageError('give one folder or .tgz file to upload.');
@@ -167,6 +296,7 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
     token: token || undefined,
     secret: values.repo && secret ? { value: secret, repo: values.repo } : undefined,
     retries,
+    full: values.full ?? false,
   };
 }
 

@@ -131,7 +131,7 @@ test('503 is retried with backoff (Retry-After honoured) and the build is sent a
     { status: 502, body: {} },
     { status: 201, body: { url: 'https://pr1-d4d4d4d--docs.previews.test/' } },
   ]);
-  const res = await upload(args(siteFolder('retry'), 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 'tok' });
+  const res = await upload([...args(siteFolder('retry'), 1, sha('d4'), fake.url), '--full'], { PREVIEW_GATE_TOKEN: 'tok' });
   await fake.close();
   expect(res.code).toBe(0);
   expect(res.stdout).toBe('https://pr1-d4d4d4d--docs.previews.test/\n');
@@ -143,6 +143,68 @@ test('503 is retried with backoff (Retry-After honoured) and the build is sent a
     expect(r.headers.authorization).toBe('Bearer tok');
     expect(r.url).toBe(`/create-build/1/${sha('d4')}`);
   }
+});
+
+test('a folder goes by digest: the next commit sends only the changed file; the server holds both builds whole', async () => {
+  const [first, second] = [sha('e1'), sha('e2')];
+  const pr = { number: 74, commits: [first, second], labels: ['safe for preview'] };
+  const token = await server.token({ 'pull-request': 74 });
+  const dir = siteFolder('first');
+  fs.writeFileSync(path.join(dir, 'assets', 'big.bin'), crypto.randomBytes(2 * 1024 * 1024));
+  githubFor(pr);
+  commitsOf(pr);
+  expect((await upload(args(dir, 74, first), { PREVIEW_GATE_TOKEN: token })).code).toBe(0);
+  fs.writeFileSync(path.join(dir, 'index.html'), '<h1>second</h1>');
+  githubFor(pr);
+  commitsOf(pr);
+  const res = await upload(args(dir, 74, second), { PREVIEW_GATE_TOKEN: token });
+  expect(res.code).toBe(0);
+  expect(res.stdout).toBe(`https://pr74-${second.slice(0, 7)}--docs.previews.test/\n`);
+  // 15 bytes went, not the 2 MiB file: 0.0 MB.
+  expect(res.stderr).toMatch(/^preview-gate upload: sent 0\.0 MB in \d+\.\d s \(1 of 3 files; the server had the others\)\n$/);
+  const stored = path.join(server.config.buildsDir, 'docs', '74', second.slice(0, 7));
+  expect(fs.readFileSync(path.join(stored, 'index.html'), 'utf8')).toBe('<h1>second</h1>');
+  expect(fs.readFileSync(path.join(stored, 'assets', 'big.bin'))).toEqual(fs.readFileSync(path.join(dir, 'assets', 'big.bin')));
+});
+
+test.each([
+  ['404', { status: 404, body: {} }],
+  ['an older preview-gate', { status: 400, body: { error: 'The upload URL must be /create-build/<pr number>/<40-character commit SHA>.' } }],
+])('a server without digest uploads (%s) gets the whole build', async (_what, manifestAnswer) => {
+  const fake = await fakeServer([manifestAnswer, { status: 201, body: { url: 'https://pr1-d4d4d4d--docs.previews.test/' } }]);
+  const res = await upload(args(siteFolder('old server'), 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 't' });
+  await fake.close();
+  expect(res.code).toBe(0);
+  expect(res.stderr).toContain('the server does not take digest uploads; sending the whole build');
+  expect(fake.requests.map((r) => r.url)).toEqual([`/create-build/1/${sha('d4')}/manifest`, `/create-build/1/${sha('d4')}`]);
+  expect(zlib.gunzipSync(fake.requests[1]!.body).includes('<h1>old server</h1>')).toBe(true);
+  expect(fake.requests[1]!.headers['preview-gate-manifest']).toBeUndefined();
+});
+
+test('when the server lost a file between manifest and upload, the CLI asks again once', async () => {
+  const dir = siteFolder('again');
+  const hashOf = (p: string) => crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, p))).digest('hex');
+  const fake = await fakeServer([
+    { status: 200, body: { missing: [hashOf('index.html')] } },
+    { status: 400, body: { error: 'The manifest names "assets/app.js" (sha256 …), which was neither sent nor stored; send the manifest again.' } },
+    { status: 200, body: { missing: [hashOf('index.html'), hashOf('assets/app.js')] } },
+    { status: 201, body: { url: 'https://x/' } },
+  ]);
+  const res = await upload(args(dir, 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 't' });
+  await fake.close();
+  expect(res.code).toBe(0);
+  const manifest = fake.requests[0]!.body;
+  expect(JSON.parse(String(manifest))).toEqual({
+    files: {
+      'assets/app.js': { sha256: hashOf('assets/app.js'), size: 14 },
+      'index.html': { sha256: hashOf('index.html'), size: '<h1>again</h1>'.length },
+    },
+  });
+  for (const upload of [fake.requests[1]!, fake.requests[3]!]) {
+    expect(upload.headers['preview-gate-manifest']).toBe(crypto.createHash('sha256').update(manifest).digest('hex'));
+  }
+  expect(zlib.gunzipSync(fake.requests[1]!.body).includes('console.log(2)')).toBe(false);
+  expect(zlib.gunzipSync(fake.requests[3]!.body).includes('console.log(2)')).toBe(true);
 });
 
 test('503 that does not go away fails after the retries', async () => {
