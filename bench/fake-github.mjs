@@ -4,7 +4,9 @@ import http from 'node:http';
 export async function startFakeGitHub({ labels = ['safe for preview'], host = '127.0.0.1', port = 0 } = {}) {
   const commits = new Map(); // pr → [sha]
   const prLabels = new Map(); // pr → [label], default `labels`
-  const server = http.createServer((req, res) => {
+  let delayMs = 0; // every answer this late: api.github.com from a cloud VM answers in about 100 ms
+  const server = http.createServer((req, res) => (delayMs ? setTimeout(() => answer(req, res), delayMs) : answer(req, res)));
+  function answer(req, res) {
     const url = new URL(req.url, 'http://x');
     const p = url.pathname.replace(/^\/api\/v3/, '');
     const json = (status, body) => {
@@ -23,12 +25,13 @@ export async function startFakeGitHub({ labels = ['safe for preview'], host = '1
     if (req.method === 'GET' && /\/comments$/.test(p)) return json(200, []);
     if (req.method === 'POST' || req.method === 'PATCH') return json(201, { id: 1 });
     json(404, { message: `fake GitHub has no ${req.method} ${p}` });
-  });
+  }
   await new Promise((r) => server.listen(port, host, r));
   return {
     host: `127.0.0.1:${server.address().port}`,
     addCommit: (pr, sha) => commits.set(pr, [...(commits.get(pr) ?? []), sha]),
     setLabels: (pr, names) => prLabels.set(pr, names),
+    setDelay: (ms) => (delayMs = ms),
     close: () => new Promise((r) => server.close(r)),
   };
 }

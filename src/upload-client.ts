@@ -4,6 +4,7 @@ import path from 'node:path';
 import { Readable, Transform, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import zlib from 'node:zlib';
 import { SignJWT } from 'jose';
 import { create as createTar } from 'tar';
 
@@ -77,7 +78,7 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
     return 1;
   }
   for (let round = 0; round < 2; round++) {
-    const asked = await send(`${endpoint}/manifest`, () => ({ body: manifest.json, contentType: 'application/json' }));
+    const asked = await send(`${endpoint}/manifest`, () => ({ body: manifest.json, contentType: 'application/json', headers: { 'content-encoding': 'gzip' } }));
     if (typeof asked === 'number') return asked;
     if (serverLacksDigests(asked)) {
       say('the server does not take digest uploads; sending the whole build');
@@ -104,7 +105,7 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
 }
 
 interface UploadRequest {
-  body: Readable | string;
+  body: Readable | Buffer;
   contentType: string;
   headers?: Record<string, string>;
   /** For the progress bar: the body's size when known. */
@@ -132,7 +133,7 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
     let res: Response;
     let readFailure: Error | undefined;
     let progress: ReturnType<typeof withProgress> | undefined;
-    if (typeof body !== 'string') {
+    if (!Buffer.isBuffer(body)) {
       body.once('error', (err: Error) => (readFailure = err));
       progress = withProgress(body, size, io.stderr);
     }
@@ -140,7 +141,7 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
       res = await fetch(url, {
         method: 'POST',
         headers: { authorization: `Bearer ${options.token}`, 'content-type': contentType, ...headers },
-        body: progress ? (Readable.toWeb(progress.stream) as ReadableStream) : (body as string),
+        body: progress ? (Readable.toWeb(progress.stream) as ReadableStream) : new Uint8Array(body as Buffer),
         duplex: 'half',
       } as RequestInit);
     } catch (err) {
@@ -184,36 +185,50 @@ function serverLacksDigests(answer: Answer): boolean {
 }
 
 interface Manifest {
-  /** The body sent, and its sha256 (the header of the upload that follows). */
-  json: string;
+  /** The body sent (gzip-compressed JSON), and the sha256 of the JSON (the header of the upload that follows). */
+  json: Buffer;
   digest: string;
   count: number;
   /** Each distinct content once: [sha256, the first path that holds it]. */
   firstPathOf: [string, string][];
 }
 
-/** Walks the folder, hashing every file (large ones streamed): the digest upload's manifest. */
+/** Files read at once while hashing: reads overlap on the thread pool while the main thread hashes. */
+const HASH_CONCURRENCY = 16;
+
+/** Walks the folder and hashes every file (large ones streamed): the digest upload's manifest. */
 async function manifestOf(root: string): Promise<Manifest> {
-  const files: Record<string, { sha256: string; size: number }> = {};
-  const firstPath = new Map<string, string>();
-  const walk = async (rel: string) => {
+  const paths: string[] = [];
+  const walk = (rel: string) => {
     for (const entry of fs.readdirSync(path.join(root, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
       const child = rel ? `${rel}/${entry.name}` : entry.name;
-      if (entry.isDirectory()) await walk(child);
-      else if (entry.isFile()) {
-        const file = path.join(root, child);
-        const size = fs.statSync(file).size;
-        const hash = size <= 1024 * 1024 ? sha256(fs.readFileSync(file)) : await sha256OfStream(fs.createReadStream(file));
-        files[child] = { sha256: hash, size };
-        if (!firstPath.has(hash)) firstPath.set(hash, child);
-      } else {
-        throw new Error(`${path.join(root, child)} is not a regular file or folder (a symbolic link?); the server stores only files and folders.`);
-      }
+      if (entry.isDirectory()) walk(child);
+      else if (entry.isFile()) paths.push(child);
+      else throw new Error(`${path.join(root, child)} is not a regular file or folder (a symbolic link?); the server stores only files and folders.`);
     }
   };
-  await walk('');
-  const json = JSON.stringify({ files });
-  return { json, digest: sha256(Buffer.from(json)), count: Object.keys(files).length, firstPathOf: [...firstPath] };
+  walk('');
+  const hashed = new Array<{ sha256: string; size: number }>(paths.length);
+  let next = 0;
+  const worker = async () => {
+    for (let i = next++; i < paths.length; i = next++) hashed[i] = await hashFile(path.join(root, paths[i]!));
+  };
+  await Promise.all(Array.from({ length: HASH_CONCURRENCY }, worker));
+  const files: Record<string, { sha256: string; size: number }> = {};
+  const firstPath = new Map<string, string>();
+  paths.forEach((rel, i) => {
+    files[rel] = hashed[i]!;
+    if (!firstPath.has(hashed[i]!.sha256)) firstPath.set(hashed[i]!.sha256, rel);
+  });
+  const json = Buffer.from(JSON.stringify({ files }));
+  return { json: zlib.gzipSync(json), digest: sha256(json), count: paths.length, firstPathOf: [...firstPath] };
+}
+
+async function hashFile(file: string): Promise<{ sha256: string; size: number }> {
+  const { size } = await fs.promises.stat(file);
+  if (size > 1024 * 1024) return { sha256: await sha256OfStream(fs.createReadStream(file)), size };
+  const content = await fs.promises.readFile(file);
+  return { sha256: sha256(content), size: content.length };
 }
 
 const sha256 = (content: Buffer) => crypto.createHash('sha256').update(content).digest('hex');

@@ -5,6 +5,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import nock from 'nock';
 import { builds, objects } from '../src/db/schema.js';
 import { FakeGitHub } from './helpers/fake-github.js';
@@ -108,6 +109,31 @@ test('a manifest naming only stored files stores the build at once and answers l
   expect(fs.readFileSync(path.join(buildDir(2, B, 'hidden'), 'moved', 'page-0.html'), 'utf8')).toBe('<h1>page 0</h1>');
   // The same SHA again: 409 at the manifest, before anything is sent.
   expect((await postManifest(2, B, manifestOf(site(5, [1])))).status).toBe(409);
+});
+
+test('a gzip-compressed manifest is named by the sha256 of its JSON; a bad encoding or a gzip bomb is refused', async () => {
+  await start();
+  fake.addPull(DOCS, { number: 10, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });
+  const files = site(3);
+  const manifest = manifestOf(files);
+  const post = async (body: Buffer, encoding: string) =>
+    fetch(`${server.url}/create-build/10/${A}/manifest`, {
+      method: 'POST',
+      headers: { authorization: `Token ${await server.token({ 'pull-request': 10 })}`, 'content-encoding': encoding, 'content-type': 'application/json' },
+      body: new Uint8Array(body),
+    });
+  let res = await post(Buffer.from(manifest), 'br');
+  expect(res.status).toBe(400);
+  expect((await res.json()).error).toMatch(/Content-Encoding "br" is not supported/);
+  res = await post(Buffer.from(manifest), 'gzip');
+  expect(res.status).toBe(400);
+  expect((await res.json()).error).toMatch(/not valid gzip/);
+  // 17 MiB of spaces inflate past the 16 MiB cap: refused without inflating it all.
+  res = await post(zlib.gzipSync(Buffer.alloc(17 * 1024 * 1024, ' ')), 'gzip');
+  expect(res.status).toBe(413);
+  res = await post(zlib.gzipSync(manifest), 'gzip');
+  expect(res.status).toBe(200);
+  expect((await sendMissing(10, A, manifest, files)).status).toBe(201);
 });
 
 test('within one build, identical files are sent once and stored once', async () => {

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import nock from 'nock';
@@ -112,6 +113,11 @@ test("a fork PR's artifact is found through the API, downloaded across the redir
   expect(fs.readFileSync(path.join(buildDir(60, 'hidden'), 'index.html'), 'utf8')).toBe('<h1>from a fork</h1>');
   expect(fs.readFileSync(path.join(buildDir(60, 'hidden'), 'assets/app.js'), 'utf8')).toBe('console.log(1)');
   expect((fs.statSync(path.join(buildDir(60, 'hidden'), 'index.html')).mode & 0o777).toString(8)).toBe('444');
+  // Stored into the repository's objects like an upload: the build's file is a link to its content's object.
+  const hash = crypto.createHash('sha256').update('<h1>from a fork</h1>').digest('hex');
+  const repo = server.core.registry.findRepository('octo-org/docs')!;
+  const object = path.join(server.config.dataDir, 'objects', String(repo.id), hash.slice(0, 2), hash);
+  expect(fs.statSync(object).ino).toBe(fs.statSync(path.join(buildDir(60, 'hidden'), 'index.html')).ino);
   expect(calls.statuses).toEqual([expect.objectContaining({ state: 'pending', context: 'preview-gate' })]);
   expect(pullLog()).toEqual([expect.stringMatching(/stored the preview artifact of workflow run 8001 \(hidden\)/)]);
 });

@@ -193,7 +193,9 @@ test('when the server lost a file between manifest and upload, the CLI asks agai
   const res = await upload(args(dir, 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 't' });
   await fake.close();
   expect(res.code).toBe(0);
-  const manifest = fake.requests[0]!.body;
+  // The manifest goes gzip-compressed; the upload names the JSON by its sha256.
+  expect(fake.requests[0]!.headers['content-encoding']).toBe('gzip');
+  const manifest = zlib.gunzipSync(fake.requests[0]!.body);
   expect(JSON.parse(String(manifest))).toEqual({
     files: {
       'assets/app.js': { sha256: hashOf('assets/app.js'), size: 14 },

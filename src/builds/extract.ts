@@ -320,9 +320,11 @@ export class BuildTree {
     return rel;
   }
 
+  /** Creates `dir` and its missing parents, one plain mkdir each (a recursive mkdir costs several syscalls per call). */
   private ensureDir(dir: string): void {
     if (this.knownDirs.has(dir)) return;
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    this.ensureDir(path.dirname(dir));
+    fs.mkdirSync(dir, { mode: 0o755 });
     this.knownDirs.add(dir);
   }
 }

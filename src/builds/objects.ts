@@ -39,9 +39,13 @@ export class RepositoryObjects {
     }
   }
 
-  /** Links the object for `hash` at `target`; false when there is no such object. */
+  /**
+   * Links the object for `hash` at `target`; false when there is no such object. Asked with a `stat` first: a
+   * failed link throws, and an exception per new file cost a first upload more than the extra call.
+   */
   linkTo(hash: string, target: string): boolean {
-    return linkIfThere(this.pathOf(hash), target);
+    const object = this.pathOf(hash);
+    return fs.existsSync(object) && linkIfThere(object, target);
   }
 
   /**

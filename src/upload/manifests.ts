@@ -1,3 +1,4 @@
+import zlib from 'node:zlib';
 import { and, eq, lt } from 'drizzle-orm';
 import type { Request } from 'express';
 import { safeEntryPath, type ManifestFile } from '../builds/extract.js';
@@ -45,7 +46,10 @@ export class Manifests {
   }
 }
 
-/** Reads a manifest body, refusing one over `maxBytes` before it is all read. */
+/**
+ * Reads a manifest body (gzip-compressed when `Content-Encoding: gzip` says so; a manifest is mostly hashes and
+ * paths, a third of its size gzipped), refusing one over `maxBytes` before it is all read or inflated.
+ */
 export async function readManifestBody(req: Request, maxBytes: number): Promise<Buffer> {
   const tooBig = () => tooLarge(`The manifest is larger than ${maxBytes} bytes.`);
   if (Number(req.headers['content-length'] ?? 0) > maxBytes) throw tooBig();
@@ -57,7 +61,16 @@ export async function readManifestBody(req: Request, maxBytes: number): Promise<
     chunks.push(chunk);
   }
   if (size === 0) throw badRequest(`The manifest is empty. ${SHAPE}`);
-  return Buffer.concat(chunks);
+  const body = Buffer.concat(chunks);
+  const encoding = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
+  if (encoding === 'identity') return body;
+  if (encoding !== 'gzip') throw badRequest(`The manifest's Content-Encoding "${encoding}" is not supported; send it as it is or gzip-compressed.`);
+  try {
+    return zlib.gunzipSync(body, { maxOutputLength: maxBytes });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw tooBig();
+    throw badRequest('The manifest says Content-Encoding: gzip but is not valid gzip data.');
+  }
 }
 
 /**
