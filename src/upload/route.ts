@@ -55,16 +55,19 @@ export function uploadRouter(deps: UploadDeps): Router {
     const manifest = typeof digest === 'string' ? manifests.find(config, authenticated.id, pr, sha, digest.trim()) : undefined;
 
     let tempFile: string | undefined;
+    let answer;
     try {
-      await storeAndAnswer(deps, req, res, authenticated, pr, sha, async (target) => {
+      answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => {
         cutWhenIdle(req, res, config.uploadIdleMs);
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
         return extractTarGz(body as Readable, { ...target, manifest: manifest?.files });
       });
       if (manifest) manifests.forget(manifest.id);
     } finally {
+      // Removed before answering, so a client that sees the answer never sees a leftover.
       if (tempFile) await fs.promises.rm(tempFile, { force: true });
     }
+    res.status(answer.status).json(answer.body);
   });
 
   /**
@@ -82,7 +85,8 @@ export function uploadRouter(deps: UploadDeps): Router {
     const missing = [...new Set([...files.values()].map((f) => f.sha256))].filter((hash) => !objects.has(hash));
     // A SHA already stored is answered now (409), not after the client sent what is missing.
     if (missing.length === 0 || deps.previews.hasBuild(authenticated, pr, sha)) {
-      await storeAndAnswer(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
+      const answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
+      res.status(answer.status).json(answer.body);
       return;
     }
     manifests.remember(authenticated.id, pr, sha, body);
@@ -101,10 +105,10 @@ export function uploadRouter(deps: UploadDeps): Router {
 }
 
 /**
- * Stores a build (GitHub asked while `extract` runs; nothing published before its yes) and answers 201 with
- * the URL or 202 hidden.
+ * Stores a build (GitHub asked while `extract` runs; nothing published before its yes); the answer is 201
+ * with the URL or 202 hidden.
  */
-async function storeAndAnswer(
+async function storeUpload(
   deps: UploadDeps,
   req: Request,
   res: Response,
@@ -112,7 +116,7 @@ async function storeAndAnswer(
   pr: number,
   sha: string,
   extract: (target: BuildTarget) => Promise<ExtractResult>,
-): Promise<void> {
+): Promise<{ status: number; body: object }> {
   const { config } = deps;
   if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
   const github = deps.github;
@@ -128,11 +132,9 @@ async function storeAndAnswer(
   const { repo: current, facts } = await authorized!;
   const { visibility } = stored.pr;
   const warning = deps.previews.decisions.siteNote(current, facts.settings);
-  const answer =
-    visibility === 'public'
-      ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(current).site, pr, stored.build.sha7), visibility, ...(warning ? { warning } : {}) } }
-      : { status: 202, body: { visibility, reason: stored.pr.reason ?? facts.decision.reason } };
-  res.status(answer.status).json(answer.body);
+  return visibility === 'public'
+    ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(current).site, pr, stored.build.sha7), visibility, ...(warning ? { warning } : {}) } }
+    : { status: 202, body: { visibility, reason: stored.pr.reason ?? facts.decision.reason } };
 }
 
 /**
