@@ -13,6 +13,8 @@ import { EtagCache, conditionalRequests } from './conditional-requests.js';
 import { createMetrics, trackQueue, trackStoredBytes, type Metrics } from './metrics.js';
 import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
+import { GitHubUserApi } from './dashboard/github-user.js';
+import { Sessions } from './dashboard/sessions.js';
 import { ArtifactPuller } from './pull-mode.js';
 import { Registry } from './registry.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
@@ -99,6 +101,7 @@ export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot
 
 export interface RunningServer {
   url: string;
+  sessions: Sessions;
   server: http.Server;
   core: Core;
   previews: Previews;
@@ -124,7 +127,10 @@ export async function startServer(
   await previews.recoverAfterRestart({ unclean });
   trackStoredBytes(metrics, () => previews.storedBytes());
   trackQueue(metrics, () => previews.queue.depth());
+  const userApi = new GitHubUserApi(config);
+  const sessions = new Sessions(core.db, core.keys, userApi, config.sessionMs);
   const cleanupTimer = setInterval(() => {
+    sessions.prune();
     previews.cleanup().catch((err: unknown) => log.error({ err }, 'periodic cleanup failed'));
   }, CLEANUP_EVERY_MS).unref();
   const runSweep = () => void sweep?.run().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'sweep failed; it runs again at the next interval'));
@@ -151,6 +157,7 @@ export async function startServer(
           })
         : undefined,
     setupHandler: options.setupHandler,
+    dashboard: options.probot ? { sessions, api: userApi } : undefined,
   });
   const server = http.createServer(app);
   // Uploads of large builds over slow links: no whole-request timeout, but headers must come quickly.
@@ -170,6 +177,7 @@ export async function startServer(
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
+    sessions,
     server,
     core,
     previews,

@@ -10,6 +10,7 @@ import { ConfigError, loadConfig } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 import { parseArgsMessage, runUpload, UPLOAD_USAGE } from './upload-client.js';
 import { openDb } from './db/client.js';
+import { auditTrail } from './dashboard/sessions.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
 import { rotateKeys } from './secrets/rotate.js';
 import { formatUsage, usageReport } from './usage.js';
@@ -36,6 +37,7 @@ const USAGE = `usage:
   preview-gate reconcile                            run the sweep now: every open PR re-decided from GitHub's facts
   preview-gate keys rotate                          re-wrap every account key under the current key (resumable)
   preview-gate usage [--json]                       per account: repositories, builds, bytes, uploads this month
+  preview-gate audit [--json]                       who signed in, opened hidden previews, published or hid (90 days)
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
                                                     print the nginx server blocks for this configuration
 ${UPLOAD_USAGE}`;
@@ -50,6 +52,7 @@ const COMMAND_USAGE: Record<string, string> = {
   reconcile: '  preview-gate reconcile',
   keys: '  preview-gate keys rotate',
   usage: '  preview-gate usage [--json]',
+  audit: '  preview-gate audit [--json]',
   nginx: '  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]',
   upload: UPLOAD_USAGE,
   verify: '  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)',
@@ -84,6 +87,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     if (command === 'verify') return await verify(argv.slice(1), io);
     if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'usage') return await usage(argv.slice(1), io);
+    if (command === 'audit') return audit(argv.slice(1), io);
     if (command === 'secret') {
       if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set".' : `unknown subcommand "secret ${sub}"; only "secret set" exists.`);
       return await setSecret(rest, io);
@@ -258,6 +262,26 @@ async function usage(args: string[], io: CliIo): Promise<number> {
   try {
     const report = usageReport(db);
     io.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatUsage(report));
+    return 0;
+  } finally {
+    db.$client.close();
+  }
+}
+
+/** The audit trail, newest first: a line per event, or JSON. */
+function audit(args: string[], io: CliIo): number {
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
+  const db = openDb(loadConfig(io.env).databaseFile);
+  try {
+    const events = auditTrail(db);
+    if (values.json) {
+      io.stdout.write(`${JSON.stringify(events.map((e) => ({ ...e, at: e.at.toISOString() })), null, 2)}\n`);
+      return 0;
+    }
+    for (const e of events) {
+      io.stdout.write(`${e.at.toISOString()}  ${(e.user ?? '-').padEnd(20)} ${e.action.padEnd(12)} ${e.subject}${e.detail ? `  (${e.detail})` : ''}\n`);
+    }
+    if (!events.length) io.stdout.write('Nothing recorded yet.\n');
     return 0;
   } finally {
     db.$client.close();

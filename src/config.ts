@@ -44,6 +44,13 @@ export interface Config {
   webhookSecret?: string;
   /** false when APP_ID / private key / webhook secret are missing: Probot's setup flow is served instead. */
   appConfigured: boolean;
+  /** GitHub's web base for the sign-in (OAuth) pages: https://github.com, or the GHE host. */
+  githubWebUrl: string;
+  /** The GitHub App's client id and secret (its user authorization); without them nobody can sign in. */
+  githubClientId?: string;
+  githubClientSecret?: string;
+  /** How long a dashboard session lasts. */
+  sessionMs: number;
 }
 
 export class ConfigError extends Error {}
@@ -107,6 +114,9 @@ const schema = z.object({
   WEBHOOK_SECRET: z.string().optional(),
   PRIVATE_KEY: z.string().optional(),
   PRIVATE_KEY_PATH: z.string().optional(),
+  GITHUB_CLIENT_ID: z.string().regex(/^[A-Za-z0-9._-]+$/, 'must be the GitHub App\'s client id (Iv1.… or Iv23…)').optional(),
+  GITHUB_CLIENT_SECRET: z.string().optional(),
+  SESSION_HOURS: positiveInt(' of hours').default(12),
 });
 
 /**
@@ -127,6 +137,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`${name} ${issue.message}${value}`);
   }
   const e = parsed.data;
+  if (Boolean(e.GITHUB_CLIENT_ID) !== Boolean(e.GITHUB_CLIENT_SECRET)) {
+    throw new ConfigError(`${e.GITHUB_CLIENT_ID ? 'GITHUB_CLIENT_SECRET' : 'GITHUB_CLIENT_ID'} must be set too: sign-in needs the GitHub App's client id and secret`);
+  }
   if (e.KEY_PROVIDER === 'azure' && !e.AZURE_KEY_ID) {
     throw new ConfigError('AZURE_KEY_ID must be set when KEY_PROVIDER is "azure"');
   }
@@ -161,6 +174,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     host: e.HOST,
     webhookSecret: e.WEBHOOK_SECRET,
     appConfigured: Boolean(e.APP_ID && (e.PRIVATE_KEY || e.PRIVATE_KEY_PATH) && e.WEBHOOK_SECRET),
+    githubWebUrl: e.GHE_HOST ? `${e.GHE_PROTOCOL}://${e.GHE_HOST}` : 'https://github.com',
+    githubClientId: e.GITHUB_CLIENT_ID,
+    githubClientSecret: e.GITHUB_CLIENT_SECRET,
+    sessionMs: e.SESSION_HOURS * 3600_000,
   };
 }
 

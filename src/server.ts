@@ -4,6 +4,9 @@ import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { createNodeMiddleware, type ApplicationFunction, type Probot } from 'probot';
 import { errorHandler, unavailable } from './errors.js';
+import type { GitHubUserApi } from './dashboard/github-user.js';
+import { dashboardRouter } from './dashboard/routes.js';
+import type { Sessions } from './dashboard/sessions.js';
 import { PublicPreviewCheck } from './public-preview-check.js';
 import { authenticate, parsePr, uploadRouter, type UploadDeps } from './upload/route.js';
 
@@ -13,6 +16,8 @@ export interface ServerDeps extends UploadDeps {
   log: Logger;
   probot?: Probot;
   appFn?: ApplicationFunction;
+  /** Sign-in, the dashboard and hidden-preview grants (only once the GitHub App is configured). */
+  dashboard?: { sessions: Sessions; api: GitHubUserApi };
   /** Served instead of the webhook handler while the GitHub App is not registered (Probot's setup flow). */
   setupHandler?: (req: express.Request, res: express.Response) => Promise<boolean>;
 }
@@ -52,6 +57,7 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   });
 
   app.use(uploadRouter(deps));
+  if (deps.dashboard) app.use(dashboardRouter({ ...deps.dashboard, config: deps.config, db: deps.db, registry: deps.registry, previews: deps.previews, log: deps.log }));
 
   if (deps.setupHandler) {
     const setup = deps.setupHandler;

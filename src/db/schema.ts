@@ -37,9 +37,68 @@ export const users = sqliteTable(
     providerId: text('provider_id').notNull(),
     /** Last login seen, for messages only. */
     login: text('login'),
+    /** The user's own DEK (for their GitHub tokens), wrapped by the key service; made at the first sign-in. */
+    wrappedDek: blob('wrapped_dek', { mode: 'buffer' }),
+    dekKeyId: text('dek_key_id'),
     createdAt: createdAt(),
   },
   (t) => [uniqueIndex('users_provider_id').on(t.provider, t.providerId)],
+);
+
+/**
+ * Dashboard sessions (GitHub sign-in). The cookie holds a random token; only its sha256 is stored. The user's
+ * GitHub tokens are sealed with the user's DEK.
+ */
+export const sessions = sqliteTable(
+  'sessions',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    tokenHash: text('token_hash').notNull(),
+    userId: integer('user_id')
+      .notNull()
+      .references(() => users.id),
+    /** Sent back in every dashboard form (CSRF). */
+    csrf: text('csrf').notNull(),
+    accessToken: blob('access_token', { mode: 'buffer' }).notNull(),
+    accessExpiresAt: integer('access_expires_at', { mode: 'timestamp_ms' }),
+    refreshToken: blob('refresh_token', { mode: 'buffer' }),
+    expiresAt: integer('expires_at', { mode: 'timestamp_ms' }).notNull(),
+    revokedAt: integer('revoked_at', { mode: 'timestamp_ms' }),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('sessions_token_hash').on(t.tokenHash)],
+);
+
+/** A hidden preview host's cookie (one host, ≤ 1 h), given for a one-time ticket; only its sha256 is stored. */
+export const previewGrants = sqliteTable(
+  'preview_grants',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    tokenHash: text('token_hash').notNull(),
+    sessionId: integer('session_id')
+      .notNull()
+      .references(() => sessions.id),
+    host: text('host').notNull(),
+    expiresAt: integer('expires_at', { mode: 'timestamp_ms' }).notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('preview_grants_token_hash').on(t.tokenHash)],
+);
+
+/** Who looked at a hidden preview, and who did what on the dashboard (kept AUDIT_DAYS). */
+export const auditEvents = sqliteTable(
+  'audit_events',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    userId: integer('user_id').references(() => users.id),
+    /** `sign-in`, `sign-out`, `view-hidden`, `publish`, `hide`. */
+    action: text('action').notNull(),
+    /** `owner/repo#N` or a preview host: what it was about. */
+    subject: text('subject').notNull(),
+    detail: text('detail'),
+    createdAt: createdAt(),
+  },
+  (t) => [index('audit_events_created').on(t.createdAt)],
 );
 
 export const repositories = sqliteTable(

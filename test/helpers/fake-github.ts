@@ -50,6 +50,16 @@ export class FakeGitHub {
   private nextCommentId = 1;
   private readonly comments = new Map<number, string>();
   private readonly hanging = new Set<http.ServerResponse>();
+  /** People who can sign in (OAuth), by login. */
+  readonly users = new Map<string, { id: number; login: string }>();
+  /** `<repository id>:<login>` → role (`read`, `triage`, `write`, `maintain`, `admin`). */
+  readonly collaborators = new Map<string, string>();
+  /** Who GitHub's authorize page signs in (the person at the browser); undefined: they deny. */
+  signInAs?: string;
+  /** The app's OAuth client (the manifest conversion hands out the same). */
+  readonly client = { id: 'Iv1.abc', secret: 'cs-secret' };
+  private readonly codes = new Map<string, { login: string; challenge: string; redirectUri: string }>();
+  private readonly userTokens = new Map<string, string>();
 
   async start(): Promise<this> {
     this.server = http.createServer((req, res) => {
@@ -186,6 +196,37 @@ export class FakeGitHub {
     if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined });
 
     let m: RegExpExecArray | null;
+    // GitHub's OAuth web flow (user authorization of the GitHub App), with PKCE.
+    if (path === '/login/oauth/authorize') {
+      const q = url.searchParams;
+      const redirect = new URL(q.get('redirect_uri') ?? '');
+      if (q.get('client_id') !== this.client.id || q.get('code_challenge_method') !== 'S256' || !this.signInAs) {
+        redirect.searchParams.set('error', 'access_denied');
+      } else {
+        const code = crypto.randomBytes(10).toString('hex');
+        this.codes.set(code, { login: this.signInAs, challenge: q.get('code_challenge') ?? '', redirectUri: redirect.href });
+        redirect.searchParams.set('code', code);
+      }
+      redirect.searchParams.set('state', q.get('state') ?? '');
+      res.writeHead(302, { location: redirect.href }).end();
+      return;
+    }
+    if (path === '/login/oauth/access_token' && method === 'POST') {
+      const form = (req.headers['content-type'] ?? '').includes('json') ? JSON.parse(body) : Object.fromEntries(new URLSearchParams(body));
+      if (form.client_id !== this.client.id || form.client_secret !== this.client.secret) return this.send(res, 200, { error: 'incorrect_client_credentials' });
+      if (form.grant_type === 'refresh_token') {
+        const login = this.userTokens.get(`refresh:${form.refresh_token}`);
+        return login ? this.send(res, 200, this.issueUserToken(login)) : this.send(res, 200, { error: 'bad_refresh_token' });
+      }
+      const grant = this.codes.get(form.code);
+      this.codes.delete(form.code);
+      if (!grant) return this.send(res, 200, { error: 'bad_verification_code' });
+      const challenge = crypto.createHash('sha256').update(String(form.code_verifier ?? '')).digest('base64url');
+      if (challenge !== grant.challenge) return this.send(res, 200, { error: 'invalid_grant', error_description: 'code_verifier does not match' });
+      return this.send(res, 200, this.issueUserToken(grant.login));
+    }
+    const userLogin = this.userTokens.get(/^bearer (ghu_\w+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '');
+    if (path === '/user') return userLogin ? answer(200, this.users.get(userLogin)) : answer(401, { message: 'Bad credentials' });
     if ((m = /^\/app\/installations\/(\d+)\/access_tokens$/.exec(path))) {
       if (!this.installations.has(Number(m[1]))) return answer(404, { message: 'Not Found' });
       return answer(201, { token: `ghs_fake${m[1]}`, expires_at: new Date(Date.now() + 3600_000).toISOString() });
@@ -230,6 +271,21 @@ export class FakeGitHub {
       const pull = this.pulls.get(`${repo.id}#${m[1]}`);
       return answer(200, (pull?.commits ?? []).map((sha) => ({ sha })));
     }
+    if ((m = /^\/collaborators\/([^/]+)\/permission$/.exec(rest))) {
+      if (!userLogin) return answer(401, { message: 'Bad credentials' });
+      const role = this.collaborators.get(`${repo.id}:${decodeURIComponent(m[1]!)}`);
+      if (!role) return answer(404, { message: 'Not Found' });
+      return answer(200, { permission: ['maintain', 'triage'].includes(role) ? (role === 'maintain' ? 'write' : 'read') : role, role_name: role });
+    }
+    if ((m = /^\/issues\/(\d+)\/labels$/.exec(rest)) && method === 'POST') {
+      const pull = this.pulls.get(`${repo.id}#${m[1]}`);
+      if (!pull) return answer(404, { message: 'Not Found' });
+      const role = userLogin ? this.collaborators.get(`${repo.id}:${userLogin}`) : 'app';
+      if (!role || role === 'read') return answer(403, { message: 'Must have triage access' });
+      const added = (JSON.parse(body).labels as string[]).filter((l) => !pull.labels.includes(l));
+      this.change(repo.id, pull.number, { labels: [...pull.labels, ...added] });
+      return answer(200, pull.labels.map((name) => ({ name })));
+    }
     if ((m = /^\/issues\/(\d+)\/labels\/(.+)$/.exec(rest)) && method === 'DELETE') {
       const pull = this.pulls.get(`${repo.id}#${m[1]}`)!;
       const label = decodeURIComponent(m[2]!);
@@ -251,6 +307,20 @@ export class FakeGitHub {
     if (rest === '/deployments') return answer(201, { id: this.nextCommentId++ });
     if (/^\/deployments\/\d+\/statuses$/.test(rest)) return answer(201, {});
     return answer(404, { message: `fake GitHub has no ${method} ${path}` });
+  }
+
+  private issueUserToken(login: string) {
+    const access = `ghu_${crypto.randomBytes(12).toString('hex')}`;
+    const refresh = `ghr_${crypto.randomBytes(12).toString('hex')}`;
+    this.userTokens.set(access, login);
+    this.userTokens.set(`refresh:${refresh}`, login);
+    return { access_token: access, token_type: 'bearer', expires_in: 28800, refresh_token: refresh, refresh_token_expires_in: 15897600, scope: '' };
+  }
+
+  /** A person who can sign in, and their role on a repository. */
+  addUser(user: { id: number; login: string }, roles: Record<number, string> = {}): void {
+    this.users.set(user.login, user);
+    for (const [repoId, role] of Object.entries(roles)) this.collaborators.set(`${repoId}:${user.login}`, role);
   }
 
   /** The text of the preview comment, as GitHub would show it now. */

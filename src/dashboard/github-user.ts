@@ -1,0 +1,122 @@
+import type { Config } from '../config.js';
+import { HttpError } from '../errors.js';
+
+/** What GitHub's OAuth token endpoint gives a GitHub App's user authorization. */
+export interface UserTokens {
+  accessToken: string;
+  /** Absent when the app does not expire user tokens. */
+  accessExpiresAt?: Date;
+  refreshToken?: string;
+}
+
+export interface GitHubUser {
+  id: number;
+  login: string;
+}
+
+/** GitHub's repository roles, weakest first; `permission` on the collaborator answer is the legacy name. */
+const ROLES = ['none', 'read', 'triage', 'write', 'maintain', 'admin'] as const;
+export type Role = (typeof ROLES)[number];
+export const atLeast = (role: Role, needed: Role) => ROLES.indexOf(role) >= ROLES.indexOf(needed);
+
+/**
+ * GitHub asked as a signed-in user (their own token, so GitHub's answers and its timeline are theirs): the
+ * OAuth code exchange and refresh, who they are, their role on a repository, labels added or removed.
+ * Every failure is one HttpError: 503 when GitHub could not be asked, its own status otherwise.
+ */
+export class GitHubUserApi {
+  constructor(private readonly config: Config) {}
+
+  authorizeUrl(state: string, codeChallenge: string, redirectUri: string): string {
+    const url = new URL('/login/oauth/authorize', this.config.githubWebUrl);
+    url.searchParams.set('client_id', this.config.githubClientId!);
+    url.searchParams.set('redirect_uri', redirectUri);
+    url.searchParams.set('state', state);
+    url.searchParams.set('code_challenge', codeChallenge);
+    url.searchParams.set('code_challenge_method', 'S256');
+    return url.href;
+  }
+
+  exchangeCode(code: string, codeVerifier: string, redirectUri: string): Promise<UserTokens> {
+    return this.tokenRequest({ code, code_verifier: codeVerifier, redirect_uri: redirectUri });
+  }
+
+  refresh(refreshToken: string): Promise<UserTokens> {
+    return this.tokenRequest({ grant_type: 'refresh_token', refresh_token: refreshToken });
+  }
+
+  async user(token: string): Promise<GitHubUser> {
+    const body = (await this.api(token, 'GET', '/user')) as { id?: unknown; login?: unknown };
+    if (typeof body.id !== 'number' || typeof body.login !== 'string') throw new HttpError(502, 'GitHub did not say who you are.');
+    return { id: body.id, login: body.login };
+  }
+
+  /** The user's role on a repository (`none` when GitHub says they are not a collaborator). */
+  async role(token: string, fullName: string, login: string): Promise<Role> {
+    try {
+      const body = (await this.api(token, 'GET', `/repos/${fullName}/collaborators/${encodeURIComponent(login)}/permission`)) as {
+        permission?: string;
+        role_name?: string;
+      };
+      const role = (body.role_name ?? body.permission) as Role;
+      return ROLES.includes(role) ? role : body.permission === 'write' ? 'write' : 'read';
+    } catch (err) {
+      if (err instanceof HttpError && (err.status === 403 || err.status === 404)) return 'none';
+      throw err;
+    }
+  }
+
+  async addLabel(token: string, fullName: string, number: number, label: string): Promise<void> {
+    await this.api(token, 'POST', `/repos/${fullName}/issues/${number}/labels`, { labels: [label] });
+  }
+
+  async removeLabel(token: string, fullName: string, number: number, label: string): Promise<void> {
+    try {
+      await this.api(token, 'DELETE', `/repos/${fullName}/issues/${number}/labels/${encodeURIComponent(label)}`);
+    } catch (err) {
+      if (!(err instanceof HttpError && err.status === 404)) throw err; // not there: already hidden by that rule
+    }
+  }
+
+  private async tokenRequest(fields: Record<string, string>): Promise<UserTokens> {
+    const body = (await this.send(new URL('/login/oauth/access_token', this.config.githubWebUrl).href, 'POST', undefined, {
+      client_id: this.config.githubClientId,
+      client_secret: this.config.githubClientSecret,
+      ...fields,
+    })) as { access_token?: string; expires_in?: number; refresh_token?: string; error?: string };
+    // GitHub answers 200 with an `error` field for a bad or used code, a PKCE mismatch, an expired refresh token.
+    if (!body.access_token) throw new HttpError(401, `GitHub refused the sign-in (${body.error ?? 'no token'}).`);
+    return {
+      accessToken: body.access_token,
+      accessExpiresAt: body.expires_in ? new Date(Date.now() + body.expires_in * 1000) : undefined,
+      refreshToken: body.refresh_token,
+    };
+  }
+
+  private api(token: string, method: string, path: string, payload?: object): Promise<unknown> {
+    return this.send(`${this.config.githubApiUrl}${path}`, method, token, payload);
+  }
+
+  private async send(url: string, method: string, token: string | undefined, payload?: object): Promise<unknown> {
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method,
+        headers: {
+          accept: 'application/json',
+          'user-agent': 'preview-gate',
+          ...(token ? { authorization: `Bearer ${token}` } : {}),
+          ...(payload ? { 'content-type': 'application/json' } : {}),
+        },
+        body: payload ? JSON.stringify(payload) : undefined,
+        signal: AbortSignal.timeout(this.config.githubTimeoutMs),
+      });
+    } catch {
+      throw new HttpError(503, 'GitHub could not be reached; try again in a moment.');
+    }
+    const body = await res.json().catch(() => ({}));
+    if (res.status >= 500) throw new HttpError(503, 'GitHub could not answer; try again in a moment.');
+    if (!res.ok) throw new HttpError(res.status, `GitHub answered ${res.status} (${(body as { message?: string }).message ?? 'no reason given'}).`);
+    return body;
+  }
+}

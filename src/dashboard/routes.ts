@@ -1,0 +1,310 @@
+import crypto from 'node:crypto';
+import { and, desc, eq, inArray } from 'drizzle-orm';
+import express, { Router, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import type { Db } from '../db/client.js';
+import { builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
+import { HttpError } from '../errors.js';
+import { buildUrl } from '../notify.js';
+import type { Previews } from '../previews.js';
+import type { Registry, Repository } from '../registry.js';
+import { atLeast, type GitHubUserApi, type Role } from './github-user.js';
+import { html, page, problemPage, signInPage } from './pages.js';
+import type { Session, Sessions } from './sessions.js';
+
+export interface DashboardDeps {
+  config: Config;
+  db: Db;
+  registry: Registry;
+  previews: Previews;
+  sessions: Sessions;
+  api: GitHubUserApi;
+  log: Logger;
+}
+
+/** A user's role on a repository is asked again after this long: a removed collaborator loses access within it. */
+const ROLE_CACHE_MS = 5 * 60_000;
+const STATE_MS = 10 * 60_000;
+/** The paths of a preview host that nginx hands to Node (a build cannot use them). */
+export const PREVIEW_TICKET_PATH = '/.preview-gate/ticket';
+export const PREVIEW_AUTH_PATH = '/.preview-gate/auth';
+
+/** Cookie names: `__Host-` (Secure, host-only, Path=/) whenever PUBLIC_URL is https, as in production. */
+const cookieNames = (config: Config) => {
+  const secure = config.publicUrl.startsWith('https:');
+  return { secure, session: secure ? '__Host-preview-gate' : 'preview-gate', view: secure ? '__Host-preview-gate-view' : 'preview-gate-view' };
+};
+
+/** Sign-in, the dashboard, and the hidden-preview grants (tickets, host cookies, nginx's auth sub-request). */
+export function dashboardRouter(deps: DashboardDeps): Router {
+  const { config, sessions, api } = deps;
+  const names = cookieNames(config);
+  const router = Router();
+  const form = express.urlencoded({ extended: false, limit: '4kb' });
+  const states = new Map<string, { verifier: string; next: string; expires: number }>();
+  const roles = new RoleCache(api, sessions);
+  const redirectUri = `${config.publicUrl}/login/callback`;
+  const sessionCookie = (value: string, maxAgeMs: number) => ({ httpOnly: true, secure: names.secure, sameSite: 'lax' as const, path: '/', maxAge: maxAgeMs, value });
+
+  // --- signing in -------------------------------------------------------------------------------------------
+  router.get('/login', (req, res) => {
+    if (!config.githubClientId) {
+      return void res.status(503).type('html').send(problemPage('Sign-in is not set up', 'The operator has not given GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET (the GitHub App\'s client id and secret).'));
+    }
+    const now = Date.now();
+    for (const [k, s] of states) if (s.expires < now) states.delete(k);
+    if (states.size > 10_000) states.clear(); // a flood of unfinished sign-ins cannot grow memory
+    const state = crypto.randomBytes(24).toString('base64url');
+    const verifier = crypto.randomBytes(32).toString('base64url');
+    const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
+    states.set(state, { verifier, next: safeNext(req.query.next), expires: now + STATE_MS });
+    res.redirect(302, api.authorizeUrl(state, challenge, redirectUri));
+  });
+
+  router.get('/login/callback', async (req, res) => {
+    const state = typeof req.query.state === 'string' ? req.query.state : '';
+    const pending = states.get(state);
+    states.delete(state);
+    if (!pending || pending.expires < Date.now() || typeof req.query.code !== 'string') {
+      return void res.status(400).type('html').send(signInPage('The sign-in could not be completed: it expired or did not start here. Sign in again.'));
+    }
+    try {
+      const tokens = await api.exchangeCode(req.query.code, pending.verifier, redirectUri);
+      const user = await api.user(tokens.accessToken);
+      const cookie = await sessions.open(user, tokens);
+      res.cookie(names.session, cookie, { ...sessionCookie(cookie, config.sessionMs) });
+      res.redirect(303, pending.next);
+    } catch (err) {
+      if (!(err instanceof HttpError)) throw err;
+      deps.log.info({ status: err.status }, `sign-in failed: ${err.message}`);
+      res.status(err.status === 503 ? 503 : 401).type('html').send(signInPage(`Sign-in failed: ${err.message}`));
+    }
+  });
+
+  router.post('/logout', form, (req, res) => {
+    const session = withCsrf(req, res);
+    if (!session) return;
+    sessions.revoke(session.id);
+    sessions.audit(session.userId, 'sign-out', session.user.login);
+    res.clearCookie(names.session, { path: '/', secure: names.secure, httpOnly: true, sameSite: 'lax' });
+    res.redirect(303, '/');
+  });
+
+  // --- the dashboard ----------------------------------------------------------------------------------------
+  router.get('/', async (req, res) => {
+    const session = sessions.find(cookieOf(req, names.session));
+    res.set('Cache-Control', 'private, no-store');
+    if (!session) return void res.type('html').send(signInPage());
+    try {
+      const visible = await visibleRepositories(deps, roles, session);
+      res.type('html').send(page('Dashboard', dashboardBody(deps, visible, session), { login: session.user.login, csrf: session.csrf }));
+    } catch (err) {
+      if (!(err instanceof HttpError)) throw err;
+      res.status(err.status === 503 ? 503 : 502).type('html').send(problemPage('GitHub could not be asked', err.message));
+    }
+  });
+
+  router.post('/pulls/:repositoryId/:number/:action', form, async (req, res) => {
+    const session = withCsrf(req, res);
+    if (!session) return;
+    const action = req.params.action;
+    const repo = deps.registry.installedRepositories().find((r) => r.id === Number(req.params.repositoryId));
+    const number = Number(req.params.number);
+    if ((action !== 'publish' && action !== 'hide') || !repo || !Number.isSafeInteger(number)) {
+      return void res.status(404).type('html').send(problemPage('Not found', 'There is no such pull request here.'));
+    }
+    try {
+      if (!atLeast(await roles.role(session, repo), 'triage')) {
+        return void res.status(403).type('html').send(problemPage('Not allowed', `Publishing or hiding needs the triage role or more on ${repo.fullName}.`));
+      }
+      const token = await sessions.accessToken(session);
+      const label = deps.previews.decisions.storedSettings(repo)?.trustedLabel ?? 'safe for preview';
+      // As the signed-in user, with their token: GitHub's timeline names them, not the app.
+      if (action === 'publish') await api.addLabel(token, repo.fullName, number, label);
+      else await api.removeLabel(token, repo.fullName, number, label);
+      sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
+      await deps.previews.reconcile(repo, number, { event: `dashboard.${action}`, actor: { id: session.user.githubId, login: session.user.login } });
+      res.redirect(303, `/#pr-${repo.id}-${number}`);
+    } catch (err) {
+      if (!(err instanceof HttpError)) throw err;
+      res.status(err.status >= 500 ? 503 : err.status).type('html').send(problemPage('That did not work', err.message));
+    }
+  });
+
+  // --- hidden previews --------------------------------------------------------------------------------------
+  /** From the dashboard to a hidden preview: a one-time ticket in a redirect to that host. */
+  router.get('/view/:repositoryId/:number/:sha7', async (req, res) => {
+    const session = sessions.find(cookieOf(req, names.session));
+    if (!session) return void res.redirect(302, `/login?next=${encodeURIComponent(req.originalUrl)}`);
+    const repo = deps.registry.installedRepositories().find((r) => r.id === Number(req.params.repositoryId));
+    const pr = repo && deps.registry.findPullRequest(repo.id, Number(req.params.number));
+    const sha7 = /^[0-9a-f]{7}$/.test(req.params.sha7) ? req.params.sha7 : undefined;
+    if (!repo || !pr || !sha7) return void res.status(404).type('html').send(problemPage('Not found', 'There is no such preview.'));
+    const url = buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr.number, sha7);
+    if (pr.visibility === 'public') return void res.redirect(302, url);
+    try {
+      if (!atLeast(await roles.role(session, repo), 'write')) {
+        return void res.status(403).type('html').send(problemPage('Not allowed', `Hidden previews of ${repo.fullName} are for people who can push to it.`));
+      }
+    } catch (err) {
+      if (!(err instanceof HttpError)) throw err;
+      return void res.status(503).type('html').send(problemPage('GitHub could not be asked', err.message));
+    }
+    const ticket = sessions.issueTicket(session, new URL(url).host);
+    res.redirect(302, `${url.replace(/\/$/, '')}${PREVIEW_TICKET_PATH}?t=${encodeURIComponent(ticket)}`);
+  });
+
+  /** On the preview host (through nginx): the ticket becomes a cookie for this host only. */
+  router.get(PREVIEW_TICKET_PATH, (req, res) => {
+    const host = previewHost(config, req);
+    const ticket = typeof req.query.t === 'string' ? req.query.t : '';
+    const grant = host && sessions.redeemTicket(ticket, host.name);
+    res.set('Cache-Control', 'private, no-store');
+    if (!host || !grant) return void res.status(404).type('text').send('Not Found');
+    res.cookie(names.view, grant.cookie, { httpOnly: true, secure: names.secure, sameSite: 'lax', path: '/', maxAge: grant.maxAgeSeconds * 1000 });
+    const session = sessions.grant(grant.cookie, host.name);
+    sessions.audit(session?.userId ?? null, 'view-hidden', host.name);
+    res.redirect(303, '/');
+  });
+
+  /** nginx's auth_request for a hidden preview: 204 lets it serve, anything else is its usual 404. */
+  router.get(PREVIEW_AUTH_PATH, async (req, res) => {
+    res.set('Cache-Control', 'private, no-store');
+    const host = previewHost(config, req);
+    const session = host && sessions.grant(cookieOf(req, names.view), host.name);
+    const repo = host && deps.registry.installedRepositories().find((r) => deps.previews.decisions.currentRepo(r).site === host.site);
+    const pr = repo && deps.registry.findPullRequest(repo.id, host!.pr);
+    if (!session || !repo || !pr || pr.visibility !== 'hidden') return void res.status(403).end();
+    try {
+      res.status(atLeast(await roles.role(session, repo), 'write') ? 204 : 403).end();
+    } catch {
+      res.status(403).end(); // GitHub could not say: the preview stays hidden
+    }
+  });
+
+  function withCsrf(req: Request, res: Response): Session | undefined {
+    const session = sessions.find(cookieOf(req, names.session));
+    const origin = req.headers.origin;
+    const given = typeof req.body?.csrf === 'string' ? req.body.csrf : '';
+    const ok = session && safeEqual(given, session.csrf) && (!origin || origin === new URL(config.publicUrl).origin);
+    if (!ok) {
+      res.status(403).type('html').send(problemPage('Not allowed', 'This form did not come from your dashboard (or your session ended); open the dashboard and try again.'));
+      return undefined;
+    }
+    return session;
+  }
+
+  return router;
+}
+
+/** A user's roles on repositories, asked with their own token and kept ≤ 5 minutes. */
+class RoleCache {
+  private readonly roles = new Map<string, { role: Role; at: number }>();
+
+  constructor(
+    private readonly api: GitHubUserApi,
+    private readonly sessions: Sessions,
+  ) {}
+
+  async role(session: Session, repo: Repository): Promise<Role> {
+    const key = `${session.userId}:${repo.id}`;
+    const cached = this.roles.get(key);
+    if (cached && Date.now() - cached.at < ROLE_CACHE_MS) return cached.role;
+    const role = await this.api.role(await this.sessions.accessToken(session), repo.fullName, session.user.login);
+    if (this.roles.size > 10_000) this.roles.clear();
+    this.roles.set(key, { role, at: Date.now() });
+    return role;
+  }
+}
+
+async function visibleRepositories(deps: DashboardDeps, roles: RoleCache, session: Session) {
+  const repos = deps.registry.installedRepositories().sort((a, b) => a.fullName.localeCompare(b.fullName));
+  const withRoles = await Promise.all(repos.map(async (repo) => ({ repo, role: await roles.role(session, repo) })));
+  return withRoles.filter((r) => atLeast(r.role, 'read'));
+}
+
+function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session) {
+  const { db, config } = deps;
+  const sections = visible.map(({ repo, role }) => {
+    const site = deps.previews.decisions.currentRepo(repo).site;
+    const prs = db
+      .select()
+      .from(pullRequests)
+      .where(and(eq(pullRequests.repositoryId, repo.id), eq(pullRequests.state, 'open')))
+      .orderBy(desc(pullRequests.number))
+      .all();
+    const prBuilds = prs.length
+      ? db.select().from(builds).where(and(inArray(builds.pullRequestId, prs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
+      : [];
+    const shown = prs.filter((pr) => prBuilds.some((b) => b.pullRequestId === pr.id));
+    const items = shown.map((pr) => {
+      const history = db
+        .select({ change: visibilityChanges, actor: users.login })
+        .from(visibilityChanges)
+        .leftJoin(users, eq(visibilityChanges.actorUserId, users.id))
+        .where(eq(visibilityChanges.pullRequestId, pr.id))
+        .orderBy(desc(visibilityChanges.id))
+        .limit(10)
+        .all();
+      const canAct = atLeast(role, 'triage');
+      const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
+      return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
+<h3 id="pr-${repo.id}-${pr.number}">Pull request #${pr.number} — <span class="${pr.visibility}">${pr.visibility}</span></h3>
+<p>${pr.reason ?? ''}</p>
+${canAct
+  ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}"><button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
+  : html`<p class="note">Publishing or hiding needs the triage role.</p>`}
+<table><caption class="note">Builds</caption>
+<thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
+<tbody>${prBuilds
+  .filter((b) => b.pullRequestId === pr.id)
+  .map((b) => {
+    const url = buildUrl(config, site, pr.number, b.sha7);
+    const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : atLeast(role, 'write') ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
+    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${(b.bytes / 1e6).toFixed(1)} MB</td><td>${age(b.createdAt)}</td></tr>`;
+  })}</tbody></table>
+<h4>History</h4>
+<ul>${history.map((h) => html`<li>${h.change.createdAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${h.change.from} → ${h.change.to} (${h.change.cause}${h.actor ? html`, by ${h.actor}` : ''}): ${h.change.reason}</li>`)}</ul>
+</section>`;
+    });
+    return html`<h2>${repo.fullName}</h2>${items.length ? items : html`<p class="note">No open pull request has a preview.</p>`}`;
+  });
+  return html`<h1>Previews</h1>${sections.length ? sections : html`<p>No repository with the app installed is one you collaborate on.</p>`}`;
+}
+
+function age(at: Date): string {
+  const minutes = Math.round((Date.now() - at.getTime()) / 60_000);
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.round(minutes / 60);
+  return hours < 48 ? `${hours} h ago` : `${Math.round(hours / 24)} days ago`;
+}
+
+/** A relative path on this host, or `/`: never another host (`//evil`, `/\evil`, `https:…`). */
+export function safeNext(value: unknown): string {
+  if (typeof value !== 'string' || !/^\/(?![/\\])[^\\\s]*$/.test(value) || value.length > 512) return '/';
+  return value;
+}
+
+/** The preview host a request names (nginx passes it as Host), split into its parts. */
+function previewHost(config: Config, req: Request): { name: string; site: string; pr: number } | undefined {
+  const name = (req.headers.host ?? '').replace(/:\d+$/, '').toLowerCase();
+  const suffix = `.${config.previewDomain}`;
+  if (!name.endsWith(suffix)) return undefined;
+  const m = /^pr([1-9][0-9]{0,8})(?:-[0-9a-f]{7})?--([a-z0-9-]+)$/.exec(name.slice(0, -suffix.length));
+  return m ? { name, site: m[2]!, pr: Number(m[1]) } : undefined;
+}
+
+function cookieOf(req: Request, name: string): string | undefined {
+  for (const part of (req.headers.cookie ?? '').split(';')) {
+    const [k, ...v] = part.trim().split('=');
+    if (k === name) return decodeURIComponent(v.join('='));
+  }
+  return undefined;
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && crypto.timingSafeEqual(x, y);
+}

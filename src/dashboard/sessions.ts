@@ -1,0 +1,199 @@
+import crypto from 'node:crypto';
+import { and, desc, eq, gt, isNull, lt } from 'drizzle-orm';
+import type { Db } from '../db/client.js';
+import { auditEvents, previewGrants, sessions, users } from '../db/schema.js';
+import { newDataKey, open, seal } from '../secrets/envelope.js';
+import type { KeyService } from '../secrets/key-service.js';
+import type { GitHubUser, GitHubUserApi, UserTokens } from './github-user.js';
+
+/** How long a one-time ticket (dashboard → preview host) stays good. */
+const TICKET_MS = 60_000;
+/** How long a preview host's cookie lasts (and never past its session). */
+export const GRANT_MS = 60 * 60_000;
+/** How long audit events are kept. */
+export const AUDIT_DAYS = 90;
+
+const hash = (token: string) => crypto.createHash('sha256').update(token).digest('hex');
+const newToken = () => crypto.randomBytes(32).toString('base64url');
+const tokenAad = (userId: number, which: string) => `preview-gate:user-token:v1|user=${userId}|${which}`;
+
+export interface Session {
+  id: number;
+  userId: number;
+  csrf: string;
+  expiresAt: Date;
+  user: { id: number; githubId: number; login: string };
+}
+
+/**
+ * Sign-in sessions, the one-time tickets and host cookies of hidden previews, and the audit trail. Cookies
+ * and tickets are random; the database holds only their sha256, and the user's GitHub tokens sealed with the
+ * user's own DEK (wrapped by the key service, like an account's).
+ */
+export class Sessions {
+  private readonly tickets = new Map<string, { sessionId: number; host: string; expires: number }>();
+
+  constructor(
+    private readonly db: Db,
+    private readonly keys: KeyService,
+    private readonly api: GitHubUserApi,
+    private readonly sessionMs: number,
+  ) {}
+
+  /** Records the signed-in user and opens a session; returns the cookie value. */
+  async open(githubUser: GitHubUser, tokens: UserTokens): Promise<string> {
+    const user = await this.ensureUser(githubUser);
+    const key = await this.userKey(user.id);
+    const token = newToken();
+    this.db
+      .insert(sessions)
+      .values({
+        tokenHash: hash(token),
+        userId: user.id,
+        csrf: newToken(),
+        accessToken: seal(key, Buffer.from(tokens.accessToken), tokenAad(user.id, 'access')),
+        accessExpiresAt: tokens.accessExpiresAt,
+        refreshToken: tokens.refreshToken ? seal(key, Buffer.from(tokens.refreshToken), tokenAad(user.id, 'refresh')) : null,
+        expiresAt: new Date(Date.now() + this.sessionMs),
+      })
+      .run();
+    key.fill(0);
+    this.audit(user.id, 'sign-in', githubUser.login);
+    return token;
+  }
+
+  /** The live session a cookie names, or undefined (unknown, expired, revoked). */
+  find(cookie: string | undefined): Session | undefined {
+    if (!cookie) return undefined;
+    const row = this.db
+      .select({ session: sessions, user: users })
+      .from(sessions)
+      .innerJoin(users, eq(sessions.userId, users.id))
+      .where(and(eq(sessions.tokenHash, hash(cookie)), isNull(sessions.revokedAt), gt(sessions.expiresAt, new Date())))
+      .get();
+    if (!row) return undefined;
+    return {
+      id: row.session.id,
+      userId: row.user.id,
+      csrf: row.session.csrf,
+      expiresAt: row.session.expiresAt,
+      user: { id: row.user.id, githubId: Number(row.user.providerId), login: row.user.login ?? row.user.providerId },
+    };
+  }
+
+  revoke(sessionId: number): void {
+    this.db.update(sessions).set({ revokedAt: new Date() }).where(eq(sessions.id, sessionId)).run();
+  }
+
+  /** The user's GitHub token for this session, refreshed when it has expired (GitHub App user tokens last 8 h). */
+  async accessToken(session: Session): Promise<string> {
+    const row = this.db.select().from(sessions).where(eq(sessions.id, session.id)).get()!;
+    const key = await this.userKey(session.userId);
+    try {
+      const fresh = !row.accessExpiresAt || row.accessExpiresAt.getTime() > Date.now() + 60_000;
+      if (fresh || !row.refreshToken) return open(key, row.accessToken, tokenAad(session.userId, 'access')).toString();
+      const tokens = await this.api.refresh(open(key, row.refreshToken, tokenAad(session.userId, 'refresh')).toString());
+      this.db
+        .update(sessions)
+        .set({
+          accessToken: seal(key, Buffer.from(tokens.accessToken), tokenAad(session.userId, 'access')),
+          accessExpiresAt: tokens.accessExpiresAt,
+          refreshToken: tokens.refreshToken ? seal(key, Buffer.from(tokens.refreshToken), tokenAad(session.userId, 'refresh')) : row.refreshToken,
+        })
+        .where(eq(sessions.id, session.id))
+        .run();
+      return tokens.accessToken;
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  /** A one-time ticket (≤ 60 s) that lets this session's user open the hidden preview at `host`. */
+  issueTicket(session: Session, host: string): string {
+    const now = Date.now();
+    for (const [k, t] of this.tickets) if (t.expires < now) this.tickets.delete(k);
+    const ticket = newToken();
+    this.tickets.set(hash(ticket), { sessionId: session.id, host, expires: now + TICKET_MS });
+    return ticket;
+  }
+
+  /**
+   * Exchanges a ticket, once, on the host it was made for, for that host's cookie value (≤ 1 h, never past the
+   * session). Undefined for a ticket replayed, expired, unknown or for another host.
+   */
+  redeemTicket(ticket: string, host: string): { cookie: string; maxAgeSeconds: number } | undefined {
+    const key = hash(ticket);
+    const entry = this.tickets.get(key);
+    this.tickets.delete(key);
+    if (!entry || entry.expires < Date.now() || entry.host !== host) return undefined;
+    const session = this.db.select().from(sessions).where(eq(sessions.id, entry.sessionId)).get();
+    if (!session || session.revokedAt || session.expiresAt.getTime() <= Date.now()) return undefined;
+    const expiresAt = Math.min(Date.now() + GRANT_MS, session.expiresAt.getTime());
+    const cookie = newToken();
+    this.db.insert(previewGrants).values({ tokenHash: hash(cookie), sessionId: session.id, host, expiresAt: new Date(expiresAt) }).run();
+    return { cookie, maxAgeSeconds: Math.floor((expiresAt - Date.now()) / 1000) };
+  }
+
+  /** The live session behind a preview host's cookie, only on that host. */
+  grant(cookie: string | undefined, host: string): Session | undefined {
+    if (!cookie) return undefined;
+    const row = this.db
+      .select({ grant: previewGrants, session: sessions })
+      .from(previewGrants)
+      .innerJoin(sessions, eq(previewGrants.sessionId, sessions.id))
+      .where(and(eq(previewGrants.tokenHash, hash(cookie)), eq(previewGrants.host, host), gt(previewGrants.expiresAt, new Date())))
+      .get();
+    if (!row || row.session.revokedAt || row.session.expiresAt.getTime() <= Date.now()) return undefined;
+    const user = this.db.select().from(users).where(eq(users.id, row.session.userId)).get()!;
+    return {
+      id: row.session.id,
+      userId: user.id,
+      csrf: row.session.csrf,
+      expiresAt: row.session.expiresAt,
+      user: { id: user.id, githubId: Number(user.providerId), login: user.login ?? user.providerId },
+    };
+  }
+
+  audit(userId: number | null, action: string, subject: string, detail?: string): void {
+    this.db.insert(auditEvents).values({ userId, action, subject, detail }).run();
+  }
+
+  /** Drops expired grants and sessions' leftovers and audit events past AUDIT_DAYS. */
+  prune(now = new Date()): void {
+    this.db.delete(previewGrants).where(lt(previewGrants.expiresAt, now)).run();
+    this.db.delete(auditEvents).where(lt(auditEvents.createdAt, new Date(now.getTime() - AUDIT_DAYS * 86_400_000))).run();
+  }
+
+  private async ensureUser(githubUser: GitHubUser) {
+    const existing = this.db
+      .select()
+      .from(users)
+      .where(and(eq(users.provider, 'github'), eq(users.providerId, String(githubUser.id))))
+      .get();
+    if (existing) {
+      return this.db.update(users).set({ login: githubUser.login }).where(eq(users.id, existing.id)).returning().get();
+    }
+    return this.db.insert(users).values({ provider: 'github', providerId: String(githubUser.id), login: githubUser.login }).returning().get();
+  }
+
+  /** The user's DEK (made and wrapped by the key service at first use). */
+  private async userKey(userId: number): Promise<Buffer> {
+    const user = this.db.select().from(users).where(eq(users.id, userId)).get()!;
+    if (user.wrappedDek && user.dekKeyId) return this.keys.unwrapKey(user.wrappedDek, user.dekKeyId);
+    const dek = newDataKey();
+    const { wrapped, keyId } = await this.keys.wrapKey(dek);
+    this.db.update(users).set({ wrappedDek: wrapped, dekKeyId: keyId }).where(eq(users.id, userId)).run();
+    return dek;
+  }
+}
+
+/** The audit trail, newest first, for `preview-gate audit`. */
+export function auditTrail(db: Db, limit = 1000) {
+  return db
+    .select({ at: auditEvents.createdAt, action: auditEvents.action, subject: auditEvents.subject, detail: auditEvents.detail, user: users.login, userId: users.providerId })
+    .from(auditEvents)
+    .leftJoin(users, eq(auditEvents.userId, users.id))
+    .orderBy(desc(auditEvents.id))
+    .limit(limit)
+    .all();
+}

@@ -1,0 +1,262 @@
+/**
+ * Sign-in with GitHub, hidden previews for people who may push, the dashboard and its audit (issue 14), at the
+ * HTTP level against the stand-in GitHub (OAuth web flow with PKCE, user APIs). Every bad input is refused.
+ */
+import http from 'node:http';
+import { PassThrough } from 'node:stream';
+import { jest } from '@jest/globals';
+import nock from 'nock';
+import { runCli } from '../src/cli.js';
+import { FakeGitHub } from './helpers/fake-github.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { siteTarball } from './helpers/tarballs.js';
+
+const OWNER = { id: 9001, login: 'octo-org' };
+const DOCS = 7001;
+const CONTRIBUTOR = { id: 555, login: 'contributor' };
+const MAINTAINER = { id: 1001, login: 'maintainer' };
+const READER = { id: 1002, login: 'reader' };
+const TRIAGER = { id: 1003, login: 'triager' };
+const A = sha('a1');
+const HOST = `pr1-${A.slice(0, 7)}--docs.previews.test`;
+const SESSION = '__Host-preview-gate';
+const VIEW = '__Host-preview-gate-view';
+
+let fake: FakeGitHub;
+let server: TestServer;
+
+beforeEach(async () => {
+  nock.enableNetConnect('127.0.0.1');
+  fake = await new FakeGitHub().start();
+  fake.addRepo({ id: DOCS, owner: OWNER, name: 'docs' });
+  fake.addUser(MAINTAINER, { [DOCS]: 'maintain' });
+  fake.addUser(READER, { [DOCS]: 'read' });
+  fake.addUser(TRIAGER, { [DOCS]: 'triage' });
+  server = await startTestServer({ ...fake.env, GITHUB_CLIENT_ID: fake.client.id, GITHUB_CLIENT_SECRET: fake.client.secret });
+  fake.addPull(DOCS, { number: 1, user: CONTRIBUTOR, commits: [A] });
+  expect((await server.upload(1, A, siteTarball('not reviewed yet'))).status).toBe(202);
+  await server.previews.settled();
+});
+afterEach(async () => {
+  jest.restoreAllMocks();
+  await server?.close();
+  await fake.close();
+});
+
+/** A request to the server as a browser would make it (no redirect followed), with a Host header when asked (as nginx passes it). */
+const get = (path: string, init: { cookie?: string; host?: string } = {}): Promise<Response> => {
+  if (!init.host) return fetch(`${server.url}${path}`, { redirect: 'manual', headers: init.cookie ? { cookie: init.cookie } : {} });
+  // fetch never sends a Host header of its own choosing.
+  return new Promise((resolve, reject) => {
+    const req = http.get(`${server.url}${path}`, { headers: { host: init.host!, ...(init.cookie ? { cookie: init.cookie } : {}) } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const headers = new Headers();
+        for (const [k, v] of Object.entries(res.headers)) for (const one of [v ?? []].flat()) headers.append(k, one);
+        resolve(new Response(res.statusCode === 204 || res.statusCode === 304 ? null : Buffer.concat(chunks), { status: res.statusCode, headers }));
+      });
+    });
+    req.on('error', reject);
+  });
+};
+const post = (path: string, fields: Record<string, string>, init: { cookie?: string; origin?: string } = {}) =>
+  fetch(`${server.url}${path}`, {
+    method: 'POST',
+    redirect: 'manual',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...(init.cookie ? { cookie: init.cookie } : {}), ...(init.origin ? { origin: init.origin } : {}) },
+    body: new URLSearchParams(fields).toString(),
+  });
+const local = (location: string) => location.replace('https://uploads.previews-gate.test', '');
+const setCookie = (res: Response, name: string) => res.headers.getSetCookie().find((c) => c.startsWith(`${name}=`));
+const cookiePair = (header: string | undefined) => header!.split(';')[0]!;
+
+/** The OAuth web flow: our /login → GitHub's authorize page (signs in `login`) → our callback. */
+async function signIn(login: string, next = '/') {
+  fake.signInAs = login;
+  const start = await get(`/login?next=${encodeURIComponent(next)}`);
+  expect(start.status).toBe(302);
+  const authorize = new URL(start.headers.get('location')!);
+  expect(authorize.searchParams.get('code_challenge_method')).toBe('S256');
+  const approved = await fetch(authorize, { redirect: 'manual' });
+  const callback = await get(local(approved.headers.get('location')!));
+  return { callback, cookie: setCookie(callback, SESSION) ? cookiePair(setCookie(callback, SESSION)) : undefined };
+}
+
+const csrfOf = async (cookie: string) => /name="csrf" value="([^"]+)"/.exec(await (await get('/', { cookie })).text())![1]!;
+
+/** Dashboard → ticket → the preview host's cookie. */
+async function openHidden(cookie: string) {
+  const view = await get(`/view/1/1/${A.slice(0, 7)}`, { cookie });
+  expect(view.status).toBe(302);
+  const ticketUrl = new URL(view.headers.get('location')!);
+  expect(ticketUrl.host).toBe(HOST);
+  const redeemed = await get(`${ticketUrl.pathname}${ticketUrl.search}`, { host: HOST });
+  return { ticketUrl, redeemed, viewCookie: setCookie(redeemed, VIEW) };
+}
+
+const auth = (host: string, cookie?: string) => get('/.preview-gate/auth', { host, cookie });
+
+test('a maintainer signs in with GitHub; the session cookie is __Host-, HttpOnly, Secure, SameSite=Lax; the dashboard lists the hidden PR', async () => {
+  const { callback, cookie } = await signIn('maintainer');
+  expect(callback.status).toBe(303);
+  expect(callback.headers.get('location')).toBe('/');
+  expect(setCookie(callback, SESSION)).toMatch(/^__Host-preview-gate=[\w-]+; Max-Age=43200; Path=\/; Expires=[^;]+; HttpOnly; Secure; SameSite=Lax$/);
+  const page = await (await get('/', { cookie })).text();
+  expect(page).toContain('<h2>octo-org/docs</h2>');
+  expect(page).toMatch(/Pull request #1 — <span class="hidden">hidden<\/span>/);
+  expect(page).toContain(`href="/view/1/1/${A.slice(0, 7)}"`);
+  expect(page).toContain('Publish (add the label)');
+  // The user is ("github", id), the token sealed: neither token nor login-only identity in the database.
+  const row = server.core.db.$client.prepare("select provider, provider_id, wrapped_dek is not null as sealed from users where login = 'maintainer'").get();
+  expect(row).toEqual({ provider: 'github', provider_id: '1001', sealed: 1 });
+  expect(JSON.stringify(server.core.db.$client.prepare('select * from sessions').all())).not.toMatch(/ghu_/);
+});
+
+test('without a session the dashboard offers sign-in; a forged or revoked session is no session', async () => {
+  expect(await (await get('/')).text()).toContain('Sign in with GitHub');
+  expect(await (await get('/', { cookie: `${SESSION}=forged` })).text()).toContain('Sign in with GitHub');
+  const { cookie } = await signIn('maintainer');
+  const { viewCookie } = await openHidden(cookie!);
+  const out = await post('/logout', { csrf: await csrfOf(cookie!) }, { cookie });
+  expect(out.status).toBe(303);
+  expect(await (await get('/', { cookie })).text()).toContain('Sign in with GitHub');
+  // The preview host's cookie died with the session.
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
+});
+
+test('sign-in refuses a state it did not issue, a code without its PKCE verifier, and GitHub being down', async () => {
+  fake.signInAs = 'maintainer';
+  const start = await get('/login');
+  const authorize = new URL(start.headers.get('location')!);
+  const approved = new URL((await fetch(authorize, { redirect: 'manual' })).headers.get('location')!);
+  // Another state: 400, no session.
+  const wrongState = await get(`/login/callback?code=${approved.searchParams.get('code')}&state=not-ours`);
+  expect(wrongState.status).toBe(400);
+  expect(await wrongState.text()).toContain('did not start here');
+  expect(wrongState.headers.getSetCookie()).toEqual([]);
+  // A code obtained for another sign-in (its PKCE challenge): GitHub refuses the verifier.
+  const second = new URL((await get('/login')).headers.get('location')!);
+  const code = approved.searchParams.get('code');
+  const mixed = await get(`/login/callback?code=${code}&state=${second.searchParams.get('state')}`);
+  expect(mixed.status).toBe(401);
+  expect(await mixed.text()).toMatch(/Sign-in failed: GitHub refused the sign-in \(invalid_grant\)/);
+  // GitHub down during the exchange: a clear page, no session.
+  const third = new URL((await get('/login')).headers.get('location')!);
+  const thirdApproved = new URL((await fetch(third, { redirect: 'manual' })).headers.get('location')!);
+  await fake.close();
+  const down = await get(local(thirdApproved.href));
+  expect(down.status).toBe(503);
+  expect(await down.text()).toContain('GitHub could not be reached');
+  expect(down.headers.getSetCookie()).toEqual([]);
+  fake = await new FakeGitHub().start(); // for afterEach
+});
+
+test.each([['//evil.example/x'], ['/\\evil.example'], ['https://evil.example/'], ['javascript:alert(1)']])('an open redirect in next (%s) lands on the dashboard', async (next) => {
+  const { callback } = await signIn('maintainer', next);
+  expect(callback.headers.get('location')).toBe('/');
+});
+
+test('a maintainer opens the hidden preview: a one-time ticket for that host, exchanged for a host-only cookie; replays and other hosts get nothing', async () => {
+  const { cookie } = await signIn('maintainer');
+  const { ticketUrl, redeemed, viewCookie } = await openHidden(cookie!);
+  expect(redeemed.status).toBe(303);
+  expect(viewCookie).toMatch(/^__Host-preview-gate-view=[\w-]+; Max-Age=3600; Path=\/; Expires=[^;]+; HttpOnly; Secure; SameSite=Lax$/);
+  expect(viewCookie).not.toMatch(/Domain=/i);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
+  // Replayed ticket: nothing.
+  const replay = await get(`${ticketUrl.pathname}${ticketUrl.search}`, { host: HOST });
+  expect(replay.status).toBe(404);
+  expect(replay.headers.getSetCookie()).toEqual([]);
+  // A ticket for this host used on another: nothing.
+  const other = await openHiddenTicket(cookie!);
+  expect((await get(`${other.pathname}${other.search}`, { host: `pr1--docs.previews.test` })).status).toBe(404);
+  // The cookie of this host on another host: refused.
+  expect((await auth('pr1--docs.previews.test', cookiePair(viewCookie))).status).toBe(403);
+  // No cookie, a forged one: refused.
+  expect((await auth(HOST)).status).toBe(403);
+  expect((await auth(HOST, `${VIEW}=forged`)).status).toBe(403);
+});
+
+async function openHiddenTicket(cookie: string): Promise<URL> {
+  return new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!);
+}
+
+test('an expired ticket gets nothing', async () => {
+  const { cookie } = await signIn('maintainer');
+  const ticket = await openHiddenTicket(cookie!);
+  const now = Date.now();
+  jest.spyOn(Date, 'now').mockReturnValue(now + 61_000);
+  expect((await get(`${ticket.pathname}${ticket.search}`, { host: HOST })).status).toBe(404);
+});
+
+test('a reader (no push access) sees no hidden preview and cannot publish; a collaborator removed loses access within 5 minutes', async () => {
+  const reader = (await signIn('reader')).cookie!;
+  const page = await (await get('/', { cookie: reader })).text();
+  expect(page).not.toContain('/view/');
+  expect(page).toContain('Publishing or hiding needs the triage role.');
+  expect((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie: reader })).status).toBe(403);
+  const csrf = await csrfOf(reader);
+  expect((await post('/pulls/1/1/publish', { csrf }, { cookie: reader })).status).toBe(403);
+  expect(fake.pull(DOCS, 1).labels).toEqual([]);
+
+  const { viewCookie } = await openHidden((await signIn('maintainer')).cookie!);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
+  fake.collaborators.delete(`${DOCS}:maintainer`);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204); // the role is cached ≤ 5 min
+  const now = Date.now();
+  jest.spyOn(Date, 'now').mockReturnValue(now + 5 * 60_000 + 1000);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
+});
+
+test('GitHub down: a hidden preview stays hidden for a grant whose role must be asked again', async () => {
+  const { viewCookie } = await openHidden((await signIn('maintainer')).cookie!);
+  const now = Date.now();
+  jest.spyOn(Date, 'now').mockReturnValue(now + 6 * 60_000);
+  fake.fault = { kind: 'down' };
+  fake.collaborators.set(`${DOCS}:maintainer`, 'maintain');
+  // The fault only touches installation-token requests; a user-token request to a closed GitHub fails too:
+  await fake.close();
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
+  fake = await new FakeGitHub().start();
+});
+
+test('publish and hide from the dashboard add and remove the label as the signed-in user; history names them; forms need their CSRF token', async () => {
+  const cookie = (await signIn('triager')).cookie!;
+  const csrf = await csrfOf(cookie);
+  expect((await post('/pulls/1/1/publish', {}, { cookie })).status).toBe(403);
+  expect((await post('/pulls/1/1/publish', { csrf: 'wrong' }, { cookie })).status).toBe(403);
+  expect((await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://evil.example' })).status).toBe(403);
+  expect(fake.pull(DOCS, 1).labels).toEqual([]);
+
+  const published = await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://uploads.previews-gate.test' });
+  expect(published.status).toBe(303);
+  expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
+  // The label was added with the user's token, not the app's.
+  expect(fake.writes.find((w) => w.method === 'POST' && /\/issues\/1\/labels$/.test(w.path))?.body).toEqual({ labels: ['safe for preview'] });
+  expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('public');
+  let page = await (await get('/', { cookie })).text();
+  expect(page).toMatch(/hidden → public \(dashboard.publish, by triager\)/);
+  expect(page).toContain(`https://${HOST}/`);
+
+  expect((await post('/pulls/1/1/hide', { csrf }, { cookie })).status).toBe(303);
+  expect(fake.pull(DOCS, 1).labels).toEqual([]);
+  expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
+  page = await (await get('/', { cookie })).text();
+  expect(page).toMatch(/public → hidden \(dashboard.hide, by triager\)/);
+});
+
+test('preview-gate audit prints who signed in, looked at a hidden preview, published and hid', async () => {
+  const cookie = (await signIn('maintainer')).cookie!;
+  await openHidden(cookie);
+  await post('/pulls/1/1/publish', { csrf: await csrfOf(cookie) }, { cookie });
+  const out: string[] = [];
+  const stdout = new PassThrough().on('data', (c) => out.push(String(c)));
+  expect(await runCli(['audit', '--json'], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: { DATA_DIR: server.config.dataDir } })).toBe(0);
+  const events = JSON.parse(out.join(''));
+  expect(events.map((e: { action: string; user: string; subject: string }) => [e.action, e.user, e.subject])).toEqual([
+    ['publish', 'maintainer', 'octo-org/docs#1'],
+    ['view-hidden', 'maintainer', HOST],
+    ['sign-in', 'maintainer', 'maintainer'],
+  ]);
+});
