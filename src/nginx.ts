@@ -62,9 +62,13 @@ export function renderNginx(o: NginxOptions): string {
       ? `server {\n    listen ${o.listen} default_server;\n    server_name _;\n    return 301 https://$host$request_uri;\n}`
       : '',
   };
-  return template.replace(/\{\{([A-Z_]+)\}\}/g, (_, name: string) => {
-    const value = values[name];
-    if (value === undefined) throw new Error(`nginx template: unknown placeholder {{${name}}}`);
-    return value;
-  });
+  const fill = (text: string) =>
+    text.replace(/\{\{([A-Z_]+)\}\}/g, (_, name: string) => {
+      const value = values[name];
+      if (value === undefined) throw new Error(`nginx template: unknown placeholder {{${name}}}`);
+      return value;
+    });
+  // Inlined, not included: its own placeholders are filled like the template's.
+  values.HIDDEN_RULES = fill(fs.readFileSync(path.join(dir, 'preview-hidden.conf'), 'utf8')).replace(/\n(?=.)/g, '\n    ');
+  return fill(template);
 }

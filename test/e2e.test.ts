@@ -142,11 +142,15 @@ test('a symlink inside a build (planted on disk) is not followed', async () => {
 
 test('the main host serves no build file, refuses other methods with 405 and over-size bodies with 413', async () => {
   expect((await uploadThroughNginx(5, A, 'main host', [LABEL])).status).toBe(201);
-  for (const p of ['/docs/5/' + A.slice(0, 7) + '/index.html', '/index.html', '/']) {
+  for (const p of ['/docs/5/' + A.slice(0, 7) + '/index.html', '/index.html']) {
     const res = await request(nginx.port, MAIN_HOST, p);
     expect(res.status).toBe(404);
     expect(res.body.toString()).not.toContain('main host');
   }
+  // `/` is the dashboard's sign-in page, never a build.
+  const root = await request(nginx.port, MAIN_HOST, '/');
+  expect(root.body.toString()).toContain('Sign in with GitHub');
+  expect(root.body.toString()).not.toContain('main host');
   expect((await request(nginx.port, MAIN_HOST, `/create-build/5/${B}`)).status).toBe(405);
   expect((await request(nginx.port, MAIN_HOST, `/create-build/5/${B}`, { method: 'PUT', body: Buffer.from('x') })).status).toBe(405);
 

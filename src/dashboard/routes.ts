@@ -177,7 +177,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     const pr = repo && deps.registry.findPullRequest(repo.id, host!.pr);
     if (!session || !repo || !pr || pr.visibility !== 'hidden') return void res.status(403).end();
     try {
-      res.status(atLeast(await roles.role(session, repo), 'write') ? 204 : 403).end();
+      const allowed = atLeast(await roles.role(session, repo), 'write');
+      // nginx links the hidden preview's banner to the pull request.
+      if (allowed) res.set('X-Preview-Gate-Pr', `${config.githubWebUrl}/${repo.fullName}/pull/${pr.number}`);
+      res.status(allowed ? 204 : 403).end();
     } catch {
       res.status(403).end(); // GitHub could not say: the preview stays hidden
     }

@@ -1,0 +1,125 @@
+/**
+ * Hidden previews through real nginx (issue 14): nginx serves a hidden build only on Node's yes
+ * (auth_request), with the banner, `private, no-store` and `noindex`; everyone else gets the usual 404.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import nock from 'nock';
+import { FakeGitHub } from './helpers/fake-github.js';
+import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { tarball } from './helpers/tarballs.js';
+
+const MAIN_HOST = 'uploads.test';
+const DOCS = 7001;
+const A = sha('a1');
+const B = sha('b2');
+const HOST = `pr1-${A.slice(0, 7)}--docs.previews.test`;
+
+let fake: FakeGitHub;
+let server: TestServer;
+let nginx: RunningNginx;
+
+beforeAll(async () => {
+  nock.enableNetConnect('127.0.0.1');
+  fake = await new FakeGitHub().start();
+  fake.addRepo({ id: DOCS, owner: { id: 9001, login: 'octo-org' }, name: 'docs' });
+  fake.addUser({ id: 1001, login: 'maintainer' }, { [DOCS]: 'write' });
+  fake.addUser({ id: 1002, login: 'reader' }, { [DOCS]: 'read' });
+  server = await startTestServer({ ...fake.env, PUBLIC_URL: `http://${MAIN_HOST}`, GITHUB_CLIENT_ID: fake.client.id, GITHUB_CLIENT_SECRET: fake.client.secret });
+  fs.chmodSync(server.tmp, 0o755);
+  nginx = await startNginx(path.join(server.tmp, 'nginx'), {
+    previewDomain: 'previews.test',
+    buildsDir: server.config.buildsDir,
+    upstream: new URL(server.url).host,
+    publicHost: MAIN_HOST,
+    maxUploadBytes: server.config.maxUploadBytes,
+  });
+  fake.addPull(DOCS, { number: 1, user: { id: 555, login: 'contributor' }, commits: [A] });
+  fake.addPull(DOCS, { number: 2, user: { id: 555, login: 'contributor' }, commits: [B], labels: ['safe for preview'] });
+  const site = (marker: string) => tarball({ 'index.html': `<html><body><h1>${marker}</h1></body></html>`, 'app.js': 'console.log(1)' });
+  expect((await server.upload(1, A, site('not reviewed'))).status).toBe(202);
+  expect((await server.upload(2, B, site('public one'))).status).toBe(201);
+});
+afterAll(async () => {
+  if (process.env.SHOW_NGINX_ERRORS) console.log(fs.readFileSync(path.join(server.tmp, 'nginx', 'logs', 'error.log'), 'utf8'));
+  await nginx?.stop();
+  await server?.close();
+  await fake.close();
+});
+
+const viaNginx = (host: string, urlPath: string, cookie?: string) => request(nginx.port, host, urlPath, cookie ? { headers: { cookie } } : {});
+const cookiePair = (header: string | string[] | undefined) => [header ?? []].flat()[0]?.split(';')[0];
+
+/** Signs in through nginx and walks the ticket to the preview host; the preview host's cookie. */
+async function viewCookie(login: string): Promise<string | undefined> {
+  fake.signInAs = login;
+  const start = await viaNginx(MAIN_HOST, '/login');
+  const approved = await fetch(start.headers.location!, { redirect: 'manual' });
+  const callback = new URL(approved.headers.get('location')!);
+  const signedIn = await viaNginx(MAIN_HOST, `${callback.pathname}${callback.search}`);
+  const session = cookiePair(signedIn.headers['set-cookie']);
+  const view = await viaNginx(MAIN_HOST, `/view/1/1/${A.slice(0, 7)}`, session);
+  if (view.status !== 302) return undefined;
+  const ticket = new URL(view.headers.location!);
+  expect(ticket.host).toBe(HOST);
+  const redeemed = await viaNginx(HOST, `${ticket.pathname}${ticket.search}`);
+  expect(redeemed.status).toBe(303);
+  return cookiePair(redeemed.headers['set-cookie']);
+}
+
+test('without a grant a hidden build is the same 404 as an unknown preview, not cacheable', async () => {
+  const hidden = await viaNginx(HOST, '/');
+  const unknown = await viaNginx('pr1-0000000--docs.previews.test', '/');
+  expect(hidden.status).toBe(404);
+  expect(hidden.body).toEqual(unknown.body);
+  expect(hidden.headers['cache-control']).toBe('no-store');
+  expect((await viaNginx(HOST, '/', 'preview-gate-view=forged')).status).toBe(404);
+  // The grant's paths cannot be used to read anything either.
+  expect((await viaNginx(HOST, '/.preview-gate/ticket?t=made-up')).status).toBe(404);
+  expect((await viaNginx(HOST, '/.preview-gate/auth')).status).toBe(404);
+  expect((await viaNginx(HOST, '/.preview-gate-hidden/index.html')).status).toBe(404);
+});
+
+test('a maintainer sees the hidden build with the banner, private and noindex; a reader never gets a ticket', async () => {
+  expect(await viewCookie('reader')).toBeUndefined();
+  const cookie = await viewCookie('maintainer');
+  const page = await viaNginx(HOST, '/', cookie);
+  expect(page.status).toBe(200);
+  expect(page.body.toString()).toMatch(/^<html><body><h1>not reviewed<\/h1><div role="note" [^>]*>Hidden preview — not reviewed\..*href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/1">The pull request<\/a><\/div><\/body><\/html>$/);
+  expect(page.headers['cache-control']).toBe('private, no-store');
+  expect(page.headers['x-robots-tag']).toBe('noindex');
+  expect(page.headers['x-content-type-options']).toBe('nosniff');
+  // Files and single-page-app paths as for a public build.
+  expect((await viaNginx(HOST, '/app.js', cookie)).body.toString()).toBe('console.log(1)');
+  expect((await viaNginx(HOST, '/missing.js', cookie)).status).toBe(404);
+  expect((await viaNginx(HOST, '/some/route', cookie)).body.toString()).toContain('not reviewed');
+  // The cookie is this host's only.
+  expect((await viaNginx('pr1--docs.previews.test', '/', cookie)).status).toBe(404);
+  // A public build is served as before: no banner, immutable.
+  const open = await viaNginx(`pr2-${B.slice(0, 7)}--docs.previews.test`, '/');
+  expect(open.body.toString()).toBe('<html><body><h1>public one</h1></body></html>');
+  expect(open.headers['cache-control']).toBe('public, max-age=31536000, immutable');
+});
+
+test('the auth sub-request adds little to a hidden page (figure printed with PRINT_FIGURES=1)', async () => {
+  const cookie = await viewCookie('maintainer');
+  const publicHost = `pr2-${B.slice(0, 7)}--docs.previews.test`;
+  const time = async (host: string, c?: string) => {
+    const t = process.hrtime.bigint();
+    const res = await viaNginx(host, '/app.js', c);
+    expect(res.status).toBe(200);
+    return Number(process.hrtime.bigint() - t) / 1e6;
+  };
+  const hidden: number[] = [];
+  const open: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    hidden.push(await time(HOST, cookie));
+    open.push(await time(publicHost));
+  }
+  const p50 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  if (process.env.PRINT_FIGURES) {
+    console.log(`hidden page p50 ${p50(hidden).toFixed(2)} ms vs public p50 ${p50(open).toFixed(2)} ms: auth_request adds ${(p50(hidden) - p50(open)).toFixed(2)} ms (200 requests each, loopback)`);
+  }
+  expect(p50(hidden)).toBeGreaterThan(0);
+});
