@@ -116,6 +116,9 @@ export class Notifier {
         `A maintainer who has reviewed the changes can add the label \`${settings.trustedLabel}\` to publish them` +
           (all.length ? ` (${all.length} build${all.length === 1 ? '' : 's'} waiting).` : '.'),
       );
+      if (this.config.githubClientId) {
+        lines.push('', `People who can push to this repository can look at the hidden previews first, and publish or hide them, on the [preview-gate dashboard](${this.config.publicUrl}/).`);
+      }
     }
     return lines.join('\n');
   }

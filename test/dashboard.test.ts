@@ -107,6 +107,8 @@ test('a maintainer signs in with GitHub; the session cookie is __Host-, HttpOnly
   expect(page).toMatch(/Pull request #1 — <span class="hidden">hidden<\/span>/);
   expect(page).toContain(`href="/view/1/1/${A.slice(0, 7)}"`);
   expect(page).toContain('Publish (add the label)');
+  // The PR comment of a hidden PR sends maintainers here.
+  expect(fake.commentText()).toContain('on the [preview-gate dashboard](https://uploads.previews-gate.test/)');
   // The user is ("github", id), the token sealed: neither token nor login-only identity in the database.
   const row = server.core.db.$client.prepare("select provider, provider_id, wrapped_dek is not null as sealed from users where login = 'maintainer'").get();
   expect(row).toEqual({ provider: 'github', provider_id: '1001', sealed: 1 });

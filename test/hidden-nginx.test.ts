@@ -86,7 +86,7 @@ test('a maintainer sees the hidden build with the banner, private and noindex; a
   const cookie = await viewCookie('maintainer');
   const page = await viaNginx(HOST, '/', cookie);
   expect(page.status).toBe(200);
-  expect(page.body.toString()).toMatch(/^<html><body><h1>not reviewed<\/h1><div role="note" [^>]*>Hidden preview — not reviewed\..*href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/1">The pull request<\/a><\/div><\/body><\/html>$/);
+  expect(page.body.toString()).toMatch(/^<html><body><h1>not reviewed<\/h1><div role="note" [^>]*>Hidden preview &mdash; not reviewed\..*href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/1">The pull request<\/a><\/div><\/body><\/html>$/);
   expect(page.headers['cache-control']).toBe('private, no-store');
   expect(page.headers['x-robots-tag']).toBe('noindex');
   expect(page.headers['x-content-type-options']).toBe('nosniff');

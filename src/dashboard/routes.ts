@@ -265,7 +265,7 @@ ${canAct
   .map((b) => {
     const url = buildUrl(config, site, pr.number, b.sha7);
     const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : atLeast(role, 'write') ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
-    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${(b.bytes / 1e6).toFixed(1)} MB</td><td>${age(b.createdAt)}</td></tr>`;
+    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${size(b.bytes)}</td><td>${age(b.createdAt)}</td></tr>`;
   })}</tbody></table>
 <h4>History</h4>
 <ul>${history.map((h) => html`<li>${h.change.createdAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${h.change.from} → ${h.change.to} (${h.change.cause}${h.actor ? html`, by ${h.actor}` : ''}): ${h.change.reason}</li>`)}</ul>
@@ -275,6 +275,8 @@ ${canAct
   });
   return html`<h1>Previews</h1>${sections.length ? sections : html`<p>No repository with the app installed is one you collaborate on.</p>`}`;
 }
+
+const size = (bytes: number) => (bytes < 1e6 ? `${Math.max(1, Math.round(bytes / 1e3))} kB` : `${(bytes / 1e6).toFixed(1)} MB`);
 
 function age(at: Date): string {
   const minutes = Math.round((Date.now() - at.getTime()) / 60_000);

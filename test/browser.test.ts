@@ -1,0 +1,144 @@
+/**
+ * The dashboard and hidden previews in a real headless browser (Debian's chromium driven by playwright-core),
+ * through real nginx with TLS, against the stand-in GitHub (issue 14): sign in → the dashboard lists the PR →
+ * the hidden preview with its banner → publish → the public URL serves without a cookie → hide again.
+ * Screenshots: test-artifacts/screenshots/.
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import nock from 'nock';
+import { chromium, type Browser } from 'playwright-core';
+import { FakeGitHub } from './helpers/fake-github.js';
+import { freePort, startNginx, type RunningNginx } from './helpers/nginx.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { tarball } from './helpers/tarballs.js';
+
+const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => fs.existsSync(p));
+const MAIN_HOST = 'uploads.test';
+const DOCS = 7001;
+const A = sha('a1');
+const HIDDEN_URL = `https://pr1-${A.slice(0, 7)}--docs.previews.test/`;
+const SCREENSHOTS = path.resolve('test-artifacts', 'screenshots');
+
+let fake: FakeGitHub;
+let server: TestServer;
+let nginx: RunningNginx;
+let proxy: net.Server;
+let browser: Browser;
+let proxyPort: number;
+
+beforeAll(async () => {
+  if (!CHROMIUM) throw new Error('chromium is not installed: run `apt-get install -y chromium` (.ci/run does) — the browser test needs it.');
+  nock.enableNetConnect('127.0.0.1');
+  fake = await new FakeGitHub().start();
+  fake.addRepo({ id: DOCS, owner: { id: 9001, login: 'octo-org' }, name: 'docs' });
+  fake.addUser({ id: 1001, login: 'maintainer' }, { [DOCS]: 'maintain' });
+  fake.signInAs = 'maintainer';
+  server = await startTestServer({ ...fake.env, PUBLIC_URL: `https://${MAIN_HOST}`, GITHUB_CLIENT_ID: fake.client.id, GITHUB_CLIENT_SECRET: fake.client.secret });
+  fs.chmodSync(server.tmp, 0o755);
+  // A certificate for the upload host and every preview host (the browser is told to accept it).
+  const certDir = path.join(server.tmp, 'tls');
+  fs.mkdirSync(certDir);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=uploads.test', '-addext', 'subjectAltName=DNS:uploads.test,DNS:*.previews.test',
+    '-keyout', path.join(certDir, 'key.pem'), '-out', path.join(certDir, 'cert.pem')], { stdio: 'ignore' });
+  const tlsPort = await freePort();
+  nginx = await startNginx(path.join(server.tmp, 'nginx'), {
+    previewDomain: 'previews.test',
+    buildsDir: server.config.buildsDir,
+    upstream: new URL(server.url).host,
+    publicHost: MAIN_HOST,
+    maxUploadBytes: server.config.maxUploadBytes,
+    tls: { certificate: path.join(certDir, 'cert.pem'), key: path.join(certDir, 'key.pem'), listen: `127.0.0.1:${tlsPort}` },
+  });
+  // Every https host the browser opens (uploads.test, *.previews.test) reaches nginx: a CONNECT proxy.
+  proxy = net.createServer((client) => {
+    client.once('data', (head) => {
+      if (!/^CONNECT [^ ]+:443 /.test(head.toString())) return void client.end('HTTP/1.1 403 Forbidden\r\n\r\n');
+      const upstream = net.connect(tlsPort, '127.0.0.1', () => {
+        client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        client.pipe(upstream).pipe(client);
+      });
+      upstream.on('error', () => client.destroy());
+      client.on('error', () => upstream.destroy());
+    });
+  });
+  proxyPort = await new Promise<number>((resolve) => proxy.listen(0, '127.0.0.1', () => resolve((proxy.address() as net.AddressInfo).port)));
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [`--proxy-server=http://127.0.0.1:${proxyPort}`, '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  fs.mkdirSync(SCREENSHOTS, { recursive: true });
+
+  fake.addPull(DOCS, { number: 1, user: { id: 555, login: 'contributor' }, commits: [A] });
+  const site = tarball({
+    'index.html': '<!doctype html><html><head><title>A contributor\'s docs</title><script src="/app.js"></script></head><body><h1>Docs from a contributor</h1><p>Not reviewed yet.</p></body></html>',
+    'app.js': 'window.seenCookie = document.cookie;',
+  });
+  expect((await server.upload(1, A, site)).status).toBe(202);
+  await server.previews.settled();
+}, 60_000);
+
+afterAll(async () => {
+  await browser?.close();
+  proxy?.close();
+  await nginx?.stop();
+  await server?.close();
+  await fake.close();
+});
+
+test('sign in, see the hidden preview with its banner, publish it, hide it again', async () => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+
+  await page.goto(`https://${MAIN_HOST}/`);
+  await page.getByRole('link', { name: 'Sign in with GitHub' }).click();
+  await page.waitForURL(`https://${MAIN_HOST}/`);
+  await page.getByRole('heading', { name: 'octo-org/docs' }).waitFor();
+  await page.getByRole('heading', { name: /Pull request #1 — hidden/ }).waitFor();
+  // The session cookie: host-only, HttpOnly, Secure, SameSite=Lax, as the browser stored it.
+  const [session] = await context.cookies(`https://${MAIN_HOST}/`);
+  expect(session).toMatchObject({ name: '__Host-preview-gate', domain: MAIN_HOST, httpOnly: true, secure: true, sameSite: 'Lax' });
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard.png'), fullPage: true });
+
+  // Keyboard only: the link to the hidden preview is reachable and opens it.
+  await page.getByRole('link', { name: 'open the hidden preview' }).focus();
+  await Promise.all([page.waitForURL(HIDDEN_URL), page.keyboard.press('Enter')]);
+  await page.getByRole('heading', { name: 'Docs from a contributor' }).waitFor();
+  const banner = page.getByRole('note');
+  expect(await banner.textContent()).toContain('Hidden preview — not reviewed.');
+  expect(await banner.getByRole('link', { name: 'The pull request' }).getAttribute('href')).toMatch(/\/octo-org\/docs\/pull\/1$/);
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'hidden-preview.png'), fullPage: true });
+  // The preview's own JavaScript can read neither cookie, nor use the session on the dashboard.
+  expect(await page.evaluate(() => (window as unknown as { seenCookie: string }).seenCookie)).toBe('');
+  const [viewCookie] = await context.cookies(HIDDEN_URL);
+  expect(viewCookie).toMatchObject({ name: '__Host-preview-gate-view', domain: new URL(HIDDEN_URL).host, httpOnly: true, secure: true });
+  await page.evaluate(() =>
+    fetch('https://uploads.test/pulls/1/1/publish', { method: 'POST', mode: 'no-cors', credentials: 'include', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'csrf=guess' }).catch(() => undefined),
+  );
+  expect(fake.pull(DOCS, 1).labels).toEqual([]);
+
+  // Another browser without the cookie: the same URL is a 404.
+  const stranger = await browser.newContext({ ignoreHTTPSErrors: true });
+  const strangerPage = await stranger.newPage();
+  expect((await strangerPage.goto(HIDDEN_URL))!.status()).toBe(404);
+
+  // Publish from the dashboard: the label is added as the maintainer, the preview is public for everyone.
+  await page.goto(`https://${MAIN_HOST}/`);
+  await page.getByRole('button', { name: 'Publish (add the label)' }).click();
+  await page.getByRole('heading', { name: /Pull request #1 — public/ }).waitFor();
+  expect(await page.textContent('main')).toMatch(/hidden → public \(dashboard.publish, by maintainer\)/);
+  expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
+  const open = await strangerPage.goto(HIDDEN_URL);
+  expect(open!.status()).toBe(200);
+  expect(await strangerPage.getByRole('heading', { name: 'Docs from a contributor' }).count()).toBe(1);
+  expect(await strangerPage.getByRole('note').count()).toBe(0);
+
+  // Hide again.
+  await page.getByRole('button', { name: 'Hide (remove the label)' }).click();
+  await page.getByRole('heading', { name: /Pull request #1 — hidden/ }).waitFor();
+  expect(fake.pull(DOCS, 1).labels).toEqual([]);
+  expect((await strangerPage.goto(HIDDEN_URL))!.status()).toBe(404);
+  await Promise.all([context.close(), stranger.close()]);
+}, 60_000);
