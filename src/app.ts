@@ -128,6 +128,7 @@ export async function startServer(
   trackStoredBytes(metrics, () => previews.storedBytes());
   trackQueue(metrics, () => previews.queue.depth());
   const userApi = new GitHubUserApi(config);
+  if (config.githubClientId) log.info(`sign-in with GitHub is on: the GitHub App's callback URL must be ${config.publicUrl}/login/callback`);
   const sessions = new Sessions(core.db, core.keys, userApi, config.sessionMs);
   const cleanupTimer = setInterval(() => {
     sessions.prune();

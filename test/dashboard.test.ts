@@ -248,6 +248,29 @@ test('publish and hide from the dashboard add and remove the label as the signed
   expect(page).toMatch(/public → hidden \(dashboard.hide, by triager\)/);
 });
 
+test('an expired user token is refreshed with the refresh token (GitHub App user tokens last 8 hours)', async () => {
+  const cookie = (await signIn('maintainer')).cookie!;
+  const exchanges = () => fake.requests.filter((r) => r === 'POST /login/oauth/access_token').length;
+  expect(exchanges()).toBe(1);
+  const now = Date.now();
+  jest.spyOn(Date, 'now').mockReturnValue(now + 9 * 3600_000);
+  const page = await (await get('/', { cookie })).text();
+  expect(page).toContain('<h2>octo-org/docs</h2>');
+  expect(exchanges()).toBe(2);
+  // The new token is sealed in place of the old one: the next role question uses it without refreshing.
+  jest.spyOn(Date, 'now').mockReturnValue(now + 9 * 3600_000 + 6 * 60_000);
+  expect(await (await get('/', { cookie })).text()).toContain('<h2>octo-org/docs</h2>');
+  expect(exchanges()).toBe(2);
+});
+
+test('audit events are kept 90 days', async () => {
+  await signIn('maintainer');
+  server.sessions.prune(new Date(Date.now() + 89 * 86_400_000));
+  expect(server.core.db.$client.prepare('select count(*) as n from audit_events').get()).toEqual({ n: 1 });
+  server.sessions.prune(new Date(Date.now() + 91 * 86_400_000));
+  expect(server.core.db.$client.prepare('select count(*) as n from audit_events').get()).toEqual({ n: 0 });
+});
+
 test('preview-gate audit prints who signed in, looked at a hidden preview, published and hid', async () => {
   const cookie = (await signIn('maintainer')).cookie!;
   await openHidden(cookie);
