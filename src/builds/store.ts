@@ -10,6 +10,25 @@ const STAGING = '.staging';
 const OBJECTS_IN_BUILDS = '.objects';
 export const LATEST = '.latest';
 
+/**
+ * Whether a file in `from` can be hard-linked into `to`. Tried, not guessed from `st_dev`: two mounts of one
+ * filesystem (a container's volumes) share a device number, yet a link across them fails with EXDEV.
+ */
+function canHardLink(from: string, to: string): boolean {
+  const name = `.link-probe-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+  fs.writeFileSync(path.join(from, name), '');
+  try {
+    fs.linkSync(path.join(from, name), path.join(to, name));
+    fs.rmSync(path.join(to, name));
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EXDEV') return false;
+    throw err;
+  } finally {
+    fs.rmSync(path.join(from, name), { force: true });
+  }
+}
+
 /** The folder of one PR: `<site>/<pr>` when public, `<site>/hidden--<pr>` when hidden. */
 export function prFolderName(pr: number, visibility: Visibility): string {
   return visibility === 'public' ? String(pr) : `hidden--${pr}`;
@@ -54,8 +73,7 @@ export class BuildStore {
     if (!this.objectStore) {
       fs.mkdirSync(this.buildsDir, { recursive: true });
       fs.mkdirSync(this.objectsDir, { recursive: true });
-      const sameFilesystem = fs.statSync(this.objectsDir).dev === fs.statSync(this.buildsDir).dev;
-      this.objectStore = new ObjectStore(sameFilesystem ? this.objectsDir : path.join(this.buildsDir, OBJECTS_IN_BUILDS));
+      this.objectStore = new ObjectStore(canHardLink(this.buildsDir, this.objectsDir) ? this.objectsDir : path.join(this.buildsDir, OBJECTS_IN_BUILDS));
     }
     return this.objectStore;
   }

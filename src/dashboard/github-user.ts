@@ -58,8 +58,8 @@ export class GitHubUserApi {
         permission?: string;
         role_name?: string;
       };
-      const role = (body.role_name ?? body.permission) as Role;
-      return ROLES.includes(role) ? role : body.permission === 'write' ? 'write' : 'read';
+      // A custom role's name is not one of GitHub's; its base permission (`permission`) then says what it allows.
+      return ([body.role_name, body.permission].find((r) => ROLES.includes(r as Role)) as Role | undefined) ?? 'read';
     } catch (err) {
       if (err instanceof HttpError && (err.status === 403 || err.status === 404)) return 'none';
       throw err;

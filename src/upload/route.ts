@@ -7,7 +7,7 @@ import type { BuildStore } from '../builds/store.js';
 import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
 import { badRequest, forbidden, tooLarge, unavailable } from '../errors.js';
-import type { GitHub } from '../github.js';
+import type { GitHub, Octokit } from '../github.js';
 import type { Metrics } from '../metrics.js';
 import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
@@ -154,23 +154,35 @@ function answerWhateverComes(deps: UploadDeps, req: Request, res: Response): voi
  * needs. Every request settles before this does, so none outlives the upload.
  */
 async function authorizeWithGitHub(deps: UploadDeps, github: GitHub, repo: Repository, pr: number, sha: string) {
-  const octokit = await deps.previews.octokitFor(repo, { askGitHub: true });
   const [owner, name] = repo.fullName.split('/') as [string, string];
-  const inPr = github.prHasCommit(octokit, owner, name, pr, sha).then((found) => ({ found }), (err: unknown) => ({ err }));
-  const read = await deps.previews.decisions.readFacts(repo, pr, { octokit }).catch(async (err: unknown) => {
-    await inPr;
-    throw err;
-  });
-  const commit = await inPr;
+  // Both questions at once, each settled: no request outlives the upload.
+  const ask = async (octokit: Octokit) => {
+    const [read, commit] = await Promise.allSettled([deps.previews.decisions.readFacts(repo, pr, { octokit }), github.prHasCommit(octokit, owner, name, pr, sha)]);
+    return { read, commit };
+  };
+  // The installation is asked every time (an app removed without a delivery must answer 403), but the PR and
+  // the commit are asked at once with the remembered installation's token: one GitHub round trip, not two.
+  // When GitHub names another installation, they are asked again with its token.
+  const remembered = deps.registry.accountOf(repo).installationId;
+  const early = remembered ? github.forInstallation(remembered).then(ask) : undefined;
+  let answers;
+  try {
+    const octokit = await deps.previews.octokitFor(repo, { askGitHub: true });
+    answers = early && deps.registry.accountOf(repo).installationId === remembered ? await early : await ask(octokit);
+  } finally {
+    await early?.catch(() => undefined);
+  }
+  const { read, commit } = answers;
+  if (read.status === 'rejected') throw read.reason;
   // A closed PR is the answer whatever the commit question gave.
-  if (read.facts.state !== 'open') {
+  if (read.value.facts.state !== 'open') {
     // A PR we hold builds of is brought in line (hidden, retention starts); an unknown one gets no row.
-    if (deps.registry.findPullRequest(read.repo.id, pr)?.factsAt) await deps.previews.decisions.apply(read.repo, read.facts, { event: 'upload' });
+    if (deps.registry.findPullRequest(read.value.repo.id, pr)?.factsAt) await deps.previews.decisions.apply(read.value.repo, read.value.facts, { event: 'upload' });
     throw forbidden(`Pull request #${pr} is closed.`);
   }
-  if ('err' in commit) throw commit.err;
-  if (!commit.found) throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
-  return read;
+  if (commit.status === 'rejected') throw commit.reason;
+  if (!commit.value) throw forbidden(`Commit ${sha} is not part of pull request #${pr}.`);
+  return read.value;
 }
 
 /**

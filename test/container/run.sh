@@ -80,12 +80,14 @@ upload() { # <commit> <marker>
     --data-binary "@$work/site-$1.tgz" "http://127.0.0.1:$HTTP_PORT/create-build/1/$1"
 }
 status=$(upload "$COMMIT" 'from a container')
-[ "$status" = 201 ] || fail "upload answered $status: $(cat "$work/answer")"
+[ "$status" = 201 ] || { compose logs app 2>&1 | tail -20 >&2 || true; fail "upload answered $status: $(cat "$work/answer")"; }
 grep -q "\"url\":\"http://pr1-${COMMIT:0:7}--docs.previews.test/\"" "$work/answer" || fail "unexpected answer $(cat "$work/answer")"
 preview() { curl -sf -H "Host: pr1-${1:0:7}--docs.previews.test" "http://127.0.0.1:$HTTP_PORT/"; }
 [ "$(preview "$COMMIT")" = '<h1>from a container</h1>' ] || fail "the preview was not served"
 
 step "what lands on disk, and what nginx can see"
+# builds/ is a volume of its own: the content-addressed objects live inside it (hard links cannot cross mounts).
+podman exec "${project}_app_1" sh -c 'test -n "$(find /data/builds/.objects -type f)"' || fail "no content-addressed object in /data/builds/.objects"
 [ "$(podman exec "${project}_app_1" stat -c '%a %u' /data/preview-gate.sqlite)" = '600 1000' ] || fail "the SQLite file is not 0600 for uid 1000"
 podman exec "${project}_nginx_1" sh -c 'test ! -e /data/master.key && test ! -e /data/preview-gate.sqlite' || fail "nginx can see the key or the database"
 
