@@ -11,17 +11,17 @@ function seededBytes(seed, length) {
   return cipher.update(Buffer.alloc(length));
 }
 
-export function makeReferenceBuild(dir, { files = 3000, binaryShare = 1 / 3 } = {}) {
+export function makeReferenceBuild(dir, { files = 3000, binaryShare = 1 / 3, seed = '' } = {}) {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
-  const words = seededBytes('words', 4096).toString('base64').match(/.{1,7}/g);
+  const words = seededBytes(`${seed}words`, 4096).toString('base64').match(/.{1,7}/g);
   let raw = 0;
   for (let i = 0; i < files; i++) {
     const folder = path.join(dir, `section-${i % 40}`, `part-${i % 7}`);
     fs.mkdirSync(folder, { recursive: true });
     let body;
     if (i < files * binaryShare) {
-      body = seededBytes(`bin-${i}`, 37_000);
+      body = seededBytes(`${seed}bin-${i}`, 37_000);
       fs.writeFileSync(path.join(folder, `asset-${i}.bin`), body);
     } else {
       const n = 2600;
