@@ -184,6 +184,18 @@ async function openHiddenTicket(cookie: string): Promise<URL> {
   return new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!);
 }
 
+test('an expired preview cookie, or one outliving its session, gets nothing', async () => {
+  const { cookie } = await signIn('maintainer');
+  const { viewCookie } = await openHidden(cookie!);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
+  server.core.db.$client.prepare('update preview_grants set expires_at = ?').run(Date.now() - 1000);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
+  const second = (await openHidden(cookie!)).viewCookie;
+  expect((await auth(HOST, cookiePair(second))).status).toBe(204);
+  server.core.db.$client.prepare('update sessions set expires_at = ?').run(Date.now() - 1000);
+  expect((await auth(HOST, cookiePair(second))).status).toBe(403);
+});
+
 test('an expired ticket gets nothing', async () => {
   const { cookie } = await signIn('maintainer');
   const ticket = await openHiddenTicket(cookie!);
