@@ -45,7 +45,6 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   const states = new Map<string, { verifier: string; next: string; expires: number }>();
   const roles = new RoleCache(api, sessions);
   const redirectUri = `${config.publicUrl}/login/callback`;
-  const sessionCookie = (value: string, maxAgeMs: number) => ({ httpOnly: true, secure: names.secure, sameSite: 'lax' as const, path: '/', maxAge: maxAgeMs, value });
 
   // --- signing in -------------------------------------------------------------------------------------------
   router.get('/login', (req, res) => {
@@ -73,7 +72,7 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       const tokens = await api.exchangeCode(req.query.code, pending.verifier, redirectUri);
       const user = await api.user(tokens.accessToken);
       const cookie = await sessions.open(user, tokens);
-      res.cookie(names.session, cookie, { ...sessionCookie(cookie, config.sessionMs) });
+      res.cookie(names.session, cookie, { httpOnly: true, secure: names.secure, sameSite: 'lax', path: '/', maxAge: config.sessionMs });
       res.redirect(303, pending.next);
     } catch (err) {
       if (!(err instanceof HttpError)) throw err;
