@@ -1,4 +1,6 @@
 import { and, count, eq, isNull, sql, sum } from 'drizzle-orm';
+import fs from 'node:fs';
+import path from 'node:path';
 import type { BuildTarget, ExtractResult } from '../builds/extract.js';
 import { builds, objects, pullRequests, repositories, uploads } from '../db/schema.js';
 import { conflict, HttpError, tooLarge } from '../errors.js';
@@ -56,9 +58,9 @@ export class Ingest {
       const size = await extract({ dir: staging, limits, objects });
       stopTimer();
       const { repo: current, facts } = await authorized;
-      // Only a build GitHub said yes to adds objects; a refused one leaves nothing behind.
-      objects.adoptAll(size.fresh);
       const { pr, build, changed } = await this.storeBuild(current, facts, claim.buildId, staging, size, sha);
+      // Only a build GitHub said yes to adds objects; a refused one leaves nothing behind.
+      this.adoptAfterAnswer(current, pr.number, build.sha7, staging, size.fresh);
       staging = undefined;
       this.ctx.metrics.uploadedBytes.inc(size.bytes);
       this.ctx.db
@@ -77,6 +79,27 @@ export class Ingest {
       // Removed before returning, so a client that sees the answer never sees a leftover.
       if (staging) await this.ctx.store.discard(staging);
     }
+  }
+
+  /**
+   * Makes the new files of a stored build objects (one link each), right after the answer is written: a link
+   * per new file is not on the upload's critical path. It runs in one synchronous pass, so no rename (a
+   * visibility flip) can happen in the middle; the build's folder is looked up at that moment. A crash before it
+   * only leaves those files as their own copies (their rows go at the next cleanup).
+   */
+  private adoptAfterAnswer(repo: Repository, number: number, sha7: string, staging: string, fresh: ExtractResult['fresh']): void {
+    if (!fresh.length) return;
+    setImmediate(() => {
+      try {
+        const pr = this.ctx.registry.findPullRequest(repo.id, number);
+        if (!pr) return;
+        const dir = this.ctx.store.buildDir(this.decisions.currentRepo(repo).site, number, pr.visibility, sha7);
+        if (!fs.existsSync(dir)) return; // removed meanwhile (cleanup): nothing to adopt
+        this.ctx.store.objects.forRepository(repo.id).adoptAll(fresh.map((f) => ({ path: path.join(dir, path.relative(staging, f.path)), hash: f.hash })));
+      } catch (err) {
+        this.ctx.log.warn({ repo: repo.fullName, pr: number, sha: sha7, err: (err as Error).message }, 'the files of a stored build could not all become objects; they stay as they are');
+      }
+    });
   }
 
   /**
