@@ -142,7 +142,7 @@ test('a symlink inside a build (planted on disk) is not followed', async () => {
 
 test('the main host serves no build file, refuses other methods with 405 and over-size bodies with 413', async () => {
   expect((await uploadThroughNginx(5, A, 'main host', [LABEL])).status).toBe(201);
-  for (const p of ['/docs/5/' + A.slice(0, 7) + '/index.html', '/index.html']) {
+  for (const p of ['/docs/5/' + A.slice(0, 7) + '/index.html', '/index.html', '/metrics']) {
     const res = await request(nginx.port, MAIN_HOST, p);
     expect(res.status).toBe(404);
     expect(res.body.toString()).not.toContain('main host');
