@@ -128,10 +128,12 @@ export class Sessions {
     if (!entry || entry.expires < Date.now() || entry.host !== host) return undefined;
     const session = this.db.select().from(sessions).where(eq(sessions.id, entry.sessionId)).get();
     if (!session || session.revokedAt || session.expiresAt.getTime() <= Date.now()) return undefined;
-    const expiresAt = Math.min(Date.now() + GRANT_MS, session.expiresAt.getTime());
+    // One `now` for both: the cookie's Max-Age is exactly the grant's lifetime (an hour, or what the session has left).
+    const now = Date.now();
+    const expiresAt = Math.min(now + GRANT_MS, session.expiresAt.getTime());
     const cookie = newToken();
     this.db.insert(previewGrants).values({ tokenHash: hash(cookie), sessionId: session.id, host, expiresAt: new Date(expiresAt) }).run();
-    return { cookie, maxAgeSeconds: Math.floor((expiresAt - Date.now()) / 1000) };
+    return { cookie, maxAgeSeconds: Math.floor((expiresAt - now) / 1000) };
   }
 
   /** The live session behind a preview host's cookie, only on that host. */
