@@ -8,7 +8,7 @@
 //   6. a PR's next commit changing 1% of the reference build's files: `preview-gate upload` by digest vs
 //      --full, time and bytes on the wire (goal <= 0.1x the time, <= 2% of the bytes)
 //   7. disk for 20 builds of one PR, 1% of files changed per build, vs one build (goal <= 1.3x)
-// Usage: npm run bench   (builds first; PAIRS=5 sets the pairs of figure 1)
+// Usage: npm run bench   (builds first; PAIRS=5 sets the pairs of figure 1; FIGURES=1,6 runs only those, 6 includes 7)
 import { execFile, execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
@@ -26,6 +26,8 @@ import { startServerProcess, stopServerProcess } from './server-process.mjs';
 import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
 
 const PAIRS = Number(process.env.PAIRS ?? 5);
+const FIGURES = process.env.FIGURES?.split(',').map((f) => f.trim());
+const want = (figure) => !FIGURES || FIGURES.includes(figure) || (figure === '7' && FIGURES.includes('6'));
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-bench-'));
 const SECRET = crypto.randomBytes(32).toString('base64url');
 const SLUG = 'bench-org/docs';
@@ -66,14 +68,16 @@ async function main() {
   execFileSync('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, input: SECRET, stdio: ['pipe', 'ignore', 'ignore'] });
   let server = await startServerProcess(env, port);
 
-  // 2. Peak RSS during a 1 GB upload generated on the fly (stored gzip, 100 files of 10 MB).
-  // First, on a fresh server, so that the peak is this upload's.
-  const baseline = peakRss(server.pid);
-  const bigSha = newSha('big');
-  github.addCommit(900, bigSha);
-  const t0 = process.hrtime.bigint();
-  const bigStatus = await post(port, `/create-build/900/${bigSha}`, await token(900), generatedUpload(100, 10 * 1024 * 1024));
-  console.log(`2. 1 GB upload answered ${bigStatus} in ${seconds(t0).toFixed(1)} s; server peak RSS ${(peakRss(server.pid) / 1024).toFixed(0)} MB (before it: ${(baseline / 1024).toFixed(0)} MB; goal <= 150 MB)`);
+  if (want('2')) {
+    // 2. Peak RSS during a 1 GB upload generated on the fly (stored gzip, 100 files of 10 MB).
+    // First, on a fresh server, so that the peak is this upload's.
+    const baseline = peakRss(server.pid);
+    const bigSha = newSha('big');
+    github.addCommit(900, bigSha);
+    const t0 = process.hrtime.bigint();
+    const bigStatus = await post(port, `/create-build/900/${bigSha}`, await token(900), generatedUpload(100, 10 * 1024 * 1024));
+    console.log(`2. 1 GB upload answered ${bigStatus} in ${seconds(t0).toFixed(1)} s; server peak RSS ${(peakRss(server.pid) / 1024).toFixed(0)} MB (before it: ${(baseline / 1024).toFixed(0)} MB; goal <= 150 MB)`);
+  }
 
   // A fresh server for the other figures: the 1 GB build's writeback and its queued GitHub feedback are
   // figure 2's, not theirs.
@@ -88,147 +92,157 @@ async function main() {
   await post(port, `/create-build/899/${warmSha}`, await token(899), archive);
   console.log(`first upload after a start (not counted below): ${seconds(tWarm).toFixed(3)} s`);
 
-  const ratios = [];
-  const uploads = [];
-  const tars = [];
-  for (let i = 0; i < PAIRS; i++) {
-    // Each pair's build has the reference's shape but contents of its own: the repository's store does not
-    // hold its files yet (a second upload of the same files would only make links; that is figure 1b).
-    const pairArchive = path.join(tmp, `pair-${i}.tgz`);
-    makeReferenceBuild(path.join(tmp, 'pair'), { seed: `pair-${i}-` });
-    packReferenceBuild(path.join(tmp, 'pair'), pairArchive);
-    const dest = path.join(tmp, `tar-${i}`);
-    fs.mkdirSync(dest);
-    // Each timed run starts with no dirty pages left by the one before (writeback would bill it to the next).
-    execFileSync('sync');
-    let start = process.hrtime.bigint();
-    execFileSync('tar', ['-xzf', pairArchive, '-C', dest]);
-    const tarSeconds = seconds(start);
-    fs.rmSync(dest, { recursive: true, force: true });
+  if (want('1')) {
+    const ratios = [];
+    const uploads = [];
+    const tars = [];
+    for (let i = 0; i < PAIRS; i++) {
+      // Each pair's build has the reference's shape but contents of its own: the repository's store does not
+      // hold its files yet (a second upload of the same files would only make links; that is figure 1b).
+      const pairArchive = path.join(tmp, `pair-${i}.tgz`);
+      makeReferenceBuild(path.join(tmp, 'pair'), { seed: `pair-${i}-` });
+      packReferenceBuild(path.join(tmp, 'pair'), pairArchive);
+      const dest = path.join(tmp, `tar-${i}`);
+      fs.mkdirSync(dest);
+      // Each timed run starts with no dirty pages left by the one before (writeback would bill it to the next).
+      execFileSync('sync');
+      let start = process.hrtime.bigint();
+      execFileSync('tar', ['-xzf', pairArchive, '-C', dest]);
+      const tarSeconds = seconds(start);
+      fs.rmSync(dest, { recursive: true, force: true });
 
-    const pr = i + 1;
-    const sha = newSha(`bench-${i}`);
-    github.addCommit(pr, sha);
-    const jwt = await token(pr);
-    execFileSync('sync');
-    start = process.hrtime.bigint();
-    const status = await post(port, `/create-build/${pr}/${sha}`, jwt, pairArchive);
-    const uploadSeconds = seconds(start);
-    if (status !== 201) throw new Error(`upload answered ${status}`);
-    tars.push(tarSeconds);
-    uploads.push(uploadSeconds);
-    ratios.push(uploadSeconds / tarSeconds);
-    console.log(`pair ${i + 1}: tar -xzf ${tarSeconds.toFixed(3)} s, upload-to-live ${uploadSeconds.toFixed(3)} s, ratio ${(uploadSeconds / tarSeconds).toFixed(2)}x`);
-  }
-  console.log(`1. upload-to-live: median ${median(uploads).toFixed(3)} s vs tar -xzf median ${median(tars).toFixed(3)} s; median ratio ${median(ratios).toFixed(2)}x (goal <= 1.0x, milestone 1.3x)`);
-  // 1b. The same archive again, to the repository that holds its files already (the warm-up stored them).
-  const again = [];
-  for (let i = 0; i < 3; i++) {
-    const sha = newSha(`again-${i}`);
-    github.addCommit(800 + i, sha);
-    const jwt = await token(800 + i);
-    execFileSync('sync');
-    const start = process.hrtime.bigint();
-    if ((await post(port, `/create-build/${800 + i}/${sha}`, jwt, archive)) !== 201) throw new Error('upload failed');
-    again.push(seconds(start));
-  }
-  console.log(`1b. the same archive uploaded whole to a repository that stores its files already: median ${median(again).toFixed(3)} s (${(median(again) / median(tars)).toFixed(2)}x tar -xzf): every file a link, nothing written`);
-
-  // 3. Visibility flip for a PR holding 50 builds, and for one holding 1.
-  for (const [pr, count] of [[901, 50], [902, 1]]) {
-    github.setLabels(pr, []);
-    for (let i = 0; i < count; i++) {
-      const s = newSha(`flip-${pr}-${i}`);
-      github.addCommit(pr, s);
-      const st = await post(port, `/create-build/${pr}/${s}`, await token(pr), small);
-      if (st !== 202) throw new Error(`hidden upload answered ${st}`);
+      const pr = i + 1;
+      const sha = newSha(`bench-${i}`);
+      github.addCommit(pr, sha);
+      const jwt = await token(pr);
+      execFileSync('sync');
+      start = process.hrtime.bigint();
+      const status = await post(port, `/create-build/${pr}/${sha}`, jwt, pairArchive);
+      const uploadSeconds = seconds(start);
+      if (status !== 201) throw new Error(`upload answered ${status}`);
+      tars.push(tarSeconds);
+      uploads.push(uploadSeconds);
+      ratios.push(uploadSeconds / tarSeconds);
+      console.log(`pair ${i + 1}: tar -xzf ${tarSeconds.toFixed(3)} s, upload-to-live ${uploadSeconds.toFixed(3)} s, ratio ${(uploadSeconds / tarSeconds).toFixed(2)}x`);
     }
-    const flips = [];
-    const publicDir = path.join(tmp, 'data', 'builds', 'docs', String(pr));
-    for (let i = 0; i < 10; i++) {
-      for (const action of ['labeled', 'unlabeled']) {
-        // GitHub changes first (the grant is read back from it), then the delivery; timed until the folder moved.
-        github.setLabels(pr, action === 'labeled' ? ['safe for preview'] : []);
-        const start = process.hrtime.bigint();
-        const st = await webhook(port, pr, action);
-        if (st !== 200) throw new Error(`webhook answered ${st}`);
-        while (fs.existsSync(publicDir) !== (action === 'labeled')) await new Promise((r) => setImmediate(r));
-        flips.push(seconds(start) * 1000);
+    console.log(`1. upload-to-live: median ${median(uploads).toFixed(3)} s vs tar -xzf median ${median(tars).toFixed(3)} s; median ratio ${median(ratios).toFixed(2)}x (goal <= 1.0x, milestone 1.3x)`);
+    // 1b. The same archive again, to the repository that holds its files already (the warm-up stored them).
+    const again = [];
+    for (let i = 0; i < 3; i++) {
+      const sha = newSha(`again-${i}`);
+      github.addCommit(800 + i, sha);
+      const jwt = await token(800 + i);
+      execFileSync('sync');
+      const start = process.hrtime.bigint();
+      if ((await post(port, `/create-build/${800 + i}/${sha}`, jwt, archive)) !== 201) throw new Error('upload failed');
+      again.push(seconds(start));
+    }
+    console.log(`1b. the same archive uploaded whole to a repository that stores its files already: median ${median(again).toFixed(3)} s (${(median(again) / median(tars)).toFixed(2)}x tar -xzf): every file a link, nothing written`);
+  }
+
+  if (want('3')) {
+    // 3. Visibility flip for a PR holding 50 builds, and for one holding 1.
+    for (const [pr, count] of [[901, 50], [902, 1]]) {
+      github.setLabels(pr, []);
+      for (let i = 0; i < count; i++) {
+        const s = newSha(`flip-${pr}-${i}`);
+        github.addCommit(pr, s);
+        const st = await post(port, `/create-build/${pr}/${s}`, await token(pr), small);
+        if (st !== 202) throw new Error(`hidden upload answered ${st}`);
       }
+      const flips = [];
+      const publicDir = path.join(tmp, 'data', 'builds', 'docs', String(pr));
+      for (let i = 0; i < 10; i++) {
+        for (const action of ['labeled', 'unlabeled']) {
+          // GitHub changes first (the grant is read back from it), then the delivery; timed until the folder moved.
+          github.setLabels(pr, action === 'labeled' ? ['safe for preview'] : []);
+          const start = process.hrtime.bigint();
+          const st = await webhook(port, pr, action);
+          if (st !== 200) throw new Error(`webhook answered ${st}`);
+          while (fs.existsSync(publicDir) !== (action === 'labeled')) await new Promise((r) => setImmediate(r));
+          flips.push(seconds(start) * 1000);
+        }
+      }
+      console.log(`3. visibility flip, PR with ${count} build(s): median ${median(flips).toFixed(1)} ms over ${flips.length} flips (goal <= 20 ms, flat in size)`);
     }
-    console.log(`3. visibility flip, PR with ${count} build(s): median ${median(flips).toFixed(1)} ms over ${flips.length} flips (goal <= 20 ms, flat in size)`);
   }
 
-  // 4. 16 concurrent uploads of distinct SHAs vs one stream.
-  const mid = path.join(tmp, 'mid.tgz');
-  makeReferenceBuild(path.join(tmp, 'mid'), { files: 400 });
-  const midBytes = packReferenceBuild(path.join(tmp, 'mid'), mid);
-  const s1 = newSha('one');
-  github.addCommit(950, s1);
-  let start = process.hrtime.bigint();
-  await post(port, `/create-build/950/${s1}`, await token(950), mid);
-  const one = midBytes / seconds(start);
-  const shas = Array.from({ length: 16 }, (_, i) => newSha(`many-${i}`));
-  shas.forEach((s, i) => github.addCommit(960 + i, s));
-  const tokens = await Promise.all(shas.map((_, i) => token(960 + i)));
-  start = process.hrtime.bigint();
-  const statuses = await Promise.all(shas.map((s, i) => post(port, `/create-build/${960 + i}/${s}`, tokens[i], mid)));
-  const many = (16 * midBytes) / seconds(start);
-  const errors = statuses.filter((st) => st !== 201).length;
-  console.log(`4. throughput: one stream ${(one / 1e6).toFixed(1)} MB/s, 16 concurrent ${(many / 1e6).toFixed(1)} MB/s aggregate = ${(many / one).toFixed(2)}x, ${errors} errors (goal >= 1.5x, no errors)`);
+  if (want('4')) {
+    // 4. 16 concurrent uploads of distinct SHAs vs one stream.
+    const mid = path.join(tmp, 'mid.tgz');
+    makeReferenceBuild(path.join(tmp, 'mid'), { files: 400 });
+    const midBytes = packReferenceBuild(path.join(tmp, 'mid'), mid);
+    const s1 = newSha('one');
+    github.addCommit(950, s1);
+    let start = process.hrtime.bigint();
+    await post(port, `/create-build/950/${s1}`, await token(950), mid);
+    const one = midBytes / seconds(start);
+    const shas = Array.from({ length: 16 }, (_, i) => newSha(`many-${i}`));
+    shas.forEach((s, i) => github.addCommit(960 + i, s));
+    const tokens = await Promise.all(shas.map((_, i) => token(960 + i)));
+    start = process.hrtime.bigint();
+    const statuses = await Promise.all(shas.map((s, i) => post(port, `/create-build/${960 + i}/${s}`, tokens[i], mid)));
+    const many = (16 * midBytes) / seconds(start);
+    const errors = statuses.filter((st) => st !== 201).length;
+    console.log(`4. throughput: one stream ${(one / 1e6).toFixed(1)} MB/s, 16 concurrent ${(many / 1e6).toFixed(1)} MB/s aggregate = ${(many / one).toFixed(2)}x, ${errors} errors (goal >= 1.5x, no errors)`);
+  }
 
-  // 5. One page, GitHub 100 ms away (installation token already cached, as after the first upload).
-  github.setDelay(100);
-  const onePage = [];
-  for (let i = 0; i < 8; i++) {
-    const s = newSha(`page-${i}`);
-    github.addCommit(970 + i, s);
-    const jwt = await token(970 + i);
-    const t = process.hrtime.bigint();
-    const st = await post(port, `/create-build/${970 + i}/${s}`, jwt, small);
-    if (st !== 201) throw new Error(`one-page upload answered ${st}`);
-    if (i > 0) onePage.push(seconds(t) * 1000); // the first one warms the token and settings caches
+  if (want('5')) {
+    // 5. One page, GitHub 100 ms away (installation token already cached, as after the first upload).
+    github.setDelay(100);
+    const onePage = [];
+    for (let i = 0; i < 8; i++) {
+      const s = newSha(`page-${i}`);
+      github.addCommit(970 + i, s);
+      const jwt = await token(970 + i);
+      const t = process.hrtime.bigint();
+      const st = await post(port, `/create-build/${970 + i}/${s}`, jwt, small);
+      if (st !== 201) throw new Error(`one-page upload answered ${st}`);
+      if (i > 0) onePage.push(seconds(t) * 1000); // the first one warms the token and settings caches
+    }
+    github.setDelay(0);
+    console.log(`5. one-page upload, GitHub answering in 100 ms: median ${median(onePage).toFixed(0)} ms over ${onePage.length} (goal <= 250 ms)`);
   }
-  github.setDelay(0);
-  console.log(`5. one-page upload, GitHub answering in 100 ms: median ${median(onePage).toFixed(0)} ms over ${onePage.length} (goal <= 250 ms)`);
 
-  // 6. and 7. A PR whose commits each change 1% of the reference build, uploaded with the CLI as CI would.
-  const proxy = await countingProxy(port);
-  const prDir = path.join(tmp, 'pr-990');
-  fs.cpSync(buildDir, prDir, { recursive: true });
-  const files = (fs.readdirSync(prDir, { recursive: true })).filter((f) => fs.statSync(path.join(prDir, f)).isFile()).sort();
-  const changeOnePercent = (round) => {
-    const n = Math.ceil(files.length / 100);
-    for (let k = 0; k < n; k++) fs.appendFileSync(path.join(prDir, files[(round * n + k) % files.length]), `<!-- commit ${round} -->`);
-  };
-  const cli = async (commit, full) => {
-    github.addCommit(990, commit);
-    proxy.take();
-    const t = process.hrtime.bigint();
-    await promisify(execFile)('node', ['bin/preview-gate.js', 'upload', prDir, '--pr', '990', '--sha', commit, '--url', `http://127.0.0.1:${proxy.port}`, ...(full ? ['--full'] : [])], {
-      env: { ...process.env, PREVIEW_GATE_TOKEN: await token(990) },
-    });
-    return { seconds: seconds(t), bytes: proxy.take() };
-  };
-  await cli(newSha('pr-first'), false);
-  const digestRuns = [];
-  const fullRuns = [];
-  for (let round = 1; round <= 6; round++) {
-    changeOnePercent(round);
-    (round % 2 ? digestRuns : fullRuns).push(await cli(newSha(`pr-${round}`), round % 2 === 0));
+  if (want('6')) {
+    // 6. and 7. A PR whose commits each change 1% of the reference build, uploaded with the CLI as CI would.
+    const proxy = await countingProxy(port);
+    const prDir = path.join(tmp, 'pr-990');
+    fs.cpSync(buildDir, prDir, { recursive: true });
+    const files = (fs.readdirSync(prDir, { recursive: true })).filter((f) => fs.statSync(path.join(prDir, f)).isFile()).sort();
+    const changeOnePercent = (round) => {
+      const n = Math.ceil(files.length / 100);
+      for (let k = 0; k < n; k++) fs.appendFileSync(path.join(prDir, files[(round * n + k) % files.length]), `<!-- commit ${round} -->`);
+    };
+    const cli = async (commit, full) => {
+      github.addCommit(990, commit);
+      proxy.take();
+      const t = process.hrtime.bigint();
+      await promisify(execFile)('node', ['bin/preview-gate.js', 'upload', prDir, '--pr', '990', '--sha', commit, '--url', `http://127.0.0.1:${proxy.port}`, ...(full ? ['--full'] : [])], {
+        env: { ...process.env, PREVIEW_GATE_TOKEN: await token(990) },
+      });
+      return { seconds: seconds(t), bytes: proxy.take() };
+    };
+    await cli(newSha('pr-first'), false);
+    const digestRuns = [];
+    const fullRuns = [];
+    for (let round = 1; round <= 6; round++) {
+      changeOnePercent(round);
+      (round % 2 ? digestRuns : fullRuns).push(await cli(newSha(`pr-${round}`), round % 2 === 0));
+    }
+    const [d, f] = [digestRuns, fullRuns].map((runs) => ({ seconds: median(runs.map((r) => r.seconds)), bytes: median(runs.map((r) => r.bytes)) }));
+    console.log(`6. next commit, 1% of files changed: digest ${d.seconds.toFixed(2)} s and ${(d.bytes / 1e6).toFixed(2)} MB sent vs full ${f.seconds.toFixed(2)} s and ${(f.bytes / 1e6).toFixed(1)} MB: ${(d.seconds / f.seconds).toFixed(3)}x the time, ${((100 * d.bytes) / f.bytes).toFixed(2)}% of the bytes (goal <= 0.1x, <= 2%; medians of ${digestRuns.length})`);
+    for (let round = 7; round <= 19; round++) {
+      changeOnePercent(round);
+      await cli(newSha(`pr-${round}`), false);
+    }
+    const prFolder = path.join(tmp, 'data', 'builds', 'docs', '990');
+    const builds = fs.readdirSync(prFolder).filter((b) => /^[0-9a-f]{7}$/.test(b));
+    const oneBuild = distinctBytes(path.join(prFolder, builds[0]));
+    const all = distinctBytes(prFolder);
+    console.log(`7. disk for ${builds.length} builds of one PR (1% changed each): ${(all / 1e6).toFixed(1)} MB vs ${(oneBuild / 1e6).toFixed(1)} MB for one = ${(all / oneBuild).toFixed(2)}x (goal <= 1.3x)`);
+    proxy.close();
   }
-  const [d, f] = [digestRuns, fullRuns].map((runs) => ({ seconds: median(runs.map((r) => r.seconds)), bytes: median(runs.map((r) => r.bytes)) }));
-  console.log(`6. next commit, 1% of files changed: digest ${d.seconds.toFixed(2)} s and ${(d.bytes / 1e6).toFixed(2)} MB sent vs full ${f.seconds.toFixed(2)} s and ${(f.bytes / 1e6).toFixed(1)} MB: ${(d.seconds / f.seconds).toFixed(3)}x the time, ${((100 * d.bytes) / f.bytes).toFixed(2)}% of the bytes (goal <= 0.1x, <= 2%; medians of ${digestRuns.length})`);
-  for (let round = 7; round <= 19; round++) {
-    changeOnePercent(round);
-    await cli(newSha(`pr-${round}`), false);
-  }
-  const prFolder = path.join(tmp, 'data', 'builds', 'docs', '990');
-  const builds = fs.readdirSync(prFolder).filter((b) => /^[0-9a-f]{7}$/.test(b));
-  const oneBuild = distinctBytes(path.join(prFolder, builds[0]));
-  const all = distinctBytes(prFolder);
-  console.log(`7. disk for ${builds.length} builds of one PR (1% changed each): ${(all / 1e6).toFixed(1)} MB vs ${(oneBuild / 1e6).toFixed(1)} MB for one = ${(all / oneBuild).toFixed(2)}x (goal <= 1.3x)`);
-  proxy.close();
   await stopServerProcess(server);
   await github.close();
   fs.rmSync(tmp, { recursive: true, force: true });
