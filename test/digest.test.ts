@@ -242,6 +242,20 @@ describe('bad manifests and digest uploads: a clear error, nothing stored', () =
   });
 });
 
+test('a server restarted between the manifest and its upload still takes the upload (the manifest is kept in SQLite)', async () => {
+  await start();
+  fake.addPull(DOCS, { number: 4, user: CONTRIBUTOR, commits: [A, B], labels: [LABEL] });
+  expect((await server.upload(4, A, tarball(site(3)))).status).toBe(201);
+  const next = site(3, [1]);
+  const manifest = manifestOf(next);
+  expect((await postManifest(4, B, manifest)).body.missing).toEqual([hashOf(next['page-1.html']!)]);
+  await server.stop();
+  server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
+  expect((await sendMissing(4, B, manifest, { 'page-1.html': next['page-1.html']! })).status).toBe(201);
+  expect(fs.readFileSync(path.join(buildDir(4, B), 'page-1.html'), 'utf8')).toBe('<h1>page 1 (changed)</h1>');
+  expect(fs.readFileSync(path.join(buildDir(4, B), 'page-2.html'), 'utf8')).toBe('<h1>page 2</h1>');
+});
+
 test('two concurrent digest uploads of one SHA: exactly one wins, the other gets 409', async () => {
   await start();
   fake.addPull(DOCS, { number: 5, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });

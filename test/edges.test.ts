@@ -15,6 +15,7 @@ import { appPrivateKey } from './helpers/github.js';
 import { sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
 import { signedWebhook } from './helpers/webhooks.js';
+import { eventually } from './helpers/eventually.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
 const DOCS = 7001;
@@ -67,14 +68,6 @@ function abortedUpload(pr: number, commit: string, token: string, body: Buffer, 
     // A half-closed (FIN) client may never be answered: the test does not wait for the server to close.
     setTimeout(() => (socket.destroy(), resolve()), 2000);
   });
-}
-
-async function eventually(check: () => boolean, ms = 5000) {
-  const until = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > until) throw new Error('not reached in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 test('20 uploads cut at random points (reset or FIN, before or after GitHub answered) leave nothing; the same SHAs then upload with 201', async () => {

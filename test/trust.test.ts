@@ -15,6 +15,7 @@ import { appPrivateKey } from './helpers/github.js';
 import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { sendWebhook } from './helpers/webhooks.js';
+import { eventually } from './helpers/eventually.js';
 
 const LABEL = 'safe for preview';
 const OWNER = { id: 9001, login: 'octo-org' };
@@ -63,15 +64,6 @@ async function deliver(event: string, payload: object) {
   const res = await sendWebhook(server.url, event, payload);
   expect(res.status).toBe(200);
   await server.previews.settled();
-}
-
-/** Polls until `check` holds (for retries after backoff); fails with the last state after `ms`. */
-async function eventually(check: () => boolean, ms = 10_000) {
-  const until = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > until) throw new Error('not reached in time');
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 const queued = () => server.core.db.select().from(jobs).all();

@@ -272,9 +272,13 @@ export class BuildTree {
     this.result.hashes.set(hash, size);
   }
 
-  /** Links a content the repository or this build holds already; false when neither does. */
-  private linkKnown(hash: string, target: string): boolean {
-    if (this.target.objects.linkTo(hash, target)) return true;
+  /**
+   * Links a content the repository or this build holds already; false when neither does. `likelyStored`: the
+   * manifest's answer found it stored, so the link is tried without asking first.
+   */
+  private linkKnown(hash: string, target: string, likelyStored = false): boolean {
+    const { objects } = this.target;
+    if (likelyStored ? objects.linkIfStored(hash, target) : objects.linkTo(hash, target)) return true;
     const inThisBuild = this.fresh.get(hash);
     if (!inThisBuild) return false;
     fs.linkSync(inThisBuild, target);
@@ -301,7 +305,7 @@ export class BuildTree {
       if (this.received.has(rel)) continue;
       const target = path.join(this.dest, rel);
       this.ensureDir(path.dirname(target));
-      if (!this.linkKnown(listed.sha256, target)) {
+      if (!this.linkKnown(listed.sha256, target, true)) {
         throw badRequest(`The manifest names "${rel}" (sha256 ${listed.sha256}), which was neither sent nor stored; send the manifest again.`);
       }
       this.result.files++;

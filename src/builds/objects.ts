@@ -48,6 +48,11 @@ export class RepositoryObjects {
     return fs.existsSync(object) && linkIfThere(object, target);
   }
 
+  /** Links the object for `hash` at `target` without asking first: for contents a manifest's answer found stored. */
+  linkIfStored(hash: string, target: string): boolean {
+    return linkIfThere(this.pathOf(hash), target);
+  }
+
   /**
    * Removes objects that no build links any more; returns which and their bytes. Yields to the event loop
    * between the 256 sub-folders, so a large store does not stall uploads while it is walked.

@@ -12,19 +12,29 @@ import { badRequest, tooLarge } from '../errors.js';
 export const MANIFEST_HEADER = 'preview-gate-manifest';
 /** How long a manifest waits for its upload. */
 const MANIFEST_KEPT_MS = 60 * 60_000;
+/** Parsed manifests kept in memory (a manifest of 3,000 files is ~1 MB parsed). */
+const PARSED_KEPT = 16;
 const SHAPE = 'The manifest must be JSON {"files": {"<path>": {"sha256": "<64 hex>", "size": <bytes>}}}.';
 
 /** Manifests between `POST …/manifest` and the upload that names them. */
 export class Manifests {
+  /** Recent manifests as parsed (by row id), so that their upload does not parse them again. */
+  private readonly parsed = new Map<number, Map<string, ManifestFile>>();
+
   constructor(private readonly db: Db) {}
 
-  remember(repositoryId: number, pullRequestNumber: number, sha: string, body: Buffer): void {
+  /** Keeps the manifest, as sent and as parsed, for its upload. */
+  remember(repositoryId: number, pullRequestNumber: number, sha: string, body: Buffer, files: Map<string, ManifestFile>): void {
+    const digest = sha256(body);
     this.db.delete(manifests).where(lt(manifests.createdAt, new Date(Date.now() - MANIFEST_KEPT_MS))).run();
-    this.db
+    const row = this.db
       .insert(manifests)
-      .values({ repositoryId, pullRequestNumber, sha, digest: sha256(body), body: body.toString('utf8') })
-      .onConflictDoNothing()
-      .run();
+      .values({ repositoryId, pullRequestNumber, sha, digest, body: body.toString('utf8') })
+      .onConflictDoUpdate({ target: [manifests.repositoryId, manifests.pullRequestNumber, manifests.sha, manifests.digest], set: { createdAt: new Date() } })
+      .returning({ id: manifests.id })
+      .get();
+    if (this.parsed.size >= PARSED_KEPT) this.parsed.delete(this.parsed.keys().next().value!);
+    this.parsed.set(row.id, files);
   }
 
   /** The manifest a digest upload names, or a 400 that says what to do. */
@@ -38,10 +48,11 @@ export class Manifests {
     if (!row || row.createdAt.getTime() < Date.now() - MANIFEST_KEPT_MS) {
       throw badRequest(`The Preview-Gate-Manifest header names no manifest sent for this commit in the last hour; POST the manifest to /create-build/${pullRequestNumber}/${sha}/manifest first.`);
     }
-    return { id: row.id, files: parseManifest(Buffer.from(row.body), config) };
+    return { id: row.id, files: this.parsed.get(row.id) ?? parseManifest(Buffer.from(row.body), config) };
   }
 
   forget(id: number): void {
+    this.parsed.delete(id);
     this.db.delete(manifests).where(eq(manifests.id, id)).run();
   }
 }

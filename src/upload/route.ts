@@ -89,7 +89,7 @@ export function uploadRouter(deps: UploadDeps): Router {
       res.status(answer.status).json(answer.body);
       return;
     }
-    manifests.remember(authenticated.id, pr, sha, body);
+    manifests.remember(authenticated.id, pr, sha, body, files);
     res.status(200).json({ missing });
   });
 
