@@ -52,6 +52,14 @@ export async function createSetupHandler(config: Config, log: Logger, setupToken
   const probotLib = path.dirname(fileURLToPath(import.meta.resolve('probot')));
   const staticDir = path.join(probotLib, '..', 'static');
   const { setupAppFactory } = await import(pathToFileURL(path.join(probotLib, 'apps', 'setup.js')).href);
+  // The manifest is app.yml as Probot reads it, plus the sign-in callback, which depends on PUBLIC_URL: without
+  // it GitHub refuses the dashboard's sign-in until the operator adds the URL in the app's settings by hand.
+  const { ManifestCreation } = await import(pathToFileURL(path.join(probotLib, 'manifest-creation.js')).href);
+  const probotManifest = ManifestCreation.prototype.getManifest;
+  ManifestCreation.prototype.getManifest = function (this: unknown, options: unknown): string {
+    const manifest = JSON.parse(probotManifest.call(this, options) as string) as Record<string, unknown>;
+    return JSON.stringify({ ...manifest, callback_urls: [`${config.publicUrl}/login/callback`] });
+  };
   const probotHandler: (req: Request, res: Response) => Promise<boolean> = await setupAppFactory({
     host: 'localhost',
     port: config.port,

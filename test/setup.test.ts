@@ -42,6 +42,8 @@ test('setup: the registered app gets PUBLIC_URL/api/github/webhooks; pages style
   const html = await page.text();
   expect(html).toContain(`${PUBLIC_URL}/api/github/webhooks`);
   expect(html).not.toMatch(/"url":"http:\/\/127\.0\.0\.1:\d+\/"/);
+  // The dashboard's sign-in callback is registered with the app: no setting to add by hand.
+  expect(html).toContain(`"callback_urls":["${PUBLIC_URL}/login/callback"]`);
   const css = await fetch(url('/probot/static/primer.css'));
   expect([css.status, css.headers.get('content-type')]).toEqual([200, 'text/css; charset=utf-8']);
   expect((await fetch(url('/probot/static/robot.svg'))).status).toBe(200);
