@@ -35,7 +35,7 @@ const USAGE = `usage:
                                                     check a live deployment from outside, one line per check
   preview-gate cleanup                              remove builds of PRs closed longer than CLEANUP_AFTER_HOURS
   preview-gate reconcile                            run the sweep now: every open PR re-decided from GitHub's facts
-  preview-gate keys rotate                          re-wrap every account key under the current key (resumable)
+  preview-gate keys rotate                          re-wrap every account and user key under the current key (resumable)
   preview-gate usage [--json]                       per account: repositories, builds, bytes, uploads this month
   preview-gate audit [--json]                       who signed in, opened hidden previews, published or hid (90 days)
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
@@ -237,14 +237,14 @@ function reconcile(io: CliIo): Promise<number> {
   });
 }
 
-/** `keys rotate`: every account DEK re-wrapped under the current key; run it again if it was interrupted. */
+/** `keys rotate`: every account and user DEK re-wrapped under the current key; run it again if it was interrupted. */
 async function rotate(io: CliIo): Promise<number> {
   const config = loadConfig(io.env);
   const core = await openCore(config, io.azure);
   try {
     const result = await rotateKeys(core.db, core.keys);
     if (result.newLocalKey) io.stderr.write(`Made a new local master key (${result.keyId}); the old one is kept until every account has moved.\n`);
-    io.stdout.write(`Re-wrapped ${result.rewrapped} account key(s) under ${result.keyId}; ${result.alreadyCurrent} already were.\n`);
+    io.stdout.write(`Re-wrapped ${result.rewrapped} account key(s) and ${result.rewrappedUsers} user key(s) under ${result.keyId}; ${result.alreadyCurrent} account key(s) already were.\n`);
     for (const removed of result.removedKeys) io.stderr.write(`Deleted the retired master key ${removed}: nothing is wrapped by it any more.\n`);
     if (config.keyProvider === 'azure' && fs.existsSync(config.masterKeyFile)) {
       io.stderr.write(`${config.masterKeyFile} is no longer needed once this rotation is complete; back it up or delete it.\n`);

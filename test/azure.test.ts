@@ -10,6 +10,8 @@ import { accounts, secrets as secretsTable } from '../src/db/schema.js';
 import { open as openSealed } from '../src/secrets/envelope.js';
 import { LocalKeyService } from '../src/secrets/key-service.js';
 import { dekAad } from '../src/secrets/secrets.js';
+import { Sessions } from '../src/dashboard/sessions.js';
+import type { GitHubUserApi } from '../src/dashboard/github-user.js';
 import { eq } from 'drizzle-orm';
 import nock from 'nock';
 import { commitsOf, githubFor } from './helpers/github.js';
@@ -68,6 +70,7 @@ async function seed(core: Core) {
 }
 
 const secretRows = (core: Core) => core.db.select().from(secretsTable).orderBy(secretsTable.id).all();
+const sessionsOf = (core: Core) => new Sessions(core.db, core.keys, {} as GitHubUserApi, 3600_000);
 const accountKeyIds = (core: Core) => core.db.select({ k: accounts.dekKeyId }).from(accounts).orderBy(accounts.id).all().map((r) => r.k);
 
 describe('KEY_PROVIDER=azure with the real Key Vault client', () => {
@@ -176,13 +179,15 @@ describe('preview-gate keys rotate', () => {
   test('local: a new master key wraps every account key; secret ciphertexts are untouched; the old key is deleted', async () => {
     const core = await open(localEnv());
     const { a, b } = await seed(core);
+    // A maintainer signed in to the dashboard: their GitHub token is sealed with a DEK of their own.
+    const cookie = await sessionsOf(core).open({ id: 42, login: 'maintainer' }, { accessToken: 'ghu_maintainer' });
     const oldKeyId = core.keys.currentKeyId;
     const before = secretRows(core);
     close(core);
 
     const res = await cli(['keys', 'rotate'], localEnv());
     expect(res.code).toBe(0);
-    expect(res.stdout).toMatch(/^Re-wrapped 2 account key\(s\) under local:[0-9a-f]{16}; 0 already were\.\n$/);
+    expect(res.stdout).toMatch(/^Re-wrapped 2 account key\(s\) and 1 user key\(s\) under local:[0-9a-f]{16}; 0 account key\(s\) already were\.\n$/);
     expect(res.stderr).toContain(`Deleted the retired master key ${oldKeyId}`);
 
     const after = await open(localEnv());
@@ -192,6 +197,9 @@ describe('preview-gate keys rotate', () => {
     expect(await after.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
     expect(await after.secrets.get(b.id, 'upload-key')).toEqual(VALUE_B);
     expect(fs.readdirSync(dataDir()).filter((f) => f.startsWith('master.key'))).toEqual(['master.key']);
+    // The old key is gone, and the maintainer's session still reads their token.
+    const sessions = sessionsOf(after);
+    expect(await sessions.accessToken(sessions.find(cookie)!)).toBe('ghu_maintainer');
   });
 
   test('local: interrupted after the new key was made, it is run again and finishes without a third key', async () => {
@@ -204,7 +212,7 @@ describe('preview-gate keys rotate', () => {
 
     const res = await cli(['keys', 'rotate'], localEnv());
     expect(res.code).toBe(0);
-    expect(res.stdout).toBe(`Re-wrapped 2 account key(s) under ${newKeyId}; 0 already were.\n`);
+    expect(res.stdout).toBe(`Re-wrapped 2 account key(s) and 0 user key(s) under ${newKeyId}; 0 account key(s) already were.\n`);
     const after = await open(localEnv());
     expect(accountKeyIds(after)).toEqual([newKeyId, newKeyId]);
     expect(await after.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
@@ -233,7 +241,7 @@ describe('preview-gate keys rotate', () => {
 
     vault.state.wrapsLeft = undefined;
     const resumed = await cli(['keys', 'rotate'], azureEnv('v2'));
-    expect(resumed).toMatchObject({ code: 0, stdout: `Re-wrapped 1 account key(s) under ${vault.keyId('v2')}; 1 already were.\n` });
+    expect(resumed).toMatchObject({ code: 0, stdout: `Re-wrapped 1 account key(s) and 0 user key(s) under ${vault.keyId('v2')}; 1 account key(s) already were.\n` });
 
     const after = await open(azureEnv('v2'));
     expect(accountKeyIds(after)).toEqual([vault.keyId('v2'), vault.keyId('v2')]);
@@ -249,7 +257,7 @@ describe('preview-gate keys rotate', () => {
 
     const res = await cli(['keys', 'rotate'], { DATA_DIR: dataDir(), AZURE_KEY_ID: vault.keyId('v1') });
     expect(res.code).toBe(0);
-    expect(res.stdout).toMatch(/^Re-wrapped 2 account key\(s\) under local:[0-9a-f]{16}; 0 already were\.\n$/);
+    expect(res.stdout).toMatch(/^Re-wrapped 2 account key\(s\) and 0 user key\(s\) under local:[0-9a-f]{16}; 0 account key\(s\) already were\.\n$/);
 
     vault.state.mode = 'down'; // the vault is not needed any more
     const after = await open(localEnv());
@@ -264,7 +272,7 @@ describe('preview-gate keys rotate', () => {
 
     const res = await cli(['keys', 'rotate'], azureEnv());
     expect(res.code).toBe(0);
-    expect(res.stdout).toBe(`Re-wrapped 2 account key(s) under ${vault.keyId('v1')}; 0 already were.\n`);
+    expect(res.stdout).toBe(`Re-wrapped 2 account key(s) and 0 user key(s) under ${vault.keyId('v1')}; 0 account key(s) already were.\n`);
     expect(res.stderr).toContain('master.key is no longer needed');
 
     fs.rmSync(path.join(dataDir(), 'master.key'));
