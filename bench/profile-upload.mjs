@@ -1,6 +1,7 @@
 // Where the server's time goes during uploads of the reference build: runs the server under --cpu-prof,
 // uploads it RUNS times, stops the server and prints the functions with the most self time.
-// Usage: npm run build && node bench/profile-upload.mjs   (RUNS=5 by default; the profile is kept in PROFILE_DIR)
+// Usage: npm run build && node bench/profile-upload.mjs   (RUNS=5 by default; the profile is kept in PROFILE_DIR;
+// FRESH=1: each upload has contents of its own, as figure 1's, instead of the same archive, which after the first is all links)
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -33,6 +34,10 @@ setSecret.stdin.end(SECRET);
 await new Promise((r) => setSecret.on('exit', r));
 const server = await startServerProcess(env, port, { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`], stdio: 'inherit' });
 for (let i = 0; i < RUNS; i++) {
+  if (process.env.FRESH && i > 0) {
+    makeReferenceBuild(path.join(tmp, 'reference'), { seed: `fresh-${i}-` });
+    packReferenceBuild(path.join(tmp, 'reference'), archive);
+  }
   const sha = crypto.randomBytes(20).toString('hex');
   github.addCommit(i + 1, sha);
   const jwt = await new SignJWT({ slug: SLUG, 'pull-request': i + 1 }).setProtectedHeader({ alg: 'HS256' }).setIssuer('Travis CI, GmbH').setExpirationTime('10m').sign(Buffer.from(SECRET));

@@ -94,6 +94,7 @@ async function main() {
 
   if (want('1')) {
     const ratios = [];
+    const syncs = [];
     const uploads = [];
     const tars = [];
     for (let i = 0; i < PAIRS; i++) {
@@ -109,6 +110,10 @@ async function main() {
       let start = process.hrtime.bigint();
       execFileSync('tar', ['-xzf', pairArchive, '-C', dest]);
       const tarSeconds = seconds(start);
+      // What a durable 201 would cost: one syncfs of the filesystem after the extraction (README, durability).
+      start = process.hrtime.bigint();
+      execFileSync('sync', ['-f', dest]);
+      syncs.push(seconds(start) / tarSeconds);
       fs.rmSync(dest, { recursive: true, force: true });
 
       const pr = i + 1;
@@ -126,6 +131,7 @@ async function main() {
       console.log(`pair ${i + 1}: tar -xzf ${tarSeconds.toFixed(3)} s, upload-to-live ${uploadSeconds.toFixed(3)} s, ratio ${(uploadSeconds / tarSeconds).toFixed(2)}x`);
     }
     console.log(`1. upload-to-live: median ${median(uploads).toFixed(3)} s vs tar -xzf median ${median(tars).toFixed(3)} s; median ratio ${median(ratios).toFixed(2)}x (goal <= 1.0x, milestone 1.3x)`);
+    console.log(`1c. a durable 201 (one syncfs after extracting) would add a median ${median(syncs).toFixed(2)}x tar -xzf's time to each upload`);
     // 1b. The same archive again, to the repository that holds its files already (the warm-up stored them).
     const again = [];
     for (let i = 0; i < 3; i++) {
