@@ -12,8 +12,8 @@ import { badRequest, tooLarge } from '../errors.js';
 export const MANIFEST_HEADER = 'preview-gate-manifest';
 /** How long a manifest waits for its upload. */
 const MANIFEST_KEPT_MS = 60 * 60_000;
-/** Parsed manifests kept in memory (a manifest of 3,000 files is ~1 MB parsed). */
-const PARSED_KEPT = 16;
+/** Files of parsed manifests kept in memory, all manifests together (~300 bytes each: ~20 MB at most). */
+const PARSED_FILES_KEPT = 60_000;
 const SHAPE = 'The manifest must be JSON {"files": {"<path>": {"sha256": "<64 hex>", "size": <bytes>}}}.';
 
 /** Manifests between `POST …/manifest` and the upload that names them. */
@@ -33,8 +33,16 @@ export class Manifests {
       .onConflictDoUpdate({ target: [manifests.repositoryId, manifests.pullRequestNumber, manifests.sha, manifests.digest], set: { createdAt: new Date() } })
       .returning({ id: manifests.id })
       .get();
-    if (this.parsed.size >= PARSED_KEPT) this.parsed.delete(this.parsed.keys().next().value!);
+    this.parsed.delete(row.id);
     this.parsed.set(row.id, files);
+    let kept = 0;
+    for (const manifest of this.parsed.values()) kept += manifest.size;
+    // The oldest go first; a manifest larger than the bound is parsed again from SQLite by its upload.
+    for (const [id, manifest] of this.parsed) {
+      if (kept <= PARSED_FILES_KEPT) break;
+      this.parsed.delete(id);
+      kept -= manifest.size;
+    }
   }
 
   /** The manifest a digest upload names, or a 400 that says what to do. */
