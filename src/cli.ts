@@ -10,7 +10,7 @@ import { ConfigError, loadConfig } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 import { parseArgsMessage, runUpload, UPLOAD_USAGE } from './upload-client.js';
 import { openDb } from './db/client.js';
-import { auditTrail } from './dashboard/sessions.js';
+import { auditTrail, revokeUserSessions } from './dashboard/sessions.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
 import { rotateKeys } from './secrets/rotate.js';
 import { formatUsage, usageReport } from './usage.js';
@@ -38,6 +38,7 @@ const USAGE = `usage:
   preview-gate keys rotate                          re-wrap every account and user key under the current key (resumable)
   preview-gate usage [--json]                       per account: repositories, builds, bytes, uploads this month
   preview-gate audit [--json]                       who signed in, opened hidden previews, published or hid (90 days)
+  preview-gate sessions revoke <login|github id>    sign a user out everywhere: dashboard and hidden previews
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
                                                     print the nginx server blocks for this configuration
 ${UPLOAD_USAGE}`;
@@ -53,6 +54,7 @@ const COMMAND_USAGE: Record<string, string> = {
   keys: '  preview-gate keys rotate',
   usage: '  preview-gate usage [--json]',
   audit: '  preview-gate audit [--json]',
+  sessions: '  preview-gate sessions revoke <login|github id>',
   nginx: '  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]',
   upload: UPLOAD_USAGE,
   verify: '  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)',
@@ -88,6 +90,10 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'usage') return await usage(argv.slice(1), io);
     if (command === 'audit') return audit(argv.slice(1), io);
+    if (command === 'sessions') {
+      if (sub !== 'revoke' || rest.length !== 1) throw new ArgumentError(command, 'say "sessions revoke" and one user: a login or a GitHub id.');
+      return revokeSessions(rest[0]!, io);
+    }
     if (command === 'secret') {
       if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set".' : `unknown subcommand "secret ${sub}"; only "secret set" exists.`);
       return await setSecret(rest, io);
@@ -282,6 +288,22 @@ function audit(args: string[], io: CliIo): number {
       io.stdout.write(`${e.at.toISOString()}  ${(e.user ?? '-').padEnd(20)} ${e.action.padEnd(12)} ${e.subject}${e.detail ? `  (${e.detail})` : ''}\n`);
     }
     if (!events.length) io.stdout.write('Nothing recorded yet.\n');
+    return 0;
+  } finally {
+    db.$client.close();
+  }
+}
+
+/** `sessions revoke`: a user signed out everywhere (a lost laptop, a maintainer who left). */
+function revokeSessions(who: string, io: CliIo): number {
+  const db = openDb(loadConfig(io.env).databaseFile);
+  try {
+    const result = revokeUserSessions(db, who);
+    if (!result) {
+      io.stderr.write(`No user "${who}" has signed in to the dashboard.\n`);
+      return 1;
+    }
+    io.stdout.write(`Revoked ${result.revoked} session(s) of ${result.login} (GitHub id ${result.githubId}); their hidden-preview cookies stop working at once.\n`);
     return 0;
   } finally {
     db.$client.close();

@@ -7,6 +7,7 @@ import { PassThrough } from 'node:stream';
 import { jest } from '@jest/globals';
 import nock from 'nock';
 import { runCli } from '../src/cli.js';
+import { auditTrail } from '../src/dashboard/sessions.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
@@ -296,4 +297,29 @@ test('preview-gate audit prints who signed in, looked at a hidden preview, publi
     ['view-hidden', 'maintainer', HOST],
     ['sign-in', 'maintainer', 'maintainer'],
   ]);
+});
+
+test('preview-gate sessions revoke signs a user out everywhere: dashboard and hidden-preview cookies, at once', async () => {
+  const { cookie } = await signIn('maintainer');
+  const { viewCookie } = await openHidden(cookie!);
+  const other = (await signIn('maintainer')).cookie!; // a second browser
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
+  const cli = async (...args: string[]) => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const io = { stdin: new PassThrough(), stdout: new PassThrough().on('data', (c) => out.push(String(c))), stderr: new PassThrough().on('data', (c) => err.push(String(c))), env: { DATA_DIR: server.config.dataDir } };
+    return { code: await runCli(args, io), stdout: out.join(''), stderr: err.join('') };
+  };
+
+  expect(await cli('sessions', 'revoke', 'Maintainer')).toEqual({
+    code: 0,
+    stdout: `Revoked 2 session(s) of maintainer (GitHub id ${MAINTAINER.id}); their hidden-preview cookies stop working at once.\n`,
+    stderr: '',
+  });
+  for (const c of [cookie!, other]) expect(await (await get('/', { cookie: c })).text()).toContain('Sign in with GitHub');
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
+  expect(auditTrail(server.core.db)[0]).toMatchObject({ action: 'revoke', subject: 'maintainer', detail: '2 session(s), by the operator' });
+  // Nobody of that name, and wrong arguments.
+  expect(await cli('sessions', 'revoke', 'nobody')).toMatchObject({ code: 1, stderr: 'No user "nobody" has signed in to the dashboard.\n' });
+  expect((await cli('sessions', 'list')).code).toBe(2);
 });

@@ -1,5 +1,5 @@
 import crypto from 'node:crypto';
-import { and, desc, eq, gt, isNull, lt } from 'drizzle-orm';
+import { and, desc, eq, gt, isNull, lt, sql } from 'drizzle-orm';
 import type { Db } from '../db/client.js';
 import { auditEvents, previewGrants, sessions, users } from '../db/schema.js';
 import { newDataKey, open, seal } from '../secrets/envelope.js';
@@ -198,4 +198,25 @@ export function auditTrail(db: Db, limit = 1000) {
     .orderBy(desc(auditEvents.id))
     .limit(limit)
     .all();
+}
+
+/**
+ * Ends every open session of one user (`login`, as last seen, or GitHub's numeric id), and so their
+ * hidden-preview cookies, at their next request; for `preview-gate sessions revoke`. Undefined when no such user
+ * signed in.
+ */
+export function revokeUserSessions(db: Db, who: string): { login: string; githubId: string; revoked: number } | undefined {
+  const user = /^[0-9]+$/.test(who)
+    ? db.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who))).get()
+    : db.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`).get();
+  if (!user) return undefined;
+  const revoked = db
+    .update(sessions)
+    .set({ revokedAt: new Date() })
+    .where(and(eq(sessions.userId, user.id), isNull(sessions.revokedAt), gt(sessions.expiresAt, new Date())))
+    .returning({ id: sessions.id })
+    .all().length;
+  const login = user.login ?? user.providerId;
+  db.insert(auditEvents).values({ userId: null, action: 'revoke', subject: login, detail: `${revoked} session(s), by the operator` }).run();
+  return { login, githubId: user.providerId, revoked };
 }
