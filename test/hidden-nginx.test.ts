@@ -123,3 +123,17 @@ test('the auth sub-request adds little to a hidden page (figure printed with PRI
   }
   expect(p50(hidden)).toBeGreaterThan(0);
 });
+
+test("nginx keeps Node's yes for 5 s at most (a page's files ask once) and never its no", async () => {
+  const cookie = await viewCookie('maintainer');
+  expect((await viaNginx(HOST, '/', cookie)).status).toBe(200);
+  // The session is revoked: the yes nginx keeps still serves, for 5 s at most ...
+  server.core.db.$client.prepare('update sessions set revoked_at = ?').run(Date.now());
+  expect((await viaNginx(HOST, '/app.js', cookie)).status).toBe(200);
+  // ... then the same 404 as for anyone.
+  await new Promise((r) => setTimeout(r, 5200));
+  expect((await viaNginx(HOST, '/app.js', cookie)).status).toBe(404);
+  // That no was not kept: the session back, the next request is served.
+  server.core.db.$client.prepare('update sessions set revoked_at = null').run();
+  expect((await viaNginx(HOST, '/app.js', cookie)).status).toBe(200);
+});
