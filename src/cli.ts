@@ -303,7 +303,7 @@ function revokeSessions(who: string, io: CliIo): number {
       io.stderr.write(`No user "${who}" has signed in to the dashboard.\n`);
       return 1;
     }
-    io.stdout.write(`Revoked ${result.revoked} session(s) of ${result.login} (GitHub id ${result.githubId}); their hidden-preview cookies stop working at once.\n`);
+    io.stdout.write(`Revoked ${result.revoked} session(s) of ${result.login} (GitHub id ${result.githubId}); their hidden-preview cookies stop working within 5 seconds.\n`);
     return 0;
   } finally {
     db.$client.close();

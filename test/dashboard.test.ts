@@ -313,7 +313,7 @@ test('preview-gate sessions revoke signs a user out everywhere: dashboard and hi
 
   expect(await cli('sessions', 'revoke', 'Maintainer')).toEqual({
     code: 0,
-    stdout: `Revoked 2 session(s) of maintainer (GitHub id ${MAINTAINER.id}); their hidden-preview cookies stop working at once.\n`,
+    stdout: `Revoked 2 session(s) of maintainer (GitHub id ${MAINTAINER.id}); their hidden-preview cookies stop working within 5 seconds.\n`,
     stderr: '',
   });
   for (const c of [cookie!, other]) expect(await (await get('/', { cookie: c })).text()).toContain('Sign in with GitHub');
