@@ -195,7 +195,7 @@ interface Manifest {
   firstPathOf: [string, string][];
 }
 
-/** Walks the folder and hashes every file (large ones streamed): the digest upload's manifest. */
+/** Walks the folder and hashes every file (read in 1 MiB chunks): the digest upload's manifest. */
 function manifestOf(root: string): Manifest {
   const paths: string[] = [];
   const walk = (rel: string) => {

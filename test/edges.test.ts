@@ -78,7 +78,7 @@ test('20 uploads cut at random points (reset or FIN, before or after GitHub answ
   await Promise.all(
     commits.map(async (commit, i) => abortedUpload(100 + i, commit, await travisToken(100 + i), body, Math.floor(Math.random() * (body.length - 1)), i % 2 ? 'reset' : 'fin')),
   );
-  await eventually(() => pendingRows().length === 0 && staging().length === 0);
+  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
   for (const [i, commit] of commits.entries()) {
     const res = await server.upload(100 + i, commit, body);
     expect(res.status).toBe(201);
@@ -95,7 +95,7 @@ test('a client that goes away while GitHub is being asked releases its claim at 
   await abortedUpload(7, commit, await travisToken(7), body, 1000, 'reset');
   fake.fault = undefined;
   await new Promise((r) => setTimeout(r, 1500)); // GitHub's hung answer times out after the client left
-  await eventually(() => pendingRows().length === 0 && staging().length === 0);
+  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
   expect((await server.upload(7, commit, body)).status).toBe(202);
 });
 
@@ -117,7 +117,7 @@ test('a malformed chunked body (a bad chunk size) releases the claim and removes
     socket.on('close', () => resolve());
     setTimeout(() => socket.destroy(), 3000);
   });
-  await eventually(() => pendingRows().length === 0 && staging().length === 0);
+  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
   expect((await server.upload(8, commit, body)).status).toBe(202);
   await healthy();
 });
@@ -137,7 +137,7 @@ test('a body that stops coming is cut after UPLOAD_IDLE_SECONDS, and its claim r
   });
   expect(Date.now() - started).toBeLessThan(5000);
   expect([408, undefined]).toContain(status);
-  await eventually(() => pendingRows().length === 0 && staging().length === 0);
+  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
   expect((await server.upload(9, commit, body)).status).toBe(202);
 });
 

@@ -201,9 +201,9 @@ export function auditTrail(db: Db, limit = 1000) {
 }
 
 /**
- * Ends every open session of one user (`login`, as last seen, or GitHub's numeric id), and so their
- * hidden-preview cookies, at their next request; for `preview-gate sessions revoke`. Undefined when no such user
- * signed in.
+ * Ends every open session of one user (`login`, as last seen, or GitHub's numeric id): the dashboard at their
+ * next request, their hidden-preview cookies once nginx's kept yes runs out (5 s); for `preview-gate sessions
+ * revoke`. Undefined when no such user signed in.
  */
 export function revokeUserSessions(db: Db, who: string): { login: string; githubId: string; revoked: number } | undefined {
   const user = /^[0-9]+$/.test(who)

@@ -16,10 +16,10 @@ export interface RotationResult {
 }
 
 /**
- * Re-wraps every account DEK, and every user's DEK (their GitHub tokens), under the current key; the DEKs themselves, and so every secret's ciphertext,
- * are untouched. Each account is one compare-and-set update, so an interrupted run loses nothing and the
- * next run carries on. With the local provider and nothing left to move, a new master key is made first
- * (the old one kept as `master.key.retired-…` until every account has moved). Moving from local to Azure is
+ * Re-wraps every account DEK, and every user's DEK (their GitHub tokens), under the current key; the DEKs
+ * themselves, and so every secret's ciphertext, are untouched. Each row is one compare-and-set update, so an
+ * interrupted run loses nothing and the next run carries on. With the local provider and nothing left to move, a
+ * new master key is made first (the old one kept as `master.key.retired-…` until every account and user has moved). Moving from local to Azure is
  * the same command with KEY_PROVIDER=azure.
  */
 export async function rotateKeys(db: Db, keys: KeyRing): Promise<RotationResult> {
