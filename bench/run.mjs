@@ -8,7 +8,8 @@
 //   6. a PR's next commit changing 1% of the reference build's files: `preview-gate upload` by digest vs
 //      --full, time and bytes on the wire (goal <= 0.1x the time, <= 2% of the bytes)
 //   7. disk for 20 builds of one PR, 1% of files changed per build, vs one build (goal <= 1.3x)
-// Usage: npm run bench   (builds first; PAIRS=5 sets the pairs of figure 1; FIGURES=1,6 runs only those, 6 includes 7)
+// Usage: npm run bench   (builds first; PAIRS=5 sets the pairs of figure 1; FIGURES=1,6 runs only those, 6 includes 7;
+// TMPDIR=<folder> puts the server's data and tar's output on that folder's filesystem, which the first lines name)
 import { execFile, execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
@@ -45,6 +46,7 @@ async function main() {
   const raw = makeReferenceBuild(buildDir);
   const gz = packReferenceBuild(buildDir, archive);
   console.log(`machine: ${os.cpus()[0]?.model} x${os.cpus().length}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, ${os.platform()} ${os.release()}`);
+  console.log(`filesystem of the server's data and of tar's output (${tmp}): ${describeFilesystem(tmp)}`);
   console.log(`reference build: 3000 files, ${(raw / 1e6).toFixed(1)} MB raw, ${(gz / 1e6).toFixed(1)} MB gzipped`);
 
   const github = await startFakeGitHub();
@@ -252,6 +254,30 @@ async function main() {
   await stopServerProcess(server);
   await github.close();
   fs.rmSync(tmp, { recursive: true, force: true });
+}
+
+/**
+ * The filesystem holding `dir`: type, device, and for ext4 whether it keeps a journal. Without one, ext4 will not
+ * reuse an inode freed in the last 60 s (300 s while its inode table block is dirty) and scans past every such
+ * inode for each file or folder it creates: after a burst of deletions, creating files costs several times more.
+ */
+function describeFilesystem(dir) {
+  let mount;
+  try {
+    for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const fields = line.split(' ');
+      const dash = fields.indexOf('-');
+      if (dash < 0) continue;
+      const point = fields[4].replace(/\\040/g, ' ');
+      const inside = dir === point || dir.startsWith(point.endsWith('/') ? point : `${point}/`);
+      if (inside && (!mount || point.length >= mount.point.length)) mount = { point, type: fields[dash + 1], source: fields[dash + 2], options: fields[dash + 3] };
+    }
+  } catch {
+    return 'unknown (no /proc/self/mountinfo)';
+  }
+  if (!mount) return 'unknown';
+  const journal = mount.type === 'ext4' ? (fs.existsSync(`/proc/fs/jbd2/${path.basename(mount.source)}-8`) ? ', with a journal' : ', without a journal') : '';
+  return `${mount.type} on ${mount.source}${journal} (${mount.options}), mounted at ${mount.point}`;
 }
 
 /** A TCP relay to the server that counts the bytes clients send (headers and bodies: what goes over the wire). */
