@@ -105,7 +105,8 @@ export class ObjectStore {
   }
 }
 
-function linkIfThere(existing: string, target: string): boolean {
+/** Links `existing` at `target`; false when `existing` is not there (any other failure throws). */
+export function linkIfThere(existing: string, target: string): boolean {
   try {
     fs.linkSync(existing, target);
     return true;

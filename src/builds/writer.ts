@@ -1,0 +1,133 @@
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+
+/** One small file to write: its bytes (owned by the message), where, and the repository's objects folder. */
+export interface WriteJob {
+  id: number;
+  build: number;
+  target: string;
+  data: Uint8Array;
+  objectsDir: string;
+}
+
+export type WriteResult =
+  | { id: number; hash: string; linked: boolean }
+  | { id: number; hash: string; error: { code?: string; syscall?: string; message: string } };
+
+export type WriterMessage = { kind: 'write'; jobs: WriteJob[] } | { kind: 'release'; build: number };
+
+interface Waiting {
+  resolve: (written: { hash: string; linked: boolean }) => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * Hashes and writes the small files of uploads on one worker thread (writer-thread.ts). The main thread parsed
+ * the archive and did this per-file work too — a sha256 and an open, write and close per file — so an upload used
+ * one core while `tar -xzf` and its gzip use two (bench figure 1d). Files are sent in batches, one message per
+ * turn of the event loop. Thread-pool `fs` calls were no alternative: three round trips per small file cost
+ * more than the writes themselves.
+ */
+export class FileWriter {
+  private worker: Worker | undefined;
+  private nextId = 1;
+  private nextBuild = 1;
+  private batch: WriteJob[] = [];
+  private readonly waiting = new Map<number, Waiting>();
+  /** The ids each worker was sent and has not answered: a worker that dies fails exactly those. */
+  private readonly sentTo = new Map<Worker, Set<number>>();
+
+  /** A number for one build's files: files of one build with the same content become links to one another. */
+  newBuild(): number {
+    return this.nextBuild++;
+  }
+
+  /**
+   * Writes `data` as a new read-only file at `target` — or links it to the repository's object of that content, or
+   * to a file of the same build with it — and resolves with its sha256 and whether it became a link. Rejects with
+   * the filesystem's error (its `code` and `syscall` kept) when the file cannot be made.
+   */
+  write(build: number, target: string, data: Buffer, objectsDir: string): Promise<{ hash: string; linked: boolean }> {
+    // A copy the message can own: the parser's chunks are slices of larger buffers, and a sent slice would copy
+    // the whole buffer under it.
+    const copy = new Uint8Array(data.byteLength);
+    copy.set(data);
+    const id = this.nextId++;
+    const written = new Promise<{ hash: string; linked: boolean }>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    this.batch.push({ id, build, target, data: copy, objectsDir });
+    if (this.batch.length === 1) setImmediate(() => this.flush());
+    return written;
+  }
+
+  /** Forgets a build's contents; called once none of its writes is in flight. */
+  release(build: number): void {
+    this.worker?.postMessage({ kind: 'release', build } satisfies WriterMessage);
+  }
+
+  /** Ends the thread (the next write starts another); files sent to it and not yet written fail. */
+  async stop(): Promise<void> {
+    const worker = this.worker;
+    this.worker = undefined;
+    await worker?.terminate();
+  }
+
+  private flush(): void {
+    const jobs = this.batch;
+    this.batch = [];
+    if (jobs.length === 0) return;
+    const worker = this.ensureWorker();
+    const sent = this.sentTo.get(worker)!;
+    for (const job of jobs) sent.add(job.id);
+    worker.ref(); // until its answers come: a process waiting only for them must not exit
+    worker.postMessage({ kind: 'write', jobs } satisfies WriterMessage, jobs.map((job) => job.data.buffer as ArrayBuffer));
+  }
+
+  private ensureWorker(): Worker {
+    if (this.worker) return this.worker;
+    // No flags of the parent's: the thread needs none, and some (--input-type, -e) would stop it from starting.
+    const worker = new Worker(writerThreadUrl(), { execArgv: [] });
+    this.sentTo.set(worker, new Set());
+    worker.on('message', (results: WriteResult[]) => {
+      const sent = this.sentTo.get(worker);
+      for (const result of results) {
+        sent?.delete(result.id);
+        const waiting = this.waiting.get(result.id);
+        this.waiting.delete(result.id);
+        if (!waiting) continue;
+        if ('error' in result) waiting.reject(Object.assign(new Error(result.error.message), { code: result.error.code, syscall: result.error.syscall }));
+        else waiting.resolve({ hash: result.hash, linked: result.linked });
+      }
+      if (sent?.size === 0) worker.unref();
+    });
+    const failSent = (err: Error) => {
+      if (this.worker === worker) this.worker = undefined; // the next write starts a new thread
+      for (const id of this.sentTo.get(worker) ?? []) {
+        this.waiting.get(id)?.reject(err);
+        this.waiting.delete(id);
+      }
+      this.sentTo.delete(worker);
+    };
+    worker.on('error', failSent);
+    worker.on('exit', (code) => failSent(new Error(`The file writer thread stopped (exit code ${code}).`)));
+    // An idle thread does not keep the process alive (it is ref'd only while files sent to it are unanswered).
+    // After the listeners: adding a 'message' listener refs it again.
+    worker.unref();
+    this.worker = worker;
+    return worker;
+  }
+}
+
+/**
+ * The compiled worker beside this module; under ts-jest the source folder holds only .ts files, so the compiled
+ * copy in dist/ is used (`npm test` builds first).
+ */
+function writerThreadUrl(): URL {
+  const beside = new URL('./writer-thread.js', import.meta.url);
+  if (fs.existsSync(fileURLToPath(beside))) return beside;
+  return new URL('../../dist/src/builds/writer-thread.js', import.meta.url);
+}
+
+/** The process's one writer, started at its first write. */
+let shared: FileWriter | undefined;
+export const fileWriter = (): FileWriter => (shared ??= new FileWriter());
