@@ -102,3 +102,18 @@ test('the thread keeps a process alive while a write is in flight, and not once 
   expect(exited).toBe(0);
   expect(out.trim()).toBe(hashOf(Buffer.from('alone')));
 });
+
+test('an idle thread is ended (its memory given back) and the next write starts another', async () => {
+  const quick = new FileWriter(100);
+  try {
+    const build = quick.newBuild();
+    await quick.write(build, path.join(dir, 'build', 'first.html'), Buffer.from('first'), objectsDir);
+    expect(quick.running).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(quick.running).toBe(false);
+    await quick.write(build, path.join(dir, 'build', 'second.html'), Buffer.from('second'), objectsDir);
+    expect(fs.readFileSync(path.join(dir, 'build', 'second.html'), 'utf8')).toBe('second');
+  } finally {
+    await quick.stop();
+  }
+});

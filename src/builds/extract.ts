@@ -72,6 +72,8 @@ const GUNZIP_CHUNK_BYTES = 256 * 1024;
  */
 const MAX_PENDING_WRITES = 64;
 const MAX_PENDING_WRITE_BYTES = 8 * 1024 * 1024;
+/** Large files (streamed) in flight: each holds what was parsed and not yet written (figure 2's peak RSS). */
+const MAX_PENDING_LARGE_WRITES = 4;
 
 /** An entry's bytes: tar's entries are minipass streams, zip's are Node streams. */
 type EntryStream = Readable | ReadEntry;
@@ -95,6 +97,7 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
   const maxInflatedBytes = limits.maxBuildBytes + (limits.maxBuildFiles + 4) * 4 * 512;
   let pendingWrites = 0;
   let pendingBytes = 0;
+  let pendingLarge = 0;
   let failure: Error | undefined;
   let wakeUp: (() => void) | undefined;
   // Stops writes still waiting for their entry's bytes when the stream fails (those bytes never come).
@@ -104,13 +107,18 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
     failure ??= err;
     wakeUp?.();
   };
-  const settled = (heldBytes: number) => {
+  const settled = (heldBytes: number, large: boolean) => {
     pendingWrites--;
     pendingBytes -= heldBytes;
+    if (large) pendingLarge--;
     wakeUp?.();
   };
-  const whenWritesBelow = async (n: number, bytes = Infinity) => {
-    while ((pendingWrites > n || pendingBytes > bytes) && !failure) await new Promise<void>((r) => (wakeUp = r));
+  const roomForMore = () => pendingWrites <= MAX_PENDING_WRITES && pendingBytes <= MAX_PENDING_WRITE_BYTES && pendingLarge <= MAX_PENDING_LARGE_WRITES;
+  const whenWritesBelow = async (n: number) => {
+    while (pendingWrites > n && !failure) await new Promise<void>((r) => (wakeUp = r));
+  };
+  const whenRoomForMore = async () => {
+    while (!roomForMore() && !failure) await new Promise<void>((r) => (wakeUp = r));
   };
 
   const onEntry = (entry: ReadEntry) => {
@@ -124,11 +132,13 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
         throw badRequest(`The archive entry "${entry.path}" is a ${describeType(entry.type)}; only regular files and folders are allowed.`);
       }
       const file = tree.file(entry.path, entry.size);
-      const heldBytes = entry.size <= SMALL_FILE_BYTES ? entry.size : 0; // larger files are streamed
+      const large = entry.size > SMALL_FILE_BYTES;
+      const heldBytes = large ? 0 : entry.size;
       pendingWrites++;
       pendingBytes += heldBytes;
-      tree.write(entry, file, entry.size, abort.signal).then(() => settled(heldBytes), (err) => {
-        settled(heldBytes);
+      if (large) pendingLarge++;
+      tree.write(entry, file, entry.size, abort.signal).then(() => settled(heldBytes, large), (err) => {
+        settled(heldBytes, large);
         if (!abort.signal.aborted) fail(writeError(err, entry.path));
       });
     } catch (err) {
@@ -162,7 +172,7 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
       if (inflatedBytes > maxInflatedBytes) {
         return cb(tooLarge(buildTooLarge(limits)));
       }
-      const resume = () => whenWritesBelow(MAX_PENDING_WRITES, MAX_PENDING_WRITE_BYTES).then(() => cb(failure ?? null));
+      const resume = () => whenRoomForMore().then(() => cb(failure ?? null));
       if (parser.write(chunk)) resume();
       else parser.once('drain', resume);
     },

@@ -17,6 +17,13 @@ export type WriteResult =
 
 export type WriterMessage = { kind: 'write'; jobs: WriteJob[] } | { kind: 'release'; build: number };
 
+/**
+ * An idle thread is ended after this long: it holds ~10 MB of its own (its V8 heap; 42.5 → 53.1 MB of RSS, back to
+ * 45.5 MB once ended), which a 1 GB upload of large files (never sent to it) must not carry; starting one again
+ * takes a few tens of milliseconds.
+ */
+const IDLE_STOP_MS = 10_000;
+
 interface Waiting {
   resolve: (written: { hash: string; linked: boolean }) => void;
   reject: (err: Error) => void;
@@ -37,6 +44,14 @@ export class FileWriter {
   private readonly waiting = new Map<number, Waiting>();
   /** The ids each worker was sent and has not answered: a worker that dies fails exactly those. */
   private readonly sentTo = new Map<Worker, Set<number>>();
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly idleStopMs = IDLE_STOP_MS) {}
+
+  /** Whether the thread is running (it starts at the first write and ends when idle). */
+  get running(): boolean {
+    return this.worker !== undefined;
+  }
 
   /** A number for one build's files: files of one build with the same content become links to one another. */
   newBuild(): number {
@@ -67,6 +82,7 @@ export class FileWriter {
 
   /** Ends the thread (the next write starts another); files sent to it and not yet written fail. */
   async stop(): Promise<void> {
+    clearTimeout(this.idleTimer);
     const worker = this.worker;
     this.worker = undefined;
     await worker?.terminate();
@@ -76,6 +92,7 @@ export class FileWriter {
     const jobs = this.batch;
     this.batch = [];
     if (jobs.length === 0) return;
+    clearTimeout(this.idleTimer);
     const worker = this.ensureWorker();
     const sent = this.sentTo.get(worker)!;
     for (const job of jobs) sent.add(job.id);
@@ -98,7 +115,10 @@ export class FileWriter {
         if ('error' in result) waiting.reject(Object.assign(new Error(result.error.message), { code: result.error.code, syscall: result.error.syscall }));
         else waiting.resolve({ hash: result.hash, linked: result.linked });
       }
-      if (sent?.size === 0) worker.unref();
+      if (sent?.size === 0) {
+        worker.unref();
+        this.stopWhenIdle(worker);
+      }
     });
     const failSent = (err: Error) => {
       if (this.worker === worker) this.worker = undefined; // the next write starts a new thread
@@ -115,6 +135,13 @@ export class FileWriter {
     worker.unref();
     this.worker = worker;
     return worker;
+  }
+
+  private stopWhenIdle(worker: Worker): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      if (this.worker === worker && this.sentTo.get(worker)?.size === 0 && this.batch.length === 0) void this.stop();
+    }, this.idleStopMs).unref();
   }
 }
 
