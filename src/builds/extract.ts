@@ -68,7 +68,7 @@ const GUNZIP_CHUNK_BYTES = 256 * 1024;
 /**
  * Writes in flight before the parser is paused, and the bytes of the small files among them (held in memory until
  * written). 64 lets the writer's thread work while this one parses: the reference upload went from 1.58x–1.62x to
- * 1.29x–1.48x `tar -xzf` against 16 (bench figure 1, journaled ext4); the byte bound pauses a build of 1 MiB files at 8.
+ * 1.28x–1.48x `tar -xzf` against 16 (bench figure 1, journaled ext4); the byte bound pauses a build of 1 MiB files at 8.
  */
 const MAX_PENDING_WRITES = 64;
 const MAX_PENDING_WRITE_BYTES = 8 * 1024 * 1024;
