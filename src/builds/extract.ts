@@ -113,18 +113,14 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
     if (large) pendingLarge--;
     wakeUp?.();
   };
+  /** Resolves once `ready()` holds, checked again whenever a write settles or the extraction fails. */
+  const waitUntil = async (ready: () => boolean) => {
+    while (!ready()) await new Promise<void>((r) => (wakeUp = r));
+  };
   const roomForMore = () => pendingWrites <= MAX_PENDING_WRITES && pendingBytes <= MAX_PENDING_WRITE_BYTES && pendingLarge <= MAX_PENDING_LARGE_WRITES;
-  const whenWritesBelow = async (n: number) => {
-    while (pendingWrites > n && !failure) await new Promise<void>((r) => (wakeUp = r));
-  };
-  const whenRoomForMore = async () => {
-    while (!roomForMore() && !failure) await new Promise<void>((r) => (wakeUp = r));
-  };
   // Before returning, failed or not: the caller removes staging, and a write still running on the writer's thread
   // would put a file into a folder being removed. Every write settles: its bytes came, or the abort stopped it.
-  const whenAllWritesSettled = async () => {
-    while (pendingWrites > 0) await new Promise<void>((r) => (wakeUp = r));
-  };
+  const allWritesSettled = () => pendingWrites === 0;
 
   const onEntry = (entry: ReadEntry) => {
     try {
@@ -177,14 +173,14 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
       if (inflatedBytes > maxInflatedBytes) {
         return cb(tooLarge(buildTooLarge(limits)));
       }
-      const resume = () => whenRoomForMore().then(() => cb(failure ?? null));
+      const resume = () => waitUntil(() => roomForMore() || failure !== undefined).then(() => cb(failure ?? null));
       if (parser.write(chunk)) resume();
       else parser.once('drain', resume);
     },
     final(cb) {
       parser.end();
       parserFinished
-        .then(() => whenWritesBelow(0))
+        .then(() => waitUntil(() => allWritesSettled() || failure !== undefined))
         .then(() => cb(failure ?? null));
     },
   });
@@ -206,7 +202,7 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
   } catch (err) {
     source.unpipe(countCompressed);
     abort.abort();
-    await whenAllWritesSettled();
+    await waitUntil(allWritesSettled);
     tree.release();
     if (failure) throw failure;
     if (err instanceof HttpError) throw err;
@@ -216,7 +212,7 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
     source.off('close', onSourceClose);
   }
   if (failure) abort.abort();
-  await whenAllWritesSettled();
+  await waitUntil(allWritesSettled);
   tree.release();
   if (failure) throw failure;
   if (result.compressedBytes === 0) throw badRequest('The request body is empty; send a gzipped tar of the build.');
@@ -296,8 +292,7 @@ export class BuildTree {
     };
     let hash: string;
     if (size <= SMALL_FILE_BYTES && this.writer) {
-      const buffer = await readSmall(content, signal);
-      const written = await this.writer.write(this.writerBuild!, file.target, buffer, this.target.objects.dir);
+      const written = await this.writer.write(this.writerBuild!, file.target, await readSmall(content, signal), this.target.objects.dir);
       hash = written.hash;
       // Checked once written: a file that does not match fails the upload, and its staging goes with it.
       check(hash);

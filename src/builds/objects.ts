@@ -106,7 +106,7 @@ export class ObjectStore {
 }
 
 /** Links `existing` at `target`; false when `existing` is not there (any other failure throws). */
-export function linkIfThere(existing: string, target: string): boolean {
+function linkIfThere(existing: string, target: string): boolean {
   try {
     fs.linkSync(existing, target);
     return true;

@@ -3,22 +3,27 @@
  * thread only parses the archive. Each file becomes a link to the repository's object of its content, or to a
  * file of the same build with that content, or else a new read-only file (O_EXCL: nothing is written through).
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import { parentPort } from 'node:worker_threads';
-import { linkIfThere } from './objects.js';
+import { RepositoryObjects, sha256 } from './objects.js';
 import type { WriteJob, WriteResult, WriterMessage } from './writer.js';
 
 /** Per build: sha256 → the first file of the build written with that content. */
 const writtenByBuild = new Map<number, Map<string, string>>();
+/** The repositories' object stores, by folder. */
+const objectStores = new Map<string, RepositoryObjects>();
+
+function objectsIn(dir: string): RepositoryObjects {
+  let objects = objectStores.get(dir);
+  if (!objects) objectStores.set(dir, (objects = new RepositoryObjects(dir)));
+  return objects;
+}
 
 function writeOne(job: WriteJob): WriteResult {
   const data = Buffer.from(job.data.buffer, job.data.byteOffset, job.data.byteLength);
-  const hash = crypto.createHash('sha256').update(data).digest('hex');
+  const hash = sha256(data);
   try {
-    const object = path.join(job.objectsDir, hash.slice(0, 2), hash);
-    if (fs.existsSync(object) && linkIfThere(object, job.target)) return { id: job.id, hash, linked: true };
+    if (objectsIn(job.objectsDir).linkTo(hash, job.target)) return { id: job.id, hash, linked: true };
     let written = writtenByBuild.get(job.build);
     if (!written) writtenByBuild.set(job.build, (written = new Map()));
     const sameContent = written.get(hash);
