@@ -1,4 +1,4 @@
-// The real server as a child process (`node dist/src/main.js`), for the bench scripts and the process tests.
+// The real server as a child process (`node --max-semi-space-size=4 dist/src/main.js`), for the bench scripts and the process tests.
 import { spawn } from 'node:child_process';
 
 /**
@@ -9,7 +9,8 @@ import { spawn } from 'node:child_process';
  * @returns {Promise<import('node:child_process').ChildProcess>}
  */
 export async function startServerProcess(env, port, { nodeArgs = [], stdio = ['ignore', 'inherit', 'inherit'] } = {}) {
-  const child = spawn('node', [...nodeArgs, 'dist/src/main.js'], { env, stdio });
+  // The young generation's size as `npm start` and the image set it (README, performance).
+  const child = spawn('node', ['--max-semi-space-size=4', ...nodeArgs, 'dist/src/main.js'], { env, stdio });
   for (let i = 0; i < 100; i++) {
     try {
       if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return child;
