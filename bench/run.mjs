@@ -10,7 +10,9 @@
 //      --full, time and bytes on the wire (goal <= 0.1x the time, <= 2% of the bytes)
 //   7. disk for 20 builds of one PR, 1% of files changed per build, vs one build (goal <= 1.3x)
 // Usage: npm run bench   (builds first; PAIRS=5 sets the pairs of figure 1; FIGURES=1,6 runs only those, 6 includes 7;
-// TMPDIR=<folder> puts the server's data and tar's output on that folder's filesystem, which the first lines name)
+// TMPDIR=<folder> puts the server's data and tar's output on that folder's filesystem, which the first lines name;
+// SERVER_NODE_ARGS adds Node flags to the server's, e.g. '--max-semi-space-size=16 --trace-gc': V8's default young
+// generation, and every collection printed)
 import { execFile, execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
@@ -28,6 +30,7 @@ import { startServerProcess, stopServerProcess } from './server-process.mjs';
 import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
 
 const PAIRS = Number(process.env.PAIRS ?? 5);
+const serverNodeArgs = process.env.SERVER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
 const FIGURES = process.env.FIGURES?.split(',').map((f) => f.trim());
 const want = (figure) => !FIGURES || FIGURES.includes(figure) || (figure === '7' && FIGURES.includes('6'));
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-bench-'));
@@ -69,7 +72,7 @@ async function main() {
     MAX_PR_BUILDS: '200',
   };
   execFileSync('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, input: SECRET, stdio: ['pipe', 'ignore', 'ignore'] });
-  let server = await startServerProcess(env, port);
+  let server = await startServerProcess(env, port, { nodeArgs: serverNodeArgs });
 
   if (want('2')) {
     // 2. Peak RSS during a 1 GB upload generated on the fly (stored gzip, 100 files of 10 MB).
@@ -86,7 +89,7 @@ async function main() {
   // figure 2's, not theirs.
   await stopServerProcess(server);
   execFileSync('sync');
-  server = await startServerProcess(env, port);
+  server = await startServerProcess(env, port, { nodeArgs: serverNodeArgs });
   // Three uploads first, not counted in figure 1: a process's first uploads pay for loading and compiling code.
   // V8 optimises the parser and the writer over the first runs (the extractor alone, bench/extract-only.mjs:
   // 578, 476, 395, then 335-347 ms). The first is the reference build (figure 1b relies on its files being
