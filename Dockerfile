@@ -4,7 +4,7 @@
 
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
-# better-sqlite3 builds its native addon when no prebuilt binary fits.
+# The tools to compile better-sqlite3's native addon (below).
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 # better-sqlite3 12 derives its database and statements from node::ObjectWrap, whose header since Node 24.19 removes
@@ -17,7 +17,8 @@ RUN mkdir -p /tmp/node-headers/include \
  && cp -r /usr/local/include/node /tmp/node-headers/include/node \
  && sed -i -e '/^ *AddCleanupHook();$/d' -e '/^ *RemoveCleanupHook();$/d' /tmp/node-headers/include/node/node_object_wrap.h \
  && ! grep -Eq '^ *(Add|Remove)CleanupHook\(\);$' /tmp/node-headers/include/node/node_object_wrap.h
-RUN npm ci --ignore-scripts && npm_config_nodedir=/tmp/node-headers npm rebuild better-sqlite3 \
+# From source even where a prebuilt binary could be downloaded: those are built against whatever headers upstream had.
+RUN npm ci --ignore-scripts && npm_config_nodedir=/tmp/node-headers npm_config_build_from_source=true npm rebuild better-sqlite3 \
  && node -e "const addon = require('fs').readFileSync('node_modules/better-sqlite3/build/Release/better_sqlite3.node'); if (addon.includes('RemoveEnvironmentCleanupHook')) { console.error('better-sqlite3 was built with the ObjectWrap that aborts on Node 24.19+'); process.exit(1); }"
 COPY tsconfig.json tsconfig.build.json drizzle.config.ts app.yml ./
 COPY src ./src
