@@ -202,18 +202,16 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
   } catch (err) {
     source.unpipe(countCompressed);
     abort.abort();
-    await waitUntil(allWritesSettled);
-    tree.release();
     if (failure) throw failure;
     if (err instanceof HttpError) throw err;
     throw streamError(err, result.compressedBytes);
   } finally {
     source.off('error', onSourceError);
     source.off('close', onSourceClose);
+    if (failure) abort.abort();
+    await waitUntil(allWritesSettled);
+    tree.release();
   }
-  if (failure) abort.abort();
-  await waitUntil(allWritesSettled);
-  tree.release();
   if (failure) throw failure;
   if (result.compressedBytes === 0) throw badRequest('The request body is empty; send a gzipped tar of the build.');
   return tree.finish();
