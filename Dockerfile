@@ -2,24 +2,19 @@
 # Build: docker build -t preview-gate .   Run: see compose.yaml and README "Deploying".
 # Node 24 is the active LTS; the code also runs on Node 20 and 22.
 
-FROM node:24-bookworm-slim AS build
-WORKDIR /app
-# The tools to compile better-sqlite3's native addon (below).
+FROM node:24-bookworm-slim AS toolchain
+# The tools to compile better-sqlite3's native addon (below). The container test also installs the checkout
+# here with `npm ci`, as an operator on Node 24 would.
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+
+FROM toolchain AS build
+WORKDIR /app
 COPY package.json package-lock.json ./
-# better-sqlite3 12 derives its database and statements from node::ObjectWrap, whose header since Node 24.19 removes
-# an environment cleanup hook in the destructor and aborts the process when V8 frees a statement outside a
-# JavaScript context (nodejs/node#65446; better-sqlite3 13 moved to Node-API but needs Node >= 22, and this code
-# must also run on Node 20). Seen here: the server died at start or after its first 3,000-file upload (bench/run.mjs
-# in this image). So the addon is compiled against a copy of Node's headers whose ObjectWrap does what it did before
-# 24.19 (no cleanup hook), and the build fails if the addon still calls the removal.
-RUN mkdir -p /tmp/node-headers/include \
- && cp -r /usr/local/include/node /tmp/node-headers/include/node \
- && sed -i -e '/^ *AddCleanupHook();$/d' -e '/^ *RemoveCleanupHook();$/d' /tmp/node-headers/include/node/node_object_wrap.h \
- && ! grep -Eq '^ *(Add|Remove)CleanupHook\(\);$' /tmp/node-headers/include/node/node_object_wrap.h
-# From source even where a prebuilt binary could be downloaded: those are built against whatever headers upstream had.
-RUN npm ci --ignore-scripts && npm_config_nodedir=/tmp/node-headers npm_config_build_from_source=true npm rebuild better-sqlite3 \
- && node -e "const addon = require('fs').readFileSync('node_modules/better-sqlite3/build/Release/better_sqlite3.node'); if (addon.includes('RemoveEnvironmentCleanupHook')) { console.error('better-sqlite3 was built with the ObjectWrap that aborts on Node 24.19+'); process.exit(1); }"
+COPY bin/sqlite-addon.mjs ./bin/
+# better-sqlite3 12 compiled against Node 24.19+'s headers aborts the server when V8 frees a statement (seen here:
+# at start or after the first 3,000-file upload); bin/sqlite-addon.mjs says why, compiles it from source against a
+# copy of the headers with the pre-24.19 ObjectWrap, and fails the build if the addon still calls the hook removal.
+RUN npm ci --ignore-scripts && node bin/sqlite-addon.mjs rebuild
 COPY tsconfig.json tsconfig.build.json drizzle.config.ts app.yml ./
 COPY src ./src
 COPY bin ./bin

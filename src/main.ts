@@ -4,6 +4,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { probotFromEnv, startServer } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
+import { checkSqliteAddon } from './db/client.js';
 import { createSetupHandler, loadAppEnv } from './setup.js';
 
 // JSON lines for log collectors; one readable line per event on a terminal.
@@ -13,6 +14,7 @@ const log = pino({
 });
 
 async function main(): Promise<void> {
+  checkSqliteAddon(); // before the setup flow prints its address for a server that would not start
   // Credentials written by the setup flow live with the data, not in the code directory.
   loadAppEnv(path.resolve(process.env.DATA_DIR || './data'));
   const config = loadConfig();

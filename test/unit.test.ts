@@ -1,3 +1,9 @@
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { sqliteAddonProblem } from '../bin/sqlite-addon.mjs';
 import { safeEntryPath } from '../src/builds/extract.js';
 import { loadConfig } from '../src/config.js';
 import { decideTrust, defaultSite, settingsSchema } from '../src/trust.js';
@@ -97,5 +103,28 @@ describe('configuration', () => {
     } catch (err) {
       expect((err as Error).message).not.toContain('\n');
     }
+  });
+});
+
+describe("better-sqlite3's addon and Node 24.19+ (nodejs/node#65446)", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'addon-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // An addon compiled against 24.19+'s headers carries the name of the call that aborts.
+  const hooked = path.join(dir, 'hooked.node');
+  fs.writeFileSync(hooked, Buffer.concat([crypto.randomBytes(4096), Buffer.from('_ZN4node28RemoveEnvironmentCleanupHookEPN2v87IsolateEPFvPvES3_'), crypto.randomBytes(4096)]));
+
+  test('on Node 24 such an addon is refused with the command that rebuilds it', () => {
+    const problem = sqliteAddonProblem('24.21.0', hooked);
+    expect(problem).toContain(hooked);
+    expect(problem).toContain('node bin/sqlite-addon.mjs rebuild');
+    expect(problem).toContain('nodejs/node#65446');
+  });
+  test('Node 26.4, which keeps a registry of these hooks, runs it; 26.3 does not', () => {
+    expect(sqliteAddonProblem('26.4.0', hooked)).toBeUndefined();
+    expect(sqliteAddonProblem('26.3.1', hooked)).toContain('rebuild');
+  });
+  test("this machine's addon passes, and `check` says so with its exit code", () => {
+    expect(sqliteAddonProblem()).toBeUndefined();
+    expect(spawnSync('node', ['bin/sqlite-addon.mjs', 'check']).status).toBe(0);
   });
 });

@@ -5,6 +5,7 @@ import Database from 'better-sqlite3';
 import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
 import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
 import * as schema from './schema.js';
+import { sqliteAddonProblem } from '../../bin/sqlite-addon.mjs';
 
 export type Db = BetterSQLite3Database<typeof schema> & { $client: Database.Database };
 
@@ -15,8 +16,23 @@ function migrationsFolder(): string {
   return fs.existsSync(beside) ? beside : path.resolve(here, '../../../src/db/migrations');
 }
 
+// Checked once per process: the addon does not change under a running server.
+let addonChecked = false;
+
+/**
+ * Throws when better-sqlite3's addon would abort this process at some later statement (compiled against Node
+ * 24.19+'s headers, bin/sqlite-addon.mjs): a server refuses to start instead of dying after its first uploads.
+ */
+export function checkSqliteAddon(): void {
+  if (addonChecked) return;
+  const problem = sqliteAddonProblem();
+  if (problem) throw new Error(problem);
+  addonChecked = true;
+}
+
 /** Opens (creating if needed) the SQLite file and applies every pending migration. */
 export function openDb(file: string): Db {
+  checkSqliteAddon();
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const sqlite = new Database(file);
   sqlite.pragma('journal_mode = WAL');

@@ -54,6 +54,20 @@ leftover=$(podman run --rm --no-healthcheck preview-gate du -sm node_modules/bet
 [ "$leftover" -le 5 ] || fail "better-sqlite3 takes $leftover MB in the image (build leftovers)"
 podman run --rm --no-healthcheck preview-gate sh -c 'test ! -e .env && test ! -e .git && test ! -e test' || fail "the build context leaked files into the image"
 
+step "the image's better-sqlite3 survives V8 freeing 200,000 statements (Node 24.19+, nodejs/node#65446)"
+survived() { grep -q '^survived$' <<<"$1"; }
+out=$(podman run --rm --no-healthcheck -v "$PWD/test/container/statement-churn.cjs:/app/statement-churn.cjs:ro" preview-gate node statement-churn.cjs 2>&1) || true
+survived "$out" || fail "the image's SQLite addon aborted: $(tail -3 <<<"$out")"
+
+step "an operator's npm ci of this checkout on Node 24 (toolchain stage): the addon is rebuilt when it would abort"
+podman build -q --target toolchain -t preview-gate-toolchain . >/dev/null
+mkdir -p "$work/checkout"
+git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work/checkout"
+out=$(podman run --rm --user 0 -v "$work/checkout:/app" -w /app preview-gate-toolchain \
+  sh -c 'npm ci --no-audit --no-fund 2>&1 | grep "preview-gate:"; node bin/sqlite-addon.mjs check && node test/container/statement-churn.cjs' 2>&1) || true
+echo "$out"
+survived "$out" || fail "after npm ci on Node 24 the SQLite addon aborted or was refused: $(tail -3 <<<"$out")"
+
 step "a root-owned bind mount for /data: one line saying what to do"
 mkdir -p "$work/rootowned"
 if out=$(podman run --rm --no-healthcheck --env-file "$PREVIEW_GATE_ENV_FILE" -v "$work/rootowned:/data" preview-gate 2>&1); then fail "started on an unwritable /data"; fi
