@@ -118,5 +118,8 @@ test('from nothing to a labelled preview served through nginx, with the README c
   for (let i = 0; i < 100 && (await preview()).status !== 200; i++) await new Promise((r) => setTimeout(r, 100));
   const served = await preview();
   expect([served.status, served.body.toString()]).toEqual([200, '<h1>my first preview</h1>']);
-  expect(fake.commentText()).toContain(`http://pr1-${COMMIT.slice(0, 7)}--docs.previews.test/`);
+  // The PR's comment is edited after the flip (queued GitHub feedback), so it may trail the served preview.
+  const url = `http://pr1-${COMMIT.slice(0, 7)}--docs.previews.test/`;
+  for (let i = 0; i < 100 && !fake.commentText()?.includes(url); i++) await new Promise((r) => setTimeout(r, 100));
+  expect(fake.commentText()).toContain(url);
 }, 90_000);
