@@ -1,4 +1,4 @@
-import { and, eq, inArray } from 'drizzle-orm';
+import { and, eq, inArray } from './db/orm.js';
 import type { Logger } from 'pino';
 import type { BuildTarget, ExtractResult } from './builds/extract.js';
 import type { BuildStore } from './builds/store.js';

@@ -1,4 +1,4 @@
-import { and, asc, eq, lte, min, count, sql } from 'drizzle-orm';
+import { and, asc, eq, lte, min, count, sql } from './db/orm.js';
 import type { Logger } from 'pino';
 import type { Db } from './db/client.js';
 import { jobs } from './db/schema.js';

@@ -1,4 +1,4 @@
-import { and, eq, sql } from 'drizzle-orm';
+import { and, eq, sql } from './db/orm.js';
 import type { Db } from './db/client.js';
 import { accounts, pullRequests, repositories, users } from './db/schema.js';
 import type { SecretStore } from './secrets/secrets.js';

@@ -1,6 +1,6 @@
 import crypto from 'node:crypto';
 import express, { type Express } from 'express';
-import { sql } from 'drizzle-orm';
+import { sql } from './db/orm.js';
 import type { Logger } from 'pino';
 import { createNodeMiddleware, type ApplicationFunction, type Probot } from 'probot';
 import { errorHandler, unavailable } from './errors.js';

@@ -1,4 +1,4 @@
-import { and, count, countDistinct, eq, gte, isNotNull, sql, sum } from 'drizzle-orm';
+import { and, count, countDistinct, eq, gte, isNotNull, sql, sum } from './db/orm.js';
 import type { Db } from './db/client.js';
 import { accounts, builds, objects, pullRequests, repositories, uploads } from './db/schema.js';
 

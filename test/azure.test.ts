@@ -12,7 +12,7 @@ import { LocalKeyService } from '../src/secrets/key-service.js';
 import { dekAad } from '../src/secrets/secrets.js';
 import { Sessions } from '../src/dashboard/sessions.js';
 import type { GitHubUserApi } from '../src/dashboard/github-user.js';
-import { eq } from 'drizzle-orm';
+import { eq } from '../src/db/orm.js';
 import nock from 'nock';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { startFakeKeyVault } from './helpers/key-vault.js';

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { eq } from 'drizzle-orm';
+import { eq } from '../src/db/orm.js';
 import { openCore, type Core } from '../src/app.js';
 import { runCli } from '../src/cli.js';
 import { loadConfig } from '../src/config.js';

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { eq } from 'drizzle-orm';
+import { eq } from '../src/db/orm.js';
 import nock from 'nock';
 import { jobs, pullRequests } from '../src/db/schema.js';
 import { FakeGitHub } from './helpers/fake-github.js';

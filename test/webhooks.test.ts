@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { eq } from 'drizzle-orm';
+import { eq } from '../src/db/orm.js';
 import { PassThrough } from 'node:stream';
 import nock from 'nock';
 import { runCli } from '../src/cli.js';

@@ -1,5 +1,5 @@
 import crypto from 'node:crypto';
-import { and, desc, eq, gt, isNull, lt, sql } from 'drizzle-orm';
+import { and, desc, eq, gt, isNull, lt, sql } from '../db/orm.js';
 import type { Db } from '../db/client.js';
 import { auditEvents, previewGrants, sessions, users } from '../db/schema.js';
 import { newDataKey, open, seal } from '../secrets/envelope.js';

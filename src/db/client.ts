@@ -2,8 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
-import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
+import { drizzle, migrate, type BetterSQLite3Database } from './orm.js';
 import * as schema from './schema.js';
 import { sqliteAddonProblem } from '../../bin/sqlite-addon.mjs';
 

@@ -2,8 +2,7 @@
  * The database, as code. Every table is described here; drizzle-kit turns changes into the committed
  * migrations under src/db/migrations (`npm run db:generate`), which are applied at start-up.
  */
-import { sql } from 'drizzle-orm';
-import { blob, index, integer, primaryKey, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core';
+import { blob, index, integer, primaryKey, sql, sqliteTable, text, uniqueIndex } from './orm.js';
 
 const createdAt = () =>
   integer('created_at', { mode: 'timestamp_ms' })

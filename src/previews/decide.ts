@@ -1,4 +1,4 @@
-import { and, eq } from 'drizzle-orm';
+import { and, eq } from '../db/orm.js';
 import type { Visibility } from '../builds/store.js';
 import { builds, pullRequests, repositories, visibilityChanges } from '../db/schema.js';
 import { forbidden } from '../errors.js';

@@ -1,4 +1,4 @@
-import { and, count, eq, isNull, sql, sum } from 'drizzle-orm';
+import { and, count, eq, isNull, sql, sum } from '../db/orm.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { BuildTarget, ExtractResult } from '../builds/extract.js';

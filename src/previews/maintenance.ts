@@ -1,4 +1,4 @@
-import { and, eq, gt, inArray, lt, or } from 'drizzle-orm';
+import { and, eq, gt, inArray, lt, or } from '../db/orm.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';

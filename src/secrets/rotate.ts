@@ -1,4 +1,4 @@
-import { and, count, eq, isNotNull, ne } from 'drizzle-orm';
+import { and, count, eq, isNotNull, ne } from '../db/orm.js';
 import type { Db } from '../db/client.js';
 import { accounts, users } from '../db/schema.js';
 import { LocalKeyService, type KeyRing } from './key-service.js';

@@ -1,4 +1,4 @@
-import { and, eq } from 'drizzle-orm';
+import { and, eq } from '../db/orm.js';
 import type { Db } from '../db/client.js';
 import { accounts, secrets } from '../db/schema.js';
 import { newDataKey, open, seal } from './envelope.js';

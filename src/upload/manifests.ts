@@ -1,5 +1,5 @@
 import zlib from 'node:zlib';
-import { and, eq, lt } from 'drizzle-orm';
+import { and, eq, lt } from '../db/orm.js';
 import type { Request } from 'express';
 import { safeEntryPath, type ManifestFile } from '../builds/extract.js';
 import { isSha256, sha256 } from '../builds/objects.js';
