@@ -1,4 +1,5 @@
-// The real server as a child process (`node --max-semi-space-size=4 dist/src/main.js`), for the bench scripts and the process tests.
+// The real server as a child process (`node --max-semi-space-size=4 --initial-old-space-size=64 dist/src/main.js`), for
+// the bench scripts and the process tests.
 import { spawn } from 'node:child_process';
 
 /**
@@ -9,8 +10,8 @@ import { spawn } from 'node:child_process';
  * @returns {Promise<import('node:child_process').ChildProcess>}
  */
 export async function startServerProcess(env, port, { nodeArgs = [], stdio = ['ignore', 'inherit', 'inherit'] } = {}) {
-  // The young generation's size as `npm start` and the image set it (README, performance).
-  const child = spawn('node', ['--max-semi-space-size=4', ...nodeArgs, 'dist/src/main.js'], { env, stdio });
+  // The heap's sizes as `npm start` and the image set them (README, performance).
+  const child = spawn('node', ['--max-semi-space-size=4', '--initial-old-space-size=64', ...nodeArgs, 'dist/src/main.js'], { env, stdio });
   for (let i = 0; i < 100; i++) {
     try {
       if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return child;
