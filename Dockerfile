@@ -26,7 +26,9 @@ RUN cd node_modules/better-sqlite3 \
  && mkdir -p build/Release && mv /tmp/better_sqlite3.node build/Release/
 
 FROM node:24-bookworm-slim
-ENV NODE_ENV=production DATA_DIR=/data PORT=3000 HOST=0.0.0.0
+# Two malloc arenas instead of one per thread: on Node 24 a 1 GB upload peaked at 153 MB RSS with glibc's default,
+# 139-140 MB with this, and no upload was slower (README, performance).
+ENV NODE_ENV=production DATA_DIR=/data PORT=3000 HOST=0.0.0.0 MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY --from=build /app/package.json /app/app.yml ./
 COPY --from=build /app/node_modules ./node_modules

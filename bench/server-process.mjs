@@ -11,7 +11,10 @@ import { spawn } from 'node:child_process';
  */
 export async function startServerProcess(env, port, { nodeArgs = [], stdio = ['ignore', 'inherit', 'inherit'] } = {}) {
   // The heap's sizes as `npm start` and the image set them (README, performance).
-  const child = spawn('node', ['--max-semi-space-size=4', '--initial-old-space-size=64', ...nodeArgs, 'dist/src/main.js'], { env, stdio });
+  const child = spawn('node', ['--max-semi-space-size=4', '--initial-old-space-size=64', ...nodeArgs, 'dist/src/main.js'], {
+    env: { MALLOC_ARENA_MAX: '2', ...env }, // as `npm start` and the image set it (an env of the caller's wins)
+    stdio,
+  });
   for (let i = 0; i < 100; i++) {
     try {
       if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return child;
