@@ -55,18 +55,20 @@ function patchedHeaders() {
 }
 
 function rebuild() {
+  const addon = addonFile();
+  // <root>/node_modules/better-sqlite3/build/Release/better_sqlite3.node: npm rebuilds from <root>.
+  const root = path.resolve(path.dirname(addon), '..', '..', '..', '..');
   const headers = patchedHeaders();
   try {
     // From source even where a prebuilt binary could be downloaded: those are built against upstream's headers.
     const env = { ...process.env, npm_config_nodedir: headers, npm_config_build_from_source: 'true' };
-    const root = path.resolve(path.dirname(addonFile()), '..', '..', '..', '..');
     const result = spawnSync('npm', ['rebuild', 'better-sqlite3'], { cwd: root, env, stdio: 'inherit' });
     if (result.status !== 0) throw new Error(`npm rebuild better-sqlite3 failed (exit ${result.status ?? result.signal}).`);
   } finally {
     fs.rmSync(headers, { recursive: true, force: true });
   }
-  if (!fs.existsSync(addonFile())) throw new Error(`the build left no ${addonFile()}.`);
-  if (sqliteAddonProblem()) throw new Error(`the rebuilt addon still calls ${HOOK_REMOVAL}.`);
+  if (!fs.existsSync(addon)) throw new Error(`the build left no ${addon}.`);
+  if (sqliteAddonProblem(process.versions.node, addon)) throw new Error(`the rebuilt addon still calls ${HOOK_REMOVAL}.`);
 }
 
 function main(command) {
