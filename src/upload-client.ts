@@ -6,6 +6,7 @@ import { Readable, Transform, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import zlib from 'node:zlib';
+import { startHashing, type Hashed } from './upload-hashing.js';
 
 /** The CLI's `upload` command: streams a build to a preview-gate server from any CI. */
 export interface UploadIo {
@@ -73,7 +74,7 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
   // server removed in between is asked for again).
   let manifest: Manifest;
   try {
-    manifest = manifestOf(options.source.path);
+    manifest = await manifestOf(options.source.path);
   } catch (err) {
     say((err as Error).message);
     return 1;
@@ -233,8 +234,9 @@ interface Manifest {
   firstPathOf: [string, string][];
 }
 
-/** Walks the folder and hashes every file (read in 1 MiB chunks): the digest upload's manifest. */
-function manifestOf(root: string): Manifest {
+/** Walks the folder and hashes every file (on both cores, upload-hashing.ts): the digest upload's manifest. */
+async function manifestOf(root: string): Promise<Manifest> {
+  const hashing = startHashing();
   const paths: string[] = [];
   const walk = (rel: string) => {
     for (const entry of fs.readdirSync(path.join(root, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
@@ -245,11 +247,8 @@ function manifestOf(root: string): Manifest {
     }
   };
   walk('');
-  // Synchronous reads into one buffer: 4x faster than 16 concurrent promise reads here (0.15 s against 0.6 s for
-  // 3,000 files and 79 MB), whose thread-pool round trips cost more than the reads; a CLI has nothing else to do.
-  const buffer = Buffer.allocUnsafe(1024 * 1024);
-  const hashed = paths.map((rel) => hashFile(path.join(root, rel), buffer));
-  const files: Record<string, { sha256: string; size: number }> = {};
+  const { hashed } = await hashing.hash(paths.map((rel) => path.join(root, rel)));
+  const files: Record<string, Hashed> = {};
   const firstPath = new Map<string, string>();
   paths.forEach((rel, i) => {
     files[rel] = hashed[i]!;
@@ -257,19 +256,6 @@ function manifestOf(root: string): Manifest {
   });
   const json = Buffer.from(JSON.stringify({ files }));
   return { json: zlib.gzipSync(json), digest: sha256(json), count: paths.length, firstPathOf: [...firstPath] };
-}
-
-function hashFile(file: string, buffer: Buffer): { sha256: string; size: number } {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const { size } = fs.fstatSync(fd);
-    const hash = crypto.createHash('sha256');
-    let read = 0;
-    for (let n = 0; read < size && (n = fs.readSync(fd, buffer, 0, buffer.length, null)) > 0; read += n) hash.update(buffer.subarray(0, n));
-    return { sha256: hash.digest('hex'), size: read };
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 const sha256 = (content: Buffer) => crypto.createHash('sha256').update(content).digest('hex');

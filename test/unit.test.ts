@@ -8,6 +8,7 @@ import { safeEntryPath } from '../src/builds/extract.js';
 import { loadConfig } from '../src/config.js';
 import { decideTrust, defaultSite, settingsSchema } from '../src/trust.js';
 import { tokenFromHeader } from '../src/upload/tokens.js';
+import { startHashing } from '../src/upload-hashing.js';
 
 const settings = settingsSchema.parse({ trustedTeams: ['docs-authors'] });
 
@@ -127,4 +128,20 @@ describe("better-sqlite3's addon and Node 24.19+ (nodejs/node#65446)", () => {
     expect(sqliteAddonProblem()).toBeUndefined();
     expect(spawnSync('node', ['bin/sqlite-addon.mjs', 'check']).status).toBe(0);
   });
+});
+
+test('the upload CLI hashes a large build on two threads: every file once, each hash and size right', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pg-hashing-'));
+  const written = Array.from({ length: 2000 }, (_, i) => {
+    const file = path.join(dir, `f${i}`);
+    const content = crypto.randomBytes(4096 + (i % 7));
+    fs.writeFileSync(file, content);
+    return { file, sha256: crypto.createHash('sha256').update(content).digest('hex'), size: content.length };
+  });
+  const hashing = startHashing();
+  await hashing.ready; // both threads hash from the first file on
+  const { hashed, byHelper } = await hashing.hash(written.map((w) => w.file));
+  fs.rmSync(dir, { recursive: true, force: true });
+  expect(byHelper).toBeGreaterThan(0);
+  expect(hashed).toEqual(written.map(({ sha256, size }) => ({ sha256, size })));
 });
