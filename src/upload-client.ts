@@ -142,7 +142,7 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
       progress = withProgress(body, size, io.stderr);
     }
     try {
-      res = await post(url, { authorization: `Bearer ${options.token}`, 'content-type': contentType, ...headers }, progress ? progress.stream : (body as Buffer));
+      res = await httpRequest('POST', url, { authorization: `Bearer ${options.token}`, 'content-type': contentType, ...headers }, progress ? progress.stream : (body as Buffer));
     } catch (err) {
       if (readFailure) {
         say(`could not read ${source}: ${readFailure.message}`);
@@ -179,14 +179,15 @@ interface RawAnswer {
 }
 
 /**
- * One POST with node:http(s), answered as soon as the server's answer has arrived (even while the body is still
- * going out). Not fetch: Node loads its HTTP client (undici) on the first call, 40 ms of a 0.3 s digest upload.
+ * One request with node:http(s), answered as soon as the server's answer has arrived (even while the body is
+ * still going out). Not fetch: Node loads its HTTP client (undici) on the first call, 40 ms of a 0.3 s digest
+ * upload.
  */
-async function post(url: string, headers: Record<string, string>, body: Readable | Buffer): Promise<RawAnswer> {
+async function httpRequest(method: 'GET' | 'POST', url: string | URL, headers: Record<string, string>, body?: Readable | Buffer): Promise<RawAnswer> {
   const target = new URL(url);
   const client = target.protocol === 'https:' ? await import('node:https') : http;
   return new Promise((resolve, reject) => {
-    const req = client.request(target, { method: 'POST', headers }, (res) => {
+    const req = client.request(target, { method, headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('error', reject);
@@ -196,7 +197,7 @@ async function post(url: string, headers: Record<string, string>, body: Readable
       });
     });
     req.on('error', reject);
-    if (Buffer.isBuffer(body)) {
+    if (body === undefined || Buffer.isBuffer(body)) {
       req.end(body);
       return;
     }
@@ -413,10 +414,15 @@ async function githubActionsToken(env: NodeJS.ProcessEnv, audience: string): Pro
   }
   const url = new URL(requestUrl);
   url.searchParams.set('audience', audience);
-  const res = await fetch(url, { headers: { authorization: `bearer ${requestToken}` } });
-  const body = (await res.json().catch(() => ({}))) as { value?: string };
-  if (!res.ok || !body.value) throw new Error(`GitHub Actions did not give an OIDC token (HTTP ${res.status}).`);
-  return body.value;
+  let res: RawAnswer;
+  try {
+    res = await httpRequest('GET', url, { authorization: `bearer ${requestToken}` });
+  } catch (err) {
+    throw new Error(`GitHub Actions did not give an OIDC token (${networkProblem(err)}).`);
+  }
+  const { value } = parseAnswer(res.text) as { value?: unknown };
+  if (res.status !== 200 || typeof value !== 'string' || !value) throw new Error(`GitHub Actions did not give an OIDC token (HTTP ${res.status}).`);
+  return value;
 }
 
 function retryAfterMs(header: string | undefined): number | undefined {

@@ -241,6 +241,22 @@ test('on GitHub Actions the runner is asked for an OIDC token whose audience is 
   expect(fake.requests[0]!.headers.authorization).toBe('Bearer oidc.jwt.value');
 });
 
+test('when the runner gives no OIDC token, it says so and sends nothing', async () => {
+  const fake = await fakeServer([]);
+  const refusing = await fakeServer([{ status: 500, body: { message: 'Internal error' } }]);
+  const gone = await fakeServer([]);
+  await gone.close();
+  const asked = (runner: string) =>
+    upload(args(siteFolder('x'), 1, sha('d4'), fake.url), { ACTIONS_ID_TOKEN_REQUEST_URL: `${runner}/token`, ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'runner-secret' });
+  const [refused, unreachable] = [await asked(refusing.url), await asked(gone.url)];
+  await Promise.all([fake.close(), refusing.close()]);
+  expect(refused.code).toBe(1);
+  expect(refused.stderr).toBe('preview-gate upload: GitHub Actions did not give an OIDC token (HTTP 500).\n');
+  expect(unreachable.code).toBe(1);
+  expect(unreachable.stderr).toBe('preview-gate upload: GitHub Actions did not give an OIDC token (ECONNREFUSED).\n');
+  expect(fake.requests).toHaveLength(0);
+});
+
 test.each([
   [['--pr', '1', '--sha', sha('d4'), '--url', 'http://x'], /give one folder or .tgz file/],
   [['missing-dir', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x'], /missing-dir does not exist/],
