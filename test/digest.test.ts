@@ -136,6 +136,23 @@ test('a gzip-compressed manifest is named by the sha256 of its JSON; a bad encod
   expect((await sendMissing(10, A, manifest, files)).status).toBe(201);
 });
 
+test('stored files are linked while the archive streams in; stored files sent anyway (small and large) replace those links', async () => {
+  await start();
+  fake.addPull(DOCS, { number: 4, user: CONTRIBUTOR, commits: [A, B], labels: [LABEL] });
+  const big = crypto.randomBytes(2 * 1024 * 1024 + 3); // streamed to disk, not through the writer thread
+  const first = { ...site(30), 'media/big.bin': big };
+  expect((await server.upload(4, A, tarball(first))).status).toBe(201);
+  const second: Record<string, Buffer> = { ...site(30, [5]), 'media/big.bin': big };
+  const manifest = manifestOf(second);
+  expect((await postManifest(4, B, manifest)).body).toEqual({ missing: [hashOf(second['page-5.html']!)] });
+  // The missing page, and two the server holds: they are in the archive although not asked for.
+  const res = await sendMissing(4, B, manifest, { 'page-5.html': second['page-5.html']!, 'page-9.html': second['page-9.html']!, 'media/big.bin': big });
+  expect(res.status).toBe(201);
+  for (const [rel, content] of Object.entries(second)) expect(fs.readFileSync(path.join(buildDir(4, B), rel))).toEqual(content);
+  expect(fs.readdirSync(buildDir(4, B), { recursive: true })).toHaveLength(Object.keys(second).length + 2); // + assets/, media/
+  expect(staging()).toEqual([]);
+});
+
 test('within one build, identical files are sent once and stored once', async () => {
   await start();
   fake.addPull(DOCS, { number: 3, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FileWriter } from '../src/builds/writer.js';
+import { FileWriter, LINKED, NOT_LINKED } from '../src/builds/writer.js';
 
 const hashOf = (data: Buffer) => crypto.createHash('sha256').update(data).digest('hex');
 
@@ -60,6 +60,39 @@ test('a content the repository stores is linked to its object; two files of one 
   fs.mkdirSync(path.join(dir, 'build2'));
   const other = await writer.write(writer.newBuild(), path.join(dir, 'build2', 'a.html'), page, objectsDir);
   expect(other.linked).toBe(false);
+});
+
+test('a link job links stored contents into new folders, from the first file while the caller takes the last; a later write replaces a link', async () => {
+  const contents = Array.from({ length: 40 }, (_, i) => Buffer.from(`<p>page ${i}</p>`));
+  for (const content of contents.slice(0, 39)) {
+    const object = path.join(objectsDir, hashOf(content).slice(0, 2), hashOf(content));
+    fs.mkdirSync(path.dirname(object), { recursive: true });
+    fs.writeFileSync(object, content, { mode: 0o444 });
+  }
+  // The last content is not stored: not linked.
+  const files = contents.map((c, i): [string, string] => [hashOf(c), path.join(dir, 'build', `part-${i % 4}`, `page-${i}.html`)]);
+  const tickets = new Int32Array(new SharedArrayBuffer(4));
+  const outcome = new Uint8Array(new SharedArrayBuffer(files.length));
+  Atomics.store(tickets, 0, 5); // the caller took the last five already (and did nothing with them here)
+  await writer.link({ files, objectsDir, tickets, outcome });
+  expect([...outcome.subarray(0, 35)].every((o) => o === LINKED)).toBe(true);
+  expect([...outcome.subarray(35)]).toEqual([0, 0, 0, 0, 0]);
+  expect(fs.readFileSync(files[7]![1], 'utf8')).toBe('<p>page 7</p>');
+  expect(fs.existsSync(files[36]![1])).toBe(false);
+
+  const all = new Int32Array(new SharedArrayBuffer(4));
+  fs.rmSync(path.join(dir, 'build'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'build'));
+  outcome.fill(0);
+  await writer.link({ files, objectsDir, tickets: all, outcome });
+  expect(outcome[39]).toBe(NOT_LINKED);
+  expect(outcome.filter((o) => o === LINKED)).toHaveLength(39);
+
+  // A write sent after the link job, told to replace, puts the sent file where the link was.
+  const sent = Buffer.from('<p>sent anyway</p>');
+  const written = await writer.write(writer.newBuild(), files[3]![1], sent, objectsDir, true);
+  expect(written.linked).toBe(false);
+  expect(fs.readFileSync(files[3]![1], 'utf8')).toBe('<p>sent anyway</p>');
 });
 
 test('the filesystem refusing a file rejects with its code, and nothing is written through an existing name', async () => {

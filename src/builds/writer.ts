@@ -9,13 +9,33 @@ export interface WriteJob {
   target: string;
   data: Uint8Array;
   objectsDir: string;
+  /** Remove what is at `target` first (a link made by a link job sent before this write). */
+  replace?: boolean;
 }
 
 export type WriteResult =
   | { id: number; hash: string; linked: boolean }
   | { id: number; hash: string; error: { code?: string; syscall?: string; message: string } };
 
-export type WriterMessage = { kind: 'write'; jobs: WriteJob[] } | { kind: 'release'; build: number };
+/**
+ * Files of a digest upload to link from the repository's objects: [sha256, target], folders made as needed.
+ * The thread links from the first file on, the caller from the last one back (in other folders: two links
+ * into one folder wait for each other), each taking a ticket of the shared counter `tickets` per file until
+ * all are taken; `outcome[i]` is set to LINKED or NOT_LINKED (no such object, or the target could not be made).
+ */
+export interface LinkJob {
+  id: number;
+  files: [hash: string, target: string][];
+  objectsDir: string;
+  tickets: Int32Array;
+  outcome: Uint8Array;
+}
+
+export const LINKED = 1;
+export const NOT_LINKED = 2;
+
+export type WriterMessage = { kind: 'write'; jobs: WriteJob[] } | { kind: 'link'; job: LinkJob } | { kind: 'release'; build: number };
+export type WriterAnswer = WriteResult[] | { linked: number };
 
 /**
  * An idle thread is ended after this long: it holds ~10 MB of its own (its V8 heap; 42.5 → 53.1 MB of RSS, back to
@@ -42,6 +62,7 @@ export class FileWriter {
   private nextBuild = 1;
   private batch: WriteJob[] = [];
   private readonly waiting = new Map<number, Waiting>();
+  private readonly linking = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
   /** The ids each worker was sent and has not answered: a worker that dies fails exactly those. */
   private readonly sentTo = new Map<Worker, Set<number>>();
   private idleTimer: NodeJS.Timeout | undefined;
@@ -63,16 +84,33 @@ export class FileWriter {
    * to a file of the same build with it — and resolves with its sha256 and whether it became a link. Rejects with
    * the filesystem's error (its `code` and `syscall` kept) when the file cannot be made.
    */
-  write(build: number, target: string, data: Buffer, objectsDir: string): Promise<{ hash: string; linked: boolean }> {
+  write(build: number, target: string, data: Buffer, objectsDir: string, replace = false): Promise<{ hash: string; linked: boolean }> {
     // A copy the message can own: the parser's chunks are slices of larger buffers, and a sent slice would copy
     // the whole buffer under it.
     const copy = new Uint8Array(data.byteLength);
     copy.set(data);
     const id = this.nextId++;
     const written = new Promise<{ hash: string; linked: boolean }>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
-    this.batch.push({ id, build, target, data: copy, objectsDir });
+    this.batch.push({ id, build, target, data: copy, objectsDir, ...(replace ? { replace } : {}) });
     if (this.batch.length === 1) setImmediate(() => this.flush());
     return written;
+  }
+
+  /**
+   * Links files from the repository's objects on the thread (see `LinkJob`): a digest upload's stored files,
+   * while its archive streams in. Writes sent after it run after it (`replace` removes such a link). Resolves
+   * once the thread has taken its last file.
+   */
+  link(job: Omit<LinkJob, 'id'>): Promise<void> {
+    this.flush(); // writes already asked for go first
+    const id = this.nextId++;
+    const done = new Promise<void>((resolve, reject) => this.linking.set(id, { resolve, reject }));
+    const worker = this.ensureWorker();
+    this.sentTo.get(worker)!.add(id);
+    clearTimeout(this.idleTimer);
+    worker.ref();
+    worker.postMessage({ kind: 'link', job: { id, ...job } } satisfies WriterMessage);
+    return done;
   }
 
   /** Forgets a build's contents; called once none of its writes is in flight. */
@@ -105,8 +143,14 @@ export class FileWriter {
     // No flags of the parent's: the thread needs none, and some (--input-type, -e) would stop it from starting.
     const worker = new Worker(writerThreadUrl(), { execArgv: [] });
     this.sentTo.set(worker, new Set());
-    worker.on('message', (results: WriteResult[]) => {
+    worker.on('message', (answer: WriterAnswer) => {
       const sent = this.sentTo.get(worker);
+      const results = Array.isArray(answer) ? answer : [];
+      if (!Array.isArray(answer)) {
+        sent?.delete(answer.linked);
+        this.linking.get(answer.linked)?.resolve();
+        this.linking.delete(answer.linked);
+      }
       for (const result of results) {
         sent?.delete(result.id);
         const waiting = this.waiting.get(result.id);
@@ -125,6 +169,8 @@ export class FileWriter {
       for (const id of this.sentTo.get(worker) ?? []) {
         this.waiting.get(id)?.reject(err);
         this.waiting.delete(id);
+        this.linking.get(id)?.reject(err);
+        this.linking.delete(id);
       }
       this.sentTo.delete(worker);
     };

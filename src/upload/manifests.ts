@@ -18,13 +18,16 @@ const SHAPE = 'The manifest must be JSON {"files": {"<path>": {"sha256": "<64 he
 
 /** Manifests between `POST …/manifest` and the upload that names them. */
 export class Manifests {
-  /** Recent manifests as parsed (by row id), so that their upload does not parse them again. */
-  private readonly parsed = new Map<number, Map<string, ManifestFile>>();
+  /**
+   * Recent manifests as parsed (by row id), so that their upload does not parse them again, with the contents
+   * their answer asked for.
+   */
+  private readonly parsed = new Map<number, { files: Map<string, ManifestFile>; asked: Set<string> }>();
 
   constructor(private readonly db: Db) {}
 
   /** Keeps the manifest, as sent and as parsed, for its upload. */
-  remember(repositoryId: number, pullRequestNumber: number, sha: string, body: Buffer, files: Map<string, ManifestFile>): void {
+  remember(repositoryId: number, pullRequestNumber: number, sha: string, body: Buffer, files: Map<string, ManifestFile>, asked: Set<string>): void {
     const digest = sha256(body);
     this.db.delete(manifests).where(lt(manifests.createdAt, new Date(Date.now() - MANIFEST_KEPT_MS))).run();
     const row = this.db
@@ -34,19 +37,19 @@ export class Manifests {
       .returning({ id: manifests.id })
       .get();
     this.parsed.delete(row.id);
-    this.parsed.set(row.id, files);
+    this.parsed.set(row.id, { files, asked });
     let kept = 0;
-    for (const manifest of this.parsed.values()) kept += manifest.size;
+    for (const manifest of this.parsed.values()) kept += manifest.files.size;
     // The oldest go first; a manifest larger than the bound is parsed again from SQLite by its upload.
     for (const [id, manifest] of this.parsed) {
       if (kept <= PARSED_FILES_KEPT) break;
       this.parsed.delete(id);
-      kept -= manifest.size;
+      kept -= manifest.files.size;
     }
   }
 
   /** The manifest a digest upload names, or a 400 that says what to do. */
-  find(config: Config, repositoryId: number, pullRequestNumber: number, sha: string, digest: string): { id: number; files: Map<string, ManifestFile> } {
+  find(config: Config, repositoryId: number, pullRequestNumber: number, sha: string, digest: string): { id: number; files: Map<string, ManifestFile>; asked?: Set<string> } {
     if (!isSha256(digest)) throw badRequest('The Preview-Gate-Manifest header must be the sha256 (64 lower-case hex) of the manifest sent before.');
     const row = this.db
       .select()
@@ -56,7 +59,8 @@ export class Manifests {
     if (!row || row.createdAt.getTime() < Date.now() - MANIFEST_KEPT_MS) {
       throw badRequest(`The Preview-Gate-Manifest header names no manifest sent for this commit in the last hour; POST the manifest to /create-build/${pullRequestNumber}/${sha}/manifest first.`);
     }
-    return { id: row.id, files: this.parsed.get(row.id) ?? parseManifest(Buffer.from(row.body), config) };
+    const parsed = this.parsed.get(row.id);
+    return parsed ? { id: row.id, ...parsed } : { id: row.id, files: parseManifest(Buffer.from(row.body), config) };
   }
 
   forget(id: number): void {

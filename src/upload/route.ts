@@ -60,7 +60,7 @@ export function uploadRouter(deps: UploadDeps): Router {
       answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => {
         cutWhenIdle(req, res, config.uploadIdleMs);
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
-        return extractTarGz(body as Readable, { ...target, manifest: manifest?.files });
+        return extractTarGz(body as Readable, { ...target, manifest: manifest?.files, asked: manifest?.asked });
       });
       if (manifest) manifests.forget(manifest.id);
     } finally {
@@ -89,7 +89,7 @@ export function uploadRouter(deps: UploadDeps): Router {
       res.status(answer.status).json(answer.body);
       return;
     }
-    manifests.remember(authenticated.id, pr, sha, body, files);
+    manifests.remember(authenticated.id, pr, sha, body, files, new Set(missing));
     res.status(200).json({ missing });
   });
 
