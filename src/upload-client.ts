@@ -247,7 +247,12 @@ async function manifestOf(root: string): Promise<Manifest> {
       else throw new Error(`${path.join(root, child)} is not a regular file or folder (a symbolic link?); the server stores only files and folders.`);
     }
   };
-  walk('');
+  try {
+    walk('');
+  } catch (err) {
+    await hashing.stop();
+    throw err;
+  }
   const { hashed } = await hashing.hash(paths.map((rel) => path.join(root, rel)));
   const files: Record<string, Hashed> = {};
   const firstPath = new Map<string, string>();

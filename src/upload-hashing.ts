@@ -21,12 +21,15 @@ export interface Hashing {
   ready: Promise<void>;
   /** Every file's hash in the order given, and how many of them the helper thread hashed. */
   hash(files: string[]): Promise<{ hashed: Hashed[]; byHelper: number }>;
+  /** Ends the helper thread when `hash` will not be called (the folder could not be walked). */
+  stop(): Promise<void>;
 }
 
 export function startHashing(): Hashing {
   const helper = startHelper();
   return {
     ready: helper.ready,
+    stop: async () => void (await helper.worker.terminate()),
     async hash(files) {
       const results = new Array<Hashed>(files.length);
       const next = new Int32Array(new SharedArrayBuffer(4));

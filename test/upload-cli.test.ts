@@ -241,6 +241,17 @@ test('on GitHub Actions the runner is asked for an OIDC token whose audience is 
   expect(fake.requests[0]!.headers.authorization).toBe('Bearer oidc.jwt.value');
 });
 
+test('a folder holding a symbolic link is refused before anything is sent', async () => {
+  const fake = await fakeServer([]);
+  const dir = siteFolder('link');
+  fs.symlinkSync('/etc/passwd', path.join(dir, 'assets', 'passwd'));
+  const res = await upload(args(dir, 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 't' });
+  await fake.close();
+  expect(res.code).toBe(1);
+  expect(res.stderr).toBe(`preview-gate upload: ${path.join(dir, 'assets', 'passwd')} is not a regular file or folder (a symbolic link?); the server stores only files and folders.\n`);
+  expect(fake.requests).toHaveLength(0);
+});
+
 test('when the runner gives no OIDC token, it says so and sends nothing', async () => {
   const fake = await fakeServer([]);
   const refusing = await fakeServer([{ status: 500, body: { message: 'Internal error' } }]);
