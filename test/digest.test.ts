@@ -153,6 +153,22 @@ test('stored files are linked while the archive streams in; stored files sent an
   expect(staging()).toEqual([]);
 });
 
+test('a digest upload whose archive breaks while its stored files are being linked leaves nothing; sent again, it is stored', async () => {
+  await start();
+  fake.addPull(DOCS, { number: 8, user: CONTRIBUTOR, commits: [A, B], labels: [LABEL] });
+  expect((await server.upload(8, A, tarball(site(3000)))).status).toBe(201);
+  const next = site(3000, [3]);
+  const manifest = manifestOf(next);
+  expect((await postManifest(8, B, manifest)).body.missing).toHaveLength(1);
+  // Not gzip: refused at its first bytes, while ~3,000 links are being made.
+  const broken = await server.upload(8, B, Buffer.from('not a gzip stream'), { headers: { 'preview-gate-manifest': hashOf(Buffer.from(manifest)) } });
+  expect(broken.status).toBe(400);
+  expect(staging()).toEqual([]);
+  expect(fs.existsSync(buildDir(8, B))).toBe(false);
+  expect((await sendMissing(8, B, manifest, { 'page-3.html': next['page-3.html']! })).status).toBe(201);
+  expect(fs.readdirSync(buildDir(8, B), { recursive: true })).toHaveLength(3002); // 3,001 files and assets/
+});
+
 test('within one build, identical files are sent once and stored once', async () => {
   await start();
   fake.addPull(DOCS, { number: 3, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });
