@@ -2,6 +2,7 @@
  * The worker thread of `FileWriter` (writer.ts): hashes and writes the small files of uploads, so that the main
  * thread only parses the archive. Each file becomes a link to the repository's object of its content, or to a
  * file of the same build with that content, or else a new read-only file (O_EXCL: nothing is written through).
+ * It also links a digest upload's stored files while that upload's archive streams in (`LinkJob`).
  */
 import fs from 'node:fs';
 import path from 'node:path';
