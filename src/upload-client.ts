@@ -65,7 +65,9 @@ export async function runUpload(args: string[], io: UploadIo): Promise<number> {
     const { create: createTar } = await loadTar();
     return send(endpoint, () => {
       const stream = openBuild(options.source, createTar);
-      return { body: stream, contentType: 'application/gzip', size: options.size, source: options.source.path };
+      // An archive's size is known: a server whose limit it exceeds refuses it (413) before a byte is sent.
+      const headers = options.size === undefined ? undefined : { 'content-length': String(options.size) };
+      return { body: stream, contentType: 'application/gzip', headers, size: options.size, source: options.source.path };
     });
   };
 
@@ -194,6 +196,13 @@ async function httpRequest(method: 'GET' | 'POST', url: string | URL, headers: R
       res.on('end', () => {
         const retryAfter = res.headers['retry-after'];
         resolve({ status: res.statusCode ?? 0, retryAfter, text: Buffer.concat(chunks).toString('utf8') });
+        // Answered before the whole body was sent (a refusal before reading it): the rest is not sent. Without
+        // this the process waited, its socket full, until the server dropped the connection (30 s later).
+        if (!req.writableFinished && body !== undefined && !Buffer.isBuffer(body)) {
+          body.unpipe(req);
+          body.destroy();
+          req.destroy();
+        }
       });
     });
     req.on('error', reject);

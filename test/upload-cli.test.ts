@@ -1,6 +1,8 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 import http from 'node:http';
+import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -84,6 +86,53 @@ test('an archive is sent as it is; a hidden build says so and still succeeds; se
   expect(again.code).toBe(0);
   expect(again.stderr).toContain('a build of b2b2b2b is already stored; nothing to do');
   await server.previews.settled();
+});
+
+test('an archive is sent with its length, so a server refuses one over its limit at once', async () => {
+  const archive = path.join(work, 'big.tgz');
+  fs.writeFileSync(archive, crypto.randomBytes(300_000));
+  const fake = await fakeServer([{ status: 413, body: { error: 'The upload is larger than 1000 bytes.' } }]);
+  const res = await upload(args(archive, 1, sha('d4'), fake.url), { PREVIEW_GATE_TOKEN: 't' });
+  await fake.close();
+  expect(res.code).toBe(1);
+  expect(res.stderr).toContain('refused (HTTP 413): The upload is larger than 1000 bytes.');
+  expect(fake.requests[0]!.headers['content-length']).toBe('300000');
+  expect(fake.requests[0]!.headers['transfer-encoding']).toBeUndefined();
+});
+
+test('refused before its body is read, the CLI process ends at once instead of waiting for the server to drop it', async () => {
+  const archive = path.join(work, 'refused.tgz');
+  fs.writeFileSync(archive, crypto.randomBytes(8_000_000));
+  // Answers 403 after the request's headers and never reads the body (as a server refusing a token does).
+  const sockets: net.Socket[] = [];
+  const refusing = net.createServer((socket) => {
+    sockets.push(socket);
+    socket.once('data', () => {
+      socket.pause();
+      const body = JSON.stringify({ error: 'The token is not valid.' });
+      socket.write(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+    });
+  });
+  await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(refusing.address() as AddressInfo).port}`;
+  const started = Date.now();
+  // A child process (the server above lives in this one): whether the process ends is what is tested.
+  const child = spawn('node', ['bin/preview-gate.js', 'upload', archive, '--pr', '1', '--sha', sha('d4'), '--url', url], {
+    env: { ...process.env, PREVIEW_GATE_TOKEN: 't' },
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+  const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const status = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearTimeout(killer);
+  const took = Date.now() - started;
+  const cli = { status, stderr };
+  for (const socket of sockets) socket.destroy();
+  await new Promise((resolve) => refusing.close(resolve));
+  expect(cli.status).toBe(1);
+  expect(cli.stderr).toBe('preview-gate upload: refused (HTTP 403): The token is not valid.\n');
+  // It ended by itself (before the change it stayed until the connection was dropped; here: never).
+  expect(took).toBeLessThan(10_000);
 });
 
 test('on any CI the token can be signed by the CLI itself from the upload secret', async () => {
