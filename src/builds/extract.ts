@@ -414,11 +414,12 @@ export class BuildTree {
     const { manifest } = this.target;
     for (const [rel, listed] of manifest ?? []) {
       if (this.received.has(rel)) continue;
-      const target = path.join(this.dest, rel);
-      const linked = this.linkedEarly.has(rel);
-      if (!linked) this.ensureDir(path.dirname(target));
-      if (!linked && !this.linkKnown(listed.sha256, target, true)) {
-        throw badRequest(`The manifest names "${rel}" (sha256 ${listed.sha256}), which was neither sent nor stored; send the manifest again.`);
+      if (!this.linkedEarly.has(rel)) {
+        const target = path.join(this.dest, rel);
+        this.ensureDir(path.dirname(target));
+        if (!this.linkKnown(listed.sha256, target, true)) {
+          throw badRequest(`The manifest names "${rel}" (sha256 ${listed.sha256}), which was neither sent nor stored; send the manifest again.`);
+        }
       }
       this.result.files++;
       this.result.bytes += listed.size;

@@ -106,11 +106,7 @@ export class FileWriter {
     this.flush(); // writes already asked for go first
     const id = this.nextId++;
     const done = new Promise<void>((resolve, reject) => this.linking.set(id, { resolve, reject }));
-    const worker = this.ensureWorker();
-    this.sentTo.get(worker)!.add(id);
-    clearTimeout(this.idleTimer);
-    worker.ref();
-    worker.postMessage({ kind: 'link', job: { id, ...job } } satisfies WriterMessage);
+    this.send({ kind: 'link', job: { id, ...job } }, [id]);
     return done;
   }
 
@@ -131,12 +127,17 @@ export class FileWriter {
     const jobs = this.batch;
     this.batch = [];
     if (jobs.length === 0) return;
+    this.send({ kind: 'write', jobs }, jobs.map((job) => job.id), jobs.map((job) => job.data.buffer as ArrayBuffer));
+  }
+
+  /** Posts work to the thread (started if needed), which stays busy until the answers for `ids` come back. */
+  private send(message: WriterMessage, ids: number[], transfer: ArrayBuffer[] = []): void {
     clearTimeout(this.idleTimer);
     const worker = this.ensureWorker();
     const sent = this.sentTo.get(worker)!;
-    for (const job of jobs) sent.add(job.id);
+    for (const id of ids) sent.add(id);
     worker.ref(); // until its answers come: a process waiting only for them must not exit
-    worker.postMessage({ kind: 'write', jobs } satisfies WriterMessage, jobs.map((job) => job.data.buffer as ArrayBuffer));
+    worker.postMessage(message, transfer);
   }
 
   private ensureWorker(): Worker {
@@ -146,19 +147,19 @@ export class FileWriter {
     this.sentTo.set(worker, new Set());
     worker.on('message', (answer: WriterAnswer) => {
       const sent = this.sentTo.get(worker);
-      const results = Array.isArray(answer) ? answer : [];
       if (!Array.isArray(answer)) {
         sent?.delete(answer.linked);
         this.linking.get(answer.linked)?.resolve();
         this.linking.delete(answer.linked);
-      }
-      for (const result of results) {
-        sent?.delete(result.id);
-        const waiting = this.waiting.get(result.id);
-        this.waiting.delete(result.id);
-        if (!waiting) continue;
-        if ('error' in result) waiting.reject(Object.assign(new Error(result.error.message), { code: result.error.code, syscall: result.error.syscall }));
-        else waiting.resolve({ hash: result.hash, linked: result.linked });
+      } else {
+        for (const result of answer) {
+          sent?.delete(result.id);
+          const waiting = this.waiting.get(result.id);
+          this.waiting.delete(result.id);
+          if (!waiting) continue;
+          if ('error' in result) waiting.reject(Object.assign(new Error(result.error.message), { code: result.error.code, syscall: result.error.syscall }));
+          else waiting.resolve({ hash: result.hash, linked: result.linked });
+        }
       }
       if (sent?.size === 0) {
         worker.unref();
