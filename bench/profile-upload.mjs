@@ -51,6 +51,8 @@ for (let i = 0; i < RUNS; i++) {
 }
 await stopServerProcess(server);
 await github.close?.();
+// The data and archives (hundreds of MB) go; the profile stays where it was said to be.
+for (const entry of fs.readdirSync(tmp)) if (path.join(tmp, entry) !== profileDir) fs.rmSync(path.join(tmp, entry), { recursive: true, force: true });
 
 const file = fs.readdirSync(profileDir).find((f) => f.endsWith('.cpuprofile'));
 const profile = JSON.parse(fs.readFileSync(path.join(profileDir, file), 'utf8'));
