@@ -1,6 +1,6 @@
 import { and, count, countDistinct, eq, gte, isNotNull, sql, sum } from './db/orm.js';
 import type { Db } from './db/client.js';
-import { accounts, builds, objects, pullRequests, repositories, uploads } from './db/schema.js';
+import { accounts, builds, pullRequests, repositories, uploads } from './db/schema.js';
 
 /** The figures a bill would use, per account. */
 export interface AccountUsage {
@@ -51,9 +51,8 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
     .groupBy(repositories.accountId)
     .all();
   const inObjects = db
-    .select({ accountId: repositories.accountId, bytes: sum(objects.size) })
-    .from(objects)
-    .innerJoin(repositories, eq(objects.repositoryId, repositories.id))
+    .select({ accountId: repositories.accountId, bytes: sum(repositories.objectBytes) })
+    .from(repositories)
     .groupBy(repositories.accountId)
     .all();
   const month = db

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import nock from 'nock';
-import { builds, objects } from '../src/db/schema.js';
+import { builds, objects, repositories } from '../src/db/schema.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
@@ -63,6 +63,15 @@ const sendMissing = (pr: number, commit: string, manifest: string, send: Record<
 
 const buildDir = (pr: number, commit: string, visibility: 'public' | 'hidden' = 'public') =>
   path.join(server.config.buildsDir, 'docs', visibility === 'public' ? String(pr) : `hidden--${pr}`, commit.slice(0, 7));
+/** The stored bytes the quota reads (the repositories' counters) and the sum of the object rows: always equal. */
+function objectBytes(): { counted: number; rows: number } {
+  const { db } = server.core;
+  const counted = db.select({ bytes: repositories.objectBytes }).from(repositories).all().reduce((sum, r) => sum + r.bytes, 0);
+  const rows = db.select({ size: objects.size }).from(objects).all().reduce((sum, r) => sum + r.size, 0);
+  return { counted, rows };
+}
+/** Bytes of the distinct contents of `files`: what storing them adds. */
+const bytesOf = (files: Record<string, Buffer>) => [...new Map(Object.values(files).map((c) => [hashOf(c), c.length])).values()].reduce((sum, n) => sum + n, 0);
 const objectFiles = () => (fs.readdirSync(path.join(server.config.dataDir, 'objects'), { recursive: true }) as string[]).filter((p) => /[0-9a-f]{64}$/.test(p));
 const staging = () => fs.readdirSync(path.join(server.config.buildsDir, '.staging'));
 
@@ -314,8 +323,11 @@ test('an object removed by cleanup after the manifest named it: the upload says 
   // PR 6 closes and its builds are removed: the objects PR 7's manifest relied on go with them.
   fake.change(DOCS, 6, { state: 'closed' });
   await server.previews.reconcile(server.core.registry.findRepositoryById(DOCS)!, 6, { event: 'test' });
+  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
   const result = await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000));
   expect(result).toMatchObject({ removedPrs: 1, freed: { objects: 5 } });
+  // Cleanup took the objects' bytes off the count with their rows.
+  expect(objectBytes()).toEqual({ counted: 0, rows: 0 });
 
   const res = await sendMissing(7, B, manifest, { 'page-0.html': next['page-0.html']! });
   expect(res.status).toBe(400);
@@ -332,6 +344,7 @@ test('an object damaged by a power loss is dropped at the next start and never s
   fake.addPull(DOCS, { number: 8, user: CONTRIBUTOR, commits: [A, B], labels: [LABEL] });
   const files = site(3);
   expect((await server.upload(8, A, tarball(files))).status).toBe(201);
+  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
   await server.stop();
   // What a power loss leaves: no clean-stop marker, one file (and so its object) empty.
   fs.rmSync(path.join(server.config.dataDir, '.clean-stop'));
@@ -342,6 +355,8 @@ test('an object damaged by a power loss is dropped at the next start and never s
   server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
   expect(server.logs.some((l) => /object stored just before an unclean stop is damaged/.test(l.msg))).toBe(true);
   expect(fs.existsSync(buildDir(8, A))).toBe(false);
+  // The damaged object went with its row and bytes; the build that linked the others was dropped, so they went too.
+  expect(objectBytes()).toEqual({ counted: 0, rows: 0 });
   // The same content again, by manifest: the damaged object is reported missing, not trusted.
   const manifest = manifestOf(files);
   expect((await postManifest(8, B, manifest)).body.missing).toEqual(Object.values(files).map(hashOf));
@@ -350,6 +365,7 @@ test('an object damaged by a power loss is dropped at the next start and never s
   // And by full upload of the first SHA.
   expect((await server.upload(8, A, tarball(files))).status).toBe(201);
   expect(fs.readFileSync(path.join(buildDir(8, A), 'page-1.html'), 'utf8')).toBe('<h1>page 1</h1>');
+  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
 });
 
 test('a refused upload adds no object; the account quota counts stored bytes, not logical ones', async () => {

@@ -4,7 +4,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sqliteAddonProblem } from '../bin/sqlite-addon.mjs';
+import Database from 'better-sqlite3';
 import { safeEntryPath } from '../src/builds/extract.js';
+import { openDb } from '../src/db/client.js';
+import { drizzle, migrate } from '../src/db/orm.js';
+import { repositories } from '../src/db/schema.js';
 import { loadConfig } from '../src/config.js';
 import { decideTrust, defaultSite, settingsSchema } from '../src/trust.js';
 import { tokenFromHeader } from '../src/upload/tokens.js';
@@ -144,4 +148,36 @@ test('the upload CLI hashes a large build on two threads: every file once, each 
   fs.rmSync(dir, { recursive: true, force: true });
   expect(byHelper).toBeGreaterThan(0);
   expect(hashed).toEqual(written.map(({ sha256, size }) => ({ sha256, size })));
+});
+
+test('upgrading a database that holds objects counts their bytes per repository (migration 0007)', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pg-migrate-'));
+  try {
+    // The database as the release before this migration left it: every migration up to 0006 applied.
+    const before = path.join(dir, 'migrations');
+    fs.cpSync(path.resolve('src/db/migrations'), before, { recursive: true });
+    const journalFile = path.join(before, 'meta', '_journal.json');
+    const journal = JSON.parse(fs.readFileSync(journalFile, 'utf8'));
+    journal.entries = journal.entries.filter((e: { tag: string }) => e.tag < '0007');
+    fs.writeFileSync(journalFile, JSON.stringify(journal));
+    const file = path.join(dir, 'db.sqlite');
+    const sqlite = new Database(file);
+    migrate(drizzle(sqlite), { migrationsFolder: before });
+    sqlite.prepare("INSERT INTO accounts (id, login, wrapped_dek, dek_key_id) VALUES (1, 'octo-org', x'00', 'k')").run();
+    const addRepo = sqlite.prepare('INSERT INTO repositories (id, account_id, full_name, site) VALUES (?, 1, ?, ?)');
+    for (const [id, name] of [[1, 'docs'], [2, 'blog'], [3, 'empty']] as const) addRepo.run(id, `octo-org/${name}`, name);
+    const addObject = sqlite.prepare('INSERT INTO objects (repository_id, sha256, size) VALUES (?, ?, ?)');
+    for (const [repo, size] of [[1, 100], [1, 250], [2, 7]]) addObject.run(repo, crypto.randomBytes(32).toString('hex'), size);
+    sqlite.close();
+
+    const db = openDb(file);
+    expect(db.select({ id: repositories.id, objectBytes: repositories.objectBytes }).from(repositories).orderBy(repositories.id).all()).toEqual([
+      { id: 1, objectBytes: 350 },
+      { id: 2, objectBytes: 7 },
+      { id: 3, objectBytes: 0 },
+    ]);
+    db.$client.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -1,13 +1,14 @@
-import { and, count, eq, isNull, sql, sum } from '../db/orm.js';
+import { and, count, eq, isNull, sum } from '../db/orm.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { BuildTarget, ExtractResult } from '../builds/extract.js';
-import { builds, objects, pullRequests, repositories, uploads } from '../db/schema.js';
+import { builds, pullRequests, repositories, uploads } from '../db/schema.js';
 import { conflict, HttpError, tooLarge } from '../errors.js';
 import type { PrFacts } from '../github.js';
 import type { PullRequest, Repository } from '../registry.js';
 import { withPr, type Build, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
+import { recordObjects } from './object-rows.js';
 
 /** Storing one build of a PR: quota → claim of the SHA → staging → one rename → feedback queued. */
 export class Ingest {
@@ -155,12 +156,7 @@ export class Ingest {
       const build = this.ctx.db.select().from(builds).where(eq(builds.id, buildId)).get()!;
       await this.ctx.store.publish(staging, this.decisions.currentRepo(repo).site, facts.number, pr.visibility, build.sha7);
       const ready = this.ctx.db.transaction((tx) => {
-        const insert = tx
-          .insert(objects)
-          .values({ repositoryId: repo.id, sha256: sql.placeholder('sha256'), size: sql.placeholder('size') })
-          .onConflictDoNothing()
-          .prepare();
-        for (const [sha256, bytes] of size.hashes) insert.run({ sha256, size: bytes });
+        recordObjects(tx, repo.id, size.hashes);
         return tx
           .update(builds)
           .set({ status: 'ready', files: size.files, bytes: size.bytes, contentAddressed: true })
@@ -186,7 +182,7 @@ export class Ingest {
   /** Bytes on disk: every object, and the builds stored before objects existed. */
   storedBytes(): number {
     const { db } = this.ctx;
-    const inObjects = db.select({ bytes: sum(objects.size) }).from(objects).get();
+    const inObjects = db.select({ bytes: sum(repositories.objectBytes) }).from(repositories).get();
     const ownCopies = db
       .select({ bytes: sum(builds.bytes) })
       .from(builds)
@@ -201,12 +197,7 @@ export class Ingest {
    */
   accountBytes(repo: Repository): number {
     const { db } = this.ctx;
-    const inObjects = db
-      .select({ bytes: sum(objects.size) })
-      .from(objects)
-      .innerJoin(repositories, eq(objects.repositoryId, repositories.id))
-      .where(eq(repositories.accountId, repo.accountId))
-      .get();
+    const inObjects = db.select({ bytes: sum(repositories.objectBytes) }).from(repositories).where(eq(repositories.accountId, repo.accountId)).get();
     const ownCopies = db
       .select({ bytes: sum(builds.bytes) })
       .from(builds)

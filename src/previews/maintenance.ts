@@ -1,4 +1,4 @@
-import { and, eq, gt, inArray, lt, or } from '../db/orm.js';
+import { and, eq, gt, lt, or } from '../db/orm.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -7,6 +7,7 @@ import type { PullRequest, Repository } from '../registry.js';
 import type { Octokit } from '../github.js';
 import { octokitFor, withPr, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
+import { forgetObjects } from './object-rows.js';
 
 /** How far back an unclean stop may have lost written files (Linux writes dirty pages back within 30 s). */
 const RECENT_BUILD_MS = 5 * 60_000;
@@ -86,7 +87,7 @@ export class Maintenance {
       const content = fs.existsSync(file) ? fs.readFileSync(file) : undefined;
       if (content && crypto.createHash('sha256').update(content).digest('hex') === row.sha256) continue;
       fs.rmSync(file, { force: true });
-      db.delete(objects).where(and(eq(objects.repositoryId, row.repositoryId), eq(objects.sha256, row.sha256))).run();
+      forgetObjects(db, row.repositoryId, [row]);
       this.ctx.log.warn({ repositoryId: row.repositoryId, sha256: row.sha256 }, 'an object stored just before an unclean stop is damaged on disk; removed');
     }
   }
@@ -104,11 +105,8 @@ export class Maintenance {
       const removed = await repoObjects.removeUnreferenced();
       count += removed.hashes.length;
       bytes += removed.bytes;
-      const rows = db.select({ sha256: objects.sha256 }).from(objects).where(eq(objects.repositoryId, repositoryId)).all();
-      const gone = rows.map((r) => r.sha256).filter((hash) => !repoObjects.has(hash));
-      for (let i = 0; i < gone.length; i += 500) {
-        db.delete(objects).where(and(eq(objects.repositoryId, repositoryId), inArray(objects.sha256, gone.slice(i, i + 500)))).run();
-      }
+      const rows = db.select({ sha256: objects.sha256, size: objects.size }).from(objects).where(eq(objects.repositoryId, repositoryId)).all();
+      forgetObjects(db, repositoryId, rows.filter((row) => !repoObjects.has(row.sha256)));
     }
     if (count) this.ctx.log.info({ objects: count, bytes }, 'removed objects that no build links any more');
     return { objects: count, bytes };
