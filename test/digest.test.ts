@@ -368,6 +368,31 @@ test('an object damaged by a power loss is dropped at the next start and never s
   expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
 });
 
+test('cleanup forgets the rows of objects gone from the store, except rows of the last minute (their objects are linked just after the answer)', async () => {
+  await start();
+  fake.addPull(DOCS, { number: 12, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });
+  const files = site(3);
+  expect((await server.upload(12, A, tarball(files))).status).toBe(201);
+  await waitFor(() => objectFiles().length === 4);
+  // One object removed behind the server's back (the build keeps its own link to the content).
+  const gone = files['page-2.html']!;
+  fs.rmSync(path.join(server.config.dataDir, 'objects', objectFiles().find((p) => p.endsWith(hashOf(gone)))!));
+
+  expect((await server.previews.cleanup()).freed).toEqual({ objects: 0, bytes: 0 });
+  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
+  // Two minutes on, its row and bytes go; the others stay.
+  await server.previews.cleanup(new Date(Date.now() + 120_000));
+  expect(objectBytes()).toEqual({ counted: bytesOf(files) - gone.length, rows: bytesOf(files) - gone.length });
+  expect(server.core.db.select({ sha256: objects.sha256 }).from(objects).all().map((r) => r.sha256).sort()).toEqual(
+    Object.values(files).filter((c) => c !== gone).map(hashOf).sort(),
+  );
+});
+
+async function waitFor(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 100 && !condition(); i++) await new Promise((r) => setTimeout(r, 20));
+  expect(condition()).toBe(true);
+}
+
 test('a refused upload adds no object; the account quota counts stored bytes, not logical ones', async () => {
   await start({ MAX_ACCOUNT_BYTES: String(300 * 1024) });
   fake.addPull(DOCS, { number: 9, user: CONTRIBUTOR, commits: [A, B, C], labels: [LABEL] });

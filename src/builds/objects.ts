@@ -54,25 +54,31 @@ export class RepositoryObjects {
   }
 
   /**
-   * Removes objects that no build links any more; returns which and their bytes. Yields to the event loop
-   * between the 256 sub-folders, so a large store does not stall uploads while it is walked.
+   * Removes the objects no build links any more, one sub-folder ("ab") at a time, yielding to the event loop
+   * before each, so a large store does not stall uploads: per sub-folder, the objects it removed, their bytes,
+   * and the ones it still holds. Every one of the 256 sub-folders is visited, there or not.
    */
-  async removeUnreferenced(): Promise<{ hashes: string[]; bytes: number }> {
-    const hashes: string[] = [];
-    let bytes = 0;
-    for (const fan of readdir(this.dir)) {
+  async *removeUnreferenced(): AsyncGenerator<{ prefix: string; removed: string[]; bytes: number; kept: Set<string> }> {
+    for (let i = 0; i < 256; i++) {
       await new Promise((resolve) => setImmediate(resolve));
-      const fanDir = path.join(this.dir, fan);
+      const prefix = i.toString(16).padStart(2, '0');
+      const fanDir = path.join(this.dir, prefix);
+      const removed: string[] = [];
+      const kept = new Set<string>();
+      let bytes = 0;
       for (const name of readdir(fanDir)) {
         const file = path.join(fanDir, name);
         const stat = fs.lstatSync(file, { throwIfNoEntry: false });
-        if (!stat?.isFile() || stat.nlink > 1) continue;
+        if (!stat?.isFile() || stat.nlink > 1) {
+          if (stat) kept.add(name);
+          continue;
+        }
         fs.rmSync(file, { force: true });
-        if (isSha256(name)) hashes.push(name);
+        if (isSha256(name)) removed.push(name);
         bytes += stat.size;
       }
+      yield { prefix, removed, bytes, kept };
     }
-    return { hashes, bytes };
   }
 
   private ensureDir(dir: string): void {

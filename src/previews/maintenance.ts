@@ -1,4 +1,4 @@
-import { and, eq, gt, lt, or } from '../db/orm.js';
+import { and, eq, gt, gte, lt, or } from '../db/orm.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -11,6 +11,8 @@ import { forgetObjects } from './object-rows.js';
 
 /** How far back an unclean stop may have lost written files (Linux writes dirty pages back within 30 s). */
 const RECENT_BUILD_MS = 5 * 60_000;
+/** How long after its row an object may still be on its way into the store (it is linked right after the answer). */
+const ROWS_SETTLE_MS = 60_000;
 
 /** Regular files under `dir` and their total size, as the extractor counts them. */
 function filesAndBytes(dir: string): { files: number; bytes: number } {
@@ -94,19 +96,27 @@ export class Maintenance {
 
   /**
    * Removes the objects no build links any more (a link count of 1: only the objects folder names it), and
-   * the rows of objects that are gone. Returns how many and their bytes.
+   * the rows of objects that are gone, one sub-folder of each repository's objects at a time (the rows compared
+   * with its listing: no `stat` per row). Returns how many objects were removed and their bytes.
    */
-  async removeUnreferencedObjects(): Promise<{ objects: number; bytes: number }> {
+  async removeUnreferencedObjects(options: { rowsRecordedBefore?: Date } = {}): Promise<{ objects: number; bytes: number }> {
     const { db, store } = this.ctx;
+    // At start every row counts; a cleanup leaves the newest (see `cleanup`).
+    const settled = options.rowsRecordedBefore ? lt(objects.createdAt, options.rowsRecordedBefore) : undefined;
     let count = 0;
     let bytes = 0;
     for (const repositoryId of store.objects.repositoryIds()) {
-      const repoObjects = store.objects.forRepository(repositoryId);
-      const removed = await repoObjects.removeUnreferenced();
-      count += removed.hashes.length;
-      bytes += removed.bytes;
-      const rows = db.select({ sha256: objects.sha256, size: objects.size }).from(objects).where(eq(objects.repositoryId, repositoryId)).all();
-      forgetObjects(db, repositoryId, rows.filter((row) => !repoObjects.has(row.sha256)));
+      for await (const fan of store.objects.forRepository(repositoryId).removeUnreferenced()) {
+        count += fan.removed.length;
+        bytes += fan.bytes;
+        const rows = db
+          .select({ sha256: objects.sha256, size: objects.size })
+          .from(objects)
+          // The hashes starting with this prefix: hex digits sort before "g".
+          .where(and(eq(objects.repositoryId, repositoryId), gte(objects.sha256, fan.prefix), lt(objects.sha256, `${fan.prefix}g`), settled))
+          .all();
+        forgetObjects(db, repositoryId, rows.filter((row) => !fan.kept.has(row.sha256)));
+      }
     }
     if (count) this.ctx.log.info({ objects: count, bytes }, 'removed objects that no build links any more');
     return { objects: count, bytes };
@@ -179,7 +189,10 @@ export class Maintenance {
       removedPrs++;
       this.ctx.log.info({ repo: repo.fullName, pr: pr.number }, 'removed the builds of a closed pull request');
     }
-    return { removedPrs, skipped, why, freed: await this.removeUnreferencedObjects() };
+    // A build's rows are written before its answer and its files become objects right after it: a row that new
+    // may name an object about to appear, so it is left to the next cleanup.
+    const rowsRecordedBefore = new Date(now.getTime() - ROWS_SETTLE_MS);
+    return { removedPrs, skipped, why, freed: await this.removeUnreferencedObjects({ rowsRecordedBefore }) };
   }
 
   /** Whether GitHub confirms the PR is still closed (or the app still uninstalled). Throws when it cannot be asked. */
