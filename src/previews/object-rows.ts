@@ -22,6 +22,7 @@ export function recordObjects(tx: Writer, repositoryId: number, contents: Iterab
 
 /** Removes the rows of objects that are gone from disk, and their bytes from `repositories.object_bytes`, in one transaction. */
 export function forgetObjects(db: Db, repositoryId: number, gone: { sha256: string; size: number }[]): void {
+  if (!gone.length) return; // the common case: a cleanup asks for each of a repository's 256 sub-folders
   db.transaction((tx) => {
     let removed = 0;
     // 500 at a time: SQLite limits the variables of one statement.
