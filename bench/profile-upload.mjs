@@ -2,13 +2,11 @@
 // uploads it RUNS times, stops the server and prints the functions with the most self time.
 // Usage: npm run build && node bench/profile-upload.mjs   (RUNS=5 by default; the profile is kept in PROFILE_DIR;
 // FRESH=1: each upload has contents of its own, as figure 1's, instead of the same archive, which after the first is all links)
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { SignJWT } from 'jose';
+import { benchServerEnv, postUpload, uploadToken } from './bench-server.mjs';
 import { startFakeGitHub } from './fake-github.mjs';
 import { startServerProcess, stopServerProcess } from './server-process.mjs';
 import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
@@ -17,21 +15,13 @@ const RUNS = Number(process.env.RUNS ?? 5);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-profile-'));
 const profileDir = process.env.PROFILE_DIR ?? path.join(tmp, 'profile');
 const SECRET = crypto.randomBytes(32).toString('base64url');
-const SLUG = 'bench-org/docs';
 
 const archive = path.join(tmp, 'reference.tgz');
 makeReferenceBuild(path.join(tmp, 'reference'));
 packReferenceBuild(path.join(tmp, 'reference'), archive);
 const github = await startFakeGitHub();
 const port = 20000 + Math.floor(Math.random() * 20000);
-const privateKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' });
-const env = {
-  ...process.env, DATA_DIR: path.join(tmp, 'data'), PORT: String(port), HOST: '127.0.0.1', APP_ID: '1', PRIVATE_KEY: String(privateKey),
-  WEBHOOK_SECRET: 'bench', GHE_HOST: github.host, GHE_PROTOCOL: 'http', LOG_LEVEL: 'warn',
-};
-const setSecret = spawn('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, stdio: ['pipe', 'ignore', 'ignore'] });
-setSecret.stdin.end(SECRET);
-await new Promise((r) => setSecret.on('exit', r));
+const env = benchServerEnv({ dataDir: path.join(tmp, 'data'), github, port, secret: SECRET });
 const server = await startServerProcess(env, port, { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`], stdio: 'inherit' });
 for (let i = 0; i < RUNS; i++) {
   if (process.env.FRESH && i > 0) {
@@ -40,13 +30,9 @@ for (let i = 0; i < RUNS; i++) {
   }
   const sha = crypto.randomBytes(20).toString('hex');
   github.addCommit(i + 1, sha);
-  const jwt = await new SignJWT({ slug: SLUG, 'pull-request': i + 1 }).setProtectedHeader({ alg: 'HS256' }).setIssuer('Travis CI, GmbH').setExpirationTime('10m').sign(Buffer.from(SECRET));
+  const jwt = await uploadToken(SECRET, i + 1);
   const start = process.hrtime.bigint();
-  const status = await new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: `/create-build/${i + 1}/${sha}`, headers: { authorization: `Token ${jwt}`, 'content-type': 'application/gzip', 'content-length': fs.statSync(archive).size } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); });
-    req.on('error', reject);
-    fs.createReadStream(archive).pipe(req);
-  });
+  const status = await postUpload(port, `/create-build/${i + 1}/${sha}`, jwt, archive);
   console.log(`upload ${i + 1}: ${status} in ${(Number(process.hrtime.bigint() - start) / 1e6).toFixed(0)} ms`);
 }
 await stopServerProcess(server);

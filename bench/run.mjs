@@ -21,10 +21,10 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { SignJWT } from 'jose';
 import { Header } from 'tar';
 import zlib from 'node:zlib';
 import { Readable } from 'node:stream';
+import { BENCH_SLUG, benchServerEnv, postUpload, uploadToken } from './bench-server.mjs';
 import { startFakeGitHub } from './fake-github.mjs';
 import { startServerProcess, stopServerProcess } from './server-process.mjs';
 import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
@@ -35,11 +35,10 @@ const FIGURES = process.env.FIGURES?.split(',').map((f) => f.trim());
 const want = (figure) => !FIGURES || FIGURES.includes(figure) || (figure === '7' && FIGURES.includes('6'));
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-bench-'));
 const SECRET = crypto.randomBytes(32).toString('base64url');
-const SLUG = 'bench-org/docs';
+const SLUG = BENCH_SLUG;
 
 const newSha = (seed) => crypto.createHash('sha1').update(`${seed}-${Date.now()}-${Math.random()}`).digest('hex');
-const token = (pr, slug = SLUG) =>
-  new SignJWT({ slug, 'pull-request': pr }).setProtectedHeader({ alg: 'HS256' }).setIssuer('Travis CI, GmbH').setExpirationTime('10m').sign(Buffer.from(SECRET));
+const token = (pr) => uploadToken(SECRET, pr);
 const small = zlib.gzipSync(Buffer.concat([tarHeader('index.html', 5), Buffer.from('hello'), Buffer.alloc(507), Buffer.alloc(1024)]));
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const seconds = (start) => Number(process.hrtime.bigint() - start) / 1e9;
@@ -55,26 +54,13 @@ async function main() {
 
   const github = await startFakeGitHub();
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const privateKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' });
-  const env = {
-    ...process.env,
-    DATA_DIR: path.join(tmp, 'data'),
-    PORT: String(port),
-    HOST: '127.0.0.1',
-    APP_ID: '1',
-    PRIVATE_KEY: String(privateKey),
-    WEBHOOK_SECRET: 'bench',
-    GHE_HOST: github.host,
-    GHE_PROTOCOL: 'http',
-    LOG_LEVEL: 'warn',
-    MAX_UPLOAD_BYTES: String(1200 * 1024 * 1024),
-    MAX_BUILD_BYTES: String(1200 * 1024 * 1024),
-    MAX_PR_BUILDS: '200',
-    // No periodic sweep: it would re-decide every PR of the bench in the middle of a timed run (and the fake
-    // GitHub does not list installations).
-    RECONCILE_INTERVAL_MINUTES: '0',
-  };
-  execFileSync('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, input: SECRET, stdio: ['pipe', 'ignore', 'ignore'] });
+  const env = benchServerEnv({
+    dataDir: path.join(tmp, 'data'),
+    github,
+    port,
+    secret: SECRET,
+    extra: { MAX_UPLOAD_BYTES: String(1200 * 1024 * 1024), MAX_BUILD_BYTES: String(1200 * 1024 * 1024), MAX_PR_BUILDS: '200' },
+  });
   let server = await startServerProcess(env, port, { nodeArgs: serverNodeArgs });
 
   if (want('2')) {
@@ -84,7 +70,7 @@ async function main() {
     const bigSha = newSha('big');
     github.addCommit(900, bigSha);
     const t0 = process.hrtime.bigint();
-    const bigStatus = await post(port, `/create-build/900/${bigSha}`, await token(900), generatedUpload(100, 10 * 1024 * 1024));
+    const bigStatus = await postUpload(port, `/create-build/900/${bigSha}`, await token(900), generatedUpload(100, 10 * 1024 * 1024));
     console.log(`2. 1 GB upload answered ${bigStatus} in ${seconds(t0).toFixed(1)} s; server peak RSS ${(peakRss(server.pid) / 1024).toFixed(0)} MB (before it: ${(baseline / 1024).toFixed(0)} MB; goal <= 150 MB)`);
   }
 
@@ -108,7 +94,7 @@ async function main() {
     github.addCommit(897 + i, warmSha);
     execFileSync('sync');
     const tWarm = process.hrtime.bigint();
-    await post(port, `/create-build/${897 + i}/${warmSha}`, await token(897 + i), warmUp);
+    await postUpload(port, `/create-build/${897 + i}/${warmSha}`, await token(897 + i), warmUp);
     console.log(`upload ${i + 1} after a start (not counted below): ${seconds(tWarm).toFixed(3)} s`);
   }
 
@@ -148,7 +134,7 @@ async function main() {
       const mainThreadBefore = cpuSeconds(`${server.pid}/task/${server.pid}`);
       const clientBefore = process.cpuUsage();
       start = process.hrtime.bigint();
-      const status = await post(port, `/create-build/${pr}/${sha}`, jwt, pairArchive);
+      const status = await postUpload(port, `/create-build/${pr}/${sha}`, jwt, pairArchive);
       const uploadSeconds = seconds(start);
       const client = process.cpuUsage(clientBefore);
       cpu.client.push((client.user + client.system) / 1e6);
@@ -179,7 +165,7 @@ async function main() {
       const jwt = await token(800 + i);
       execFileSync('sync');
       const start = process.hrtime.bigint();
-      if ((await post(port, `/create-build/${800 + i}/${sha}`, jwt, archive)) !== 201) throw new Error('upload failed');
+      if ((await postUpload(port, `/create-build/${800 + i}/${sha}`, jwt, archive)) !== 201) throw new Error('upload failed');
       again.push(seconds(start));
     }
     console.log(`1b. the same archive uploaded whole to a repository that stores its files already: median ${median(again).toFixed(3)} s (${(median(again) / median(tars)).toFixed(2)}x tar -xzf): every file a link, nothing written`);
@@ -192,7 +178,7 @@ async function main() {
       for (let i = 0; i < count; i++) {
         const s = newSha(`flip-${pr}-${i}`);
         github.addCommit(pr, s);
-        const st = await post(port, `/create-build/${pr}/${s}`, await token(pr), small);
+        const st = await postUpload(port, `/create-build/${pr}/${s}`, await token(pr), small);
         if (st !== 202) throw new Error(`hidden upload answered ${st}`);
       }
       const flips = [];
@@ -222,7 +208,7 @@ async function main() {
     const jwt = await token(950);
     const [serverBefore, clientBefore] = [cpuSeconds(server.pid), process.cpuUsage()];
     let start = process.hrtime.bigint();
-    await post(port, `/create-build/950/${s1}`, jwt, mid);
+    await postUpload(port, `/create-build/950/${s1}`, jwt, mid);
     const oneSeconds = seconds(start);
     const client = process.cpuUsage(clientBefore);
     const oneCpu = cpuSeconds(server.pid) - serverBefore + (client.user + client.system) / 1e6;
@@ -231,7 +217,7 @@ async function main() {
     shas.forEach((s, i) => github.addCommit(960 + i, s));
     const tokens = await Promise.all(shas.map((_, i) => token(960 + i)));
     start = process.hrtime.bigint();
-    const statuses = await Promise.all(shas.map((s, i) => post(port, `/create-build/${960 + i}/${s}`, tokens[i], mid)));
+    const statuses = await Promise.all(shas.map((s, i) => postUpload(port, `/create-build/${960 + i}/${s}`, tokens[i], mid)));
     const many = (16 * midBytes) / seconds(start);
     const errors = statuses.filter((st) => st !== 201).length;
     console.log(`4. throughput: one stream ${(one / 1e6).toFixed(1)} MB/s, 16 concurrent ${(many / 1e6).toFixed(1)} MB/s aggregate = ${(many / one).toFixed(2)}x, ${errors} errors (goal >= 1.5x, no errors)`);
@@ -248,7 +234,7 @@ async function main() {
       github.addCommit(970 + i, s);
       const jwt = await token(970 + i);
       const t = process.hrtime.bigint();
-      const st = await post(port, `/create-build/${970 + i}/${s}`, jwt, small);
+      const st = await postUpload(port, `/create-build/${970 + i}/${s}`, jwt, small);
       if (st !== 201) throw new Error(`one-page upload answered ${st}`);
       if (i > 0) onePage.push(seconds(t) * 1000); // the first one warms the token and settings caches
     }
@@ -385,21 +371,6 @@ function distinctBytes(dir) {
   return bytes;
 }
 
-/** POSTs a file path, a Buffer or a Readable (chunked) as an upload; resolves with the status. */
-function post(port, urlPath, jwt, body) {
-  return new Promise((resolve, reject) => {
-    const headers = { authorization: `Token ${jwt}`, 'content-type': 'application/gzip' };
-    if (typeof body === 'string') headers['content-length'] = fs.statSync(body).size;
-    if (Buffer.isBuffer(body)) headers['content-length'] = body.length;
-    const req = http.request({ host: '127.0.0.1', port, path: urlPath, method: 'POST', headers }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode));
-    });
-    req.on('error', reject);
-    if (Buffer.isBuffer(body)) req.end(body);
-    else (typeof body === 'string' ? fs.createReadStream(body) : body).pipe(req);
-  });
-}
 
 function tarHeader(name, size) {
   const h = new Header({ path: name, type: 'File', size, mode: 0o644, mtime: new Date(0) });

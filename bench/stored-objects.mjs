@@ -5,26 +5,19 @@
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { SignJWT } from 'jose';
+import { benchServerEnv, postUpload, uploadToken } from './bench-server.mjs';
 import { startFakeGitHub } from './fake-github.mjs';
 import { startServerProcess, stopServerProcess } from './server-process.mjs';
 
 const OBJECTS = Number(process.env.OBJECTS ?? 300_000);
-const SLUG = 'bench-org/docs';
 const SECRET = crypto.randomBytes(32).toString('base64url');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-objects-'));
 const github = await startFakeGitHub();
 const port = 20000 + Math.floor(Math.random() * 20000);
-const privateKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' });
-const env = {
-  ...process.env, DATA_DIR: path.join(tmp, 'data'), PORT: String(port), HOST: '127.0.0.1', APP_ID: '1', PRIVATE_KEY: String(privateKey),
-  WEBHOOK_SECRET: 'bench', GHE_HOST: github.host, GHE_PROTOCOL: 'http', LOG_LEVEL: 'warn', RECONCILE_INTERVAL_MINUTES: '0',
-};
-execFileSync('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, input: SECRET, stdio: ['pipe', 'ignore', 'ignore'] });
+const env = benchServerEnv({ dataDir: path.join(tmp, 'data'), github, port, secret: SECRET });
 fs.mkdirSync(path.join(tmp, 'page'));
 fs.writeFileSync(path.join(tmp, 'page', 'index.html'), '<h1>one page</h1>');
 const page = path.join(tmp, 'page.tgz');
@@ -33,17 +26,9 @@ execFileSync('tar', ['-czf', page, '-C', path.join(tmp, 'page'), '.']);
 async function uploadOnePage(pr) {
   const sha = crypto.randomBytes(20).toString('hex');
   github.addCommit(pr, sha);
-  const jwt = await new SignJWT({ slug: SLUG, 'pull-request': pr }).setProtectedHeader({ alg: 'HS256' }).setIssuer('Travis CI, GmbH').setExpirationTime('10m').sign(Buffer.from(SECRET));
+  const jwt = await uploadToken(SECRET, pr);
   const start = performance.now();
-  const status = await new Promise((resolve, reject) => {
-    const headers = { authorization: `Token ${jwt}`, 'content-type': 'application/gzip', 'content-length': fs.statSync(page).size };
-    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: `/create-build/${pr}/${sha}`, headers }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode));
-    });
-    req.on('error', reject);
-    fs.createReadStream(page).pipe(req);
-  });
+  const status = await postUpload(port, `/create-build/${pr}/${sha}`, jwt, page);
   if (status !== 201) throw new Error(`the upload answered ${status}`);
   return performance.now() - start;
 }
