@@ -8,7 +8,7 @@ import http from 'node:http';
 import path from 'node:path';
 import nock from 'nock';
 import { commitsOf, githubFor, prRead } from './helpers/github.js';
-import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
+import { request, rawGet, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
 import { PassThrough } from 'node:stream';
 import { runCli } from '../src/cli.js';
@@ -242,4 +242,64 @@ test('`preview-gate verify` checks the deployment from outside, one line per che
   const bad = await run('not-the-secret');
   expect(bad.code).toBe(1);
   expect(bad.lines.filter((l) => l.startsWith('FAIL'))).toEqual([expect.stringMatching(/^FAIL  webhook URL accepts a delivery signed with WEBHOOK_SECRET: a signed ping answered 400/)]);
+});
+
+test('metrics are not reachable through the public host in any spelling', async () => {
+  const spellings = ['/metrics', '/metrics/', '/METRICS', '/Metrics/', '/%6Detrics', '/%6detrics/', '//metrics', '/./metrics', '/x/../metrics', '/metrics?x', '/metrics/?x', '/metrics;x', '/metrics%2F', '/%2Fmetrics', '/.//metrics'];
+  for (const p of spellings) {
+    const res = await rawGet(nginx.port, p, MAIN_HOST);
+    expect([p, res.status]).toEqual([p, 404]);
+    expect(res.body).not.toContain('# HELP');
+  }
+  // Node itself answers only the exact path (Prometheus scrapes it directly, never through nginx).
+  const node = new URL(server.url);
+  expect((await rawGet(Number(node.port), '/metrics', node.host)).body).toContain('# HELP');
+  for (const p of ['/metrics/', '/METRICS', '/Metrics', '//metrics', '/metrics;x', '/%6Detrics']) {
+    expect([p, (await rawGet(Number(node.port), p, node.host)).status]).toEqual([p, 404]);
+  }
+});
+
+test('only PUBLIC_URL\'s host reaches Node: any other host is 404, no-store, without the sign-in page or a version', async () => {
+  expect((await uploadThroughNginx(10, A, 'hosts', [LABEL])).status).toBe(201);
+  const a7 = A.slice(0, 7);
+  const hosts = [
+    'pr99-99999999--docs.previews.test', // eight hex digits: not a preview host
+    `x.pr10-${a7}--docs.previews.test`,
+    `pr10-${a7}--docs.previews.test.evil.test`,
+    'previews.test',
+    'evil.test',
+    '127.0.0.1',
+    `127.0.0.1:${nginx.port}`,
+    '[::1]',
+  ];
+  for (const host of hosts) {
+    const res = await request(nginx.port, host, '/');
+    expect([host, res.status, res.headers['cache-control'], res.headers.server]).toEqual([host, 404, 'no-store', 'nginx']);
+    expect(res.body.toString()).not.toMatch(/Sign in|hosts/);
+    expect((await request(nginx.port, host, '/login')).status).toBe(404);
+    expect((await request(nginx.port, host, '/health')).status).toBe(404);
+  }
+  const noHost = await rawGet(nginx.port, '/', undefined);
+  expect(noHost.status).toBe(404);
+  expect(noHost.head).toMatch(/^Cache-Control: no-store$/im);
+  expect(noHost.head).toMatch(/^Server: nginx$/im);
+  expect(noHost.body).not.toContain('Sign in');
+  // Preview hosts of builds that do not exist: the same 404 as a hidden build's.
+  for (const host of ['pr99-9999999--docs.previews.test', 'pr99--docs.previews.test', `pr10-${a7}--other.previews.test`]) {
+    const res = await request(nginx.port, host, '/');
+    expect([host, res.status, res.headers['cache-control'], res.headers.server]).toEqual([host, 404, 'no-store', 'nginx']);
+  }
+  // The public host and an existing build still answer.
+  expect((await request(nginx.port, `pr10-${a7}--docs.previews.test`, '/')).body.toString()).toBe('<h1>hosts</h1>');
+  expect((await request(nginx.port, MAIN_HOST, '/')).body.toString()).toContain('Sign in with GitHub');
+});
+
+test('sign-in starts are rate-limited per address with a JSON 429', async () => {
+  const answers = [];
+  for (let i = 0; i < 20; i++) answers.push(await request(nginx.port, MAIN_HOST, '/login'));
+  expect(answers.slice(0, 5).map((a) => a.status)).not.toContain(429);
+  const refused = answers.find((a) => a.status === 429);
+  expect(refused).toBeDefined();
+  expect(refused!.headers['content-type']).toMatch(/application\/json/);
+  expect(JSON.parse(refused!.body.toString()).error).toMatch(/Too many requests/);
 });
