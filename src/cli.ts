@@ -141,12 +141,31 @@ async function verify(args: string[], io: CliIo): Promise<number> {
  * the key (the local master key file, or the Key Vault key id) a new data directory is whole again; builds
  * can be uploaded again by CI.
  */
+/**
+ * Creates `file` empty and 0600 before anything is copied into it: O_EXCL refuses an existing file and a
+ * symbolic link (dangling or not, planted by someone else), so the copy never lands where a link points, and
+ * the secrets' database is never readable by others, not even for the moments of the copy.
+ */
+async function createPrivateFile(file: string): Promise<void> {
+  const { O_CREAT, O_EXCL, O_WRONLY, O_NOFOLLOW } = fs.constants;
+  try {
+    await (await fs.promises.open(file, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o600)).close();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' || code === 'ELOOP') throw new Error(`${file} already exists (a file or a symbolic link); choose a new file name.`);
+    throw new Error(`cannot create ${file}: ${(err as Error).message}.`);
+  }
+}
+
 async function backup(file: string, io: CliIo): Promise<number> {
   const config = loadConfig(io.env);
-  if (fs.existsSync(file)) throw new Error(`${file} already exists; choose a new file name.`);
+  await createPrivateFile(file);
   const db = openDb(config.databaseFile);
   try {
     await db.$client.backup(file);
+  } catch (err) {
+    fs.rmSync(file, { force: true }); // nothing partial left
+    throw err;
   } finally {
     db.$client.close();
   }

@@ -109,7 +109,8 @@ const schema = z.object({
     .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of minutes (0 turns the periodic sweep off)')
     .transform(Number)
     .default(15),
-  HOST: z.string().min(1).default('0.0.0.0'),
+  // Loopback by default: nginx on this machine reaches Node, nobody else does (the image sets 0.0.0.0 for its network).
+  HOST: z.string().min(1).default('127.0.0.1'),
   APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional(),
   WEBHOOK_SECRET: z.string().optional(),
   PRIVATE_KEY: z.string().optional(),

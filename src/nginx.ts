@@ -55,7 +55,8 @@ export function renderNginx(o: NginxOptions): string {
     SNIPPET: path.join(dir, 'preview-site.conf'),
     TYPES: path.join(dir, 'preview-types.conf'),
     HEADERS: path.join(dir, 'preview-headers.conf'),
-    LISTEN_MAIN: o.tls ? `listen ${tlsListen} ssl default_server;` : `listen ${o.listen} default_server;`,
+    LISTEN_DEFAULT: o.tls ? `listen ${tlsListen} ssl default_server;` : `listen ${o.listen} default_server;`,
+    LISTEN_MAIN: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,
     LISTEN_PREVIEW: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,
     TLS_CERTS: o.tls ? `ssl_certificate ${o.tls.certificate};\n    ssl_certificate_key ${o.tls.key};` : '',
     TLS_REDIRECT: o.tls

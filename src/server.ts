@@ -27,6 +27,10 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', 'loopback');
+  // `/METRICS` or `/metrics/` is not `/metrics`: a path is answered only as it is written (the routers below
+  // are created with the same options: a Router does not inherit the app's).
+  app.set('case sensitive routing', true);
+  app.set('strict routing', true);
 
   if (deps.probot && deps.appFn) {
     app.post(WEBHOOKS_PATH, webhookBodyLimit(deps.log, deps.config.webhookSecret));
@@ -34,7 +38,8 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
     app.use(await createNodeMiddleware(deps.appFn, { probot: deps.probot, webhooksPath: WEBHOOKS_PATH }));
   }
 
-  app.get('/health', async (_req, res) => {
+  // `/health/` as well: load balancers' checks are often configured with the slash.
+  app.get(['/health', '/health/'], async (_req, res) => {
     try {
       deps.registry.db.get(sql`select 1`);
       await deps.store.check();

@@ -11,6 +11,7 @@ import { openCore } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { builds, pullRequests } from '../src/db/schema.js';
 import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
+import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { appPrivateKey } from './helpers/github.js';
 import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET } from './helpers/server.js';
@@ -114,6 +115,37 @@ test('a webhook with a wrong signature is one warn line, without a stack', async
   } finally {
     await server.close();
   }
+});
+
+test('`backup` refuses a planted dangling symlink (nothing is written where it points) and creates its file 0600', async () => {
+  const env = { DATA_DIR: path.join(tmp, 'data') };
+  expect((await cli(['reconcile'], env)).code).not.toBe(2); // a database to back up
+  const target = path.join(tmp, 'where-the-link-points.sqlite');
+  const link = path.join(tmp, 'backup.sqlite');
+  fs.symlinkSync(target, link);
+  const refused = await cli(['backup', link], env);
+  expect(refused.code).toBe(1);
+  expect(refused.stderr).toMatch(/^preview-gate: [^\n]*already exists[^\n]*\.\n$/);
+  expect(fs.existsSync(target)).toBe(false);
+  expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
+
+  // 0600 from the moment it exists, whatever the umask (it had the umask's mode until a chmod after the copy):
+  // its mode is read as soon as the folder says it appeared, while the copy runs.
+  const old = process.umask(0);
+  const modes: string[] = [];
+  const watcher = fs.watch(tmp, (_event, name) => {
+    if (name === 'own.sqlite' && fs.existsSync(path.join(tmp, name))) modes.push((fs.statSync(path.join(tmp, name)).mode & 0o777).toString(8));
+  });
+  try {
+    const file = path.join(tmp, 'own.sqlite');
+    expect((await cli(['backup', file], env)).code).toBe(0);
+    expect((fs.statSync(file).mode & 0o777).toString(8)).toBe('600');
+    await eventually(() => modes.length > 0); // the folder's events arrive on their own turn of the loop
+  } finally {
+    watcher.close();
+    process.umask(old);
+  }
+  expect(new Set(modes)).toEqual(new Set(['600']));
 });
 
 test('`backup` under upload load, restored into a fresh data directory with the master key: secrets decrypt, PRs and builds listed', async () => {

@@ -2,13 +2,14 @@
  * End to end with real nginx (Debian's package): uploads go through nginx to the real Node server, and
  * previews are fetched from nginx with the Host headers a browser would send.
  */
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import nock from 'nock';
 import { commitsOf, githubFor, prRead } from './helpers/github.js';
-import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
+import { request, rawGet, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
 import { PassThrough } from 'node:stream';
 import { runCli } from '../src/cli.js';
@@ -242,4 +243,138 @@ test('`preview-gate verify` checks the deployment from outside, one line per che
   const bad = await run('not-the-secret');
   expect(bad.code).toBe(1);
   expect(bad.lines.filter((l) => l.startsWith('FAIL'))).toEqual([expect.stringMatching(/^FAIL  webhook URL accepts a delivery signed with WEBHOOK_SECRET: a signed ping answered 400/)]);
+});
+
+test('metrics are not reachable through the public host in any spelling', async () => {
+  const spellings = ['/metrics', '/metrics/', '/METRICS', '/Metrics/', '/%6Detrics', '/%6detrics/', '//metrics', '/./metrics', '/x/../metrics', '/metrics?x', '/metrics/?x', '/metrics;x', '/metrics%2F', '/%2Fmetrics', '/.//metrics'];
+  for (const p of spellings) {
+    const res = await rawGet(nginx.port, p, MAIN_HOST);
+    expect([p, res.status]).toEqual([p, 404]);
+    expect(res.body).not.toContain('# HELP');
+  }
+  // Node itself answers only the exact path (Prometheus scrapes it directly, never through nginx).
+  const node = new URL(server.url);
+  expect((await rawGet(Number(node.port), '/metrics', node.host)).body).toContain('# HELP');
+  for (const p of ['/metrics/', '/METRICS', '/Metrics', '//metrics', '/metrics;x', '/%6Detrics']) {
+    expect([p, (await rawGet(Number(node.port), p, node.host)).status]).toEqual([p, 404]);
+  }
+});
+
+test('only PUBLIC_URL\'s host reaches Node: any other host is 404, no-store, without the sign-in page or a version', async () => {
+  expect((await uploadThroughNginx(10, A, 'hosts', [LABEL])).status).toBe(201);
+  const a7 = A.slice(0, 7);
+  const hosts = [
+    'pr99-99999999--docs.previews.test', // eight hex digits: not a preview host
+    `x.pr10-${a7}--docs.previews.test`,
+    `pr10-${a7}--docs.previews.test.evil.test`,
+    'previews.test',
+    'evil.test',
+    '127.0.0.1',
+    `127.0.0.1:${nginx.port}`,
+    '[::1]',
+  ];
+  for (const host of hosts) {
+    const res = await request(nginx.port, host, '/');
+    expect([host, res.status, res.headers['cache-control'], res.headers.server]).toEqual([host, 404, 'no-store', 'nginx']);
+    expect(res.body.toString()).not.toMatch(/Sign in|hosts/);
+    expect((await request(nginx.port, host, '/login')).status).toBe(404);
+    expect((await request(nginx.port, host, '/health')).status).toBe(404);
+  }
+  const noHost = await rawGet(nginx.port, '/', undefined);
+  expect(noHost.status).toBe(404);
+  expect(noHost.head).toMatch(/^Cache-Control: no-store$/im);
+  expect(noHost.head).toMatch(/^Server: nginx$/im);
+  expect(noHost.body).not.toContain('Sign in');
+  // Preview hosts of builds that do not exist: the same 404 as a hidden build's.
+  for (const host of ['pr99-9999999--docs.previews.test', 'pr99--docs.previews.test', `pr10-${a7}--other.previews.test`]) {
+    const res = await request(nginx.port, host, '/');
+    expect([host, res.status, res.headers['cache-control'], res.headers.server]).toEqual([host, 404, 'no-store', 'nginx']);
+  }
+  // The public host and an existing build still answer.
+  expect((await request(nginx.port, `pr10-${a7}--docs.previews.test`, '/')).body.toString()).toBe('<h1>hosts</h1>');
+  expect((await request(nginx.port, MAIN_HOST, '/')).body.toString()).toContain('Sign in with GitHub');
+});
+
+test('sign-in starts are rate-limited per address with a JSON 429', async () => {
+  const answers = [];
+  for (let i = 0; i < 20; i++) answers.push(await request(nginx.port, MAIN_HOST, '/login'));
+  expect(answers.slice(0, 5).map((a) => a.status)).not.toContain(429);
+  const refused = answers.find((a) => a.status === 429);
+  expect(refused).toBeDefined();
+  expect(refused!.headers['content-type']).toMatch(/application\/json/);
+  expect(JSON.parse(refused!.body.toString()).error).toMatch(/Too many requests/);
+});
+
+/** Every folder and file below `dir`, with its permission bits in octal. */
+function modesBelow(dir: string): Map<string, string> {
+  const modes = new Map<string, string>();
+  const walk = (p: string) => {
+    modes.set(path.relative(dir, p) || '.', (fs.lstatSync(p).mode & 0o777).toString(8));
+    if (fs.lstatSync(p).isDirectory()) for (const name of fs.readdirSync(p)) walk(path.join(p, name));
+  };
+  walk(dir);
+  return modes;
+}
+
+test('a stored build is read-only, folders too (555, files 444); its PR folder stays writable, and a visibility flip keeps it so', async () => {
+  expect((await uploadThroughNginx(11, A, 'read-only')).status).toBe(202);
+  const hidden = path.join(server.config.buildsDir, 'docs', 'hidden--11', A.slice(0, 7));
+  const modes = modesBelow(hidden);
+  expect(modes.get('.')).toBe('555');
+  for (const [name, mode] of modes) expect([name, mode]).toEqual([name, fs.statSync(path.join(hidden, name)).isDirectory() ? '555' : '444']);
+  expect([...modes.keys()]).toEqual(expect.arrayContaining(['img', 'docs', 'empty-folder', 'img/logo.bin']));
+  expect((fs.statSync(path.dirname(hidden)).mode & 0o777).toString(8)).toBe('755');
+
+  installationToken();
+  settingsFile();
+  prRead({ number: 11, labels: [LABEL], commits: [A] });
+  const { body, headers } = signedWebhook('pull_request', pullRequestEvent('labeled', { number: 11, labels: [LABEL], head: A }, { label: { name: LABEL } }));
+  expect((await request(nginx.port, MAIN_HOST, '/api/github/webhooks', { method: 'POST', headers, body: Buffer.from(body) })).status).toBe(200);
+  await server.previews.settled();
+  const open = path.join(server.config.buildsDir, 'docs', '11', A.slice(0, 7));
+  expect(modesBelow(open)).toEqual(modes);
+  expect((await request(nginx.port, host(11, A), '/')).body.toString()).toBe('<h1>read-only</h1>');
+});
+
+/** Runs `script` (an ES module body; `store` is a BuildStore on `dir`) as an unprivileged user: its answer. */
+function asNobody(dir: string, script: string): Promise<{ code: number | null; out: string }> {
+  const storeModule = new URL('../dist/src/builds/store.js', import.meta.url).href;
+  const body = `import fs from 'node:fs'; const { BuildStore } = await import(${JSON.stringify(storeModule)});
+    const store = new BuildStore(${JSON.stringify(path.join(dir, 'builds'))}, ${JSON.stringify(path.join(dir, 'objects'))}); store.init();
+    const build = async (pr, visibility, sha7) => { const s = await store.createStaging(); fs.mkdirSync(s + '/deep/er', { recursive: true });
+      fs.writeFileSync(s + '/deep/er/f.txt', 'x', { mode: 0o444 }); return store.publish(s, 'docs', pr, visibility, sha7); };
+    ${script}`;
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e', body], { uid: 65534, gid: 65534, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('close', (code) => resolve({ code, out }));
+  });
+}
+
+// Root ignores permissions: the server's own user (the image's `node`) is played by nobody.
+(process.getuid?.() === 0 ? test : test.skip)('read-only builds can still be moved, repaired and removed by the server\'s (unprivileged) user, and linked to objects', async () => {
+  const dir = fs.mkdtempSync(path.join(server.tmp, 'unprivileged-'));
+  fs.chownSync(dir, 65534, 65534);
+  const res = await asNobody(dir, `
+    const one = await build(1, 'hidden', 'aaaaaaa');
+    const mode = (fs.statSync(one + '/deep').mode & 0o777).toString(8);
+    await store.setVisibility('docs', 1, 'hidden', 'public');
+    // A crash between renames left PR 2 in both folders: repaired into the recorded one.
+    await build(2, 'public', 'bbbbbbb');
+    await build(2, 'hidden', 'ccccccc');
+    await store.repairBothFolders('docs', 2, 'public');
+    const repaired = fs.readdirSync(store.prDir('docs', 2, 'public')).filter((n) => !n.startsWith('.')).sort().join(',');
+    const hiddenLeft = fs.existsSync(store.prDir('docs', 2, 'hidden'));
+    // Two builds with one new content: the second's file becomes a link to the first's object.
+    const hash = (await import('node:crypto')).createHash('sha256').update('x').digest('hex');
+    const objects = store.objects.forRepository(1);
+    for (const sha7 of ['ddddddd', 'eeeeeee']) objects.adoptAll([{ path: (await build(3, 'public', sha7)) + '/deep/er/f.txt', hash }]);
+    const links = fs.statSync(store.buildDir('docs', 3, 'public', 'eeeeeee') + '/deep/er/f.txt').nlink;
+    const stillReadOnly = (fs.statSync(store.buildDir('docs', 3, 'public', 'eeeeeee') + '/deep/er').mode & 0o777).toString(8);
+    for (const pr of [1, 2, 3]) await store.removePr('docs', pr);
+    console.log(JSON.stringify({ mode, repaired, hiddenLeft, links, stillReadOnly, left: fs.readdirSync(store.buildsDir + '/docs') }));`);
+  expect(res).toEqual({ code: 0, out: expect.any(String) });
+  expect(JSON.parse(res.out)).toEqual({ mode: '555', repaired: 'bbbbbbb,ccccccc', hiddenLeft: false, links: 3, stillReadOnly: '555', left: [] });
 });

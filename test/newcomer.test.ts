@@ -15,7 +15,8 @@ import { freePort, request, startNginx, type RunningNginx } from './helpers/ngin
 import { sha } from './helpers/server.js';
 
 const LABEL = 'safe for preview';
-const MAIN_HOST = 'uploads.test';
+// A name that resolves here: CI's upload command connects to PUBLIC_URL itself (nginx answers no other host).
+const MAIN_HOST = 'localhost';
 const COMMIT = sha('ab');
 let tmp: string;
 let fake: FakeGitHub;
@@ -106,7 +107,7 @@ test('from nothing to a labelled preview served through nginx, with the README c
   const site = path.join(tmp, 'site');
   fs.mkdirSync(site);
   fs.writeFileSync(path.join(site, 'index.html'), '<h1>my first preview</h1>');
-  const upload = await cli(['upload', site, '--pr', '1', '--sha', COMMIT, '--url', `http://127.0.0.1:${nginxPort}`, '--repo', 'octo-org/docs'], undefined, { PREVIEW_GATE_SECRET: secret });
+  const upload = await cli(['upload', site, '--pr', '1', '--sha', COMMIT, '--url', `http://${MAIN_HOST}:${nginxPort}`, '--repo', 'octo-org/docs'], undefined, { PREVIEW_GATE_SECRET: secret });
   expect(upload.status).toBe(0);
   expect(upload.stderr).toMatch(/stored, not public yet: waiting for the 'safe for preview' label/);
   const preview = () => request(nginxPort, `pr1-${COMMIT.slice(0, 7)}--docs.previews.test`, '/');

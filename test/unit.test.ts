@@ -75,6 +75,8 @@ describe('configuration', () => {
     const c = loadConfig({});
     expect(c).toMatchObject({
       port: 3000,
+      // Loopback unless HOST says otherwise: nginx on this machine reaches it, nobody else does.
+      host: '127.0.0.1',
       previewDomain: 'localhost',
       publicUrl: 'http://localhost:3000',
       keyProvider: 'local',
@@ -87,6 +89,11 @@ describe('configuration', () => {
       appConfigured: false,
     });
     expect(c.dataDir).toMatch(/\/data$/);
+  });
+
+  test('HOST=0.0.0.0 is an explicit choice, made by the image for its own network', () => {
+    expect(loadConfig({ HOST: '0.0.0.0' }).host).toBe('0.0.0.0');
+    expect(fs.readFileSync(new URL('../Dockerfile', import.meta.url), 'utf8')).toMatch(/^ENV .*\bHOST=0\.0\.0\.0\b/m);
   });
   test('GHE_HOST / GHE_PROTOCOL give the API base exactly as Probot does', () => {
     expect(loadConfig({ GHE_HOST: 'ghe.example.com' }).githubApiUrl).toBe('https://ghe.example.com/api/v3');

@@ -35,7 +35,7 @@ export class RepositoryObjects {
     for (const file of files) {
       const object = this.pathOf(file.hash);
       this.ensureDir(path.dirname(object));
-      if (!adoptAsObject(file.path, object)) replaceWithLink(object, file.path);
+      if (!adoptAsObject(file.path, object)) whileWritable(path.dirname(file.path), () => replaceWithLink(object, file.path));
     }
   }
 
@@ -126,6 +126,18 @@ function linkIfThere(existing: string, target: string): boolean {
 export function replaceWithLink(existing: string, file: string): void {
   const temp = `${file}.link-${crypto.randomBytes(4).toString('hex')}`;
   if (linkIfThere(existing, temp)) fs.renameSync(temp, file);
+}
+
+/** A stored build's folders are read-only (store.ts): `dir` is opened to its owner for the moment of `change`. */
+function whileWritable(dir: string, change: () => void): void {
+  const mode = fs.statSync(dir).mode & 0o777;
+  if (mode & 0o200) return change();
+  fs.chmodSync(dir, mode | 0o200);
+  try {
+    change();
+  } finally {
+    fs.chmodSync(dir, mode);
+  }
 }
 
 /** Links `file` as `object`; false when the object exists already. */

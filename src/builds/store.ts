@@ -29,6 +29,50 @@ function canHardLink(from: string, to: string): boolean {
   }
 }
 
+/**
+ * Sets the mode of every folder below and including `dir` (files keep theirs: written 0444). A stored build's
+ * folders are 0555, so not even the server's own user can add, rename or remove a file in it by mistake; the
+ * server makes them 0755 again only to move a build between PR folders or to remove it.
+ */
+async function setFolderModes(dir: string, mode: number): Promise<void> {
+  await fs.promises.chmod(dir, mode);
+  for (const entry of await fs.promises.readdir(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) await setFolderModes(path.join(dir, entry.name), mode);
+  }
+}
+
+function setFolderModesSync(dir: string, mode: number): void {
+  fs.chmodSync(dir, mode);
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) setFolderModesSync(path.join(dir, entry.name), mode);
+  }
+}
+
+const READ_ONLY = 0o555;
+const WRITABLE = 0o755;
+
+/** Removes a folder holding read-only builds (the server's user needs write permission on each folder). */
+export async function removeTree(dir: string): Promise<void> {
+  try {
+    await setFolderModes(dir, WRITABLE);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  await fs.promises.rm(dir, { recursive: true, force: true });
+}
+
+/** `removeTree` for the synchronous start-up repair. */
+export function removeTreeSync(dir: string): void {
+  try {
+    setFolderModesSync(dir, WRITABLE);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
 /** The folder of one PR: `<site>/<pr>` when public, `<site>/hidden--<pr>` when hidden. */
 export function prFolderName(pr: number, visibility: Visibility): string {
   return visibility === 'public' ? String(pr) : `hidden--${pr}`;
@@ -108,6 +152,7 @@ export class BuildStore {
     try {
       if (fs.existsSync(target)) throw conflict(`A build of ${sha7} already exists for pull request #${pr}.`);
       await fs.promises.rename(staging, target);
+      await setFolderModes(target, READ_ONLY);
       await this.pointLatestAt(prDir, sha7);
       return target;
     } catch (err) {
@@ -158,9 +203,12 @@ export class BuildStore {
     const otherLatest = await fs.promises.readlink(path.join(other, LATEST)).catch(() => undefined);
     for (const entry of await fs.promises.readdir(other)) {
       if (!/^[0-9a-f]{7}$/.test(entry) || fs.existsSync(path.join(here, entry))) continue;
+      // A folder moved to another parent must be writable (its `..` entry changes).
+      await fs.promises.chmod(path.join(other, entry), WRITABLE);
       await fs.promises.rename(path.join(other, entry), path.join(here, entry));
+      await fs.promises.chmod(path.join(here, entry), READ_ONLY);
     }
-    await fs.promises.rm(other, { recursive: true, force: true });
+    await removeTree(other);
     const hereLatest = await fs.promises.readlink(path.join(here, LATEST)).catch(() => undefined);
     if (!hereLatest && otherLatest && fs.existsSync(path.join(here, otherLatest))) await this.pointLatestAt(here, otherLatest);
   }
@@ -198,9 +246,7 @@ export class BuildStore {
 
   /** Removes every build of a PR, wherever it lives. */
   async removePr(site: string, pr: number): Promise<void> {
-    for (const v of ['public', 'hidden'] as const) {
-      await fs.promises.rm(this.prDir(site, pr, v), { recursive: true, force: true });
-    }
+    for (const v of ['public', 'hidden'] as const) await removeTree(this.prDir(site, pr, v));
   }
 
   /** Usable for /health: the builds dir exists and a file can be created in staging. */

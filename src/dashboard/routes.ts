@@ -40,7 +40,7 @@ const cookieNames = (config: Config) => {
 export function dashboardRouter(deps: DashboardDeps): Router {
   const { config, sessions, api } = deps;
   const names = cookieNames(config);
-  const router = Router();
+  const router = Router({ caseSensitive: true, strict: true }); // as the app's routing (server.ts)
   const form = express.urlencoded({ extended: false, limit: '4kb' });
   const states = new Map<string, { verifier: string; next: string; expires: number }>();
   const roles = new RoleCache(api, sessions);

@@ -8,6 +8,7 @@ import type { Octokit } from '../github.js';
 import { octokitFor, withPr, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 import { forgetObjects } from './object-rows.js';
+import { removeTreeSync } from '../builds/store.js';
 
 /** How far back an unclean stop may have lost written files (Linux writes dirty pages back within 30 s). */
 const RECENT_BUILD_MS = 5 * 60_000;
@@ -64,7 +65,7 @@ export class Maintenance {
       }
     }
     const orphans = store.buildDirs().filter((dir) => !known.has(dir));
-    for (const dir of orphans) fs.rmSync(dir, { recursive: true, force: true });
+    for (const dir of orphans) removeTreeSync(dir);
     if (pending || missing || orphans.length) {
       this.ctx.log.warn({ pending, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
     }
@@ -143,7 +144,7 @@ export class Maintenance {
       const found = filesAndBytes(dir);
       if (found.files === build.files && found.bytes === build.bytes) continue;
       await withPr(this.ctx, repo.id, pr.number, async () => {
-        fs.rmSync(dir, { recursive: true, force: true });
+        removeTreeSync(dir);
         db.delete(builds).where(eq(builds.id, build.id)).run();
       });
       this.ctx.log.warn(

@@ -36,7 +36,7 @@ export interface UploadDeps {
 export function uploadRouter(deps: UploadDeps): Router {
   const { config } = deps;
   const manifests = new Manifests(deps.db);
-  const router = Router();
+  const router = Router({ caseSensitive: true, strict: true }); // as the app's routing (server.ts)
   const multipart = multer({
     dest: deps.store.stagingDir,
     limits: { fileSize: config.maxUploadBytes, files: 1, fields: 0, parts: 1 },

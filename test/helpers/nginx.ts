@@ -104,3 +104,20 @@ export function request(port: number, host: string, urlPath: string, init: { met
     req.end(init.body);
   });
 }
+
+/**
+ * A GET written by hand, as HTTP/1.0: with no Host header at all when `host` is undefined (http.request always
+ * sends one), and with the path exactly as given (`//metrics` is not read as a URL with a host).
+ */
+export function rawGet(port: number, urlPath: string, host?: string): Promise<{ status: number; head: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(`GET ${urlPath} HTTP/1.0\r\n${host === undefined ? '' : `Host: ${host}\r\n`}\r\n`));
+    let text = '';
+    socket.on('data', (d: Buffer) => (text += d.toString()));
+    socket.on('end', () => {
+      const [head = '', body = ''] = text.split('\r\n\r\n');
+      resolve({ status: Number(head.split(' ')[1]), head, body });
+    });
+    socket.on('error', reject);
+  });
+}
