@@ -71,6 +71,9 @@ const post = (path: string, fields: Record<string, string>, init: { cookie?: str
 const local = (location: string) => location.replace('https://uploads.previews-gate.test', '');
 const setCookie = (res: Response, name: string) => res.headers.getSetCookie().find((c) => c.startsWith(`${name}=`));
 const cookiePair = (header: string | undefined) => header!.split(';')[0]!;
+const SIGN_IN = '__Host-preview-gate-signin';
+/** The short-lived cookie /login gives the browser that starts a sign-in (state + PKCE verifier), as `name=value`. */
+const signInCookieOf = (start: Response) => cookiePair(setCookie(start, SIGN_IN));
 
 /** The OAuth web flow: our /login → GitHub's authorize page (signs in `login`) → our callback. */
 async function signIn(login: string, next = '/') {
@@ -80,7 +83,7 @@ async function signIn(login: string, next = '/') {
   const authorize = new URL(start.headers.get('location')!);
   expect(authorize.searchParams.get('code_challenge_method')).toBe('S256');
   const approved = await fetch(authorize, { redirect: 'manual' });
-  const callback = await get(local(approved.headers.get('location')!));
+  const callback = await get(local(approved.headers.get('location')!), { cookie: signInCookieOf(start) });
   return { callback, cookie: setCookie(callback, SESSION) ? cookiePair(setCookie(callback, SESSION)) : undefined };
 }
 
@@ -131,28 +134,91 @@ test('without a session the dashboard offers sign-in; a forged or revoked sessio
 test('sign-in refuses a state it did not issue, a code without its PKCE verifier, and GitHub being down', async () => {
   fake.signInAs = 'maintainer';
   const start = await get('/login');
+  const startCookie = signInCookieOf(start);
   const authorize = new URL(start.headers.get('location')!);
   const approved = new URL((await fetch(authorize, { redirect: 'manual' })).headers.get('location')!);
   // Another state: 400, no session.
-  const wrongState = await get(`/login/callback?code=${approved.searchParams.get('code')}&state=not-ours`);
+  const wrongState = await get(`/login/callback?code=${approved.searchParams.get('code')}&state=not-ours`, { cookie: startCookie });
   expect(wrongState.status).toBe(400);
   expect(await wrongState.text()).toContain('did not start here');
-  expect(wrongState.headers.getSetCookie()).toEqual([]);
-  // A code obtained for another sign-in (its PKCE challenge): GitHub refuses the verifier.
-  const second = new URL((await get('/login')).headers.get('location')!);
+  expect(wrongState.headers.getSetCookie().filter((c) => c.startsWith(`${SESSION}=`))).toEqual([]);
+  // A code obtained for another sign-in (its PKCE challenge), with that other sign-in's cookie and state: GitHub refuses the verifier.
+  const secondStart = await get('/login');
+  const second = new URL(secondStart.headers.get('location')!);
   const code = approved.searchParams.get('code');
-  const mixed = await get(`/login/callback?code=${code}&state=${second.searchParams.get('state')}`);
+  const mixed = await get(`/login/callback?code=${code}&state=${second.searchParams.get('state')}`, { cookie: signInCookieOf(secondStart) });
   expect(mixed.status).toBe(401);
   expect(await mixed.text()).toMatch(/Sign-in failed: GitHub refused the sign-in \(invalid_grant\)/);
   // GitHub down during the exchange: a clear page, no session.
-  const third = new URL((await get('/login')).headers.get('location')!);
+  const thirdStart = await get('/login');
+  const third = new URL(thirdStart.headers.get('location')!);
   const thirdApproved = new URL((await fetch(third, { redirect: 'manual' })).headers.get('location')!);
   await fake.close();
-  const down = await get(local(thirdApproved.href));
+  const down = await get(local(thirdApproved.href), { cookie: signInCookieOf(thirdStart) });
   expect(down.status).toBe(503);
   expect(await down.text()).toContain('GitHub could not be reached');
-  expect(down.headers.getSetCookie()).toEqual([]);
+  expect(down.headers.getSetCookie().filter((c) => c.startsWith(`${SESSION}=`))).toEqual([]);
   fake = await new FakeGitHub().start(); // for afterEach
+});
+
+test('login CSRF: a callback URL (code + state) started in one browser does not sign in another', async () => {
+  fake.signInAs = 'contributor';
+  fake.addUser(CONTRIBUTOR);
+  // The attacker starts a sign-in as themselves and stops before the callback...
+  const start = await get('/login');
+  expect(setCookie(start, SIGN_IN)).toMatch(/^__Host-preview-gate-signin=[^;]+; Max-Age=600; Path=\/; Expires=[^;]+; HttpOnly; Secure; SameSite=Lax$/);
+  const approved = (await fetch(new URL(start.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!;
+  // ...and the maintainer's browser (its own session, no sign-in cookie of that sign-in) is sent to the callback URL.
+  const victim = await signIn('maintainer');
+  const planted = await get(local(approved), { cookie: victim.cookie });
+  expect(planted.status).toBe(400);
+  expect(await planted.text()).toContain('did not start here');
+  expect(planted.headers.getSetCookie().filter((c) => c.startsWith(`${SESSION}=`))).toEqual([]);
+  // Another browser's sign-in cookie (another state) does not fit either.
+  const other = await get('/login');
+  expect((await get(local(approved), { cookie: signInCookieOf(other) })).status).toBe(400);
+  // The browser that started it finishes it.
+  expect((await get(local(approved), { cookie: signInCookieOf(start) })).status).toBe(303);
+});
+
+test('10,001 anonymous GET /login do not break a sign-in in progress (no server-side state to fill or clear)', async () => {
+  fake.signInAs = 'maintainer';
+  const start = await get('/login');
+  const approved = (await fetch(new URL(start.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  const one = () =>
+    new Promise<void>((resolve, reject) => {
+      http.get(`${server.url}/login`, { agent }, (res) => res.resume().on('end', resolve)).on('error', reject);
+    });
+  for (let sent = 0; sent < 10_001; sent += 100) await Promise.all(Array.from({ length: Math.min(100, 10_001 - sent) }, one));
+  agent.destroy();
+  const callback = await get(local(approved), { cookie: signInCookieOf(start) });
+  expect(callback.status).toBe(303);
+  expect(setCookie(callback, SESSION)).toBeDefined();
+}, 60_000);
+
+test('Cancel on GitHub says the sign-in was cancelled', async () => {
+  fake.signInAs = undefined; // the person clicks Cancel on GitHub's authorize page
+  const start = await get('/login');
+  const denied = (await fetch(new URL(start.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!;
+  expect(denied).toContain('error=access_denied');
+  const back = await get(local(denied), { cookie: signInCookieOf(start) });
+  expect(back.status).toBe(400);
+  const text = await back.text();
+  expect(text).toContain('You cancelled the sign-in on GitHub');
+  expect(text).not.toContain('expired');
+  // The sign-in cookie is cleared.
+  expect(setCookie(back, SIGN_IN)).toMatch(/^__Host-preview-gate-signin=;/);
+});
+
+test('a malformed cookie value is no cookie, not a 500', async () => {
+  for (const cookie of [`${SESSION}=%E0%A4%A`, `${SESSION}=%`, `${SIGN_IN}=%zz; ${SESSION}=%`]) {
+    const res = await get('/', { cookie });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('Sign in with GitHub');
+  }
+  expect((await get('/login/callback?code=x&state=y', { cookie: `${SIGN_IN}=%E0%A4%A` })).status).toBe(400);
+  expect((await auth(HOST, `${VIEW}=%E0%A4%A`)).status).toBe(403);
 });
 
 test.each([['//evil.example/x'], ['/\\evil.example'], ['https://evil.example/'], ['javascript:alert(1)']])('an open redirect in next (%s) lands on the dashboard', async (next) => {

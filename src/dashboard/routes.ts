@@ -1,6 +1,8 @@
 import crypto from 'node:crypto';
 import { and, desc, eq, inArray } from '../db/orm.js';
+import { parse as parseCookies } from 'cookie';
 import express, { Router, type Request, type Response } from 'express';
+import { EncryptJWT, jwtDecrypt } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
@@ -25,7 +27,8 @@ export interface DashboardDeps {
 
 /** A user's role on a repository is asked again after this long: a removed collaborator loses access within it. */
 const ROLE_CACHE_MS = 5 * 60_000;
-const STATE_MS = 10 * 60_000;
+/** How long a sign-in may take between /login and GitHub's callback. */
+const STATE_SECONDS = 10 * 60;
 /** The paths of a preview host that nginx hands to Node (a build cannot use them). */
 export const PREVIEW_TICKET_PATH = '/.preview-gate/ticket';
 export const PREVIEW_AUTH_PATH = '/.preview-gate/auth';
@@ -33,7 +36,8 @@ export const PREVIEW_AUTH_PATH = '/.preview-gate/auth';
 /** Cookie names: `__Host-` (Secure, host-only, Path=/) whenever PUBLIC_URL is https, as in production. */
 const cookieNames = (config: Config) => {
   const secure = config.publicUrl.startsWith('https:');
-  return { secure, session: secure ? '__Host-preview-gate' : 'preview-gate', view: secure ? '__Host-preview-gate-view' : 'preview-gate-view' };
+  const name = (base: string) => (secure ? `__Host-${base}` : base);
+  return { secure, session: name('preview-gate'), view: name('preview-gate-view'), signIn: name('preview-gate-signin') };
 };
 
 /** Sign-in, the dashboard, and the hidden-preview grants (tickets, host cookies, nginx's auth sub-request). */
@@ -42,30 +46,33 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   const names = cookieNames(config);
   const router = Router();
   const form = express.urlencoded({ extended: false, limit: '4kb' });
-  const states = new Map<string, { verifier: string; next: string; expires: number }>();
+  const signInState = new SignInState(config);
   const roles = new RoleCache(api, sessions);
   const redirectUri = `${config.publicUrl}/login/callback`;
 
   // --- signing in -------------------------------------------------------------------------------------------
-  router.get('/login', (req, res) => {
+  const signInCookie = { httpOnly: true, secure: names.secure, sameSite: 'lax' as const, path: '/' };
+  router.get('/login', async (req, res) => {
     if (!config.githubClientId) {
       return void res.status(503).type('html').send(problemPage('Sign-in is not set up', 'The operator has not given GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET (the GitHub App\'s client id and secret).'));
     }
-    const now = Date.now();
-    for (const [k, s] of states) if (s.expires < now) states.delete(k);
-    if (states.size > 10_000) states.clear(); // a flood of unfinished sign-ins cannot grow memory
     const state = crypto.randomBytes(24).toString('base64url');
     const verifier = crypto.randomBytes(32).toString('base64url');
     const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
-    states.set(state, { verifier, next: safeNext(req.query.next), expires: now + STATE_MS });
+    // The state lives in this browser only (RFC 6749 §10.12): a callback URL finished in another browser fails.
+    const sealed = await signInState.seal({ state, verifier, next: safeNext(req.query.next) });
+    res.cookie(names.signIn, sealed, { ...signInCookie, maxAge: STATE_SECONDS * 1000 });
     res.redirect(302, api.authorizeUrl(state, challenge, redirectUri));
   });
 
   router.get('/login/callback', async (req, res) => {
     const state = typeof req.query.state === 'string' ? req.query.state : '';
-    const pending = states.get(state);
-    states.delete(state);
-    if (!pending || pending.expires < Date.now() || typeof req.query.code !== 'string') {
+    const pending = await signInState.open(cookieOf(req, names.signIn));
+    res.clearCookie(names.signIn, signInCookie);
+    if (req.query.error === 'access_denied') {
+      return void res.status(400).type('html').send(signInPage('You cancelled the sign-in on GitHub; nothing was changed. Sign in again whenever you like.'));
+    }
+    if (!pending || !safeEqual(pending.state, state) || typeof req.query.code !== 'string') {
       return void res.status(400).type('html').send(signInPage('The sign-in could not be completed: it expired or did not start here. Sign in again.'));
     }
     try {
@@ -299,12 +306,39 @@ function previewHost(config: Config, req: Request): { name: string; site: string
   return m ? { name, site: m[2]!, pr: Number(m[1]) } : undefined;
 }
 
+/** One cookie's value (the `cookie` package: a malformed %-escape is left as is, never thrown). */
 function cookieOf(req: Request, name: string): string | undefined {
-  for (const part of (req.headers.cookie ?? '').split(';')) {
-    const [k, ...v] = part.trim().split('=');
-    if (k === name) return decodeURIComponent(v.join('='));
+  return parseCookies(req.headers.cookie ?? '')[name];
+}
+
+/**
+ * A sign-in in progress (state, PKCE verifier, where to go next), sealed into the browser's own cookie with a key
+ * derived from the GitHub App's client secret (every replica has it): no server-side table, nothing a flood of
+ * /login can fill, and only the browser that started the sign-in can finish it.
+ */
+class SignInState {
+  private readonly key: Uint8Array;
+
+  constructor(config: Config) {
+    this.key = new Uint8Array(crypto.hkdfSync('sha256', config.githubClientSecret ?? '', 'preview-gate', 'sign-in state cookie v1', 32));
   }
-  return undefined;
+
+  seal(value: { state: string; verifier: string; next: string }): Promise<string> {
+    return new EncryptJWT(value).setProtectedHeader({ alg: 'dir', enc: 'A256GCM' }).setExpirationTime(`${STATE_SECONDS}s`).encrypt(this.key);
+  }
+
+  /** The sign-in this cookie holds, or undefined (absent, expired, forged, sealed with another secret). */
+  async open(cookie: string | undefined): Promise<{ state: string; verifier: string; next: string } | undefined> {
+    if (!cookie) return undefined;
+    try {
+      const { payload } = await jwtDecrypt(cookie, this.key, { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] });
+      const { state, verifier, next } = payload;
+      if (typeof state !== 'string' || typeof verifier !== 'string' || typeof next !== 'string') return undefined;
+      return { state, verifier, next: safeNext(next) };
+    } catch {
+      return undefined;
+    }
+  }
 }
 
 function safeEqual(a: string, b: string): boolean {
