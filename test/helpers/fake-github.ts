@@ -56,6 +56,8 @@ export class FakeGitHub {
   readonly collaborators = new Map<string, string>();
   /** Who GitHub's authorize page signs in (the person at the browser); undefined: they deny. */
   signInAs?: string;
+  /** Show GitHub's consent page (an "Authorize" link to the callback) instead of redirecting at once. */
+  consentPage = false;
   /** The app's OAuth client (the manifest conversion hands out the same). */
   readonly client = { id: 'Iv1.abc', secret: 'cs-secret' };
   private readonly codes = new Map<string, { login: string; challenge: string; redirectUri: string }>();
@@ -208,6 +210,10 @@ export class FakeGitHub {
         redirect.searchParams.set('code', code);
       }
       redirect.searchParams.set('state', q.get('state') ?? '');
+      if (this.consentPage) {
+        const href = redirect.href.replace(/&/g, '&amp;').replace(/"/g, '&quot;');
+        return this.send(res, 200, `<!doctype html><title>Authorize</title><a id="authorize" href="${href}">Authorize preview-gate</a>`, { 'content-type': 'text/html' });
+      }
       res.writeHead(302, { location: redirect.href }).end();
       return;
     }
