@@ -389,3 +389,49 @@ test('preview-gate sessions revoke signs a user out everywhere: dashboard and hi
   expect(await cli('sessions', 'revoke', 'nobody')).toMatchObject({ code: 1, stderr: 'No user "nobody" has signed in to the dashboard.\n' });
   expect((await cli('sessions', 'list')).code).toBe(2);
 });
+
+test('sessions revoke refuses a login two accounts have had (a GitHub rename) and lists their ids; the id revokes the right one', async () => {
+  const old = (await signIn('maintainer')).cookie!;
+  // The maintainer renames their account; someone else takes the name "maintainer" and signs in.
+  fake.addUser({ id: 2002, login: 'maintainer' }, { [DOCS]: 'read' });
+  const newcomer = (await signIn('maintainer')).cookie!;
+  const cli = async (...args: string[]) => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const io = { stdin: new PassThrough(), stdout: new PassThrough().on('data', (c) => out.push(String(c))), stderr: new PassThrough().on('data', (c) => err.push(String(c))), env: { DATA_DIR: server.config.dataDir } };
+    return { code: await runCli(args, io), stdout: out.join(''), stderr: err.join('') };
+  };
+  expect(await cli('sessions', 'revoke', 'maintainer')).toEqual({
+    code: 1,
+    stdout: '',
+    stderr: `Two or more users have signed in as "maintainer" (GitHub renames): revoke by GitHub id instead: ${MAINTAINER.id}, 2002. Nothing was revoked.\n`,
+  });
+  for (const c of [old, newcomer]) expect(await (await get('/', { cookie: c })).text()).not.toContain('Sign in with GitHub');
+  expect((await cli('sessions', 'revoke', '2002')).code).toBe(0);
+  expect(await (await get('/', { cookie: newcomer })).text()).toContain('Sign in with GitHub');
+  expect(await (await get('/', { cookie: old })).text()).not.toContain('Sign in with GitHub');
+});
+
+test('two first sign-ins of one user at once share one DEK: both sessions work', async () => {
+  const keys = (server.sessions as unknown as { keys: { wrapKey: (dek: Buffer) => Promise<unknown> } }).keys;
+  const wrapKey = keys.wrapKey.bind(keys);
+  // Both sign-ins are made to reach the DEK's creation before either stores it (a condition, not a delay).
+  let waiting = 0;
+  let release!: () => void;
+  const both = new Promise<void>((resolve) => (release = resolve));
+  jest.spyOn(keys, 'wrapKey').mockImplementation(async (dek: Buffer) => {
+    if (++waiting === 2) release();
+    await both;
+    return wrapKey(dek);
+  });
+  const starts = await Promise.all([get('/login'), get('/login')]);
+  fake.signInAs = 'maintainer';
+  const approved = await Promise.all(starts.map(async (s) => (await fetch(new URL(s.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!));
+  const callbacks = await Promise.all(approved.map((a, i) => get(local(a), { cookie: signInCookieOf(starts[i]!) })));
+  expect(callbacks.map((c) => c.status)).toEqual([303, 303]);
+  for (const callback of callbacks) {
+    const res = await get('/', { cookie: cookiePair(setCookie(callback, SESSION)) });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('<h2>octo-org/docs</h2>');
+  }
+});

@@ -178,14 +178,24 @@ export class Sessions {
     return this.db.insert(users).values({ provider: 'github', providerId: String(githubUser.id), login: githubUser.login }).returning().get();
   }
 
-  /** The user's DEK (made and wrapped by the key service at first use). */
+  /**
+   * The user's DEK (made and wrapped by the key service at first use). Two first sign-ins at once both make one;
+   * only the first stored wins (a conditional update, atomic in the database) and the other uses the winner's,
+   * so no session's tokens are sealed with a key that was thrown away.
+   */
   private async userKey(userId: number): Promise<Buffer> {
     const user = this.db.select().from(users).where(eq(users.id, userId)).get()!;
     if (user.wrappedDek && user.dekKeyId) return this.keys.unwrapKey(user.wrappedDek, user.dekKeyId);
     const dek = newDataKey();
     const { wrapped, keyId } = await this.keys.wrapKey(dek);
-    this.db.update(users).set({ wrappedDek: wrapped, dekKeyId: keyId }).where(eq(users.id, userId)).run();
-    return dek;
+    const stored = this.db
+      .update(users)
+      .set({ wrappedDek: wrapped, dekKeyId: keyId })
+      .where(and(eq(users.id, userId), isNull(users.wrappedDek)))
+      .run().changes;
+    if (stored === 1) return dek;
+    dek.fill(0);
+    return this.userKey(userId);
   }
 }
 
@@ -205,10 +215,16 @@ export function auditTrail(db: Db, limit = 1000) {
  * next request, their hidden-preview cookies once nginx's kept yes runs out (5 s); for `preview-gate sessions
  * revoke`. Undefined when no such user signed in.
  */
-export function revokeUserSessions(db: Db, who: string): { login: string; githubId: string; revoked: number } | undefined {
-  const user = /^[0-9]+$/.test(who)
-    ? db.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who))).get()
-    : db.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`).get();
+export function revokeUserSessions(
+  db: Db,
+  who: string,
+): { login: string; githubId: string; revoked: number } | { ambiguous: string[] } | undefined {
+  const matches = /^[0-9]+$/.test(who)
+    ? db.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who))).all()
+    : db.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`).all();
+  // After a GitHub rename two people can have been seen with one login: only the id says which one is meant.
+  if (matches.length > 1) return { ambiguous: matches.map((u) => u.providerId) };
+  const user = matches[0];
   if (!user) return undefined;
   const revoked = db
     .update(sessions)
