@@ -435,3 +435,22 @@ test('two first sign-ins of one user at once share one DEK: both sessions work',
     expect(await res.text()).toContain('<h2>octo-org/docs</h2>');
   }
 });
+
+test('a hidden-preview ticket is a row: another replica (another Sessions on the same database) redeems it, once', async () => {
+  const cookie = (await signIn('maintainer')).cookie!;
+  const ticket = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!).searchParams.get('t')!;
+  const { Sessions } = await import('../src/dashboard/sessions.js');
+  const internals = server.sessions as unknown as { keys: never; api: never };
+  const replica = new Sessions(server.core.db, internals.keys, internals.api, server.config.sessionMs);
+  expect(replica.redeemTicket(ticket, 'pr1--docs.previews.test')).toBeUndefined(); // another host: refused, and used up
+  const again = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!).searchParams.get('t')!;
+  expect(replica.redeemTicket(again, HOST)).toMatchObject({ maxAgeSeconds: 3600 });
+  expect(replica.redeemTicket(again, HOST)).toBeUndefined();
+  expect(server.sessions.redeemTicket(again, HOST)).toBeUndefined();
+  expect((await get(`/.preview-gate/ticket?t=${again}`, { host: HOST })).status).toBe(404);
+  // Only the ticket's sha256 is stored, and expired tickets are pruned.
+  expect(JSON.stringify(server.core.db.$client.prepare('select * from preview_tickets').all())).not.toContain(again);
+  await get(`/view/1/1/${A.slice(0, 7)}`, { cookie });
+  server.sessions.prune(new Date(Date.now() + 61_000));
+  expect(server.core.db.$client.prepare('select count(*) as n from preview_tickets').get()).toEqual({ n: 0 });
+});

@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import { and, desc, eq, gt, isNull, lt, sql } from '../db/orm.js';
 import type { Db } from '../db/client.js';
-import { auditEvents, previewGrants, sessions, users } from '../db/schema.js';
+import { auditEvents, previewGrants, previewTickets, sessions, users } from '../db/schema.js';
 import { newDataKey, open, seal } from '../secrets/envelope.js';
 import type { KeyService } from '../secrets/key-service.js';
 import type { GitHubUser, GitHubUserApi, UserTokens } from './github-user.js';
@@ -31,8 +31,6 @@ export interface Session {
  * user's own DEK (wrapped by the key service, like an account's).
  */
 export class Sessions {
-  private readonly tickets = new Map<string, { sessionId: number; host: string; expires: number }>();
-
   constructor(
     private readonly db: Db,
     private readonly keys: KeyService,
@@ -110,10 +108,8 @@ export class Sessions {
 
   /** A one-time ticket (≤ 60 s) that lets this session's user open the hidden preview at `host`. */
   issueTicket(session: Session, host: string): string {
-    const now = Date.now();
-    for (const [k, t] of this.tickets) if (t.expires < now) this.tickets.delete(k);
     const ticket = newToken();
-    this.tickets.set(hash(ticket), { sessionId: session.id, host, expires: now + TICKET_MS });
+    this.db.insert(previewTickets).values({ tokenHash: hash(ticket), sessionId: session.id, host, expiresAt: new Date(Date.now() + TICKET_MS) }).run();
     return ticket;
   }
 
@@ -122,10 +118,9 @@ export class Sessions {
    * session). Undefined for a ticket replayed, expired, unknown or for another host.
    */
   redeemTicket(ticket: string, host: string): { cookie: string; maxAgeSeconds: number } | undefined {
-    const key = hash(ticket);
-    const entry = this.tickets.get(key);
-    this.tickets.delete(key);
-    if (!entry || entry.expires < Date.now() || entry.host !== host) return undefined;
+    // Deleted as it is read: of two redemptions (two replicas, one database) only one gets the row.
+    const entry = this.db.delete(previewTickets).where(eq(previewTickets.tokenHash, hash(ticket))).returning().get();
+    if (!entry || entry.expiresAt.getTime() < Date.now() || entry.host !== host) return undefined;
     const session = this.db.select().from(sessions).where(eq(sessions.id, entry.sessionId)).get();
     if (!session || session.revokedAt || session.expiresAt.getTime() <= Date.now()) return undefined;
     // One `now` for both: the cookie's Max-Age is exactly the grant's lifetime (an hour, or what the session has left).
@@ -160,9 +155,10 @@ export class Sessions {
     this.db.insert(auditEvents).values({ userId, action, subject, detail }).run();
   }
 
-  /** Drops expired grants and sessions' leftovers and audit events past AUDIT_DAYS. */
+  /** Drops expired tickets, grants and sessions' leftovers and audit events past AUDIT_DAYS. */
   prune(now = new Date()): void {
     this.db.delete(previewGrants).where(lt(previewGrants.expiresAt, now)).run();
+    this.db.delete(previewTickets).where(lt(previewTickets.expiresAt, now)).run();
     this.db.delete(auditEvents).where(lt(auditEvents.createdAt, new Date(now.getTime() - AUDIT_DAYS * 86_400_000))).run();
   }
 
