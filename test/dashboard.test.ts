@@ -87,6 +87,8 @@ async function signIn(login: string, next = '/') {
   return { callback, cookie: setCookie(callback, SESSION) ? cookiePair(setCookie(callback, SESSION)) : undefined };
 }
 
+/** The commit the dashboard's Publish form says the reviewer is looking at. */
+const shownShaOf = async (cookie: string) => /name="sha" value="([0-9a-f]{40})"/.exec(await (await get('/', { cookie })).text())?.[1];
 const csrfOf = async (cookie: string) => /name="csrf" value="([^"]+)"/.exec(await (await get('/', { cookie })).text())![1]!;
 
 /** Dashboard → ticket → the preview host's cookie. */
@@ -310,7 +312,7 @@ test('publish and hide from the dashboard add and remove the label as the signed
   expect((await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://evil.example' })).status).toBe(403);
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
 
-  const published = await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://uploads.previews-gate.test' });
+  const published = await post('/pulls/1/1/publish', { csrf, sha: (await shownShaOf(cookie))! }, { cookie, origin: 'https://uploads.previews-gate.test' });
   expect(published.status).toBe(303);
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   // The label was added with the user's token, not the app's.
@@ -353,7 +355,7 @@ test('audit events are kept 90 days', async () => {
 test('preview-gate audit prints who signed in, looked at a hidden preview, published and hid', async () => {
   const cookie = (await signIn('maintainer')).cookie!;
   await openHidden(cookie);
-  await post('/pulls/1/1/publish', { csrf: await csrfOf(cookie) }, { cookie });
+  await post('/pulls/1/1/publish', { csrf: await csrfOf(cookie), sha: A }, { cookie });
   const out: string[] = [];
   const stdout = new PassThrough().on('data', (c) => out.push(String(c)));
   expect(await runCli(['audit', '--json'], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: { DATA_DIR: server.config.dataDir } })).toBe(0);
@@ -453,4 +455,32 @@ test('a hidden-preview ticket is a row: another replica (another Sessions on the
   await get(`/view/1/1/${A.slice(0, 7)}`, { cookie });
   server.sessions.prune(new Date(Date.now() + 61_000));
   expect(server.core.db.$client.prepare('select count(*) as n from preview_tickets').get()).toEqual({ n: 0 });
+});
+
+test('Publish is bound to the build shown: a head moved since (labelTrustsNewCommits: false) publishes nothing and says so', async () => {
+  fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'labelTrustsNewCommits: false\n';
+  const cookie = (await signIn('maintainer')).cookie!;
+  const csrf = await csrfOf(cookie);
+  // The reviewer looks at build A...
+  const shown = await shownShaOf(cookie);
+  expect(shown).toBe(A);
+  // ...the author pushes B, and then the reviewer clicks Publish on the page that showed A.
+  const B = sha('b2');
+  fake.change(DOCS, 1, { commits: [A, B] });
+  const moved = await post('/pulls/1/1/publish', { csrf, sha: shown! }, { cookie });
+  expect(moved.status).toBe(409);
+  const text = await moved.text();
+  expect(text).toContain(`now ends at ${B.slice(0, 7)}, not at ${A.slice(0, 7)} that this page showed: nothing was published`);
+  expect(fake.pull(DOCS, 1).labels).toEqual([]);
+  expect(fake.writes.filter((w) => /\/labels/.test(w.path))).toEqual([]);
+  expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
+  // Without the commit shown: refused.
+  expect((await post('/pulls/1/1/publish', { csrf }, { cookie })).status).toBe(400);
+  // B built and shown, published: the label is bound to B.
+  expect((await server.upload(1, B, siteTarball('B'))).status).toBe(202);
+  await server.previews.settled();
+  expect(await shownShaOf(cookie)).toBe(B);
+  expect((await post('/pulls/1/1/publish', { csrf, sha: B }, { cookie })).status).toBe(303);
+  expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
+  expect(server.core.registry.findPullRequest(1, 1)).toMatchObject({ visibility: 'public', labelSha: B });
 });

@@ -66,6 +66,13 @@ export class GitHubUserApi {
     }
   }
 
+  /** The pull request's head commit as GitHub says it is now. */
+  async pullHead(token: string, fullName: string, number: number): Promise<string> {
+    const body = (await this.api(token, 'GET', `/repos/${fullName}/pulls/${number}`)) as { head?: { sha?: unknown } };
+    if (typeof body.head?.sha !== 'string') throw new HttpError(502, 'GitHub did not say which commit the pull request ends at.');
+    return body.head.sha;
+  }
+
   async addLabel(token: string, fullName: string, number: number, label: string): Promise<void> {
     await this.api(token, 'POST', `/repos/${fullName}/issues/${number}/labels`, { labels: [label] });
   }

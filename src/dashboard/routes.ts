@@ -125,10 +125,26 @@ export function dashboardRouter(deps: DashboardDeps): Router {
         return void res.status(403).type('html').send(problemPage('Not allowed', `Publishing or hiding needs the triage role or more on ${repo.fullName}.`));
       }
       const token = await sessions.accessToken(session);
-      const label = deps.previews.decisions.storedSettings(repo)?.trustedLabel ?? 'safe for preview';
+      const settings = deps.previews.decisions.storedSettings(repo);
+      const label = settings?.trustedLabel ?? 'safe for preview';
       // As the signed-in user, with their token: GitHub's timeline names them, not the app.
-      if (action === 'publish') await api.addLabel(token, repo.fullName, number, label);
-      else await api.removeLabel(token, repo.fullName, number, label);
+      if (action === 'publish') {
+        const given: unknown = (req.body as Record<string, unknown> | undefined)?.sha;
+        const reviewed = typeof given === 'string' && /^[0-9a-f]{40}$/.test(given) ? given : undefined;
+        if (!reviewed) {
+          return void res.status(400).type('html').send(problemPage('Which commit?', 'The form did not say which commit you reviewed; open the dashboard again and publish from there.'));
+        }
+        // The label vouches for what the reviewer saw: a head moved since the page was shown publishes nothing.
+        const head = await api.pullHead(token, repo.fullName, number);
+        if (head !== reviewed) {
+          return void res.status(409).type('html').send(problemPage('The pull request has moved on', `Pull request #${number} now ends at ${head.slice(0, 7)}, not at ${reviewed.slice(0, 7)} that this page showed: nothing was published and the label was not added. Review the newer commits, then publish again.`));
+        }
+        // Bound before the label is added: a push racing the click is then another commit than the one vouched for.
+        if (settings && !settings.labelTrustsNewCommits) bindReviewedSha(deps.db, repo.id, number, reviewed);
+        await api.addLabel(token, repo.fullName, number, label);
+      } else {
+        await api.removeLabel(token, repo.fullName, number, label);
+      }
       sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
       await deps.previews.reconcile(repo, number, { event: `dashboard.${action}`, actor: { id: session.user.githubId, login: session.user.login } });
       res.redirect(303, `/#pr-${repo.id}-${number}`);
@@ -227,6 +243,11 @@ class RoleCache {
   }
 }
 
+/** `labelTrustsNewCommits: false`: the trusted label is given at this (reviewed) commit and vouches for it only. */
+function bindReviewedSha(db: Db, repositoryId: number, number: number, sha: string): void {
+  db.update(pullRequests).set({ labelSha: sha }).where(and(eq(pullRequests.repositoryId, repositoryId), eq(pullRequests.number, number))).run();
+}
+
 async function visibleRepositories(deps: DashboardDeps, roles: RoleCache, session: Session) {
   const repos = deps.registry.installedRepositories().sort((a, b) => a.fullName.localeCompare(b.fullName));
   const withRoles = await Promise.all(repos.map(async (repo) => ({ repo, role: await roles.role(session, repo) })));
@@ -257,12 +278,14 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
         .limit(10)
         .all();
       const canAct = atLeast(role, 'triage');
+      // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
+      const newest = prBuilds.find((b) => b.pullRequestId === pr.id);
       const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
       return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
 <h3 id="pr-${repo.id}-${pr.number}">Pull request #${pr.number} — <span class="${pr.visibility}">${pr.visibility}</span></h3>
 <p>${pr.reason ?? ''}</p>
 ${canAct
-  ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}"><button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
+  ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${newest?.sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
   : html`<p class="note">Publishing or hiding needs the triage role.</p>`}
 <table><caption class="note">Builds</caption>
 <thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
