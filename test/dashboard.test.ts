@@ -484,3 +484,43 @@ test('Publish is bound to the build shown: a head moved since (labelTrustsNewCom
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   expect(server.core.registry.findPullRequest(1, 1)).toMatchObject({ visibility: 'public', labelSha: B });
 });
+
+test('roles come from one request per installation with the user\'s token (paged), not one per repository', async () => {
+  // 104 more repositories in the installation the maintainer can reach; the server knows one of them, on page 2.
+  for (let i = 0; i < 104; i++) fake.addRepo({ id: 8000 + i, owner: OWNER, name: `r${i}` });
+  for (let i = 0; i < 104; i++) fake.collaborators.set(`${8000 + i}:maintainer`, 'write');
+  await server.core.registry.ensureRepository('octo-org/r103');
+  await server.core.registry.ensureRepository('octo-org/r2');
+  fake.collaborators.set('8002:maintainer', 'read');
+  const cookie = (await signIn('maintainer')).cookie!;
+  const page = await (await get('/', { cookie })).text();
+  for (const name of ['docs', 'r2', 'r103']) expect(page).toContain(`<h2>octo-org/${name}</h2>`);
+  // The hidden preview's grant (ticket and nginx's auth) asks the same source, from the same answer.
+  const { viewCookie } = await openHidden(cookie);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
+  expect(fake.requests.filter((r) => r === 'GET /user/installations/42/repositories')).toHaveLength(2);
+  expect(fake.requests.filter((r) => /collaborators|^GET \/repos\/[^/]+\/[^/]+$/.test(r))).toEqual([]);
+  // The roles are the token's user's: the reader of r2 sees no Publish there, the writer of r103 no "triage" note.
+  expect(page).not.toContain('Publishing or hiding needs the triage role.');
+});
+
+test.each([
+  ['a secondary rate limit', { kind: 'secondary-rate-limit', retryAfter: 60 } as const],
+  ['a 5xx', { kind: 'down' } as const],
+  ['a timeout', { kind: 'hang' } as const],
+])('GitHub failing one installation\'s role lookup (%s) leaves the rest of the dashboard working, and is not cached as "no access"', async (_, fault) => {
+  fake.addRepo({ id: 7002, owner: { id: 9002, login: 'other-org' }, name: 'site' }, 43);
+  fake.collaborators.set('7002:maintainer', 'write');
+  const site = await server.core.registry.ensureRepository('other-org/site');
+  server.core.registry.setInstallation(site.accountId, 43);
+  const cookie = (await signIn('maintainer')).cookie!;
+  fake.userFaults.set(43, fault);
+  const failing = await get('/', { cookie });
+  expect(failing.status).toBe(200);
+  const text = await failing.text();
+  expect(text).toContain('<h2>octo-org/docs</h2>');
+  expect(text).toMatch(/GitHub could not be asked which of 1 repository of other-org you can reach \([^)]+\) — <a href="\/">retry<\/a>/);
+  expect(text).not.toContain('other-org/site');
+  fake.userFaults.clear();
+  expect(await (await get('/', { cookie })).text()).toContain('<h2>other-org/site</h2>');
+});

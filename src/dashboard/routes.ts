@@ -11,7 +11,7 @@ import { HttpError } from '../errors.js';
 import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
-import { atLeast, type GitHubUserApi, type Role } from './github-user.js';
+import { atLeast, type GitHubUserApi, type RepoRoles, type Role } from './github-user.js';
 import { html, page, problemPage, signInPage } from './pages.js';
 import type { Session, Sessions } from './sessions.js';
 
@@ -47,7 +47,7 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   const router = Router();
   const form = express.urlencoded({ extended: false, limit: '4kb' });
   const signInState = new SignInState(config);
-  const roles = new RoleCache(api, sessions);
+  const roles = new RoleCache(api, sessions, deps.registry);
   const redirectUri = `${config.publicUrl}/login/callback`;
 
   // --- signing in -------------------------------------------------------------------------------------------
@@ -102,13 +102,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     const session = sessions.find(cookieOf(req, names.session));
     res.set('Cache-Control', 'private, no-store');
     if (!session) return void res.type('html').send(signInPage());
-    try {
-      const visible = await visibleRepositories(deps, roles, session);
-      res.type('html').send(page('Dashboard', dashboardBody(deps, visible, session), { login: session.user.login, csrf: session.csrf }));
-    } catch (err) {
-      if (!(err instanceof HttpError)) throw err;
-      res.status(err.status === 503 ? 503 : 502).type('html').send(problemPage('GitHub could not be asked', err.message));
-    }
+    const access = await repositoryAccess(deps, roles, session);
+    const visible = access.flatMap((a) => ('role' in a && atLeast(a.role, 'read') ? [a] : []));
+    const failed = access.flatMap((a) => ('failure' in a ? [a] : []));
+    res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${dashboardBody(deps, visible, session)}`, { login: session.user.login, csrf: session.csrf }));
   });
 
   router.post('/pulls/:repositoryId/:number/:action', form, async (req, res) => {
@@ -223,23 +220,39 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   return router;
 }
 
-/** A user's roles on repositories, asked with their own token and kept ≤ 5 minutes. */
+/**
+ * A user's roles on repositories, asked with their own token: one list per installation (or, for a repository
+ * whose installation is not known yet, that repository alone), kept ≤ 5 minutes. Concurrent questions share one
+ * request; a failed answer is never kept, so a rate limit or a 5xx is asked again at the next request.
+ */
 class RoleCache {
-  private readonly roles = new Map<string, { role: Role; at: number }>();
+  private readonly answers = new Map<string, { roles: Promise<RepoRoles>; at: number }>();
 
   constructor(
     private readonly api: GitHubUserApi,
     private readonly sessions: Sessions,
+    private readonly registry: Registry,
   ) {}
 
   async role(session: Session, repo: Repository): Promise<Role> {
-    const key = `${session.userId}:${repo.id}`;
-    const cached = this.roles.get(key);
-    if (cached && Date.now() - cached.at < ROLE_CACHE_MS) return cached.role;
-    const role = await this.api.role(await this.sessions.accessToken(session), repo.fullName, session.user.login);
-    if (this.roles.size > 10_000) this.roles.clear();
-    this.roles.set(key, { role, at: Date.now() });
-    return role;
+    const roles = await this.rolesOf(session, this.registry.accountOf(repo).installationId, repo);
+    return (repo.githubId !== null ? roles.byId.get(repo.githubId) : undefined) ?? roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
+  }
+
+  private rolesOf(session: Session, installationId: number | null, repo: Repository): Promise<RepoRoles> {
+    const key = installationId ? `${session.userId}:installation:${installationId}` : `${session.userId}:repository:${repo.id}`;
+    const cached = this.answers.get(key);
+    if (cached && Date.now() - cached.at < ROLE_CACHE_MS) return cached.roles;
+    const roles = this.sessions
+      .accessToken(session)
+      .then((token) => (installationId ? this.api.installationRoles(token, installationId) : this.api.repositoryRoles(token, repo.fullName)));
+    const entry = { roles, at: Date.now() };
+    if (this.answers.size > 10_000) this.answers.clear();
+    this.answers.set(key, entry);
+    roles.catch(() => {
+      if (this.answers.get(key) === entry) this.answers.delete(key);
+    });
+    return roles;
   }
 }
 
@@ -248,10 +261,38 @@ function bindReviewedSha(db: Db, repositoryId: number, number: number, sha: stri
   db.update(pullRequests).set({ labelSha: sha }).where(and(eq(pullRequests.repositoryId, repositoryId), eq(pullRequests.number, number))).run();
 }
 
-async function visibleRepositories(deps: DashboardDeps, roles: RoleCache, session: Session) {
+type RepositoryAccess = { repo: Repository; role: Role } | { repo: Repository; failure: string };
+
+/** Each repository decided on its own: one that GitHub could not be asked about does not blank the others. */
+async function repositoryAccess(deps: DashboardDeps, roles: RoleCache, session: Session): Promise<RepositoryAccess[]> {
   const repos = deps.registry.installedRepositories().sort((a, b) => a.fullName.localeCompare(b.fullName));
-  const withRoles = await Promise.all(repos.map(async (repo) => ({ repo, role: await roles.role(session, repo) })));
-  return withRoles.filter((r) => atLeast(r.role, 'read'));
+  return Promise.all(
+    repos.map(async (repo): Promise<RepositoryAccess> => {
+      try {
+        return { repo, role: await roles.role(session, repo) };
+      } catch (err) {
+        if (!(err instanceof HttpError)) throw err;
+        return { repo, failure: err.message };
+      }
+    }),
+  );
+}
+
+/**
+ * The repositories GitHub could not be asked about, by installation, without their names (the user may have no
+ * access to them): a note with a retry link, above the sections that could be decided.
+ */
+function notCheckedNote(deps: DashboardDeps, failed: { repo: Repository; failure: string }[]) {
+  if (!failed.length) return '';
+  const byAccount = new Map<string, { count: number; failure: string }>();
+  for (const { repo, failure } of failed) {
+    const login = deps.registry.accountOf(repo).login;
+    byAccount.set(login, { count: (byAccount.get(login)?.count ?? 0) + 1, failure });
+  }
+  return html`<section aria-labelledby="not-checked"><h2 id="not-checked">Not checked</h2>${[...byAccount].map(
+    ([login, { count, failure }]) =>
+      html`<p role="alert">GitHub could not be asked which of ${count} ${count === 1 ? 'repository' : 'repositories'} of ${login} you can reach (${failure}) — <a href="/">retry</a>.</p>`,
+  )}</section>`;
 }
 
 function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session) {
