@@ -524,3 +524,23 @@ test.each([
   fake.userFaults.clear();
   expect(await (await get('/', { cookie })).text()).toContain('<h2>other-org/site</h2>');
 });
+
+test('a dashboard of 200 installed repositories, GitHub answering in 100 ms: two round trips (figure printed with PRINT_FIGURES=1)', async () => {
+  for (let i = 0; i < 199; i++) {
+    fake.addRepo({ id: 8000 + i, owner: OWNER, name: `r${i}` });
+    fake.collaborators.set(`${8000 + i}:maintainer`, 'write');
+    await server.core.registry.ensureRepository(`octo-org/r${i}`);
+  }
+  const cookie = (await signIn('maintainer')).cookie!;
+  fake.userLatencyMs = 100;
+  const timed = async () => {
+    const started = performance.now();
+    const page = await (await get('/', { cookie })).text();
+    return { ms: performance.now() - started, sections: page.match(/<h2>octo-org\//g)?.length };
+  };
+  const cold = await timed();
+  const warm = await timed();
+  expect([cold.sections, warm.sections]).toEqual([200, 200]);
+  expect(fake.requests.filter((r) => r === 'GET /user/installations/42/repositories')).toHaveLength(2);
+  if (process.env.PRINT_FIGURES) console.log(`dashboard, 200 repositories, GitHub at 100 ms: cold ${cold.ms.toFixed(0)} ms, cached ${warm.ms.toFixed(0)} ms`);
+});

@@ -91,17 +91,20 @@ export class GitHubUserApi {
    */
   async installationRoles(token: string, installationId: number): Promise<RepoRoles> {
     const roles: RepoRoles = { byId: new Map(), byName: new Map() };
-    for (let page = 1; page <= MAX_PAGES; page++) {
-      let body: { repositories?: unknown };
-      try {
-        body = (await this.api(token, 'GET', `/user/installations/${installationId}/repositories?per_page=${PER_PAGE}&page=${page}`)) as typeof body;
-      } catch (err) {
-        if (err instanceof HttpError && (err.status === 403 || err.status === 404)) return roles;
-        throw err;
-      }
-      const repositories = Array.isArray(body.repositories) ? (body.repositories as RepoWithPermissions[]) : [];
-      for (const repo of repositories) addRole(roles, repo);
-      if (repositories.length < PER_PAGE) break;
+    const page = (n: number) => this.api(token, 'GET', `/user/installations/${installationId}/repositories?per_page=${PER_PAGE}&page=${n}`) as Promise<{ total_count?: unknown; repositories?: unknown }>;
+    let first: Awaited<ReturnType<typeof page>>;
+    try {
+      first = await page(1);
+    } catch (err) {
+      if (err instanceof HttpError && (err.status === 403 || err.status === 404)) return roles;
+      throw err;
+    }
+    // The first page says how many there are: the others are asked at once (two round trips for any size).
+    const total = typeof first.total_count === 'number' ? first.total_count : 0;
+    const pages = Math.min(MAX_PAGES, Math.ceil(total / PER_PAGE));
+    const rest = await Promise.all(Array.from({ length: Math.max(0, pages - 1) }, (_, i) => page(i + 2)));
+    for (const body of [first, ...rest]) {
+      for (const repo of Array.isArray(body.repositories) ? (body.repositories as RepoWithPermissions[]) : []) addRole(roles, repo);
     }
     return roles;
   }

@@ -6,7 +6,7 @@ import { EncryptJWT, jwtDecrypt } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
-import { builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
+import { accounts, builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
 import { HttpError } from '../errors.js';
 import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
@@ -234,8 +234,9 @@ class RoleCache {
     private readonly registry: Registry,
   ) {}
 
-  async role(session: Session, repo: Repository): Promise<Role> {
-    const roles = await this.rolesOf(session, this.registry.accountOf(repo).installationId, repo);
+  /** `installationId`: the repository's, when the caller already knows it (undefined: read it). */
+  async role(session: Session, repo: Repository, installationId = this.registry.accountOf(repo).installationId): Promise<Role> {
+    const roles = await this.rolesOf(session, installationId, repo);
     return (repo.githubId !== null ? roles.byId.get(repo.githubId) : undefined) ?? roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
   }
 
@@ -266,10 +267,11 @@ type RepositoryAccess = { repo: Repository; role: Role } | { repo: Repository; f
 /** Each repository decided on its own: one that GitHub could not be asked about does not blank the others. */
 async function repositoryAccess(deps: DashboardDeps, roles: RoleCache, session: Session): Promise<RepositoryAccess[]> {
   const repos = deps.registry.installedRepositories().sort((a, b) => a.fullName.localeCompare(b.fullName));
+  const installationOf = new Map(deps.db.select({ id: accounts.id, installationId: accounts.installationId }).from(accounts).all().map((a) => [a.id, a.installationId]));
   return Promise.all(
     repos.map(async (repo): Promise<RepositoryAccess> => {
       try {
-        return { repo, role: await roles.role(session, repo) };
+        return { repo, role: await roles.role(session, repo, installationOf.get(repo.accountId) ?? null) };
       } catch (err) {
         if (!(err instanceof HttpError)) throw err;
         return { repo, failure: err.message };
@@ -297,17 +299,18 @@ function notCheckedNote(deps: DashboardDeps, failed: { repo: Repository; failure
 
 function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session) {
   const { db, config } = deps;
+  // Two queries for the whole page (not two per repository): 200 repositories must not cost 400 round trips.
+  const openPrs = visible.length
+    ? db.select().from(pullRequests).where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open'))).orderBy(desc(pullRequests.number)).all()
+    : [];
+  const readyBuilds = openPrs.length
+    ? db.select().from(builds).where(and(inArray(builds.pullRequestId, openPrs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
+    : [];
   const sections = visible.map(({ repo, role }) => {
-    const site = deps.previews.decisions.currentRepo(repo).site;
-    const prs = db
-      .select()
-      .from(pullRequests)
-      .where(and(eq(pullRequests.repositoryId, repo.id), eq(pullRequests.state, 'open')))
-      .orderBy(desc(pullRequests.number))
-      .all();
-    const prBuilds = prs.length
-      ? db.select().from(builds).where(and(inArray(builds.pullRequestId, prs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
-      : [];
+    const site = repo.site; // the row was read for this request (installedRepositories)
+    const prs = openPrs.filter((pr) => pr.repositoryId === repo.id);
+    const prIds = new Set(prs.map((pr) => pr.id));
+    const prBuilds = readyBuilds.filter((b) => prIds.has(b.pullRequestId));
     const shown = prs.filter((pr) => prBuilds.some((b) => b.pullRequestId === pr.id));
     const items = shown.map((pr) => {
       const history = db

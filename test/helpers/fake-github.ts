@@ -67,6 +67,8 @@ export class FakeGitHub {
    * installation id: down (502), hang (the server's timeout), or a secondary rate limit (403 + retry-after).
    */
   readonly userFaults = new Map<number, Fault>();
+  /** How long GitHub takes to answer that lookup (ms), for figures. */
+  userLatencyMs = 0;
   /** Show GitHub's consent page (an "Authorize" link to the callback) instead of redirecting at once. */
   consentPage = false;
   /** The app's OAuth client (the manifest conversion hands out the same). */
@@ -259,7 +261,9 @@ export class FakeGitHub {
       });
       const perPage = Math.min(100, Number(url.searchParams.get('per_page') ?? 30));
       const page = Number(url.searchParams.get('page') ?? 1);
-      return answer(200, { total_count: reachable.length, repositories: reachable.slice((page - 1) * perPage, page * perPage) });
+      const listed = { total_count: reachable.length, repositories: reachable.slice((page - 1) * perPage, page * perPage) };
+      if (this.userLatencyMs) return void setTimeout(() => answer(200, listed), this.userLatencyMs);
+      return answer(200, listed);
     }
     if ((m = /^\/app\/installations\/(\d+)\/access_tokens$/.exec(path))) {
       if (!this.installations.has(Number(m[1]))) return answer(404, { message: 'Not Found' });
