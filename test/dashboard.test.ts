@@ -183,21 +183,18 @@ test('login CSRF: a callback URL (code + state) started in one browser does not 
   expect((await get(local(approved), { cookie: signInCookieOf(start) })).status).toBe(303);
 });
 
-test('10,001 anonymous GET /login do not break a sign-in in progress (no server-side state to fill or clear)', async () => {
+test('the server keeps no sign-in state: one started before a restart (or on another replica) finishes after it', async () => {
   fake.signInAs = 'maintainer';
   const start = await get('/login');
   const approved = (await fetch(new URL(start.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!;
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
-  const one = () =>
-    new Promise<void>((resolve, reject) => {
-      http.get(`${server.url}/login`, { agent }, (res) => res.resume().on('end', resolve)).on('error', reject);
-    });
-  for (let sent = 0; sent < 10_001; sent += 100) await Promise.all(Array.from({ length: Math.min(100, 10_001 - sent) }, one));
-  agent.destroy();
+  // A flood of unfinished sign-ins has nothing on the server to fill or to clear (before: a Map, cleared past 10,000).
+  await Promise.all(Array.from({ length: 200 }, () => get('/login')));
+  await server.stop();
+  server = await startTestServer({ ...fake.env, GITHUB_CLIENT_ID: fake.client.id, GITHUB_CLIENT_SECRET: fake.client.secret }, server.tmp, { seedSecret: false });
   const callback = await get(local(approved), { cookie: signInCookieOf(start) });
   expect(callback.status).toBe(303);
   expect(setCookie(callback, SESSION)).toBeDefined();
-}, 60_000);
+});
 
 test('Cancel on GitHub says the sign-in was cancelled', async () => {
   fake.signInAs = undefined; // the person clicks Cancel on GitHub's authorize page
