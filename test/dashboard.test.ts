@@ -539,3 +539,16 @@ test('a dashboard of 200 installed repositories, GitHub answering in 100 ms: two
   expect(fake.requests.filter((r) => r === 'GET /user/installations/42/repositories')).toHaveLength(2);
   if (process.env.PRINT_FIGURES) console.log(`dashboard, 200 repositories, GitHub at 100 ms: cold ${cold.ms.toFixed(0)} ms, cached ${warm.ms.toFixed(0)} ms`);
 });
+
+test('an expired token is refreshed once for a page that asks about several installations at once (refresh tokens are single use)', async () => {
+  fake.addRepo({ id: 7002, owner: { id: 9002, login: 'other-org' }, name: 'site' }, 43);
+  fake.collaborators.set('7002:maintainer', 'write');
+  const site = await server.core.registry.ensureRepository('other-org/site');
+  server.core.registry.setInstallation(site.accountId, 43);
+  const cookie = (await signIn('maintainer')).cookie!;
+  jest.spyOn(Date, 'now').mockReturnValue(Date.now() + 9 * 3600_000);
+  const page = await (await get('/', { cookie })).text();
+  expect(page).toContain('<h2>octo-org/docs</h2>');
+  expect(page).toContain('<h2>other-org/site</h2>');
+  expect(fake.requests.filter((r) => r === 'POST /login/oauth/access_token')).toHaveLength(2); // the sign-in, one refresh
+});

@@ -31,6 +31,7 @@ export interface Session {
  * user's own DEK (wrapped by the key service, like an account's).
  */
 export class Sessions {
+  private readonly tokenRequests = new Map<number, Promise<string>>();
   constructor(
     private readonly db: Db,
     private readonly keys: KeyService,
@@ -83,8 +84,19 @@ export class Sessions {
     this.db.update(sessions).set({ revokedAt: new Date() }).where(eq(sessions.id, sessionId)).run();
   }
 
-  /** The user's GitHub token for this session, refreshed when it has expired (GitHub App user tokens last 8 h). */
-  async accessToken(session: Session): Promise<string> {
+  /**
+   * The user's GitHub token for this session, refreshed when it has expired (GitHub App user tokens last 8 h).
+   * Concurrent callers of one session share one refresh: a refresh token is good once, a second refresh with it fails.
+   */
+  accessToken(session: Session): Promise<string> {
+    const inFlight = this.tokenRequests.get(session.id);
+    if (inFlight) return inFlight;
+    const request = this.readOrRefreshToken(session).finally(() => this.tokenRequests.delete(session.id));
+    this.tokenRequests.set(session.id, request);
+    return request;
+  }
+
+  private async readOrRefreshToken(session: Session): Promise<string> {
     const row = this.db.select().from(sessions).where(eq(sessions.id, session.id)).get()!;
     const key = await this.userKey(session.userId);
     try {

@@ -234,7 +234,9 @@ export class FakeGitHub {
       const form = (req.headers['content-type'] ?? '').includes('json') ? JSON.parse(body) : Object.fromEntries(new URLSearchParams(body));
       if (form.client_id !== this.client.id || form.client_secret !== this.client.secret) return this.send(res, 200, { error: 'incorrect_client_credentials' });
       if (form.grant_type === 'refresh_token') {
+        // A refresh token is good once, as on GitHub: the answer carries the next one.
         const login = this.userTokens.get(`refresh:${form.refresh_token}`);
+        this.userTokens.delete(`refresh:${form.refresh_token}`);
         return login ? this.send(res, 200, this.issueUserToken(login)) : this.send(res, 200, { error: 'bad_refresh_token' });
       }
       const grant = this.codes.get(form.code);
