@@ -322,6 +322,10 @@ function revokeSessions(who: string, io: CliIo): number {
       io.stderr.write(`No user "${who}" has signed in to the dashboard.\n`);
       return 1;
     }
+    if ('ambiguous' in result) {
+      io.stderr.write(`Two or more users have signed in as "${who}" (GitHub renames): revoke by GitHub id instead: ${result.ambiguous.join(', ')}. Nothing was revoked.\n`);
+      return 1;
+    }
     io.stdout.write(`Revoked ${result.revoked} session(s) of ${result.login} (GitHub id ${result.githubId}); their hidden-preview cookies stop working within 5 seconds.\n`);
     return 0;
   } finally {

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseEnv } from 'node:util';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parse as parseCookies } from 'cookie';
 import type { Request, Response } from 'express';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
@@ -105,12 +106,9 @@ function allowed(req: Request, res: Response, token: string): boolean {
   return true;
 }
 
+/** One cookie's value (the `cookie` package: a malformed %-escape is left as is, never thrown). */
 function cookie(req: Request, name: string): string | undefined {
-  for (const part of (req.headers.cookie ?? '').split(';')) {
-    const [k, ...v] = part.trim().split('=');
-    if (k === name) return decodeURIComponent(v.join('='));
-  }
-  return undefined;
+  return parseCookies(req.headers.cookie ?? '')[name];
 }
 
 function safeEqual(a: string, b: string): boolean {

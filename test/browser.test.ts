@@ -142,3 +142,26 @@ test('sign in, see the hidden preview with its banner, publish it, hide it again
   expect((await strangerPage.goto(HIDDEN_URL))!.status()).toBe(404);
   await Promise.all([context.close(), stranger.close()]);
 }, 60_000);
+
+test('login CSRF: a callback URL started in one browser, finished in another, signs the other in as nobody', async () => {
+  const attacker = await browser.newContext({ ignoreHTTPSErrors: true });
+  const victim = await browser.newContext({ ignoreHTTPSErrors: true });
+  // The attacker's browser starts a sign-in and, on GitHub's consent page, keeps the callback URL instead of following it.
+  fake.consentPage = true;
+  const attackerPage = await attacker.newPage();
+  await attackerPage.goto(`https://${MAIN_HOST}/login`);
+  const callbackUrl = (await attackerPage.locator('#authorize').getAttribute('href'))!;
+  fake.consentPage = false;
+  expect(callbackUrl).toMatch(/\/login\/callback\?code=\w+&state=/);
+  // The victim's browser is sent there (a link, an image, a redirect): no session, the sign-in page says why.
+  const victimPage = await victim.newPage();
+  const answer = await victimPage.goto(callbackUrl);
+  expect(answer!.status()).toBe(400);
+  expect(await victimPage.getByRole('alert').textContent()).toContain('did not start here');
+  expect((await victim.cookies(`https://${MAIN_HOST}/`)).map((c) => c.name)).not.toContain('__Host-preview-gate');
+  // The browser that started it can finish it.
+  await attackerPage.goto(callbackUrl);
+  await attackerPage.getByRole('heading', { name: 'octo-org/docs' }).waitFor();
+  expect((await attacker.cookies(`https://${MAIN_HOST}/`)).map((c) => c.name)).toContain('__Host-preview-gate');
+  await Promise.all([attacker.close(), victim.close()]);
+}, 60_000);

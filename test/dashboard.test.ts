@@ -71,6 +71,9 @@ const post = (path: string, fields: Record<string, string>, init: { cookie?: str
 const local = (location: string) => location.replace('https://uploads.previews-gate.test', '');
 const setCookie = (res: Response, name: string) => res.headers.getSetCookie().find((c) => c.startsWith(`${name}=`));
 const cookiePair = (header: string | undefined) => header!.split(';')[0]!;
+const SIGN_IN = '__Host-preview-gate-signin';
+/** The short-lived cookie /login gives the browser that starts a sign-in (state + PKCE verifier), as `name=value`. */
+const signInCookieOf = (start: Response) => cookiePair(setCookie(start, SIGN_IN));
 
 /** The OAuth web flow: our /login → GitHub's authorize page (signs in `login`) → our callback. */
 async function signIn(login: string, next = '/') {
@@ -80,10 +83,12 @@ async function signIn(login: string, next = '/') {
   const authorize = new URL(start.headers.get('location')!);
   expect(authorize.searchParams.get('code_challenge_method')).toBe('S256');
   const approved = await fetch(authorize, { redirect: 'manual' });
-  const callback = await get(local(approved.headers.get('location')!));
+  const callback = await get(local(approved.headers.get('location')!), { cookie: signInCookieOf(start) });
   return { callback, cookie: setCookie(callback, SESSION) ? cookiePair(setCookie(callback, SESSION)) : undefined };
 }
 
+/** The commit the dashboard's Publish form says the reviewer is looking at. */
+const shownShaOf = async (cookie: string) => /name="sha" value="([0-9a-f]{40})"/.exec(await (await get('/', { cookie })).text())?.[1];
 const csrfOf = async (cookie: string) => /name="csrf" value="([^"]+)"/.exec(await (await get('/', { cookie })).text())![1]!;
 
 /** Dashboard → ticket → the preview host's cookie. */
@@ -131,28 +136,88 @@ test('without a session the dashboard offers sign-in; a forged or revoked sessio
 test('sign-in refuses a state it did not issue, a code without its PKCE verifier, and GitHub being down', async () => {
   fake.signInAs = 'maintainer';
   const start = await get('/login');
+  const startCookie = signInCookieOf(start);
   const authorize = new URL(start.headers.get('location')!);
   const approved = new URL((await fetch(authorize, { redirect: 'manual' })).headers.get('location')!);
   // Another state: 400, no session.
-  const wrongState = await get(`/login/callback?code=${approved.searchParams.get('code')}&state=not-ours`);
+  const wrongState = await get(`/login/callback?code=${approved.searchParams.get('code')}&state=not-ours`, { cookie: startCookie });
   expect(wrongState.status).toBe(400);
   expect(await wrongState.text()).toContain('did not start here');
-  expect(wrongState.headers.getSetCookie()).toEqual([]);
-  // A code obtained for another sign-in (its PKCE challenge): GitHub refuses the verifier.
-  const second = new URL((await get('/login')).headers.get('location')!);
+  expect(wrongState.headers.getSetCookie().filter((c) => c.startsWith(`${SESSION}=`))).toEqual([]);
+  // A code obtained for another sign-in (its PKCE challenge), with that other sign-in's cookie and state: GitHub refuses the verifier.
+  const secondStart = await get('/login');
+  const second = new URL(secondStart.headers.get('location')!);
   const code = approved.searchParams.get('code');
-  const mixed = await get(`/login/callback?code=${code}&state=${second.searchParams.get('state')}`);
+  const mixed = await get(`/login/callback?code=${code}&state=${second.searchParams.get('state')}`, { cookie: signInCookieOf(secondStart) });
   expect(mixed.status).toBe(401);
   expect(await mixed.text()).toMatch(/Sign-in failed: GitHub refused the sign-in \(invalid_grant\)/);
   // GitHub down during the exchange: a clear page, no session.
-  const third = new URL((await get('/login')).headers.get('location')!);
+  const thirdStart = await get('/login');
+  const third = new URL(thirdStart.headers.get('location')!);
   const thirdApproved = new URL((await fetch(third, { redirect: 'manual' })).headers.get('location')!);
   await fake.close();
-  const down = await get(local(thirdApproved.href));
+  const down = await get(local(thirdApproved.href), { cookie: signInCookieOf(thirdStart) });
   expect(down.status).toBe(503);
   expect(await down.text()).toContain('GitHub could not be reached');
-  expect(down.headers.getSetCookie()).toEqual([]);
+  expect(down.headers.getSetCookie().filter((c) => c.startsWith(`${SESSION}=`))).toEqual([]);
   fake = await new FakeGitHub().start(); // for afterEach
+});
+
+test('login CSRF: a callback URL (code + state) started in one browser does not sign in another', async () => {
+  fake.signInAs = 'contributor';
+  fake.addUser(CONTRIBUTOR);
+  // The attacker starts a sign-in as themselves and stops before the callback...
+  const start = await get('/login');
+  expect(setCookie(start, SIGN_IN)).toMatch(/^__Host-preview-gate-signin=[^;]+; Max-Age=600; Path=\/; Expires=[^;]+; HttpOnly; Secure; SameSite=Lax$/);
+  const approved = (await fetch(new URL(start.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!;
+  // ...and the maintainer's browser (its own session, no sign-in cookie of that sign-in) is sent to the callback URL.
+  const victim = await signIn('maintainer');
+  const planted = await get(local(approved), { cookie: victim.cookie });
+  expect(planted.status).toBe(400);
+  expect(await planted.text()).toContain('did not start here');
+  expect(planted.headers.getSetCookie().filter((c) => c.startsWith(`${SESSION}=`))).toEqual([]);
+  // Another browser's sign-in cookie (another state) does not fit either.
+  const other = await get('/login');
+  expect((await get(local(approved), { cookie: signInCookieOf(other) })).status).toBe(400);
+  // The browser that started it finishes it.
+  expect((await get(local(approved), { cookie: signInCookieOf(start) })).status).toBe(303);
+});
+
+test('the server keeps no sign-in state: one started before a restart (or on another replica) finishes after it', async () => {
+  fake.signInAs = 'maintainer';
+  const start = await get('/login');
+  const approved = (await fetch(new URL(start.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!;
+  // A flood of unfinished sign-ins has nothing on the server to fill or to clear (before: a Map, cleared past 10,000).
+  await Promise.all(Array.from({ length: 200 }, () => get('/login')));
+  await server.stop();
+  server = await startTestServer({ ...fake.env, GITHUB_CLIENT_ID: fake.client.id, GITHUB_CLIENT_SECRET: fake.client.secret }, server.tmp, { seedSecret: false });
+  const callback = await get(local(approved), { cookie: signInCookieOf(start) });
+  expect(callback.status).toBe(303);
+  expect(setCookie(callback, SESSION)).toBeDefined();
+});
+
+test('Cancel on GitHub says the sign-in was cancelled', async () => {
+  fake.signInAs = undefined; // the person clicks Cancel on GitHub's authorize page
+  const start = await get('/login');
+  const denied = (await fetch(new URL(start.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!;
+  expect(denied).toContain('error=access_denied');
+  const back = await get(local(denied), { cookie: signInCookieOf(start) });
+  expect(back.status).toBe(400);
+  const text = await back.text();
+  expect(text).toContain('You cancelled the sign-in on GitHub');
+  expect(text).not.toContain('expired');
+  // The sign-in cookie is cleared.
+  expect(setCookie(back, SIGN_IN)).toMatch(/^__Host-preview-gate-signin=;/);
+});
+
+test('a malformed cookie value is no cookie, not a 500', async () => {
+  for (const cookie of [`${SESSION}=%E0%A4%A`, `${SESSION}=%`, `${SIGN_IN}=%zz; ${SESSION}=%`]) {
+    const res = await get('/', { cookie });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('Sign in with GitHub');
+  }
+  expect((await get('/login/callback?code=x&state=y', { cookie: `${SIGN_IN}=%E0%A4%A` })).status).toBe(400);
+  expect((await auth(HOST, `${VIEW}=%E0%A4%A`)).status).toBe(403);
 });
 
 test.each([['//evil.example/x'], ['/\\evil.example'], ['https://evil.example/'], ['javascript:alert(1)']])('an open redirect in next (%s) lands on the dashboard', async (next) => {
@@ -244,7 +309,7 @@ test('publish and hide from the dashboard add and remove the label as the signed
   expect((await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://evil.example' })).status).toBe(403);
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
 
-  const published = await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://uploads.previews-gate.test' });
+  const published = await post('/pulls/1/1/publish', { csrf, sha: (await shownShaOf(cookie))! }, { cookie, origin: 'https://uploads.previews-gate.test' });
   expect(published.status).toBe(303);
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   // The label was added with the user's token, not the app's.
@@ -287,7 +352,7 @@ test('audit events are kept 90 days', async () => {
 test('preview-gate audit prints who signed in, looked at a hidden preview, published and hid', async () => {
   const cookie = (await signIn('maintainer')).cookie!;
   await openHidden(cookie);
-  await post('/pulls/1/1/publish', { csrf: await csrfOf(cookie) }, { cookie });
+  await post('/pulls/1/1/publish', { csrf: await csrfOf(cookie), sha: A }, { cookie });
   const out: string[] = [];
   const stdout = new PassThrough().on('data', (c) => out.push(String(c)));
   expect(await runCli(['audit', '--json'], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: { DATA_DIR: server.config.dataDir } })).toBe(0);
@@ -322,4 +387,168 @@ test('preview-gate sessions revoke signs a user out everywhere: dashboard and hi
   // Nobody of that name, and wrong arguments.
   expect(await cli('sessions', 'revoke', 'nobody')).toMatchObject({ code: 1, stderr: 'No user "nobody" has signed in to the dashboard.\n' });
   expect((await cli('sessions', 'list')).code).toBe(2);
+});
+
+test('sessions revoke refuses a login two accounts have had (a GitHub rename) and lists their ids; the id revokes the right one', async () => {
+  const old = (await signIn('maintainer')).cookie!;
+  // The maintainer renames their account; someone else takes the name "maintainer" and signs in.
+  fake.addUser({ id: 2002, login: 'maintainer' }, { [DOCS]: 'read' });
+  const newcomer = (await signIn('maintainer')).cookie!;
+  const cli = async (...args: string[]) => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const io = { stdin: new PassThrough(), stdout: new PassThrough().on('data', (c) => out.push(String(c))), stderr: new PassThrough().on('data', (c) => err.push(String(c))), env: { DATA_DIR: server.config.dataDir } };
+    return { code: await runCli(args, io), stdout: out.join(''), stderr: err.join('') };
+  };
+  expect(await cli('sessions', 'revoke', 'maintainer')).toEqual({
+    code: 1,
+    stdout: '',
+    stderr: `Two or more users have signed in as "maintainer" (GitHub renames): revoke by GitHub id instead: ${MAINTAINER.id}, 2002. Nothing was revoked.\n`,
+  });
+  for (const c of [old, newcomer]) expect(await (await get('/', { cookie: c })).text()).not.toContain('Sign in with GitHub');
+  expect((await cli('sessions', 'revoke', '2002')).code).toBe(0);
+  expect(await (await get('/', { cookie: newcomer })).text()).toContain('Sign in with GitHub');
+  expect(await (await get('/', { cookie: old })).text()).not.toContain('Sign in with GitHub');
+});
+
+test('two first sign-ins of one user at once share one DEK: both sessions work', async () => {
+  const keys = (server.sessions as unknown as { keys: { wrapKey: (dek: Buffer) => Promise<unknown> } }).keys;
+  const wrapKey = keys.wrapKey.bind(keys);
+  // Both sign-ins are made to reach the DEK's creation before either stores it (a condition, not a delay).
+  let waiting = 0;
+  let release!: () => void;
+  const both = new Promise<void>((resolve) => (release = resolve));
+  jest.spyOn(keys, 'wrapKey').mockImplementation(async (dek: Buffer) => {
+    if (++waiting === 2) release();
+    await both;
+    return wrapKey(dek);
+  });
+  const starts = await Promise.all([get('/login'), get('/login')]);
+  fake.signInAs = 'maintainer';
+  const approved = await Promise.all(starts.map(async (s) => (await fetch(new URL(s.headers.get('location')!), { redirect: 'manual' })).headers.get('location')!));
+  const callbacks = await Promise.all(approved.map((a, i) => get(local(a), { cookie: signInCookieOf(starts[i]!) })));
+  expect(callbacks.map((c) => c.status)).toEqual([303, 303]);
+  for (const callback of callbacks) {
+    const res = await get('/', { cookie: cookiePair(setCookie(callback, SESSION)) });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('<h2>octo-org/docs</h2>');
+  }
+});
+
+test('a hidden-preview ticket is a row: another replica (another Sessions on the same database) redeems it, once', async () => {
+  const cookie = (await signIn('maintainer')).cookie!;
+  const ticket = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!).searchParams.get('t')!;
+  const { Sessions } = await import('../src/dashboard/sessions.js');
+  const internals = server.sessions as unknown as { keys: never; api: never };
+  const replica = new Sessions(server.core.db, internals.keys, internals.api, server.config.sessionMs);
+  expect(replica.redeemTicket(ticket, 'pr1--docs.previews.test')).toBeUndefined(); // another host: refused, and used up
+  const again = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!).searchParams.get('t')!;
+  expect(replica.redeemTicket(again, HOST)).toMatchObject({ maxAgeSeconds: 3600 });
+  expect(replica.redeemTicket(again, HOST)).toBeUndefined();
+  expect(server.sessions.redeemTicket(again, HOST)).toBeUndefined();
+  expect((await get(`/.preview-gate/ticket?t=${again}`, { host: HOST })).status).toBe(404);
+  // Only the ticket's sha256 is stored, and expired tickets are pruned.
+  expect(JSON.stringify(server.core.db.$client.prepare('select * from preview_tickets').all())).not.toContain(again);
+  await get(`/view/1/1/${A.slice(0, 7)}`, { cookie });
+  server.sessions.prune(new Date(Date.now() + 61_000));
+  expect(server.core.db.$client.prepare('select count(*) as n from preview_tickets').get()).toEqual({ n: 0 });
+});
+
+test('Publish is bound to the build shown: a head moved since (labelTrustsNewCommits: false) publishes nothing and says so', async () => {
+  fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'labelTrustsNewCommits: false\n';
+  const cookie = (await signIn('maintainer')).cookie!;
+  const csrf = await csrfOf(cookie);
+  // The reviewer looks at build A...
+  const shown = await shownShaOf(cookie);
+  expect(shown).toBe(A);
+  // ...the author pushes B, and then the reviewer clicks Publish on the page that showed A.
+  const B = sha('b2');
+  fake.change(DOCS, 1, { commits: [A, B] });
+  const moved = await post('/pulls/1/1/publish', { csrf, sha: shown! }, { cookie });
+  expect(moved.status).toBe(409);
+  const text = await moved.text();
+  expect(text).toContain(`now ends at ${B.slice(0, 7)}, not at ${A.slice(0, 7)} that this page showed: nothing was published`);
+  expect(fake.pull(DOCS, 1).labels).toEqual([]);
+  expect(fake.writes.filter((w) => /\/labels/.test(w.path))).toEqual([]);
+  expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
+  // Without the commit shown: refused.
+  expect((await post('/pulls/1/1/publish', { csrf }, { cookie })).status).toBe(400);
+  // B built and shown, published: the label is bound to B.
+  expect((await server.upload(1, B, siteTarball('B'))).status).toBe(202);
+  await server.previews.settled();
+  expect(await shownShaOf(cookie)).toBe(B);
+  expect((await post('/pulls/1/1/publish', { csrf, sha: B }, { cookie })).status).toBe(303);
+  expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
+  expect(server.core.registry.findPullRequest(1, 1)).toMatchObject({ visibility: 'public', labelSha: B });
+});
+
+test('roles come from one request per installation with the user\'s token (paged), not one per repository', async () => {
+  // 104 more repositories in the installation the maintainer can reach; the server knows one of them, on page 2.
+  for (let i = 0; i < 104; i++) fake.addRepo({ id: 8000 + i, owner: OWNER, name: `r${i}` });
+  for (let i = 0; i < 104; i++) fake.collaborators.set(`${8000 + i}:maintainer`, 'write');
+  await server.core.registry.ensureRepository('octo-org/r103');
+  await server.core.registry.ensureRepository('octo-org/r2');
+  fake.collaborators.set('8002:maintainer', 'read');
+  const cookie = (await signIn('maintainer')).cookie!;
+  const page = await (await get('/', { cookie })).text();
+  for (const name of ['docs', 'r2', 'r103']) expect(page).toContain(`<h2>octo-org/${name}</h2>`);
+  // The hidden preview's grant (ticket and nginx's auth) asks the same source, from the same answer.
+  const { viewCookie } = await openHidden(cookie);
+  expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
+  expect(fake.requests.filter((r) => r === 'GET /user/installations/42/repositories')).toHaveLength(2);
+  expect(fake.requests.filter((r) => /collaborators|^GET \/repos\/[^/]+\/[^/]+$/.test(r))).toEqual([]);
+});
+
+test.each([
+  ['a secondary rate limit', { kind: 'secondary-rate-limit', retryAfter: 60 } as const],
+  ['a 5xx', { kind: 'down' } as const],
+  ['a timeout', { kind: 'hang' } as const],
+])('GitHub failing one installation\'s role lookup (%s) leaves the rest of the dashboard working, and is not cached as "no access"', async (_, fault) => {
+  fake.addRepo({ id: 7002, owner: { id: 9002, login: 'other-org' }, name: 'site' }, 43);
+  fake.collaborators.set('7002:maintainer', 'write');
+  const site = await server.core.registry.ensureRepository('other-org/site');
+  server.core.registry.setInstallation(site.accountId, 43);
+  const cookie = (await signIn('maintainer')).cookie!;
+  fake.userFaults.set(43, fault);
+  const failing = await get('/', { cookie });
+  expect(failing.status).toBe(200);
+  const text = await failing.text();
+  expect(text).toContain('<h2>octo-org/docs</h2>');
+  expect(text).toMatch(/GitHub could not be asked which of 1 repository of other-org you can reach \([^)]+\) — <a href="\/">retry<\/a>/);
+  expect(text).not.toContain('other-org/site');
+  fake.userFaults.clear();
+  expect(await (await get('/', { cookie })).text()).toContain('<h2>other-org/site</h2>');
+});
+
+test('a dashboard of 200 installed repositories, GitHub answering in 100 ms: two round trips (figure printed with PRINT_FIGURES=1)', async () => {
+  for (let i = 0; i < 199; i++) {
+    fake.addRepo({ id: 8000 + i, owner: OWNER, name: `r${i}` });
+    fake.collaborators.set(`${8000 + i}:maintainer`, 'write');
+    await server.core.registry.ensureRepository(`octo-org/r${i}`);
+  }
+  const cookie = (await signIn('maintainer')).cookie!;
+  fake.userLatencyMs = 100;
+  const timed = async () => {
+    const started = performance.now();
+    const page = await (await get('/', { cookie })).text();
+    return { ms: performance.now() - started, sections: page.match(/<h2>octo-org\//g)?.length };
+  };
+  const cold = await timed();
+  const warm = await timed();
+  expect([cold.sections, warm.sections]).toEqual([200, 200]);
+  expect(fake.requests.filter((r) => r === 'GET /user/installations/42/repositories')).toHaveLength(2);
+  if (process.env.PRINT_FIGURES) console.log(`dashboard, 200 repositories, GitHub at 100 ms: cold ${cold.ms.toFixed(0)} ms, cached ${warm.ms.toFixed(0)} ms`);
+});
+
+test('an expired token is refreshed once for a page that asks about several installations at once (refresh tokens are single use)', async () => {
+  fake.addRepo({ id: 7002, owner: { id: 9002, login: 'other-org' }, name: 'site' }, 43);
+  fake.collaborators.set('7002:maintainer', 'write');
+  const site = await server.core.registry.ensureRepository('other-org/site');
+  server.core.registry.setInstallation(site.accountId, 43);
+  const cookie = (await signIn('maintainer')).cookie!;
+  jest.spyOn(Date, 'now').mockReturnValue(Date.now() + 9 * 3600_000);
+  const page = await (await get('/', { cookie })).text();
+  expect(page).toContain('<h2>octo-org/docs</h2>');
+  expect(page).toContain('<h2>other-org/site</h2>');
+  expect(fake.requests.filter((r) => r === 'POST /login/oauth/access_token')).toHaveLength(2); // the sign-in, one refresh
 });

@@ -57,8 +57,9 @@ async function viewCookie(login: string): Promise<string | undefined> {
   const start = await viaNginx(MAIN_HOST, '/login');
   const approved = await fetch(start.headers.location!, { redirect: 'manual' });
   const callback = new URL(approved.headers.get('location')!);
-  const signedIn = await viaNginx(MAIN_HOST, `${callback.pathname}${callback.search}`);
-  const session = cookiePair(signedIn.headers['set-cookie']);
+  // The browser that started the sign-in sends back its sign-in cookie (state + PKCE verifier).
+  const signedIn = await viaNginx(MAIN_HOST, `${callback.pathname}${callback.search}`, cookiePair(start.headers['set-cookie']));
+  const session = cookiePair([signedIn.headers['set-cookie'] ?? []].flat().filter((c) => /^(__Host-)?preview-gate=/.test(c)));
   const view = await viaNginx(MAIN_HOST, `/view/1/1/${A.slice(0, 7)}`, session);
   if (view.status !== 302) return undefined;
   const ticket = new URL(view.headers.location!);

@@ -1,15 +1,17 @@
 import crypto from 'node:crypto';
 import { and, desc, eq, inArray } from '../db/orm.js';
+import { parse as parseCookies } from 'cookie';
 import express, { Router, type Request, type Response } from 'express';
+import { EncryptJWT, jwtDecrypt } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
-import { builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
+import { accounts, builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
 import { HttpError } from '../errors.js';
 import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
-import { atLeast, type GitHubUserApi, type Role } from './github-user.js';
+import { atLeast, type GitHubUserApi, type RepoRoles, type Role } from './github-user.js';
 import { html, page, problemPage, signInPage } from './pages.js';
 import type { Session, Sessions } from './sessions.js';
 
@@ -25,7 +27,8 @@ export interface DashboardDeps {
 
 /** A user's role on a repository is asked again after this long: a removed collaborator loses access within it. */
 const ROLE_CACHE_MS = 5 * 60_000;
-const STATE_MS = 10 * 60_000;
+/** How long a sign-in may take between /login and GitHub's callback. */
+const STATE_SECONDS = 10 * 60;
 /** The paths of a preview host that nginx hands to Node (a build cannot use them). */
 export const PREVIEW_TICKET_PATH = '/.preview-gate/ticket';
 export const PREVIEW_AUTH_PATH = '/.preview-gate/auth';
@@ -33,7 +36,8 @@ export const PREVIEW_AUTH_PATH = '/.preview-gate/auth';
 /** Cookie names: `__Host-` (Secure, host-only, Path=/) whenever PUBLIC_URL is https, as in production. */
 const cookieNames = (config: Config) => {
   const secure = config.publicUrl.startsWith('https:');
-  return { secure, session: secure ? '__Host-preview-gate' : 'preview-gate', view: secure ? '__Host-preview-gate-view' : 'preview-gate-view' };
+  const name = (base: string) => (secure ? `__Host-${base}` : base);
+  return { secure, session: name('preview-gate'), view: name('preview-gate-view'), signIn: name('preview-gate-signin') };
 };
 
 /** Sign-in, the dashboard, and the hidden-preview grants (tickets, host cookies, nginx's auth sub-request). */
@@ -42,30 +46,33 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   const names = cookieNames(config);
   const router = Router({ caseSensitive: true, strict: true }); // as the app's routing (server.ts)
   const form = express.urlencoded({ extended: false, limit: '4kb' });
-  const states = new Map<string, { verifier: string; next: string; expires: number }>();
-  const roles = new RoleCache(api, sessions);
+  const signInState = new SignInState(config);
+  const roles = new RoleCache(api, sessions, deps.registry);
   const redirectUri = `${config.publicUrl}/login/callback`;
 
   // --- signing in -------------------------------------------------------------------------------------------
-  router.get('/login', (req, res) => {
+  const signInCookie = { httpOnly: true, secure: names.secure, sameSite: 'lax' as const, path: '/' };
+  router.get('/login', async (req, res) => {
     if (!config.githubClientId) {
       return void res.status(503).type('html').send(problemPage('Sign-in is not set up', 'The operator has not given GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET (the GitHub App\'s client id and secret).'));
     }
-    const now = Date.now();
-    for (const [k, s] of states) if (s.expires < now) states.delete(k);
-    if (states.size > 10_000) states.clear(); // a flood of unfinished sign-ins cannot grow memory
     const state = crypto.randomBytes(24).toString('base64url');
     const verifier = crypto.randomBytes(32).toString('base64url');
     const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
-    states.set(state, { verifier, next: safeNext(req.query.next), expires: now + STATE_MS });
+    // The state lives in this browser only (RFC 6749 §10.12): a callback URL finished in another browser fails.
+    const sealed = await signInState.seal({ state, verifier, next: safeNext(req.query.next) });
+    res.cookie(names.signIn, sealed, { ...signInCookie, maxAge: STATE_SECONDS * 1000 });
     res.redirect(302, api.authorizeUrl(state, challenge, redirectUri));
   });
 
   router.get('/login/callback', async (req, res) => {
     const state = typeof req.query.state === 'string' ? req.query.state : '';
-    const pending = states.get(state);
-    states.delete(state);
-    if (!pending || pending.expires < Date.now() || typeof req.query.code !== 'string') {
+    const pending = await signInState.open(cookieOf(req, names.signIn));
+    res.clearCookie(names.signIn, signInCookie);
+    if (req.query.error === 'access_denied') {
+      return void res.status(400).type('html').send(signInPage('You cancelled the sign-in on GitHub; nothing was changed. Sign in again whenever you like.'));
+    }
+    if (!pending || !safeEqual(pending.state, state) || typeof req.query.code !== 'string') {
       return void res.status(400).type('html').send(signInPage('The sign-in could not be completed: it expired or did not start here. Sign in again.'));
     }
     try {
@@ -95,13 +102,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     const session = sessions.find(cookieOf(req, names.session));
     res.set('Cache-Control', 'private, no-store');
     if (!session) return void res.type('html').send(signInPage());
-    try {
-      const visible = await visibleRepositories(deps, roles, session);
-      res.type('html').send(page('Dashboard', dashboardBody(deps, visible, session), { login: session.user.login, csrf: session.csrf }));
-    } catch (err) {
-      if (!(err instanceof HttpError)) throw err;
-      res.status(err.status === 503 ? 503 : 502).type('html').send(problemPage('GitHub could not be asked', err.message));
-    }
+    const access = await repositoryAccess(deps, roles, session);
+    const visible = access.flatMap((a) => ('role' in a && atLeast(a.role, 'read') ? [a] : []));
+    const failed = access.flatMap((a) => ('failure' in a ? [a] : []));
+    res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${dashboardBody(deps, visible, session)}`, { login: session.user.login, csrf: session.csrf }));
   });
 
   router.post('/pulls/:repositoryId/:number/:action', form, async (req, res) => {
@@ -118,10 +122,26 @@ export function dashboardRouter(deps: DashboardDeps): Router {
         return void res.status(403).type('html').send(problemPage('Not allowed', `Publishing or hiding needs the triage role or more on ${repo.fullName}.`));
       }
       const token = await sessions.accessToken(session);
-      const label = deps.previews.decisions.storedSettings(repo)?.trustedLabel ?? 'safe for preview';
+      const settings = deps.previews.decisions.storedSettings(repo);
+      const label = settings?.trustedLabel ?? 'safe for preview';
       // As the signed-in user, with their token: GitHub's timeline names them, not the app.
-      if (action === 'publish') await api.addLabel(token, repo.fullName, number, label);
-      else await api.removeLabel(token, repo.fullName, number, label);
+      if (action === 'publish') {
+        const given: unknown = (req.body as Record<string, unknown> | undefined)?.sha;
+        const reviewed = typeof given === 'string' && /^[0-9a-f]{40}$/.test(given) ? given : undefined;
+        if (!reviewed) {
+          return void res.status(400).type('html').send(problemPage('Which commit?', 'The form did not say which commit you reviewed; open the dashboard again and publish from there.'));
+        }
+        // The label vouches for what the reviewer saw: a head moved since the page was shown publishes nothing.
+        const head = await api.pullHead(token, repo.fullName, number);
+        if (head !== reviewed) {
+          return void res.status(409).type('html').send(problemPage('The pull request has moved on', `Pull request #${number} now ends at ${head.slice(0, 7)}, not at ${reviewed.slice(0, 7)} that this page showed: nothing was published and the label was not added. Review the newer commits, then publish again.`));
+        }
+        // Bound before the label is added: a push racing the click is then another commit than the one vouched for.
+        if (settings && !settings.labelTrustsNewCommits) bindReviewedSha(deps.db, repo.id, number, reviewed);
+        await api.addLabel(token, repo.fullName, number, label);
+      } else {
+        await api.removeLabel(token, repo.fullName, number, label);
+      }
       sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
       await deps.previews.reconcile(repo, number, { event: `dashboard.${action}`, actor: { id: session.user.githubId, login: session.user.login } });
       res.redirect(303, `/#pr-${repo.id}-${number}`);
@@ -200,45 +220,97 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   return router;
 }
 
-/** A user's roles on repositories, asked with their own token and kept ≤ 5 minutes. */
+/**
+ * A user's roles on repositories, asked with their own token: one list per installation (or, for a repository
+ * whose installation is not known yet, that repository alone), kept ≤ 5 minutes. Concurrent questions share one
+ * request; a failed answer is never kept, so a rate limit or a 5xx is asked again at the next request.
+ */
 class RoleCache {
-  private readonly roles = new Map<string, { role: Role; at: number }>();
+  private readonly answers = new Map<string, { roles: Promise<RepoRoles>; at: number }>();
 
   constructor(
     private readonly api: GitHubUserApi,
     private readonly sessions: Sessions,
+    private readonly registry: Registry,
   ) {}
 
-  async role(session: Session, repo: Repository): Promise<Role> {
-    const key = `${session.userId}:${repo.id}`;
-    const cached = this.roles.get(key);
-    if (cached && Date.now() - cached.at < ROLE_CACHE_MS) return cached.role;
-    const role = await this.api.role(await this.sessions.accessToken(session), repo.fullName, session.user.login);
-    if (this.roles.size > 10_000) this.roles.clear();
-    this.roles.set(key, { role, at: Date.now() });
-    return role;
+  /** `installationId`: the repository's, when the caller already knows it (undefined: read it). */
+  async role(session: Session, repo: Repository, installationId = this.registry.accountOf(repo).installationId): Promise<Role> {
+    const roles = await this.rolesOf(session, installationId, repo);
+    return (repo.githubId !== null ? roles.byId.get(repo.githubId) : undefined) ?? roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
+  }
+
+  private rolesOf(session: Session, installationId: number | null, repo: Repository): Promise<RepoRoles> {
+    const key = installationId ? `${session.userId}:installation:${installationId}` : `${session.userId}:repository:${repo.id}`;
+    const cached = this.answers.get(key);
+    if (cached && Date.now() - cached.at < ROLE_CACHE_MS) return cached.roles;
+    const roles = this.sessions
+      .accessToken(session)
+      .then((token) => (installationId ? this.api.installationRoles(token, installationId) : this.api.repositoryRoles(token, repo.fullName)));
+    const entry = { roles, at: Date.now() };
+    if (this.answers.size > 10_000) this.answers.clear();
+    this.answers.set(key, entry);
+    roles.catch(() => {
+      if (this.answers.get(key) === entry) this.answers.delete(key);
+    });
+    return roles;
   }
 }
 
-async function visibleRepositories(deps: DashboardDeps, roles: RoleCache, session: Session) {
+/** `labelTrustsNewCommits: false`: the trusted label is given at this (reviewed) commit and vouches for it only. */
+function bindReviewedSha(db: Db, repositoryId: number, number: number, sha: string): void {
+  db.update(pullRequests).set({ labelSha: sha }).where(and(eq(pullRequests.repositoryId, repositoryId), eq(pullRequests.number, number))).run();
+}
+
+type RepositoryAccess = { repo: Repository; role: Role } | { repo: Repository; failure: string };
+
+/** Each repository decided on its own: one that GitHub could not be asked about does not blank the others. */
+async function repositoryAccess(deps: DashboardDeps, roles: RoleCache, session: Session): Promise<RepositoryAccess[]> {
   const repos = deps.registry.installedRepositories().sort((a, b) => a.fullName.localeCompare(b.fullName));
-  const withRoles = await Promise.all(repos.map(async (repo) => ({ repo, role: await roles.role(session, repo) })));
-  return withRoles.filter((r) => atLeast(r.role, 'read'));
+  const installationOf = new Map(deps.db.select({ id: accounts.id, installationId: accounts.installationId }).from(accounts).all().map((a) => [a.id, a.installationId]));
+  return Promise.all(
+    repos.map(async (repo): Promise<RepositoryAccess> => {
+      try {
+        return { repo, role: await roles.role(session, repo, installationOf.get(repo.accountId) ?? null) };
+      } catch (err) {
+        if (!(err instanceof HttpError)) throw err;
+        return { repo, failure: err.message };
+      }
+    }),
+  );
+}
+
+/**
+ * The repositories GitHub could not be asked about, by installation, without their names (the user may have no
+ * access to them): a note with a retry link, above the sections that could be decided.
+ */
+function notCheckedNote(deps: DashboardDeps, failed: { repo: Repository; failure: string }[]) {
+  if (!failed.length) return '';
+  const byAccount = new Map<string, { count: number; failure: string }>();
+  for (const { repo, failure } of failed) {
+    const login = deps.registry.accountOf(repo).login;
+    byAccount.set(login, { count: (byAccount.get(login)?.count ?? 0) + 1, failure });
+  }
+  return html`<section aria-labelledby="not-checked"><h2 id="not-checked">Not checked</h2>${[...byAccount].map(
+    ([login, { count, failure }]) =>
+      html`<p role="alert">GitHub could not be asked which of ${count} ${count === 1 ? 'repository' : 'repositories'} of ${login} you can reach (${failure}) — <a href="/">retry</a>.</p>`,
+  )}</section>`;
 }
 
 function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session) {
   const { db, config } = deps;
+  // Two queries for the whole page (not two per repository): 200 repositories must not cost 400 round trips.
+  const openPrs = visible.length
+    ? db.select().from(pullRequests).where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open'))).orderBy(desc(pullRequests.number)).all()
+    : [];
+  const readyBuilds = openPrs.length
+    ? db.select().from(builds).where(and(inArray(builds.pullRequestId, openPrs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
+    : [];
   const sections = visible.map(({ repo, role }) => {
-    const site = deps.previews.decisions.currentRepo(repo).site;
-    const prs = db
-      .select()
-      .from(pullRequests)
-      .where(and(eq(pullRequests.repositoryId, repo.id), eq(pullRequests.state, 'open')))
-      .orderBy(desc(pullRequests.number))
-      .all();
-    const prBuilds = prs.length
-      ? db.select().from(builds).where(and(inArray(builds.pullRequestId, prs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
-      : [];
+    const site = repo.site; // the row was read for this request (installedRepositories)
+    const prs = openPrs.filter((pr) => pr.repositoryId === repo.id);
+    const prIds = new Set(prs.map((pr) => pr.id));
+    const prBuilds = readyBuilds.filter((b) => prIds.has(b.pullRequestId));
     const shown = prs.filter((pr) => prBuilds.some((b) => b.pullRequestId === pr.id));
     const items = shown.map((pr) => {
       const history = db
@@ -250,12 +322,14 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
         .limit(10)
         .all();
       const canAct = atLeast(role, 'triage');
+      // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
+      const newest = prBuilds.find((b) => b.pullRequestId === pr.id);
       const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
       return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
 <h3 id="pr-${repo.id}-${pr.number}">Pull request #${pr.number} — <span class="${pr.visibility}">${pr.visibility}</span></h3>
 <p>${pr.reason ?? ''}</p>
 ${canAct
-  ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}"><button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
+  ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${newest?.sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
   : html`<p class="note">Publishing or hiding needs the triage role.</p>`}
 <table><caption class="note">Builds</caption>
 <thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
@@ -299,12 +373,39 @@ function previewHost(config: Config, req: Request): { name: string; site: string
   return m ? { name, site: m[2]!, pr: Number(m[1]) } : undefined;
 }
 
+/** One cookie's value (the `cookie` package: a malformed %-escape is left as is, never thrown). */
 function cookieOf(req: Request, name: string): string | undefined {
-  for (const part of (req.headers.cookie ?? '').split(';')) {
-    const [k, ...v] = part.trim().split('=');
-    if (k === name) return decodeURIComponent(v.join('='));
+  return parseCookies(req.headers.cookie ?? '')[name];
+}
+
+/**
+ * A sign-in in progress (state, PKCE verifier, where to go next), sealed into the browser's own cookie with a key
+ * derived from the GitHub App's client secret (every replica has it): no server-side table, nothing a flood of
+ * /login can fill, and only the browser that started the sign-in can finish it.
+ */
+class SignInState {
+  private readonly key: Uint8Array;
+
+  constructor(config: Config) {
+    this.key = new Uint8Array(crypto.hkdfSync('sha256', config.githubClientSecret ?? '', 'preview-gate', 'sign-in state cookie v1', 32));
   }
-  return undefined;
+
+  seal(value: { state: string; verifier: string; next: string }): Promise<string> {
+    return new EncryptJWT(value).setProtectedHeader({ alg: 'dir', enc: 'A256GCM' }).setExpirationTime(`${STATE_SECONDS}s`).encrypt(this.key);
+  }
+
+  /** The sign-in this cookie holds, or undefined (absent, expired, forged, sealed with another secret). */
+  async open(cookie: string | undefined): Promise<{ state: string; verifier: string; next: string } | undefined> {
+    if (!cookie) return undefined;
+    try {
+      const { payload } = await jwtDecrypt(cookie, this.key, { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] });
+      const { state, verifier, next } = payload;
+      if (typeof state !== 'string' || typeof verifier !== 'string' || typeof next !== 'string') return undefined;
+      return { state, verifier, next: safeNext(next) };
+    } catch {
+      return undefined;
+    }
+  }
 }
 
 function safeEqual(a: string, b: string): boolean {

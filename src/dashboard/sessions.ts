@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import { and, desc, eq, gt, isNull, lt, sql } from '../db/orm.js';
 import type { Db } from '../db/client.js';
-import { auditEvents, previewGrants, sessions, users } from '../db/schema.js';
+import { auditEvents, previewGrants, previewTickets, sessions, users } from '../db/schema.js';
 import { newDataKey, open, seal } from '../secrets/envelope.js';
 import type { KeyService } from '../secrets/key-service.js';
 import type { GitHubUser, GitHubUserApi, UserTokens } from './github-user.js';
@@ -31,8 +31,7 @@ export interface Session {
  * user's own DEK (wrapped by the key service, like an account's).
  */
 export class Sessions {
-  private readonly tickets = new Map<string, { sessionId: number; host: string; expires: number }>();
-
+  private readonly tokenRequests = new Map<number, Promise<string>>();
   constructor(
     private readonly db: Db,
     private readonly keys: KeyService,
@@ -85,8 +84,19 @@ export class Sessions {
     this.db.update(sessions).set({ revokedAt: new Date() }).where(eq(sessions.id, sessionId)).run();
   }
 
-  /** The user's GitHub token for this session, refreshed when it has expired (GitHub App user tokens last 8 h). */
-  async accessToken(session: Session): Promise<string> {
+  /**
+   * The user's GitHub token for this session, refreshed when it has expired (GitHub App user tokens last 8 h).
+   * Concurrent callers of one session share one refresh: a refresh token is good once, a second refresh with it fails.
+   */
+  accessToken(session: Session): Promise<string> {
+    const inFlight = this.tokenRequests.get(session.id);
+    if (inFlight) return inFlight;
+    const request = this.readOrRefreshToken(session).finally(() => this.tokenRequests.delete(session.id));
+    this.tokenRequests.set(session.id, request);
+    return request;
+  }
+
+  private async readOrRefreshToken(session: Session): Promise<string> {
     const row = this.db.select().from(sessions).where(eq(sessions.id, session.id)).get()!;
     const key = await this.userKey(session.userId);
     try {
@@ -110,10 +120,8 @@ export class Sessions {
 
   /** A one-time ticket (≤ 60 s) that lets this session's user open the hidden preview at `host`. */
   issueTicket(session: Session, host: string): string {
-    const now = Date.now();
-    for (const [k, t] of this.tickets) if (t.expires < now) this.tickets.delete(k);
     const ticket = newToken();
-    this.tickets.set(hash(ticket), { sessionId: session.id, host, expires: now + TICKET_MS });
+    this.db.insert(previewTickets).values({ tokenHash: hash(ticket), sessionId: session.id, host, expiresAt: new Date(Date.now() + TICKET_MS) }).run();
     return ticket;
   }
 
@@ -122,10 +130,9 @@ export class Sessions {
    * session). Undefined for a ticket replayed, expired, unknown or for another host.
    */
   redeemTicket(ticket: string, host: string): { cookie: string; maxAgeSeconds: number } | undefined {
-    const key = hash(ticket);
-    const entry = this.tickets.get(key);
-    this.tickets.delete(key);
-    if (!entry || entry.expires < Date.now() || entry.host !== host) return undefined;
+    // Deleted as it is read: of two redemptions (two replicas, one database) only one gets the row.
+    const entry = this.db.delete(previewTickets).where(eq(previewTickets.tokenHash, hash(ticket))).returning().get();
+    if (!entry || entry.expiresAt.getTime() < Date.now() || entry.host !== host) return undefined;
     const session = this.db.select().from(sessions).where(eq(sessions.id, entry.sessionId)).get();
     if (!session || session.revokedAt || session.expiresAt.getTime() <= Date.now()) return undefined;
     // One `now` for both: the cookie's Max-Age is exactly the grant's lifetime (an hour, or what the session has left).
@@ -160,9 +167,10 @@ export class Sessions {
     this.db.insert(auditEvents).values({ userId, action, subject, detail }).run();
   }
 
-  /** Drops expired grants and sessions' leftovers and audit events past AUDIT_DAYS. */
+  /** Drops expired tickets, grants and sessions' leftovers and audit events past AUDIT_DAYS. */
   prune(now = new Date()): void {
     this.db.delete(previewGrants).where(lt(previewGrants.expiresAt, now)).run();
+    this.db.delete(previewTickets).where(lt(previewTickets.expiresAt, now)).run();
     this.db.delete(auditEvents).where(lt(auditEvents.createdAt, new Date(now.getTime() - AUDIT_DAYS * 86_400_000))).run();
   }
 
@@ -178,14 +186,24 @@ export class Sessions {
     return this.db.insert(users).values({ provider: 'github', providerId: String(githubUser.id), login: githubUser.login }).returning().get();
   }
 
-  /** The user's DEK (made and wrapped by the key service at first use). */
+  /**
+   * The user's DEK (made and wrapped by the key service at first use). Two first sign-ins at once both make one;
+   * only the first stored wins (a conditional update, atomic in the database) and the other uses the winner's,
+   * so no session's tokens are sealed with a key that was thrown away.
+   */
   private async userKey(userId: number): Promise<Buffer> {
     const user = this.db.select().from(users).where(eq(users.id, userId)).get()!;
     if (user.wrappedDek && user.dekKeyId) return this.keys.unwrapKey(user.wrappedDek, user.dekKeyId);
     const dek = newDataKey();
     const { wrapped, keyId } = await this.keys.wrapKey(dek);
-    this.db.update(users).set({ wrappedDek: wrapped, dekKeyId: keyId }).where(eq(users.id, userId)).run();
-    return dek;
+    const stored = this.db
+      .update(users)
+      .set({ wrappedDek: wrapped, dekKeyId: keyId })
+      .where(and(eq(users.id, userId), isNull(users.wrappedDek)))
+      .run().changes;
+    if (stored === 1) return dek;
+    dek.fill(0);
+    return this.userKey(userId);
   }
 }
 
@@ -205,10 +223,16 @@ export function auditTrail(db: Db, limit = 1000) {
  * next request, their hidden-preview cookies once nginx's kept yes runs out (5 s); for `preview-gate sessions
  * revoke`. Undefined when no such user signed in.
  */
-export function revokeUserSessions(db: Db, who: string): { login: string; githubId: string; revoked: number } | undefined {
-  const user = /^[0-9]+$/.test(who)
-    ? db.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who))).get()
-    : db.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`).get();
+export function revokeUserSessions(
+  db: Db,
+  who: string,
+): { login: string; githubId: string; revoked: number } | { ambiguous: string[] } | undefined {
+  const matches = /^[0-9]+$/.test(who)
+    ? db.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who))).all()
+    : db.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`).all();
+  // After a GitHub rename two people can have been seen with one login: only the id says which one is meant.
+  if (matches.length > 1) return { ambiguous: matches.map((u) => u.providerId) };
+  const user = matches[0];
   if (!user) return undefined;
   const revoked = db
     .update(sessions)

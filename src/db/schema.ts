@@ -84,6 +84,23 @@ export const previewGrants = sqliteTable(
   (t) => [uniqueIndex('preview_grants_token_hash').on(t.tokenHash)],
 );
 
+/**
+ * A one-time ticket (≤ 60 s) from the dashboard to one hidden preview host; only its sha256 is stored. A row, so
+ * any replica can redeem it, and deleting it on redemption makes it one-time whichever replica is asked.
+ */
+export const previewTickets = sqliteTable(
+  'preview_tickets',
+  {
+    tokenHash: text('token_hash').primaryKey(),
+    sessionId: integer('session_id')
+      .notNull()
+      .references(() => sessions.id),
+    host: text('host').notNull(),
+    expiresAt: integer('expires_at', { mode: 'timestamp_ms' }).notNull(),
+  },
+  (t) => [index('preview_tickets_expires').on(t.expiresAt)],
+);
+
 /** Who looked at a hidden preview, and who did what on the dashboard (kept AUDIT_DAYS). */
 export const auditEvents = sqliteTable(
   'audit_events',

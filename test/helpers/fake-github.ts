@@ -30,6 +30,12 @@ export interface FakePull {
 
 type Fault = { kind: 'down' } | { kind: 'hang' } | { kind: 'secondary-rate-limit'; retryAfter: number };
 
+/** GitHub's `permissions` object of a repository for a role. */
+function permissionsOf(role: string) {
+  const at = (r: string) => ['read', 'triage', 'write', 'maintain', 'admin'].indexOf(role) >= ['read', 'triage', 'write', 'maintain', 'admin'].indexOf(r);
+  return { admin: at('admin'), maintain: at('maintain'), push: at('write'), triage: at('triage'), pull: at('read') };
+}
+
 export class FakeGitHub {
   readonly repos = new Map<number, FakeRepo>();
   readonly pulls = new Map<string, FakePull>();
@@ -56,6 +62,15 @@ export class FakeGitHub {
   readonly collaborators = new Map<string, string>();
   /** Who GitHub's authorize page signs in (the person at the browser); undefined: they deny. */
   signInAs?: string;
+  /**
+   * Faults of `GET /user/installations/{id}/repositories` (the dashboard's role lookup with a user's token), by
+   * installation id: down (502), hang (the server's timeout), or a secondary rate limit (403 + retry-after).
+   */
+  readonly userFaults = new Map<number, Fault>();
+  /** How long GitHub takes to answer that lookup (ms), for figures. */
+  userLatencyMs = 0;
+  /** Show GitHub's consent page (an "Authorize" link to the callback) instead of redirecting at once. */
+  consentPage = false;
   /** The app's OAuth client (the manifest conversion hands out the same). */
   readonly client = { id: 'Iv1.abc', secret: 'cs-secret' };
   private readonly codes = new Map<string, { login: string; challenge: string; redirectUri: string }>();
@@ -208,6 +223,10 @@ export class FakeGitHub {
         redirect.searchParams.set('code', code);
       }
       redirect.searchParams.set('state', q.get('state') ?? '');
+      if (this.consentPage) {
+        const href = redirect.href.replace(/&/g, '&amp;').replace(/"/g, '&quot;');
+        return this.send(res, 200, `<!doctype html><title>Authorize</title><a id="authorize" href="${href}">Authorize preview-gate</a>`, { 'content-type': 'text/html' });
+      }
       res.writeHead(302, { location: redirect.href }).end();
       return;
     }
@@ -215,7 +234,9 @@ export class FakeGitHub {
       const form = (req.headers['content-type'] ?? '').includes('json') ? JSON.parse(body) : Object.fromEntries(new URLSearchParams(body));
       if (form.client_id !== this.client.id || form.client_secret !== this.client.secret) return this.send(res, 200, { error: 'incorrect_client_credentials' });
       if (form.grant_type === 'refresh_token') {
+        // A refresh token is good once, as on GitHub: the answer carries the next one.
         const login = this.userTokens.get(`refresh:${form.refresh_token}`);
+        this.userTokens.delete(`refresh:${form.refresh_token}`);
         return login ? this.send(res, 200, this.issueUserToken(login)) : this.send(res, 200, { error: 'bad_refresh_token' });
       }
       const grant = this.codes.get(form.code);
@@ -227,6 +248,25 @@ export class FakeGitHub {
     }
     const userLogin = this.userTokens.get(/^bearer (ghu_\w+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '');
     if (path === '/user') return userLogin ? answer(200, this.users.get(userLogin)) : answer(401, { message: 'Bad credentials' });
+    if ((m = /^\/user\/installations\/(\d+)\/repositories$/.exec(path))) {
+      if (!userLogin) return answer(401, { message: 'Bad credentials' });
+      const fault = this.userFaults.get(Number(m[1]));
+      if (fault?.kind === 'hang') return void this.hanging.add(res);
+      if (fault?.kind === 'down') return this.send(res, 502, { message: 'Bad Gateway' });
+      if (fault) return this.send(res, 403, { message: 'You have exceeded a secondary rate limit.' }, { 'retry-after': String(fault.retryAfter), 'x-ratelimit-remaining': '0' });
+      const inst = this.installations.get(Number(m[1]));
+      if (!inst) return answer(404, { message: 'Not Found' });
+      // The repositories of the installation the user can reach, each with the user's `permissions`.
+      const reachable = inst.repoIds.flatMap((id) => {
+        const role = this.collaborators.get(`${id}:${userLogin}`);
+        return role ? [{ ...this.repositoryPayload(id), permissions: permissionsOf(role) }] : [];
+      });
+      const perPage = Math.min(100, Number(url.searchParams.get('per_page') ?? 30));
+      const page = Number(url.searchParams.get('page') ?? 1);
+      const listed = { total_count: reachable.length, repositories: reachable.slice((page - 1) * perPage, page * perPage) };
+      if (this.userLatencyMs) return void setTimeout(() => answer(200, listed), this.userLatencyMs);
+      return answer(200, listed);
+    }
     if ((m = /^\/app\/installations\/(\d+)\/access_tokens$/.exec(path))) {
       if (!this.installations.has(Number(m[1]))) return answer(404, { message: 'Not Found' });
       return answer(201, { token: `ghs_fake${m[1]}`, expires_at: new Date(Date.now() + 3600_000).toISOString() });
@@ -258,7 +298,11 @@ export class FakeGitHub {
       const inst = [...this.installations.values()].find((i) => i.repoIds.includes(repo.id));
       return inst ? answer(200, { id: inst.id, account: { ...inst.account, type: 'Organization' } }) : answer(404, { message: 'Not Found' });
     }
-    if (rest === '') return answer(200, this.repositoryPayload(repo.id));
+    if (rest === '') {
+      // With a user's token, GitHub adds that user's `permissions` (and hides a private repository they cannot see).
+      const role = userLogin ? this.collaborators.get(`${repo.id}:${userLogin}`) : undefined;
+      return answer(200, { ...this.repositoryPayload(repo.id), ...(role ? { permissions: permissionsOf(role) } : {}) });
+    }
     if ((m = /^\/contents\/(.+)$/.exec(rest))) {
       const file = repo.files[decodeURIComponent(m[1]!)];
       return file === undefined ? answer(404, { message: 'Not Found' }) : answer(200, file);
