@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { createPreviews, openCore, probotFromEnv } from './app.js';
 import { createMetrics } from './metrics.js';
 import { nginxOptionsFrom, renderNginx } from './nginx.js';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, ensureDataDir, gatherEnvironment, loadSettings, type Config } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 import { parseArgsMessage, runUpload, UPLOAD_USAGE } from './upload-client.js';
 import { openDb } from './db/client.js';
@@ -26,6 +26,20 @@ export interface CliIo {
   retryDelayMs?: number;
   /** Key Vault client options (tests: a credential and TLS trust for a local fake vault). */
   azure?: AzureKeyOptions;
+  /** Where `.env` is looked for (default: the working directory). */
+  cwd?: string;
+}
+
+/** The settings, read as the server reads them: the environment, then .env, then DATA_DIR/app.env. */
+function settings(io: CliIo): Config {
+  return loadSettings(io.env, io.cwd);
+}
+
+/** The settings of a command that opens the data directory (created if missing, with a clear error if it cannot be). */
+function dataSettings(io: CliIo): Config {
+  const config = settings(io);
+  ensureDataDir(config.dataDir);
+  return config;
 }
 
 const USAGE = `usage:
@@ -128,7 +142,7 @@ async function verify(args: string[], io: CliIo): Promise<number> {
   const [publicUrl] = positionals;
   if (!publicUrl || positionals.length !== 1 || !/^https?:\/\/[^/\s]+/.test(publicUrl)) throw new ArgumentError('verify', 'give the deployment\'s PUBLIC_URL, like https://uploads.example.com.');
   if (values.connect !== undefined && !/^[A-Za-z0-9.[\]:-]+:[0-9]{1,5}$/.test(values.connect)) throw new ArgumentError('verify', '--connect must be host:port.');
-  const config = loadConfig(io.env);
+  const config = loadSettings(io.env, io.cwd, { partialCredentials: true });
   const ok = await verifyDeployment(
     { publicUrl, previewDomain: config.previewDomain, webhookSecret: config.webhookSecret, connect: values.connect },
     (line) => io.stdout.write(`${line}\n`),
@@ -142,7 +156,7 @@ async function verify(args: string[], io: CliIo): Promise<number> {
  * can be uploaded again by CI.
  */
 async function backup(file: string, io: CliIo): Promise<number> {
-  const config = loadConfig(io.env);
+  const config = dataSettings(io);
   if (fs.existsSync(file)) throw new Error(`${file} already exists; choose a new file name.`);
   const db = openDb(config.databaseFile);
   try {
@@ -180,7 +194,7 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
       return 1;
     }
   }
-  const core = await openCore(loadConfig(io.env), io.azure);
+  const core = await openCore(dataSettings(io), io.azure);
   let installed: boolean;
   try {
     const repo = await core.registry.ensureRepository(slug);
@@ -206,12 +220,12 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
  * that ask GitHub: cleanup, reconcile); the database is closed after it, whatever happens.
  */
 async function withGitHub(io: CliIo, command: string, task: (parts: ReturnType<typeof createPreviews>) => Promise<number>): Promise<number> {
-  const config = loadConfig(io.env);
+  const config = dataSettings(io);
   if (!config.appConfigured) throw new Error(`${command} asks GitHub: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.`);
-  const log = pino({ level: io.env.LOG_LEVEL ?? 'warn' }, io.stderr);
+  const log = pino({ level: config.logLevel ?? 'warn' }, io.stderr);
   const core = await openCore(config, io.azure);
   try {
-    return await task(createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env)));
+    return await task(createPreviews(core, createMetrics(), log, probotFromEnv(config, log, gatherEnvironment(io.env, io.cwd))));
   } finally {
     core.db.$client.close();
   }
@@ -245,7 +259,7 @@ function reconcile(io: CliIo): Promise<number> {
 
 /** `keys rotate`: every account and user DEK re-wrapped under the current key; run it again if it was interrupted. */
 async function rotate(io: CliIo): Promise<number> {
-  const config = loadConfig(io.env);
+  const config = dataSettings(io);
   const core = await openCore(config, io.azure);
   try {
     const result = await rotateKeys(core.db, core.keys);
@@ -264,7 +278,7 @@ async function rotate(io: CliIo): Promise<number> {
 async function usage(args: string[], io: CliIo): Promise<number> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
   // Reads the database only: no key service (and so no Key Vault) is needed to count.
-  const db = openDb(loadConfig(io.env).databaseFile);
+  const db = openDb(dataSettings(io).databaseFile);
   try {
     const report = usageReport(db);
     io.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatUsage(report));
@@ -277,7 +291,7 @@ async function usage(args: string[], io: CliIo): Promise<number> {
 /** The audit trail, newest first: a line per event, or JSON. */
 function audit(args: string[], io: CliIo): number {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
-  const db = openDb(loadConfig(io.env).databaseFile);
+  const db = openDb(dataSettings(io).databaseFile);
   try {
     const events = auditTrail(db);
     if (values.json) {
@@ -296,7 +310,7 @@ function audit(args: string[], io: CliIo): number {
 
 /** `sessions revoke`: a user signed out everywhere (a lost laptop, a maintainer who left). */
 function revokeSessions(who: string, io: CliIo): number {
-  const db = openDb(loadConfig(io.env).databaseFile);
+  const db = openDb(dataSettings(io).databaseFile);
   try {
     const result = revokeUserSessions(db, who);
     if (!result) {
@@ -325,7 +339,7 @@ function printNginx(args: string[], io: CliIo): number {
     throw new ArgumentError('nginx', `--upstream must be host:port of the Node process, like 127.0.0.1:3000 (got "${values.upstream}").`);
   }
   for (const file of [cert, key]) if (file && !fs.existsSync(file)) throw new ArgumentError('nginx', `${file} does not exist.`);
-  const config = loadConfig(io.env);
+  const config = settings(io);
   io.stdout.write(
     renderNginx(
       nginxOptionsFrom(config, {

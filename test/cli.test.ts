@@ -156,3 +156,58 @@ test('`backup` under upload load, restored into a fresh data directory with the 
     await fake.close();
   }
 });
+
+describe('one configuration for the server and the CLI: environment, then .env, then DATA_DIR/app.env', () => {
+  test('reconcile reads the credentials the setup flow wrote to DATA_DIR/app.env', async () => {
+    nock.enableNetConnect('127.0.0.1');
+    const fake = await new FakeGitHub().start();
+    try {
+      const dataDir = path.join(tmp, 'data');
+      fs.mkdirSync(dataDir, { recursive: true });
+      // As the setup flow writes it (writeAppEnv): JSON-quoted values, the key's newlines as \n.
+      fs.writeFileSync(path.join(dataDir, 'app.env'), `APP_ID="1"\nPRIVATE_KEY=${JSON.stringify(appPrivateKey)}\nWEBHOOK_SECRET="s"\n`, { mode: 0o600 });
+      const res = await cli(['reconcile'], { ...fake.env, GITHUB_THROTTLE: 'false', GITHUB_RETRIES: '0' });
+      expect([res.code, res.stderr]).toEqual([0, '']);
+      expect(res.stdout).toMatch(/^Swept 0 installation\(s\)/);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  test('the environment wins over .env, which wins over DATA_DIR/app.env', async () => {
+    const cwd = fs.mkdtempSync(path.join(tmp, 'cwd-'));
+    fs.writeFileSync(path.join(cwd, '.env'), 'PREVIEW_DOMAIN=from-dotenv.test\nMAX_PR_BUILDS=7\nDATA_DIR=./d\n');
+    fs.mkdirSync(path.join(cwd, 'd'));
+    fs.writeFileSync(path.join(cwd, 'd', 'app.env'), 'PREVIEW_DOMAIN=from-app-env.test\nMAX_PR_BUILDS=8\nSESSION_HOURS=3\n');
+    const { loadSettings } = await import('../src/config.js');
+    const c = loadSettings({ PREVIEW_DOMAIN: 'from-env.test' }, cwd);
+    expect([c.previewDomain, c.maxPrBuilds, c.sessionMs / 3600_000, c.dataDir]).toEqual(['from-env.test', 7, 3, path.join(cwd, 'd')]);
+  });
+
+  test.each([
+    [{ APP_ID: '1' }, /^preview-gate: configuration error: PRIVATE_KEY \(or PRIVATE_KEY_PATH\) and WEBHOOK_SECRET are missing while APP_ID is set/],
+    [{ LOG_LEVEL: 'verbose' }, /^preview-gate: configuration error: LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent \(got "verbose"\)$/],
+    [{ PREVIEW_DOMAIN: '' }, /^preview-gate: configuration error: PREVIEW_DOMAIN is set but empty/],
+    [{ DATA_DIR: '/proc/preview-gate-x' }, /^preview-gate: configuration error: DATA_DIR \/proc\/preview-gate-x cannot be created \(ENOENT/],
+  ])('%j: the server and the CLI say one line and exit 1', async (env, message) => {
+    const server = spawnSync('node', ['dist/src/main.js'], { env: { ...process.env, NODE_OPTIONS: '', DATA_DIR: path.join(tmp, 'data'), HOST: '127.0.0.1', PORT: String(30000 + Math.floor(Math.random() * 20000)), ...env }, encoding: 'utf8', timeout: 20_000 });
+    expect([server.status, server.signal]).toEqual([1, null]);
+    expect(server.stderr.trim()).toMatch(message);
+    expect(server.stderr.trim().split('\n')).toHaveLength(1);
+    const res = await cli(['usage'], env);
+    expect(res.code).toBe(1);
+    expect(res.stderr.trim()).toMatch(message);
+    expect(res.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  test('verify says who answered /health: Node directly, not nginx', async () => {
+    nock.enableNetConnect('127.0.0.1');
+    const server = await startTestServer();
+    try {
+      const res = await cli(['verify', server.url], { PREVIEW_DOMAIN: 'previews.test', WEBHOOK_SECRET });
+      expect(res.stdout.split('\n')[0]).toMatch(/^ok    health at http:\/\/127\.0\.0\.1:\d+\/health: status ok, GitHub App configured, answered by Node directly, not through nginx$/);
+    } finally {
+      await server.close();
+    }
+  });
+});
