@@ -16,6 +16,9 @@ import { rotateKeys } from './secrets/rotate.js';
 import { formatUsage, usageReport } from './usage.js';
 import { verifyDeployment } from './verify.js';
 import { isGitHubRepositoryName } from './trust.js';
+import { packageVersion } from './version.js';
+import { and, eq, sql } from './db/orm.js';
+import { repositories, secrets } from './db/schema.js';
 
 export interface CliIo {
   stdin: Readable & { isTTY?: boolean };
@@ -43,7 +46,11 @@ function dataSettings(io: CliIo): Config {
 }
 
 const USAGE = `usage:
+  preview-gate --version                            print the version
+  preview-gate <command> --help                     a command's usage, with examples
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
+  preview-gate secret list [owner/repo]             the stored secrets' names and when they were set (never values)
+  preview-gate secret delete <owner/repo> <name>    delete a stored secret (the repository's uploads stop)
   preview-gate backup <file>                        copy the database, consistent while the server runs
   preview-gate verify <PUBLIC_URL> [--connect host:port]
                                                     check a live deployment from outside, one line per check
@@ -61,17 +68,46 @@ const MIN_SECRET_BYTES = 32;
 
 /** The usage line(s) of each command, for `<command> --help` and for its argument errors. */
 const COMMAND_USAGE: Record<string, string> = {
-  secret: '  preview-gate secret set <owner/repo> upload-key',
-  backup: '  preview-gate backup <file>',
-  cleanup: '  preview-gate cleanup',
-  reconcile: '  preview-gate reconcile',
-  keys: '  preview-gate keys rotate',
-  usage: '  preview-gate usage [--json]',
-  audit: '  preview-gate audit [--json]',
-  sessions: '  preview-gate sessions revoke <login|github id>',
-  nginx: '  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]',
-  upload: UPLOAD_USAGE,
-  verify: '  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)',
+  secret: `  preview-gate secret set <owner/repo> upload-key
+  preview-gate secret list [owner/repo]
+  preview-gate secret delete <owner/repo> <name>
+examples:
+  openssl rand -base64 32 | preview-gate secret set octo-org/docs upload-key
+  preview-gate secret set octo-org/docs upload-key        (on a terminal: generated, printed once)
+  preview-gate secret list octo-org/docs
+  preview-gate secret delete octo-org/docs upload-key`,
+  backup: `  preview-gate backup <file>
+example:
+  preview-gate backup /backups/preview-gate-$(date +%F).sqlite`,
+  cleanup: `  preview-gate cleanup
+example:
+  docker compose exec app node bin/preview-gate.js cleanup`,
+  reconcile: `  preview-gate reconcile
+example:
+  docker compose exec app node bin/preview-gate.js reconcile`,
+  keys: `  preview-gate keys rotate
+example:
+  preview-gate keys rotate        (again if it was interrupted)`,
+  usage: `  preview-gate usage [--json]
+example:
+  preview-gate usage --json | jq '.[0]'`,
+  audit: `  preview-gate audit [--json]
+example:
+  preview-gate audit | head -20`,
+  sessions: `  preview-gate sessions revoke <login|github id>
+example:
+  preview-gate sessions revoke octocat`,
+  nginx: `  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
+example:
+  preview-gate nginx --upstream 127.0.0.1:3000 --tls-cert /etc/ssl/fullchain.pem --tls-key /etc/ssl/privkey.pem > /etc/nginx/conf.d/preview-gate.conf`,
+  upload: `${UPLOAD_USAGE}
+examples:
+  preview-gate upload dist --pr 12 --sha $GITHUB_SHA --url https://uploads.example.com          (GitHub Actions, OIDC)
+  PREVIEW_GATE_SECRET=… preview-gate upload site.tgz --pr 12 --sha 0123abc… --url https://uploads.example.com --repo octo-org/docs`,
+  verify: `  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)
+examples:
+  preview-gate verify https://uploads.example.com
+  preview-gate verify https://uploads.example.com --connect 127.0.0.1:443   (before DNS points at this host)`,
 };
 
 /** A wrong argument: the sentence says which; exit code 2 with the command's usage. */
@@ -94,6 +130,10 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       (command === undefined ? io.stderr : io.stdout).write(`${USAGE}\n`);
       return command === undefined ? 2 : 0;
     }
+    if (command === '--version' || command === '-v' || command === 'version') {
+      io.stdout.write(`preview-gate ${packageVersion()}\n`);
+      return 0;
+    }
     if (!(command in COMMAND_USAGE)) throw new ArgumentError('', `unknown command "${command}".`);
     if (isHelp(argv.slice(1))) {
       io.stdout.write(`usage:\n${COMMAND_USAGE[command]}\n`);
@@ -109,7 +149,9 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return revokeSessions(rest[0]!, io);
     }
     if (command === 'secret') {
-      if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set".' : `unknown subcommand "secret ${sub}"; only "secret set" exists.`);
+      if (sub === 'list') return listSecrets(rest, io);
+      if (sub === 'delete') return deleteSecret(rest, io);
+      if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set", "secret list" or "secret delete".' : `unknown subcommand "secret ${sub}"; say "secret set", "secret list" or "secret delete".`);
       return await setSecret(rest, io);
     }
     if (command === 'keys') {
@@ -213,6 +255,49 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
     io.stderr.write(`Stored the upload secret of ${slug}.\n`);
   }
   return 0;
+}
+
+/** `secret list [owner/repo]`: names and when each was last set; values are never read (nor decrypted). */
+function listSecrets(args: string[], io: CliIo): number {
+  const [slug, extra] = args;
+  if (extra !== undefined) throw new ArgumentError('secret', `unexpected argument "${extra}".`);
+  if (slug !== undefined && !isGitHubRepositoryName(slug)) throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
+  const db = openDb(dataSettings(io).databaseFile);
+  try {
+    const rows = db
+      .select({ repository: repositories.fullName, name: secrets.name, setAt: secrets.createdAt })
+      .from(secrets)
+      .innerJoin(repositories, eq(repositories.id, secrets.repositoryId))
+      .where(slug ? sql`lower(${repositories.fullName}) = lower(${slug})` : undefined)
+      .orderBy(repositories.fullName, secrets.name)
+      .all();
+    for (const r of rows) io.stdout.write(`${r.repository.padEnd(40)} ${r.name.padEnd(12)} set ${r.setAt.toISOString()}\n`);
+    if (!rows.length) io.stderr.write(slug ? `No secret is stored for ${slug}.\n` : 'No secret is stored.\n');
+    return 0;
+  } finally {
+    db.$client.close();
+  }
+}
+
+/** `secret delete <owner/repo> <name>`: the repository's uploads are refused from then on. */
+function deleteSecret(args: string[], io: CliIo): number {
+  const [slug, name, extra] = args;
+  if (!slug || !name) throw new ArgumentError('secret', 'name the repository and the secret: secret delete <owner/repo> <name>.');
+  if (extra !== undefined) throw new ArgumentError('secret', `unexpected argument "${extra}".`);
+  if (!isGitHubRepositoryName(slug)) throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
+  const db = openDb(dataSettings(io).databaseFile);
+  try {
+    const repo = db.select({ id: repositories.id }).from(repositories).where(sql`lower(${repositories.fullName}) = lower(${slug})`).get();
+    const deleted = repo ? db.delete(secrets).where(and(eq(secrets.repositoryId, repo.id), eq(secrets.name, name))).run().changes : 0;
+    if (!deleted) {
+      io.stderr.write(`No secret "${name}" is stored for ${slug}; nothing was deleted.\n`);
+      return 1;
+    }
+    io.stdout.write(`Deleted the secret "${name}" of ${slug}; uploads to ${slug} are refused until a new one is set.\n`);
+    return 0;
+  } finally {
+    db.$client.close();
+  }
 }
 
 /**
