@@ -3,6 +3,7 @@ import { pino } from 'pino';
 import { probotFromEnv, startServer } from './app.js';
 import { ConfigError, ensureDataDir, gatherEnvironment, loadConfig } from './config.js';
 import { checkSqliteAddon } from './db/client.js';
+import { requestLogFields } from './request-context.js';
 import { createSetupHandler } from './setup.js';
 
 async function main(): Promise<void> {
@@ -13,6 +14,7 @@ async function main(): Promise<void> {
   // JSON lines for log collectors; one readable line per event on a terminal.
   const log = pino({
     level: config.logLevel ?? 'info',
+    mixin: requestLogFields, // the request id, in every line written for a request and the work it causes
     ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { colorize: true, ignore: 'pid,hostname', singleLine: true } } } : {}),
   });
   checkSqliteAddon(); // before the setup flow prints its address for a server that would not start

@@ -29,7 +29,7 @@ export interface FakePull {
   updatedAt: Date;
 }
 
-type Fault = { kind: 'down' } | { kind: 'hang' } | { kind: 'secondary-rate-limit'; retryAfter: number };
+type Fault = { kind: 'down'; everything?: boolean } | { kind: 'hang' } | { kind: 'secondary-rate-limit'; retryAfter: number };
 
 export class FakeGitHub {
   readonly repos = new Map<number, FakeRepo>();
@@ -192,7 +192,8 @@ export class FakeGitHub {
     const free = !installationToken || path === '/rate_limit';
     this.requests.push(`${method} ${path}`);
 
-    if (this.fault && !free) {
+    // `everything`: the app's own (JWT) requests fail too, as when GitHub is unreachable.
+    if (this.fault && (!free || (this.fault.kind === 'down' && this.fault.everything))) {
       if (this.fault.kind === 'hang') {
         this.hanging.add(res);
         return;
