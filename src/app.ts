@@ -10,7 +10,7 @@ import { openDb, type Db } from './db/client.js';
 import { GitHub } from './github.js';
 import { githubApp } from './github-app.js';
 import { EtagCache, conditionalRequests } from './conditional-requests.js';
-import { createMetrics, trackQueue, trackStoredBytes, type Metrics } from './metrics.js';
+import { createMetrics, GitHubCallObserver, SweepHealth, trackQueue, trackStoredBytes, type Metrics } from './metrics.js';
 import { Notifier } from './notify.js';
 import { Previews } from './previews.js';
 import { GitHubUserApi } from './dashboard/github-user.js';
@@ -64,25 +64,32 @@ export async function openKeyService(config: Config, azure: AzureKeyOptions = {}
  * Probot from the environment (APP_ID, PRIVATE_KEY[_PATH], WEBHOOK_SECRET, GHE_HOST, GHE_PROTOCOL), with
  * every GitHub request bounded in time so that a hung GitHub turns into a 503, not a hung upload.
  */
+/** The GitHub request timing of each Probot made here, attached to its server's metrics by startServer. */
+const githubObservers = new WeakMap<Probot, GitHubCallObserver>();
+
 export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env, etags = new EtagCache()): Probot {
+  const observer = new GitHubCallObserver();
   const timeoutMs = config.githubTimeoutMs;
   const timedFetch: typeof fetch = (url, init) => {
     const timeout = AbortSignal.timeout(timeoutMs);
     return globalThis.fetch(url, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, timeout]) : timeout });
   };
-  return createProbot({
+  const probot = createProbot({
     env,
     overrides: {
       log,
       request: { fetch: timedFetch },
       // A function, not an object: Probot passes its own `throttle` options, which must be merged, not replaced.
-      Octokit: ProbotOctokit.plugin(conditionalRequests(etags) as never).defaults((options: Record<string, any>) => ({
+      // The timing plugin first: it wraps the cache, so a 304 answered from it is timed as GitHub's answer.
+      Octokit: ProbotOctokit.plugin(conditionalRequests(etags) as never, observer.plugin() as never).defaults((options: Record<string, any>) => ({
         ...options,
         retry: { ...options.retry, retries: config.githubRetries },
         throttle: { ...options.throttle, enabled: config.githubThrottle },
       })),
     },
   });
+  githubObservers.set(probot, observer);
+  return probot;
 }
 
 const CLEANUP_EVERY_MS = 15 * 60_000;
@@ -96,7 +103,32 @@ export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot
   const notifier = new Notifier(core.db, core.config, log);
   const previews = new Previews(core.db, core.registry, core.store, github, notifier, core.config, metrics, log);
   const sweep = github ? new Sweep(core.registry, previews, github, log) : undefined;
-  return { github, previews, sweep };
+  const sweepHealth = new SweepHealth(metrics, core.config.reconcileIntervalMs);
+  recordOutcomes(sweep, previews, metrics, sweepHealth);
+  return { github, previews, sweep, sweepHealth };
+}
+
+/** Every sweep and cleanup, whoever starts it (timer, CLI, test), moves the health and the "last success" metrics. */
+function recordOutcomes(sweep: Sweep | undefined, previews: Previews, metrics: Metrics, health: SweepHealth): void {
+  if (sweep) {
+    const run = sweep.run.bind(sweep);
+    sweep.run = async (...args: Parameters<Sweep['run']>) => {
+      try {
+        const result = await run(...args);
+        health.succeeded();
+        return result;
+      } catch (err) {
+        health.failed(err);
+        throw err;
+      }
+    };
+  }
+  const cleanup = previews.cleanup.bind(previews);
+  previews.cleanup = async (...args: Parameters<Previews['cleanup']>) => {
+    const result = await cleanup(...args);
+    metrics.lastCleanupSuccess.set(Date.now() / 1000);
+    return result;
+  };
 }
 
 export interface RunningServer {
@@ -119,7 +151,8 @@ export async function startServer(
   const objectsNote = core.store.init();
   if (objectsNote) log.info(objectsNote);
   const metrics = createMetrics();
-  const { github, previews, sweep } = createPreviews(core, metrics, log, options.probot);
+  if (options.probot) githubObservers.get(options.probot)?.attach(metrics);
+  const { github, previews, sweep, sweepHealth } = createPreviews(core, metrics, log, options.probot);
   // Written at a clean stop, removed at start: its absence means the last stop was a crash or a power loss.
   const cleanMarker = path.join(config.dataDir, CLEAN_STOP_MARKER);
   const unclean = !fs.existsSync(cleanMarker);
@@ -158,6 +191,7 @@ export async function startServer(
           })
         : undefined,
     setupHandler: options.setupHandler,
+    sweepHealth,
     dashboard: options.probot ? { sessions, api: userApi } : undefined,
   });
   const server = http.createServer(app);

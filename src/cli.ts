@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { createPreviews, openCore, probotFromEnv } from './app.js';
 import { createMetrics } from './metrics.js';
 import { nginxOptionsFrom, renderNginx } from './nginx.js';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, ensureDataDir, gatherEnvironment, loadSettings, type Config } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 import { parseArgsMessage, runUpload, UPLOAD_USAGE } from './upload-client.js';
 import { openDb } from './db/client.js';
@@ -16,6 +16,9 @@ import { rotateKeys } from './secrets/rotate.js';
 import { formatUsage, usageReport } from './usage.js';
 import { verifyDeployment } from './verify.js';
 import { isGitHubRepositoryName } from './trust.js';
+import { packageVersion } from './version.js';
+import { and, eq, sql } from './db/orm.js';
+import { repositories, secrets } from './db/schema.js';
 
 export interface CliIo {
   stdin: Readable & { isTTY?: boolean };
@@ -26,10 +29,28 @@ export interface CliIo {
   retryDelayMs?: number;
   /** Key Vault client options (tests: a credential and TLS trust for a local fake vault). */
   azure?: AzureKeyOptions;
+  /** Where `.env` is looked for (default: the working directory). */
+  cwd?: string;
+}
+
+/** The settings, read as the server reads them: the environment, then .env, then DATA_DIR/app.env. */
+function settings(io: CliIo): Config {
+  return loadSettings(io.env, io.cwd);
+}
+
+/** The settings of a command that opens the data directory (created if missing, with a clear error if it cannot be). */
+function dataSettings(io: CliIo): Config {
+  const config = settings(io);
+  ensureDataDir(config.dataDir);
+  return config;
 }
 
 const USAGE = `usage:
+  preview-gate --version                            print the version
+  preview-gate <command> --help                     a command's usage, with examples
   preview-gate secret set <owner/repo> upload-key   store the repository's upload secret (stdin, or generated)
+  preview-gate secret list [owner/repo]             the stored secrets' names and when they were set (never values)
+  preview-gate secret delete <owner/repo> <name>    delete a stored secret (the repository's uploads stop)
   preview-gate backup <file>                        copy the database, consistent while the server runs
   preview-gate verify <PUBLIC_URL> [--connect host:port]
                                                     check a live deployment from outside, one line per check
@@ -47,17 +68,46 @@ const MIN_SECRET_BYTES = 32;
 
 /** The usage line(s) of each command, for `<command> --help` and for its argument errors. */
 const COMMAND_USAGE: Record<string, string> = {
-  secret: '  preview-gate secret set <owner/repo> upload-key',
-  backup: '  preview-gate backup <file>',
-  cleanup: '  preview-gate cleanup',
-  reconcile: '  preview-gate reconcile',
-  keys: '  preview-gate keys rotate',
-  usage: '  preview-gate usage [--json]',
-  audit: '  preview-gate audit [--json]',
-  sessions: '  preview-gate sessions revoke <login|github id>',
-  nginx: '  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]',
-  upload: UPLOAD_USAGE,
-  verify: '  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)',
+  secret: `  preview-gate secret set <owner/repo> upload-key
+  preview-gate secret list [owner/repo]
+  preview-gate secret delete <owner/repo> <name>
+examples:
+  openssl rand -base64 32 | preview-gate secret set octo-org/docs upload-key
+  preview-gate secret set octo-org/docs upload-key        (on a terminal: generated, printed once)
+  preview-gate secret list octo-org/docs
+  preview-gate secret delete octo-org/docs upload-key`,
+  backup: `  preview-gate backup <file>
+example:
+  preview-gate backup /backups/preview-gate-$(date +%F).sqlite`,
+  cleanup: `  preview-gate cleanup
+example:
+  docker compose exec app node bin/preview-gate.js cleanup`,
+  reconcile: `  preview-gate reconcile
+example:
+  docker compose exec app node bin/preview-gate.js reconcile`,
+  keys: `  preview-gate keys rotate
+example:
+  preview-gate keys rotate        (again if it was interrupted)`,
+  usage: `  preview-gate usage [--json]
+example:
+  preview-gate usage --json | jq '.[0]'`,
+  audit: `  preview-gate audit [--json]
+example:
+  preview-gate audit | head -20`,
+  sessions: `  preview-gate sessions revoke <login|github id>
+example:
+  preview-gate sessions revoke octocat`,
+  nginx: `  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
+example:
+  preview-gate nginx --upstream 127.0.0.1:3000 --tls-cert /etc/ssl/fullchain.pem --tls-key /etc/ssl/privkey.pem > /etc/nginx/conf.d/preview-gate.conf`,
+  upload: `${UPLOAD_USAGE}
+examples:
+  preview-gate upload dist --pr 12 --sha $GITHUB_SHA --url https://uploads.example.com          (GitHub Actions, OIDC)
+  PREVIEW_GATE_SECRET=… preview-gate upload site.tgz --pr 12 --sha 0123abc… --url https://uploads.example.com --repo octo-org/docs`,
+  verify: `  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)
+examples:
+  preview-gate verify https://uploads.example.com
+  preview-gate verify https://uploads.example.com --connect 127.0.0.1:443   (before DNS points at this host)`,
 };
 
 /** A wrong argument: the sentence says which; exit code 2 with the command's usage. */
@@ -80,6 +130,10 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       (command === undefined ? io.stderr : io.stdout).write(`${USAGE}\n`);
       return command === undefined ? 2 : 0;
     }
+    if (command === '--version' || command === '-v' || command === 'version') {
+      io.stdout.write(`preview-gate ${packageVersion()}\n`);
+      return 0;
+    }
     if (!(command in COMMAND_USAGE)) throw new ArgumentError('', `unknown command "${command}".`);
     if (isHelp(argv.slice(1))) {
       io.stdout.write(`usage:\n${COMMAND_USAGE[command]}\n`);
@@ -95,7 +149,9 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return revokeSessions(rest[0]!, io);
     }
     if (command === 'secret') {
-      if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set".' : `unknown subcommand "secret ${sub}"; only "secret set" exists.`);
+      if (sub === 'list') return listSecrets(rest, io);
+      if (sub === 'delete') return deleteSecret(rest, io);
+      if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set", "secret list" or "secret delete".' : `unknown subcommand "secret ${sub}"; say "secret set", "secret list" or "secret delete".`);
       return await setSecret(rest, io);
     }
     if (command === 'keys') {
@@ -128,7 +184,7 @@ async function verify(args: string[], io: CliIo): Promise<number> {
   const [publicUrl] = positionals;
   if (!publicUrl || positionals.length !== 1 || !/^https?:\/\/[^/\s]+/.test(publicUrl)) throw new ArgumentError('verify', 'give the deployment\'s PUBLIC_URL, like https://uploads.example.com.');
   if (values.connect !== undefined && !/^[A-Za-z0-9.[\]:-]+:[0-9]{1,5}$/.test(values.connect)) throw new ArgumentError('verify', '--connect must be host:port.');
-  const config = loadConfig(io.env);
+  const config = loadSettings(io.env, io.cwd, { partialCredentials: true });
   const ok = await verifyDeployment(
     { publicUrl, previewDomain: config.previewDomain, webhookSecret: config.webhookSecret, connect: values.connect },
     (line) => io.stdout.write(`${line}\n`),
@@ -158,7 +214,7 @@ async function createPrivateFile(file: string): Promise<void> {
 }
 
 async function backup(file: string, io: CliIo): Promise<number> {
-  const config = loadConfig(io.env);
+  const config = dataSettings(io);
   await createPrivateFile(file);
   const db = openDb(config.databaseFile);
   try {
@@ -199,7 +255,7 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
       return 1;
     }
   }
-  const core = await openCore(loadConfig(io.env), io.azure);
+  const core = await openCore(dataSettings(io), io.azure);
   let installed: boolean;
   try {
     const repo = await core.registry.ensureRepository(slug);
@@ -220,17 +276,60 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
   return 0;
 }
 
+/** `secret list [owner/repo]`: names and when each was last set; values are never read (nor decrypted). */
+function listSecrets(args: string[], io: CliIo): number {
+  const [slug, extra] = args;
+  if (extra !== undefined) throw new ArgumentError('secret', `unexpected argument "${extra}".`);
+  if (slug !== undefined && !isGitHubRepositoryName(slug)) throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
+  const db = openDb(dataSettings(io).databaseFile);
+  try {
+    const rows = db
+      .select({ repository: repositories.fullName, name: secrets.name, setAt: secrets.createdAt })
+      .from(secrets)
+      .innerJoin(repositories, eq(repositories.id, secrets.repositoryId))
+      .where(slug ? sql`lower(${repositories.fullName}) = lower(${slug})` : undefined)
+      .orderBy(repositories.fullName, secrets.name)
+      .all();
+    for (const r of rows) io.stdout.write(`${r.repository.padEnd(40)} ${r.name.padEnd(12)} set ${r.setAt.toISOString()}\n`);
+    if (!rows.length) io.stderr.write(slug ? `No secret is stored for ${slug}.\n` : 'No secret is stored.\n');
+    return 0;
+  } finally {
+    db.$client.close();
+  }
+}
+
+/** `secret delete <owner/repo> <name>`: the repository's uploads are refused from then on. */
+function deleteSecret(args: string[], io: CliIo): number {
+  const [slug, name, extra] = args;
+  if (!slug || !name) throw new ArgumentError('secret', 'name the repository and the secret: secret delete <owner/repo> <name>.');
+  if (extra !== undefined) throw new ArgumentError('secret', `unexpected argument "${extra}".`);
+  if (!isGitHubRepositoryName(slug)) throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
+  const db = openDb(dataSettings(io).databaseFile);
+  try {
+    const repo = db.select({ id: repositories.id }).from(repositories).where(sql`lower(${repositories.fullName}) = lower(${slug})`).get();
+    const deleted = repo ? db.delete(secrets).where(and(eq(secrets.repositoryId, repo.id), eq(secrets.name, name))).run().changes : 0;
+    if (!deleted) {
+      io.stderr.write(`No secret "${name}" is stored for ${slug}; nothing was deleted.\n`);
+      return 1;
+    }
+    io.stdout.write(`Deleted the secret "${name}" of ${slug}; uploads to ${slug} are refused until a new one is set.\n`);
+    return 0;
+  } finally {
+    db.$client.close();
+  }
+}
+
 /**
  * Runs `task` with the previews of this data directory and the GitHub App from the environment (the commands
  * that ask GitHub: cleanup, reconcile); the database is closed after it, whatever happens.
  */
 async function withGitHub(io: CliIo, command: string, task: (parts: ReturnType<typeof createPreviews>) => Promise<number>): Promise<number> {
-  const config = loadConfig(io.env);
+  const config = dataSettings(io);
   if (!config.appConfigured) throw new Error(`${command} asks GitHub: set APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET.`);
-  const log = pino({ level: io.env.LOG_LEVEL ?? 'warn' }, io.stderr);
+  const log = pino({ level: config.logLevel ?? 'warn' }, io.stderr);
   const core = await openCore(config, io.azure);
   try {
-    return await task(createPreviews(core, createMetrics(), log, probotFromEnv(config, log, io.env)));
+    return await task(createPreviews(core, createMetrics(), log, probotFromEnv(config, log, gatherEnvironment(io.env, io.cwd))));
   } finally {
     core.db.$client.close();
   }
@@ -264,7 +363,7 @@ function reconcile(io: CliIo): Promise<number> {
 
 /** `keys rotate`: every account and user DEK re-wrapped under the current key; run it again if it was interrupted. */
 async function rotate(io: CliIo): Promise<number> {
-  const config = loadConfig(io.env);
+  const config = dataSettings(io);
   const core = await openCore(config, io.azure);
   try {
     const result = await rotateKeys(core.db, core.keys);
@@ -283,7 +382,7 @@ async function rotate(io: CliIo): Promise<number> {
 async function usage(args: string[], io: CliIo): Promise<number> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
   // Reads the database only: no key service (and so no Key Vault) is needed to count.
-  const db = openDb(loadConfig(io.env).databaseFile);
+  const db = openDb(dataSettings(io).databaseFile);
   try {
     const report = usageReport(db);
     io.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatUsage(report));
@@ -296,7 +395,7 @@ async function usage(args: string[], io: CliIo): Promise<number> {
 /** The audit trail, newest first: a line per event, or JSON. */
 function audit(args: string[], io: CliIo): number {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
-  const db = openDb(loadConfig(io.env).databaseFile);
+  const db = openDb(dataSettings(io).databaseFile);
   try {
     const events = auditTrail(db);
     if (values.json) {
@@ -315,7 +414,7 @@ function audit(args: string[], io: CliIo): number {
 
 /** `sessions revoke`: a user signed out everywhere (a lost laptop, a maintainer who left). */
 function revokeSessions(who: string, io: CliIo): number {
-  const db = openDb(loadConfig(io.env).databaseFile);
+  const db = openDb(dataSettings(io).databaseFile);
   try {
     const result = revokeUserSessions(db, who);
     if (!result) {
@@ -348,7 +447,7 @@ function printNginx(args: string[], io: CliIo): number {
     throw new ArgumentError('nginx', `--upstream must be host:port of the Node process, like 127.0.0.1:3000 (got "${values.upstream}").`);
   }
   for (const file of [cert, key]) if (file && !fs.existsSync(file)) throw new ArgumentError('nginx', `${file} does not exist.`);
-  const config = loadConfig(io.env);
+  const config = settings(io);
   io.stdout.write(
     renderNginx(
       nginxOptionsFrom(config, {

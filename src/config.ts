@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { parseEnv } from 'node:util';
 import { z } from 'zod';
 
 /** The typed settings of one preview-gate process; built once at start-up from the environment. */
@@ -51,6 +52,10 @@ export interface Config {
   githubClientSecret?: string;
   /** How long a dashboard session lasts. */
   sessionMs: number;
+  /** pino's level; unset: info for the server, warn for the CLI. */
+  logLevel?: string;
+  /** Fixes the setup flow's one-time token (a random one is printed in the log when unset). */
+  setupToken?: string;
 }
 
 export class ConfigError extends Error {}
@@ -69,72 +74,122 @@ const absoluteUrl = z
   .refine((v) => /^https?:\/\/[^/\s]+/.test(v) && URL.canParse(v), 'must be an absolute http(s) URL');
 
 const schema = z.object({
-  PORT: positiveInt('').refine((p) => p <= 65535, 'must be a port number from 1 to 65535').default(3000),
-  PUBLIC_URL: absoluteUrl.optional(),
+  PORT: positiveInt('').refine((p) => p <= 65535, 'must be a port number from 1 to 65535').default(3000).describe("Port the Node process listens on (nginx proxies to it)."),
+  PUBLIC_URL: absoluteUrl.optional().describe("Base URL of the upload and webhook host, as GitHub and CI reach it (also the OIDC audience). Unset: http://localhost:<PORT>."),
   PREVIEW_DOMAIN: z
     .string()
     .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/, 'must be a lower-case DNS name such as previews.example.net')
-    .default('localhost'),
-  DATA_DIR: z.string().min(1, 'must not be empty').default('./data'),
-  KEY_PROVIDER: z.enum(['local', 'azure'], { message: 'must be "local" or "azure"' }).default('local'),
+    .default('localhost').describe("Domain under which previews are served: pr<N>-<sha7>--<site>.<PREVIEW_DOMAIN>. Use a registrable domain of its own."),
+  DATA_DIR: z.string().min(1, 'must not be empty').default('./data').describe("Holds builds/, the SQLite database, the local master key and app.env (the setup flow's credentials)."),
+  KEY_PROVIDER: z.enum(['local', 'azure'], { message: 'must be "local" or "azure"' }).default('local').describe("Who wraps the encryption keys: local (DATA_DIR/master.key) or azure (Azure Key Vault)."),
   AZURE_KEY_ID: z
     .string()
     .regex(/^https:\/\/[^/]+\/keys\/[^/]+\/[0-9a-zA-Z]+$/, 'must be a versioned Key Vault key id: https://<vault>/keys/<name>/<version>')
-    .optional(),
-  MAX_UPLOAD_BYTES: positiveInt(' of bytes').default(100 * MiB),
-  MAX_BUILD_BYTES: positiveInt(' of bytes').default(1024 * MiB),
-  MAX_BUILD_FILES: positiveInt('').default(50_000),
-  MAX_ACCOUNT_BYTES: positiveInt(' of bytes').default(20 * 1024 * MiB),
-  MAX_PR_BUILDS: positiveInt('').default(100),
+    .optional().describe("Versioned Key Vault key id; required with KEY_PROVIDER=azure."),
+  MAX_UPLOAD_BYTES: positiveInt(' of bytes').default(100 * MiB).describe("Largest compressed upload accepted (413 beyond)."),
+  MAX_BUILD_BYTES: positiveInt(' of bytes').default(1024 * MiB).describe("Largest uncompressed build accepted."),
+  MAX_BUILD_FILES: positiveInt('').default(50_000).describe("Most entries one build may hold."),
+  MAX_ACCOUNT_BYTES: positiveInt(' of bytes').default(20 * 1024 * MiB).describe("Bytes of builds one account (organization or user) may store."),
+  MAX_PR_BUILDS: positiveInt('').default(100).describe("Builds one pull request may hold."),
   CLEANUP_AFTER_HOURS: z
     .string()
     .regex(/^[0-9]+(\.[0-9]+)?$/, 'must be a number of hours (0 or more)')
     .transform(Number)
-    .default(24),
-  OIDC_ISSUER: absoluteUrl.default('https://token.actions.githubusercontent.com'),
-  GHE_HOST: z.string().regex(/^[A-Za-z0-9.-]+(:[0-9]+)?$/, 'must be a host name, optionally with :port').optional(),
-  GHE_PROTOCOL: z.enum(['https', 'http'], { message: 'must be "https" or "http"' }).default('https'),
-  GITHUB_TIMEOUT_MS: positiveInt(' of milliseconds').default(10_000),
-  GITHUB_RETRIES: z.string().regex(/^[0-9]$/, 'must be a number of retries from 0 to 9').transform(Number).default(2),
-  GITHUB_THROTTLE: z.enum(['true', 'false'], { message: 'must be "true" or "false"' }).default('true'),
+    .default(24).describe("How long builds of closed pull requests are kept."),
+  OIDC_ISSUER: absoluteUrl.default('https://token.actions.githubusercontent.com').describe("Trusted issuer of GitHub Actions OIDC tokens."),
+  GHE_HOST: z.string().regex(/^[A-Za-z0-9.-]+(:[0-9]+)?$/, 'must be a host name, optionally with :port').optional().describe("GitHub Enterprise Server host; the API base becomes <GHE_PROTOCOL>://<GHE_HOST>/api/v3. Unset: github.com."),
+  GHE_PROTOCOL: z.enum(['https', 'http'], { message: 'must be "https" or "http"' }).default('https').describe("Scheme of GHE_HOST."),
+  GITHUB_TIMEOUT_MS: positiveInt(' of milliseconds').default(10_000).describe("How long one GitHub request may take; past it an upload answers 503."),
+  GITHUB_RETRIES: z.string().regex(/^[0-9]$/, 'must be a number of retries from 0 to 9').transform(Number).default(2).describe("Retries of a GitHub request that failed with 5xx or a network error."),
+  GITHUB_THROTTLE: z.enum(['true', 'false'], { message: 'must be "true" or "false"' }).default('true').describe("Octokit's write throttling; false only against a local GitHub stand-in."),
   // How long `.github/preview-gate.yml` is trusted without asking GitHub again (a push changing it forgets it).
   SETTINGS_CACHE_SECONDS: z
     .string()
     .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of seconds (0 turns the cache off)')
     .transform(Number)
-    .default(60),
-  UPLOAD_IDLE_SECONDS: positiveInt(' of seconds').default(30),
+    .default(60).describe("How long .github/preview-gate.yml is trusted without asking GitHub again (0: always ask)."),
+  UPLOAD_IDLE_SECONDS: positiveInt(' of seconds').default(30).describe("An upload body that sends nothing for this long is cut (408)."),
   RECONCILE_INTERVAL_MINUTES: z
     .string()
     .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of minutes (0 turns the periodic sweep off)')
     .transform(Number)
-    .default(15),
+    .default(15).describe("How often every open pull request is re-decided from GitHub (the sweep); 0 turns it off."),
   // Loopback by default: nginx on this machine reaches Node, nobody else does (the image sets 0.0.0.0 for its network).
-  HOST: z.string().min(1).default('127.0.0.1'),
-  APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional(),
-  WEBHOOK_SECRET: z.string().optional(),
-  PRIVATE_KEY: z.string().optional(),
-  PRIVATE_KEY_PATH: z.string().optional(),
-  GITHUB_CLIENT_ID: z.string().regex(/^[A-Za-z0-9._-]+$/, 'must be the GitHub App\'s client id (Iv1.… or Iv23…)').optional(),
-  GITHUB_CLIENT_SECRET: z.string().optional(),
-  SESSION_HOURS: positiveInt(' of hours').default(12),
+  HOST: z.string().min(1).default('127.0.0.1').describe("Interface the Node process listens on: loopback by default, so only nginx on this host reaches it; 0.0.0.0 is an explicit choice (the image sets it for its network)."),
+  APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional().describe("The GitHub App id. Set it with PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET; none of the three: the setup flow runs."),
+  WEBHOOK_SECRET: z.string().optional().describe("The GitHub App's webhook secret."),
+  PRIVATE_KEY: z.string().optional().describe("The GitHub App's private key (PEM; \\n escapes allowed)."),
+  PRIVATE_KEY_PATH: z.string().optional().describe("File holding the GitHub App's private key (instead of PRIVATE_KEY)."),
+  GITHUB_CLIENT_ID: z.string().regex(/^[A-Za-z0-9._-]+$/, 'must be the GitHub App\'s client id (Iv1.… or Iv23…)').optional().describe("The GitHub App's client id, for sign-in to the dashboard (with GITHUB_CLIENT_SECRET)."),
+  GITHUB_CLIENT_SECRET: z.string().optional().describe("The GitHub App's client secret (with GITHUB_CLIENT_ID)."),
+  SESSION_HOURS: positiveInt(' of hours').default(12).describe("How long a dashboard session lasts, in hours."),
+  LOG_LEVEL: z
+    .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { message: 'must be one of fatal, error, warn, info, debug, trace, silent' })
+    .optional()
+    .describe('How much is logged. Unset: info for the server, warn for the CLI.'),
+  SETUP_TOKEN: z.string().optional().describe("Fixes the setup flow's one-time token (a random one is printed in the log when unset)."),
 });
 
+/** The variables of the configuration, each with its zod type, default and description (docs/operations.md). */
+export const configSchema = schema;
+
 /**
- * Environment → Config. Empty strings count as unset (as in a `.env` file with `VAR=`).
- * Throws ConfigError with one line naming the first bad variable.
+ * Where the settings come from, first found wins (the same for the server and every CLI command):
+ *   1. the process environment;
+ *   2. `.env` in the working directory;
+ *   3. `DATA_DIR/app.env`, written by the setup flow (DATA_DIR itself from 1 or 2).
+ * A variable set to an empty string is set (and refused by loadConfig), not unset.
  */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+export function gatherEnvironment(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): NodeJS.ProcessEnv {
+  const dotEnv = readEnvFile(path.join(cwd, '.env'));
+  const given = env.DATA_DIR ?? dotEnv.DATA_DIR;
+  if (given?.trim() === '') return { ...dotEnv, ...env }; // refused by loadConfig, naming DATA_DIR
+  const dataDir = path.resolve(cwd, given ?? './data');
+  const appEnv = readEnvFile(path.join(dataDir, APP_ENV_FILE));
+  return { ...appEnv, ...dotEnv, ...env, DATA_DIR: dataDir };
+}
+
+/** The file the setup flow writes the GitHub App's credentials to, in DATA_DIR. */
+export const APP_ENV_FILE = 'app.env';
+
+function readEnvFile(file: string): Record<string, string> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw new ConfigError(`${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  return parseEnv(text) as Record<string, string>;
+}
+
+export interface LoadOptions {
+  /** `verify` needs only WEBHOOK_SECRET, from an operator's machine without the app's key. */
+  partialCredentials?: boolean;
+}
+
+/** gatherEnvironment → loadConfig: what the server and the CLI start from. */
+export function loadSettings(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd(), options?: LoadOptions): Config {
+  return loadConfig(gatherEnvironment(env, cwd), options);
+}
+
+/**
+ * Environment → Config. A variable set to an empty string is an error naming it (`PREVIEW_DOMAIN=` is not
+ * "localhost"). Throws ConfigError with one line naming the first bad variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOptions = {}): Config {
   const present = Object.fromEntries(
     Object.keys(schema.shape)
       .map((k) => [k, env[k]?.trim()])
-      .filter(([, v]) => v !== undefined && v !== ''),
+      .filter(([, v]) => v !== undefined),
   );
+  const empty = Object.keys(present).find((k) => present[k] === '');
+  if (empty) throw new ConfigError(`${empty} is set but empty: give it a value, or remove the variable to use its default`);
   const parsed = schema.safeParse(present);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0]);
-    const value = present[name] !== undefined && !/SECRET|KEY$/.test(name) ? ` (got "${present[name]}")` : '';
+    const value = present[name] !== undefined && !/SECRET|KEY$|TOKEN$/.test(name) ? ` (got "${present[name]}")` : '';
     throw new ConfigError(`${name} ${issue.message}${value}`);
   }
   const e = parsed.data;
@@ -144,6 +199,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.KEY_PROVIDER === 'azure' && !e.AZURE_KEY_ID) {
     throw new ConfigError('AZURE_KEY_ID must be set when KEY_PROVIDER is "azure"');
   }
+  if (options.partialCredentials !== true) checkCredentialsComplete(e);
   checkPrivateKey(e.PRIVATE_KEY, e.PRIVATE_KEY_PATH);
   const dataDir = path.resolve(e.DATA_DIR);
   const publicUrl = (e.PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, '');
@@ -179,7 +235,54 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     githubClientId: e.GITHUB_CLIENT_ID,
     githubClientSecret: e.GITHUB_CLIENT_SECRET,
     sessionMs: e.SESSION_HOURS * 3600_000,
+    logLevel: e.LOG_LEVEL,
+    setupToken: e.SETUP_TOKEN,
   };
+}
+
+/**
+ * All three GitHub App credentials, or none (then the setup flow registers the app). Some but not all is a
+ * mistake (a variable lost on the way): starting the setup flow then would register a second app.
+ */
+function checkCredentialsComplete(e: { APP_ID?: string; PRIVATE_KEY?: string; PRIVATE_KEY_PATH?: string; WEBHOOK_SECRET?: string }): void {
+  const credentials: [string, unknown][] = [
+    ['APP_ID', e.APP_ID],
+    ['PRIVATE_KEY (or PRIVATE_KEY_PATH)', e.PRIVATE_KEY ?? e.PRIVATE_KEY_PATH],
+    ['WEBHOOK_SECRET', e.WEBHOOK_SECRET],
+  ];
+  const set = credentials.filter(([, v]) => v).map(([k]) => k);
+  const missing = credentials.filter(([, v]) => !v).map(([k]) => k);
+  if (!set.length || !missing.length) return;
+  throw new ConfigError(
+    `${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} missing while ${set.join(' and ')} ${set.length > 1 ? 'are' : 'is'} set: ` +
+      'set all three GitHub App credentials, or none of them to run the setup flow',
+  );
+}
+
+/**
+ * Creates DATA_DIR one level at a time. Node's recursive mkdir never returns when the system answers ENOENT for
+ * a parent that exists (DATA_DIR=/proc/x: procfs refuses new entries with ENOENT), so it is not used here.
+ */
+export function ensureDataDir(dataDir: string): void {
+  const missing: string[] = [];
+  let dir = dataDir;
+  while (!fs.existsSync(dir)) {
+    missing.unshift(dir);
+    const parent = path.dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  for (const d of missing) {
+    try {
+      fs.mkdirSync(d);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'error';
+      if (code === 'EEXIST') continue;
+      const who = code === 'EACCES' || code === 'EPERM' ? `, not writable by uid ${process.getuid?.() ?? '?'}` : '';
+      throw new ConfigError(`DATA_DIR ${dataDir} cannot be created (${code} at ${d}${who}): choose a directory this user can write`);
+    }
+  }
+  if (!fs.statSync(dataDir).isDirectory()) throw new ConfigError(`DATA_DIR ${dataDir} is not a directory`);
 }
 
 /**

@@ -1,24 +1,24 @@
 /** Start-up only: config → database → key service → server → listen. */
-import 'dotenv/config';
-import path from 'node:path';
 import { pino } from 'pino';
 import { probotFromEnv, startServer } from './app.js';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, ensureDataDir, gatherEnvironment, loadConfig } from './config.js';
 import { checkSqliteAddon } from './db/client.js';
-import { createSetupHandler, loadAppEnv } from './setup.js';
-
-// JSON lines for log collectors; one readable line per event on a terminal.
-const log = pino({
-  level: process.env.LOG_LEVEL ?? 'info',
-  ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { colorize: true, ignore: 'pid,hostname', singleLine: true } } } : {}),
-});
+import { requestLogFields } from './request-context.js';
+import { createSetupHandler } from './setup.js';
 
 async function main(): Promise<void> {
+  // The environment, then .env, then DATA_DIR/app.env (the setup flow's credentials): as every CLI command reads them.
+  const env = gatherEnvironment();
+  const config = loadConfig(env);
+  ensureDataDir(config.dataDir);
+  // JSON lines for log collectors; one readable line per event on a terminal.
+  const log = pino({
+    level: config.logLevel ?? 'info',
+    mixin: requestLogFields, // the request id, in every line written for a request and the work it causes
+    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { colorize: true, ignore: 'pid,hostname', singleLine: true } } } : {}),
+  });
   checkSqliteAddon(); // before the setup flow prints its address for a server that would not start
-  // Credentials written by the setup flow live with the data, not in the code directory.
-  loadAppEnv(path.resolve(process.env.DATA_DIR || './data'));
-  const config = loadConfig();
-  const probot = config.appConfigured ? probotFromEnv(config, log) : undefined;
+  const probot = config.appConfigured ? probotFromEnv(config, log, env) : undefined;
   const setupHandler = probot ? undefined : await createSetupHandler(config, log);
   const running = await startServer(config, log, { probot, setupHandler, host: config.host });
   log.info(

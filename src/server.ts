@@ -7,7 +7,9 @@ import { errorHandler, unavailable } from './errors.js';
 import type { GitHubUserApi } from './dashboard/github-user.js';
 import { dashboardRouter } from './dashboard/routes.js';
 import type { Sessions } from './dashboard/sessions.js';
+import type { SweepHealth } from './metrics.js';
 import { PublicPreviewCheck } from './public-preview-check.js';
+import { runInRequest, WELL_FORMED_REQUEST_ID } from './request-context.js';
 import { authenticate, parsePr, uploadRouter, type UploadDeps } from './upload/route.js';
 
 export const WEBHOOKS_PATH = '/api/github/webhooks';
@@ -20,6 +22,8 @@ export interface ServerDeps extends UploadDeps {
   dashboard?: { sessions: Sessions; api: GitHubUserApi };
   /** Served instead of the webhook handler while the GitHub App is not registered (Probot's setup flow). */
   setupHandler?: (req: express.Request, res: express.Response) => Promise<boolean>;
+  /** The sweeps' recent outcomes: /health says "degraded" when they keep failing. */
+  sweepHealth?: SweepHealth;
 }
 
 /** The Express app: Probot's webhook middleware first (it needs the raw body), then our routes. */
@@ -31,6 +35,7 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   // are created with the same options: a Router does not inherit the app's).
   app.set('case sensitive routing', true);
   app.set('strict routing', true);
+  app.use(accessLog(deps));
 
   if (deps.probot && deps.appFn) {
     app.post(WEBHOOKS_PATH, webhookBodyLimit(deps.log, deps.config.webhookSecret));
@@ -43,7 +48,9 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
     try {
       deps.registry.db.get(sql`select 1`);
       await deps.store.check();
-      res.json({ status: 'ok', database: 'ok', builds: 'ok', github: deps.github ? 'configured' : 'setup required' });
+      const sweep = deps.sweepHealth?.problem();
+      // Still 200: the server answers uploads and previews; the operator is told the sweep is not working.
+      res.json({ status: sweep ? 'degraded' : 'ok', database: 'ok', builds: 'ok', github: deps.github ? 'configured' : 'setup required', ...(sweep ? { sweep } : {}) });
     } catch (err) {
       deps.log.error({ err }, 'health check failed');
       res.status(503).json({ status: 'unavailable', error: 'The database or the builds directory is not usable.' });
@@ -76,6 +83,37 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   });
   app.use(errorHandler(deps.log));
   return app;
+}
+
+/** The route template of a request (never its raw URL: bounded labels, no tokens or names in metrics). */
+function routeOf(req: express.Request, status: number): string {
+  if (req.route) return `${req.baseUrl}${String(req.route.path)}`;
+  if (req.path === WEBHOOKS_PATH) return WEBHOOKS_PATH;
+  if (req.path === '/probot' || req.path.startsWith('/probot/')) return '/probot';
+  return status === 404 ? 'unmatched' : 'other';
+}
+
+/**
+ * One log line per answered request (client address, method, route, status, duration, request id) and the
+ * request-duration histogram. The request id (X-Request-Id when well formed, else a new one) is sent back and
+ * follows the work the request causes into every log line (request-context.ts).
+ */
+function accessLog(deps: ServerDeps): express.RequestHandler {
+  return (req, res, next) => {
+    const given = req.get('x-request-id');
+    const requestId = given && WELL_FORMED_REQUEST_ID.test(given) ? given : crypto.randomUUID();
+    res.set('X-Request-Id', requestId);
+    const started = process.hrtime.bigint();
+    const done = () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const status = res.writableFinished ? res.statusCode : 0; // 0: the client went away before the answer
+      const route = routeOf(req, status);
+      deps.metrics.httpSeconds.observe({ method: req.method, route, status: String(status) }, seconds);
+      deps.log.info({ requestId, client: req.ip, method: req.method, route, status, durationMs: Math.round(seconds * 1000) }, 'request');
+    };
+    res.once('close', done);
+    runInRequest(requestId, next);
+  };
 }
 
 /** GitHub caps webhook payloads at 25 MB; nothing bigger is buffered, signed or not. */

@@ -12,20 +12,10 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parse as parseCookies } from 'cookie';
 import type { Request, Response } from 'express';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
+import { APP_ENV_FILE, type Config } from './config.js';
 
-export const APP_ENV_FILE = 'app.env';
 const COOKIE = 'preview_gate_setup';
 const STATIC_FILES: Record<string, string> = { 'primer.css': 'text/css', 'probot-head.svg': 'image/svg+xml', 'robot.svg': 'image/svg+xml' };
-
-/** The credentials the setup flow wrote, read at start (variables already in the environment win). */
-export function loadAppEnv(dataDir: string, env: NodeJS.ProcessEnv = process.env): void {
-  const file = path.join(dataDir, APP_ENV_FILE);
-  if (!fs.existsSync(file)) return;
-  for (const [key, value] of Object.entries(parseEnv(fs.readFileSync(file, 'utf8')))) {
-    if (env[key] === undefined || env[key] === '') env[key] = value;
-  }
-}
 
 /** Merges `values` into DATA_DIR/app.env, created 0600; other files (`.env`) are never touched. */
 export function writeAppEnv(dataDir: string, values: Record<string, string>): Record<string, string> {
@@ -44,7 +34,7 @@ export function writeAppEnv(dataDir: string, values: Record<string, string>): Re
 
 const isLoopback = (ip: string | undefined) => ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1';
 
-export async function createSetupHandler(config: Config, log: Logger, setupToken = process.env.SETUP_TOKEN): Promise<(req: Request, res: Response) => Promise<boolean>> {
+export async function createSetupHandler(config: Config, log: Logger, setupToken = config.setupToken): Promise<(req: Request, res: Response) => Promise<boolean>> {
   const webhookUrl = `${config.publicUrl}/api/github/webhooks`;
   // Probot puts WEBHOOK_PROXY_URL into the manifest's hook_attributes.url and the "existing app" page.
   process.env.WEBHOOK_PROXY_URL = webhookUrl;

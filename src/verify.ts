@@ -64,11 +64,14 @@ export async function verifyDeployment(options: VerifyOptions, say: (line: strin
     }
   };
 
-  await check('health through nginx', async () => {
+  // Says who answered: nginx names itself in Server (without its version); Node sends no Server header.
+  await check(`health at ${base}/health${options.connect ? ` (connected to ${options.connect})` : ''}`, async () => {
     const res = await request(`${base}/health`, { connect: options.connect });
     if (res.status !== 200) throw new Error(`GET ${base}/health answered ${res.status}`);
     const body = JSON.parse(res.body) as { status?: string; github?: string };
-    return `status ${body.status}, GitHub App ${body.github}`;
+    const server = String(res.headers.server ?? '');
+    const via = /^nginx\b/i.test(server) ? 'through nginx' : server ? `answered by "${server}", not nginx` : 'answered by Node directly, not through nginx';
+    return `status ${body.status}, GitHub App ${body.github}, ${via}`;
   });
 
   await check(`wildcard DNS of *.${options.previewDomain}`, async () => {

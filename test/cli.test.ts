@@ -37,18 +37,24 @@ test('--help, and --help of every command, print the usage and exit 0', async ()
     expect([args, res.code]).toEqual([args, 0]);
     expect(res.stdout).toMatch(/preview-gate secret set/);
   }
-  for (const command of ['secret', 'backup', 'cleanup', 'reconcile', 'keys', 'usage', 'nginx', 'upload', 'verify']) {
+  for (const command of ['secret', 'backup', 'cleanup', 'reconcile', 'keys', 'usage', 'audit', 'sessions', 'nginx', 'upload', 'verify']) {
     const res = await cli([command, '--help']);
     expect([command, res.code, res.stderr]).toEqual([command, 0, '']);
     expect(res.stdout).toContain(`preview-gate ${command}`);
+    // Every command's help shows how it is used, not only its grammar.
+    expect([command, /\nexamples?:\n/i.test(res.stdout)]).toEqual([command, true]);
   }
+  const version = await cli(['--version']);
+  expect([version.code, version.stdout]).toEqual([0, `preview-gate ${JSON.parse(fs.readFileSync('package.json', 'utf8')).version}\n`]);
 });
 
 test.each([
   [['frobnicate'], /unknown command "frobnicate"/],
   [['secret', 'set', 'foo', 'upload-key'], /"foo" is not a repository: write it as <owner>\/<repo>/],
   [['secret', 'set', 'octo/docs', 'deploy-key'], /the only secret is "upload-key" \(got "deploy-key"\)/],
-  [['secret', 'get', 'octo/docs'], /only "secret set" exists/],
+  [['secret', 'get', 'octo/docs'], /unknown subcommand "secret get"; say "secret set", "secret list" or "secret delete"/],
+  [['secret', 'delete', 'octo/docs'], /secret delete <owner\/repo> <name>/],
+  [['secret', 'list', 'nope'], /"nope" is not a repository/],
   [['nginx', '--listen', 'abc'], /--listen must be a port or address:port.*got "abc"/],
   [['nginx', '--listen', '99999'], /--listen must be a port/],
   [['nginx', '--upstream', 'localhost'], /--upstream must be host:port/],
@@ -187,4 +193,85 @@ test('`backup` under upload load, restored into a fresh data directory with the 
     await server.close();
     await fake.close();
   }
+});
+
+describe('one configuration for the server and the CLI: environment, then .env, then DATA_DIR/app.env', () => {
+  test('reconcile reads the credentials the setup flow wrote to DATA_DIR/app.env', async () => {
+    nock.enableNetConnect('127.0.0.1');
+    const fake = await new FakeGitHub().start();
+    try {
+      const dataDir = path.join(tmp, 'data');
+      fs.mkdirSync(dataDir, { recursive: true });
+      // As the setup flow writes it (writeAppEnv): JSON-quoted values, the key's newlines as \n.
+      fs.writeFileSync(path.join(dataDir, 'app.env'), `APP_ID="1"\nPRIVATE_KEY=${JSON.stringify(appPrivateKey)}\nWEBHOOK_SECRET="s"\n`, { mode: 0o600 });
+      const res = await cli(['reconcile'], { ...fake.env, GITHUB_THROTTLE: 'false', GITHUB_RETRIES: '0' });
+      expect([res.code, res.stderr]).toEqual([0, '']);
+      expect(res.stdout).toMatch(/^Swept 0 installation\(s\)/);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  test('the environment wins over .env, which wins over DATA_DIR/app.env', async () => {
+    const cwd = fs.mkdtempSync(path.join(tmp, 'cwd-'));
+    fs.writeFileSync(path.join(cwd, '.env'), 'PREVIEW_DOMAIN=from-dotenv.test\nMAX_PR_BUILDS=7\nDATA_DIR=./d\n');
+    fs.mkdirSync(path.join(cwd, 'd'));
+    fs.writeFileSync(path.join(cwd, 'd', 'app.env'), 'PREVIEW_DOMAIN=from-app-env.test\nMAX_PR_BUILDS=8\nSESSION_HOURS=3\n');
+    const { loadSettings } = await import('../src/config.js');
+    const c = loadSettings({ PREVIEW_DOMAIN: 'from-env.test' }, cwd);
+    expect([c.previewDomain, c.maxPrBuilds, c.sessionMs / 3600_000, c.dataDir]).toEqual(['from-env.test', 7, 3, path.join(cwd, 'd')]);
+  });
+
+  test.each([
+    [{ APP_ID: '1' }, /^preview-gate: configuration error: PRIVATE_KEY \(or PRIVATE_KEY_PATH\) and WEBHOOK_SECRET are missing while APP_ID is set/],
+    [{ LOG_LEVEL: 'verbose' }, /^preview-gate: configuration error: LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent \(got "verbose"\)$/],
+    [{ PREVIEW_DOMAIN: '' }, /^preview-gate: configuration error: PREVIEW_DOMAIN is set but empty/],
+    [{ DATA_DIR: '/proc/preview-gate-x' }, /^preview-gate: configuration error: DATA_DIR \/proc\/preview-gate-x cannot be created \(ENOENT/],
+  ] as [Record<string, string>, RegExp][])('%j: the server and the CLI say one line and exit 1', async (env, message) => {
+    const server = spawnSync('node', ['dist/src/main.js'], { env: { ...(process.env as Record<string, string>), NODE_OPTIONS: '', DATA_DIR: path.join(tmp, 'data'), HOST: '127.0.0.1', PORT: String(30000 + Math.floor(Math.random() * 20000)), ...env }, encoding: 'utf8', timeout: 20_000 });
+    expect([server.status, server.signal]).toEqual([1, null]);
+    expect(server.stderr.trim()).toMatch(message);
+    expect(server.stderr.trim().split('\n')).toHaveLength(1);
+    const res = await cli(['usage'], env);
+    expect(res.code).toBe(1);
+    expect(res.stderr.trim()).toMatch(message);
+    expect(res.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  test('verify says who answered /health: Node directly, not nginx', async () => {
+    nock.enableNetConnect('127.0.0.1');
+    const server = await startTestServer();
+    try {
+      const res = await cli(['verify', server.url], { PREVIEW_DOMAIN: 'previews.test', WEBHOOK_SECRET });
+      expect(res.stdout.split('\n')[0]).toMatch(/^ok    health at http:\/\/127\.0\.0\.1:\d+\/health: status ok, GitHub App configured, answered by Node directly, not through nginx$/);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+test('secret list shows names and when they were set, never values; secret delete removes one and says when there was none', async () => {
+  const value = 'a-secret-value-that-must-never-be-printed-0123456789';
+  const setOne = async (slug: string) => {
+    let stderr = '';
+    const stdin = new PassThrough();
+    stdin.end(value);
+    const code = await runCli(['secret', 'set', slug, 'upload-key'], { stdin, stdout: new PassThrough(), stderr: new PassThrough().on('data', (d: Buffer) => (stderr += d.toString())), env: { DATA_DIR: path.join(tmp, 'data') } });
+    expect([code, stderr]).toEqual([0, expect.stringContaining('Stored')]);
+  };
+  await setOne('octo-org/docs');
+  await setOne('octo-org/site');
+  const all = await cli(['secret', 'list']);
+  expect(all.code).toBe(0);
+  expect(all.stdout).toMatch(/^octo-org\/docs\s+upload-key\s+set \d{4}-\d\d-\d\dT[\d:.]+Z\nocto-org\/site\s+upload-key\s+set /);
+  const one = await cli(['secret', 'list', 'Octo-Org/Site']);
+  expect(one.stdout.trim().split('\n')).toEqual([expect.stringMatching(/^octo-org\/site\s+upload-key/)]);
+  expect(all.stdout + all.stderr + one.stdout).not.toContain(value);
+
+  const deleted = await cli(['secret', 'delete', 'octo-org/docs', 'upload-key']);
+  expect([deleted.code, deleted.stdout]).toEqual([0, expect.stringMatching(/^Deleted the secret "upload-key" of octo-org\/docs/)]);
+  expect((await cli(['secret', 'list'])).stdout).not.toContain('octo-org/docs');
+  const again = await cli(['secret', 'delete', 'octo-org/docs', 'upload-key']);
+  expect([again.code, again.stderr]).toEqual([1, 'No secret "upload-key" is stored for octo-org/docs; nothing was deleted.\n']);
+  expect((await cli(['secret', 'list', 'nobody/none'])).stderr).toBe('No secret is stored for nobody/none.\n');
 });

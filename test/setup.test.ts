@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startServerProcess } from '../bench/server-process.mjs';
 import { FakeGitHub } from './helpers/fake-github.js';
+import { manifestError } from './helpers/manifest-rules.js';
 import { signedWebhook } from './helpers/webhooks.js';
 
 const PUBLIC_URL = 'https://uploads.example.net';
@@ -61,8 +62,13 @@ test('setup: the registered app gets PUBLIC_URL/api/github/webhooks; pages style
   const cookie = withToken.headers.get('set-cookie')!.split(';')[0]!;
   expect((await fetch(url('/probot'), { headers: { ...outside, cookie } })).status).toBe(200);
 
-  // GitHub sends the browser back with a code: the app's credentials are written with the data, 0600.
-  const back = await fetch(url('/probot/setup?code=good-code'), { redirect: 'manual' });
+  // "Register GitHub App" posts the manifest to GitHub, which checks it as github.com does and sends the browser
+  // back with a code: the app's credentials are written with the data, 0600.
+  const manifest = /name="manifest" id="manifest" value='([^']*)'/.exec(html)![1]!;
+  const registered = await fetch(`http://${fake.env.GHE_HOST}/settings/apps/new`, { method: 'POST', body: new URLSearchParams({ manifest }), redirect: 'manual' });
+  expect([registered.status, registered.status === 302 ? '' : await registered.text()]).toEqual([302, '']);
+  const code = new URL(registered.headers.get('location')!).searchParams.get('code')!;
+  const back = await fetch(url(`/probot/setup?code=${code}`), { redirect: 'manual' });
   expect(back.status).toBe(302);
   expect(back.headers.get('location')).toBe('https://github.example/apps/preview-gate/installations/new');
   const appEnv = path.join(tmp, 'data', 'app.env');
@@ -82,3 +88,12 @@ test('setup: the registered app gets PUBLIC_URL/api/github/webhooks; pages style
   const ping = signedWebhook('ping', { zen: 'Design for failure.', hook_id: 1 }, 'whsec-from-github');
   expect((await fetch(url('/api/github/webhooks'), { method: 'POST', ...ping })).status).toBe(200);
 }, 60_000);
+
+test("GitHub's manifest rules, as the stand-in applies them: no installation events, every event covered by a permission", () => {
+  const base = { default_permissions: { metadata: 'read', pull_requests: 'write' } };
+  expect(manifestError({ ...base, default_events: ['pull_request', 'repository'] })).toBeUndefined();
+  expect(manifestError({ ...base, default_events: ['installation_repositories', 'pull_request'] })).toBe('Default events unsupported: installation_repositories');
+  expect(manifestError({ ...base, default_events: ['installation'] })).toBe('Default events unsupported: installation');
+  expect(manifestError({ ...base, default_events: ['push', 'membership', 'pull_request'] })).toBe('Default events are not supported by permissions: push, membership');
+  expect(manifestError({ default_permissions: { issues: 'read' }, default_events: ['issue_comment'] })).toBeUndefined();
+});

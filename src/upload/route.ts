@@ -121,10 +121,17 @@ async function storeUpload(
   if (!deps.github) throw unavailable('The GitHub App is not configured yet; the operator must finish its setup.');
   const github = deps.github;
   let authorized: ReturnType<typeof authorizeWithGitHub> | undefined;
-  const authorize = () => (authorized = authorizeWithGitHub(deps, github, repo, pr, sha));
+  const authorize = () => {
+    const endAuthorize = deps.metrics.uploadPhaseSeconds.startTimer({ phase: 'authorize' });
+    authorized = authorizeWithGitHub(deps, github, repo, pr, sha);
+    authorized.then(() => endAuthorize(), () => undefined);
+    return authorized;
+  };
   let stored;
+  const endStore = deps.metrics.uploadPhaseSeconds.startTimer({ phase: 'store' });
   try {
     stored = await deps.previews.ingestBuild(repo, pr, authorize, sha, 'upload', extract);
+    endStore();
   } catch (err) {
     if (!req.complete) res.set('Connection', 'close');
     throw err;

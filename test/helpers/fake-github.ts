@@ -10,6 +10,7 @@
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { manifestError } from './manifest-rules.js';
 
 export interface FakeRepo {
   id: number;
@@ -28,7 +29,7 @@ export interface FakePull {
   updatedAt: Date;
 }
 
-type Fault = { kind: 'down' } | { kind: 'hang' } | { kind: 'secondary-rate-limit'; retryAfter: number };
+type Fault = { kind: 'down'; everything?: boolean } | { kind: 'hang' } | { kind: 'secondary-rate-limit'; retryAfter: number };
 
 /** GitHub's `permissions` object of a repository for a role. */
 function permissionsOf(role: string) {
@@ -75,6 +76,28 @@ export class FakeGitHub {
   readonly client = { id: 'Iv1.abc', secret: 'cs-secret' };
   private readonly codes = new Map<string, { login: string; challenge: string; redirectUri: string }>();
   private readonly userTokens = new Map<string, string>();
+
+  /** Manifests posted to /settings/apps/new, accepted or not, with GitHub's refusal. */
+  readonly manifests: { manifest: Record<string, unknown>; error?: string }[] = [];
+  private readonly manifestCodes = new Set<string>();
+
+  /** An accepted manifest sends the browser to its redirect_url with a one-time code; a refused one gets GitHub's words. */
+  private registerFromManifest(res: http.ServerResponse, body: string): void {
+    let manifest: Record<string, unknown>;
+    try {
+      manifest = JSON.parse(new URLSearchParams(body).get('manifest') ?? '') as Record<string, unknown>;
+    } catch {
+      return void res.writeHead(422, { 'content-type': 'text/plain' }).end('Invalid manifest');
+    }
+    const error = manifestError(manifest);
+    this.manifests.push({ manifest, error });
+    if (error) return void res.writeHead(422, { 'content-type': 'text/plain' }).end(error);
+    const code = crypto.randomBytes(10).toString('hex');
+    this.manifestCodes.add(code);
+    const back = new URL(String(manifest.redirect_url));
+    back.searchParams.set('code', code);
+    res.writeHead(302, { location: back.href }).end();
+  }
 
   async start(): Promise<this> {
     this.server = http.createServer((req, res) => {
@@ -184,7 +207,8 @@ export class FakeGitHub {
     const free = !installationToken || path === '/rate_limit';
     this.requests.push(`${method} ${path}`);
 
-    if (this.fault && !free) {
+    // `everything`: the app's own (JWT) requests fail too, as when GitHub is unreachable.
+    if (this.fault && (!free || (this.fault.kind === 'down' && this.fault.everything))) {
       if (this.fault.kind === 'hang') {
         this.hanging.add(res);
         return;
@@ -208,6 +232,8 @@ export class FakeGitHub {
       if (!free) this.counted++;
       return this.send(res, status, data);
     };
+    // GitHub's "Register GitHub App" form (the setup page posts the manifest here): checked as GitHub checks it.
+    if (path === '/settings/apps/new' && method === 'POST') return this.registerFromManifest(res, body);
     if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined });
 
     let m: RegExpExecArray | null;
@@ -273,7 +299,8 @@ export class FakeGitHub {
     }
     if ((m = /^\/app-manifests\/([^/]+)\/conversions$/.exec(path)) && method === 'POST') {
       // The manifest flow's last step: GitHub hands over the new app's credentials once, for the code.
-      if (m[1] !== 'good-code') return answer(404, { message: 'Not Found' });
+      // good-code: a code of a manifest that tests take as registered without posting it.
+      if (m[1] !== 'good-code' && !this.manifestCodes.delete(m[1]!)) return answer(404, { message: 'Not Found' });
       return answer(201, { id: 4242, slug: 'preview-gate', pem: this.appPem, webhook_secret: 'whsec-from-github', client_id: 'Iv1.abc', client_secret: 'cs-secret', html_url: 'https://github.example/apps/preview-gate' });
     }
     if (path === '/app/installations') {

@@ -6,6 +6,7 @@ import nock from 'nock';
 import { pino } from 'pino';
 import { probotFromEnv, startServer, type RunningServer } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
+import { requestLogFields } from '../../src/request-context.js';
 import type { AzureKeyOptions } from '../../src/secrets/azure.js';
 import { UPLOAD_SECRET_NAME } from '../../src/upload/route.js';
 import { appPrivateKey, OWNER, REPO } from './github.js';
@@ -54,7 +55,7 @@ export async function startTestServer(
   const config = loadConfig(fullEnv);
   const logs: TestServer['logs'] = [];
   const log = pino(
-    { level: process.env.TEST_LOG_LEVEL ?? 'info' },
+    { level: process.env.TEST_LOG_LEVEL ?? 'info', mixin: requestLogFields },
     { write: (line: string) => void logs.push(JSON.parse(line)) },
   );
   const probot = probotFromEnv(config, log, fullEnv);

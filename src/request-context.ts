@@ -1,0 +1,12 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+
+/** The request a piece of work was caused by: its id follows the work through awaits, timers and queued jobs started from it. */
+const context = new AsyncLocalStorage<{ requestId: string }>();
+
+export const runInRequest = <T>(requestId: string, work: () => T): T => context.run({ requestId }, work);
+
+/** pino's `mixin`: every log line written while handling a request (or work it started) carries its requestId. */
+export const requestLogFields = (): { requestId?: string } => context.getStore() ?? {};
+
+/** An incoming X-Request-Id is kept when it is a plain token (it ends up in logs: nothing else is trusted). */
+export const WELL_FORMED_REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
