@@ -98,9 +98,10 @@ grep -q '/data/builds/' "$rendered" || fail "the rendered configuration does not
 
 https() { # <host> <path> [curl options...]: through nginx's TLS port
   local host=$1 path=$2; shift 2
-  curl -sk --resolve "$host:$HTTPS_PORT:127.0.0.1" "$@" "https://$host:$HTTPS_PORT$path"
+  curl -sk --max-time 20 --resolve "$host:$HTTPS_PORT:127.0.0.1" "$@" "https://$host:$HTTPS_PORT$path"
 }
-health() { https uploads.test /health -f -o /dev/null; }
+# (a request nginx sends to an address the app no longer has waits for the connect timeout: not 60 s each here)
+health() { https uploads.test /health -f -o /dev/null --max-time 5; }
 wait_for_health() { # <what>
   for _ in $(seq 120); do health && return 0; sleep 0.5; done
   compose logs >&2 || true
