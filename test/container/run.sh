@@ -94,7 +94,7 @@ rendered="$checkout/nginx/rendered.conf"
 head -1 "$rendered" | grep -q '^# preview-gate: nginx server blocks' || fail "nginx/rendered.conf does not start with the configuration: $(head -3 "$rendered")"
 grep -q 'ssl_certificate /etc/nginx/certs/fullchain.pem;' "$rendered" || fail "the rendered configuration has no TLS"
 grep -q 'proxy_pass http://$preview_gate_node;' "$rendered" || fail "the rendered configuration does not look the app up again"
-grep -q '/data/builds/' "$rendered" || fail "the rendered configuration does not serve /data/builds"
+grep -q 'root /data/builds/' "$rendered" || fail "the rendered configuration does not serve /data/builds"
 
 https() { # <host> <path> [curl options...]: through nginx's TLS port
   local host=$1 path=$2; shift 2
