@@ -41,8 +41,7 @@ RUN mkdir -p /data/builds && chown -R node:node /data
 USER node
 VOLUME /data
 EXPOSE 3000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
-  CMD node -e "const h=process.env.HOST;const host=!h||h==='0.0.0.0'||h==='::'?'127.0.0.1':h.includes(':')?'['+h+']':h;fetch('http://'+host+':'+(process.env.PORT||3000)+'/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s CMD ["node", "bin/healthcheck.js"]
 # A 4 MB young generation and a 64 MB first old generation: with V8's defaults an upload of many small files could
 # fall into a run of full collections, one every ~50 ms, that cost a third more CPU (README, performance).
 CMD ["node", "--max-semi-space-size=4", "--initial-old-space-size=64", "dist/src/main.js"]

@@ -1,16 +1,25 @@
 /** Start-up only: config → database → key service → server → listen. */
+import path from 'node:path';
 import { pino } from 'pino';
 import { probotFromEnv, startServer } from './app.js';
 import { ConfigError, ensureDataDir, gatherEnvironment, loadConfig } from './config.js';
 import { checkSqliteAddon } from './db/client.js';
 import { requestLogFields } from './request-context.js';
+import { inContainer } from './container.js';
 import { createSetupHandler } from './setup.js';
 
 async function main(): Promise<void> {
   // The environment, then .env, then DATA_DIR/app.env (the setup flow's credentials): as every CLI command reads them.
   const env = gatherEnvironment();
   const config = loadConfig(env);
-  ensureDataDir(config.dataDir);
+  try {
+    ensureDataDir(config.dataDir);
+  } catch (err) {
+    // A relative DATA_DIR (the ./data of a .env written for npm start) in the image is /app/data: say what to do.
+    const given = process.env.DATA_DIR;
+    if (err instanceof ConfigError && given && !path.isAbsolute(given)) throw new ConfigError(dataDirAdvice('?', '?'));
+    throw err;
+  }
   // JSON lines for log collectors; one readable line per event on a terminal.
   const log = pino({
     level: config.logLevel ?? 'info',
@@ -23,7 +32,7 @@ async function main(): Promise<void> {
   const running = await startServer(config, log, { probot, setupHandler, host: config.host });
   log.info(
     { url: running.url.replace('127.0.0.1', config.host), dataDir: config.dataDir, previews: `*.${config.previewDomain}` },
-    probot ? 'preview-gate is listening' : `preview-gate is listening; register the GitHub App at ${config.publicUrl}/probot`,
+    probot ? 'preview-gate is listening' : 'preview-gate is listening; register the GitHub App with the setup link above',
   );
   const stop = (signal: string) => {
     log.info({ signal }, 'stopping: finishing uploads in flight');
@@ -40,10 +49,7 @@ main().catch((err: unknown) => {
   } else if ((code === 'EACCES' || code === 'EPERM' || code === 'EROFS') && (err as NodeJS.ErrnoException).path) {
     const uid = process.getuid?.() ?? '?';
     const gid = process.getgid?.() ?? '?';
-    console.error(
-      `preview-gate: cannot write ${(err as NodeJS.ErrnoException).path} as uid ${uid}: DATA_DIR must belong to the server's user ` +
-        `(for a bind mount: chown -R ${uid}:${gid} <host directory>).`,
-    );
+    console.error(`preview-gate: cannot write ${(err as NodeJS.ErrnoException).path} as uid ${uid}: ${dataDirAdvice(uid, gid)}`);
   } else if (code === 'EADDRINUSE' || code === 'EACCES') {
     const { address, port } = err as { address?: string; port?: number };
     console.error(
@@ -56,3 +62,13 @@ main().catch((err: unknown) => {
   }
   process.exit(1);
 });
+
+/** What to do about an unwritable DATA_DIR; a relative one (`./data` from a copied .env) is not a bind mount. */
+function dataDirAdvice(uid: number | string, gid: number | string): string {
+  const dataDir = process.env.DATA_DIR;
+  if (dataDir && !path.isAbsolute(dataDir)) {
+    const unset = inContainer() ? 'remove DATA_DIR from the environment (.env) to use the image\'s volume /data, or ' : '';
+    return `DATA_DIR=${dataDir} is relative to the working directory ${process.cwd()}: ${unset}set DATA_DIR to a directory this user can write.`;
+  }
+  return `DATA_DIR must belong to the server's user (for a bind mount: chown -R ${uid}:${gid} <host directory>).`;
+}

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config.js';
@@ -40,13 +41,37 @@ export function nginxOptionsFrom(config: Config, overrides: Partial<NginxOptions
   };
 }
 
+/** An address nginx can keep for good: an IP literal or localhost. Any other name may move (a container's). */
+function isFixedHost(upstream: string): boolean {
+  const host = upstream.replace(/:[0-9]+$/, '');
+  return host === 'localhost' || net.isIP(host.replace(/^\[|\]$/g, '')) !== 0;
+}
+
+/**
+ * A fixed address: an upstream group with kept-alive connections. A name (compose's `app:3000`): nginx would resolve
+ * it once at start and answer 502 for good once a restarted or recreated container got a new address, so the
+ * address goes through a variable instead, which nginx resolves again (with the `resolver` it is given: compose's
+ * nginx writes one from its /etc/resolv.conf at start, nginx/start-with-resolver.sh).
+ */
+function upstreamValues(upstream: string): { UPSTREAM_BLOCK: string; NODE: string } {
+  if (isFixedHost(upstream)) {
+    return { UPSTREAM_BLOCK: `upstream preview_gate_node {\n    server ${upstream};\n    keepalive 16;\n}`, NODE: 'preview_gate_node' };
+  }
+  return {
+    UPSTREAM_BLOCK:
+      `# The Node process, looked up again at each request (needs a \`resolver\` in the http context, see README "Deploying").\n` +
+      `map $host $preview_gate_node {\n    default ${upstream};\n}`,
+    NODE: '$preview_gate_node',
+  };
+}
+
 /** Fills in nginx/preview-gate.conf.template: the server blocks to include in nginx's http context. */
 export function renderNginx(o: NginxOptions): string {
   const dir = nginxDir();
   const template = fs.readFileSync(path.join(dir, 'preview-gate.conf.template'), 'utf8');
   const tlsListen = o.tls?.listen ?? '443';
   const values: Record<string, string> = {
-    UPSTREAM: o.upstream,
+    ...upstreamValues(o.upstream),
     PUBLIC_HOST: o.publicHost,
     MAX_UPLOAD_BYTES: String(o.maxUploadBytes),
     UPLOADS_PER_MINUTE: String(o.uploadsPerMinute ?? 60),

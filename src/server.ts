@@ -87,7 +87,11 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
 
 /** The route template of a request (never its raw URL: bounded labels, no tokens or names in metrics). */
 function routeOf(req: express.Request, status: number): string {
-  if (req.route) return `${req.baseUrl}${String(req.route.path)}`;
+  if (req.route) {
+    // A route of several paths (['/health', '/health/']) is named by its first.
+    const path: unknown = req.route.path;
+    return `${req.baseUrl}${String(Array.isArray(path) ? path[0] : path)}`;
+  }
   if (req.path === WEBHOOKS_PATH) return WEBHOOKS_PATH;
   if (req.path === '/probot' || req.path.startsWith('/probot/')) return '/probot';
   return status === 404 ? 'unmatched' : 'other';

@@ -13,6 +13,7 @@ import { parse as parseCookies } from 'cookie';
 import type { Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { APP_ENV_FILE, type Config } from './config.js';
+import { inContainer } from './container.js';
 
 const COOKIE = 'preview_gate_setup';
 const STATIC_FILES: Record<string, string> = { 'primer.css': 'text/css', 'probot-head.svg': 'image/svg+xml', 'robot.svg': 'image/svg+xml' };
@@ -67,8 +68,15 @@ export async function createSetupHandler(config: Config, log: Logger, setupToken
     },
   })();
 
-  log.info({ webhookUrl }, `no GitHub App credentials yet: open ${config.publicUrl}/probot on this machine to register the app`);
-  log.info(`from another machine, open ${config.publicUrl}/probot?setup_token=${token} (the setup pages answer nobody else)`);
+  // In a container, loopback is the container's own: the host's browser (through the published port or nginx)
+  // arrives from the container network, so only the link with the token opens the pages there.
+  const tokenLink = `${config.publicUrl}/probot?setup_token=${token}`;
+  if (inContainer()) {
+    log.info({ webhookUrl }, `no GitHub App credentials yet: open ${tokenLink} to register the app (the setup pages answer nobody else)`);
+  } else {
+    log.info({ webhookUrl }, `no GitHub App credentials yet: open ${config.publicUrl}/probot on this machine to register the app`);
+    log.info(`from another machine, open ${tokenLink} (the setup pages answer nobody else)`);
+  }
 
   return async (req, res) => {
     const urlPath = req.path;

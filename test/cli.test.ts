@@ -82,6 +82,20 @@ test('nginx --listen takes a port or address:port and renders it', async () => {
   expect(res.stdout).toContain('listen 127.0.0.1:8080 default_server;');
 });
 
+test('nginx --upstream: an address keeps an upstream group; a name (compose) is looked up again through a variable', async () => {
+  const fixed = await cli(['nginx', '--upstream', '127.0.0.1:3000']);
+  expect(fixed.stdout).toMatch(/upstream preview_gate_node \{\s+server 127\.0\.0\.1:3000;\s+keepalive 16;/);
+  expect(fixed.stdout).not.toContain('$preview_gate_node');
+  // nginx resolves an upstream group's name once at start: a recreated app container (new address) would be lost.
+  const named = await cli(['nginx', '--upstream', 'app:3000']);
+  expect(named.code).toBe(0);
+  expect(named.stdout).not.toMatch(/upstream preview_gate_node|server app:3000/);
+  expect(named.stdout).toMatch(/map \$host \$preview_gate_node \{\s+default app:3000;\s+\}/);
+  const proxied = named.stdout.match(/proxy_pass [^;]+;/g) ?? [];
+  expect(proxied.length).toBeGreaterThan(5);
+  expect(new Set(proxied)).toEqual(new Set(['proxy_pass http://$preview_gate_node;']));
+});
+
 describe('start-up errors are one line naming what to change', () => {
   const start = (env: Record<string, string>) =>
     spawnSync('node', ['dist/src/main.js'], { env: { ...process.env, NODE_OPTIONS: '', DATA_DIR: path.join(tmp, 'data'), LOG_LEVEL: 'silent', ...env }, encoding: 'utf8', timeout: 20_000 });

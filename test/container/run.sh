@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The container test (npm run test:container): the image built from this checkout and run with compose.yaml
-# beside nginx, GitHub answered by a stand-in service. compose up → /health through nginx → a signed upload
-# through nginx → the preview served → the app restarted → data still there; plus what an operator would trip
-# on: the image's user and leftovers, the database's mode, what nginx can see, a root-owned bind mount.
+# The container test (npm run test:container): README "Deploying"'s compose commands, read from the README's
+# blocks marked <!-- deploy:NAME --> and run as written in a copy of this checkout, with a GitHub stand-in service.
+# .env from .env.example → certificates → build, nginx rendered with the image, compose up → the setup link →
+# the credentials the setup flow writes → restart app → /health, a signed upload and its preview through nginx
+# (TLS) → the upgrade (a rebuilt image, only the app recreated) → nginx still answers → containers recreated,
+# data kept. Plus what an operator would trip on: the image's user and leftovers, the database's mode, what nginx
+# can see, a root-owned bind mount, a relative DATA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+started=$(date +%s)
 
 step() { printf '\n== container test (%s): %s\n' "$(date +%T)" "$*"; }
 fail() { echo "container test FAILED: $*" >&2; exit 1; }
@@ -19,70 +23,114 @@ if ! command -v podman >/dev/null 2>&1 || ! podman image exists docker.io/librar
   step "making the container engine and base images ($base)"
   NODE_VERSION=${NODE_VERSION:-24.21.0} NPM_VERSION=${NPM_VERSION:-11.19.1} bash "$base"
 fi
-export BUILDAH_FORMAT=docker
-
-step "building the image"
-podman build -q -t preview-gate . >/dev/null
+# The README's build as podman does it by default (OCI format, which drops the image's HEALTHCHECK): compose.yaml's
+# own healthcheck must cover it.
+unset BUILDAH_FORMAT
 
 work=$(mktemp -d)
+checkout="$work/checkout"
 project="pgtest$$"
 free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
 export HTTP_PORT=$(free_port) HTTPS_PORT=$(free_port) APP_PORT=$(free_port)
 export COMMIT=$(printf 'c%.0s' $(seq 40)) SECOND_COMMIT=$(printf 'd%.0s' $(seq 40))
-export PREVIEW_GATE_ENV_FILE="$work/env"
-compose() { podman-compose -p "$project" -f compose.yaml -f test/container/compose.test.yaml "$@"; }
+export project
+compose() { (cd "$checkout" && podman-compose -p "$project" -f compose.yaml -f test/container/compose.test.yaml "$@"); }
 cleanup() {
   compose down -v >/dev/null 2>&1 || true
   rm -rf "$work"
-  rm -f nginx/rendered.conf
 }
 trap cleanup EXIT
 
-key=$(node -e "process.stdout.write(require('crypto').generateKeyPairSync('rsa',{modulusLength:2048}).privateKey.export({type:'pkcs1',format:'pem'}).replace(/\n/g,'\\\\n'))")
-cat > "$PREVIEW_GATE_ENV_FILE" <<ENV
-PUBLIC_URL=http://uploads.test
-PREVIEW_DOMAIN=previews.test
-APP_ID=1
-PRIVATE_KEY=$key
-WEBHOOK_SECRET=container-test
-ENV
+# The README's commands say `docker`; the docker engine does not run here, so `docker compose` is podman-compose
+# (with this test's project name and its GitHub stand-in) and `docker` is podman. `git pull` stands for a new
+# release: a changed file that lands in the image.
+docker() {
+  if [ "$1" = compose ]; then shift; podman-compose -p "$project" -f compose.yaml -f test/container/compose.test.yaml "$@"
+  else podman "$@"; fi
+}
+git() {
+  if [ "$1" = pull ]; then echo "// a new release" >> bin/healthcheck.js; else command git "$@"; fi
+}
+export -f docker git
 
-step "image: non-root, Node 24, no build leftovers"
-[ "$(podman run --rm --no-healthcheck preview-gate id -u)" = 1000 ] || fail "the image does not run as uid 1000"
-podman run --rm --no-healthcheck preview-gate node -v | grep -q '^v24\.' || fail "the image is not Node 24"
-leftover=$(podman run --rm --no-healthcheck preview-gate du -sm node_modules/better-sqlite3 | cut -f1)
-[ "$leftover" -le 5 ] || fail "better-sqlite3 takes $leftover MB in the image (build leftovers)"
-podman run --rm --no-healthcheck preview-gate sh -c 'test ! -e .env && test ! -e .git && test ! -e test' || fail "the build context leaked files into the image"
+# The fenced block after <!-- deploy:NAME --> in README.md.
+readme_block() {
+  awk -v marker="<!-- deploy:$1 -->" '
+    $0 == marker { found = 1; next }
+    found == 1 && /^```sh$/ { found = 2; next }
+    found == 2 && /^```$/ { exit }
+    found == 2 { print }' README.md
+}
+run_block() { # <name> [sed expression applied to the block]
+  local block
+  block=$(readme_block "$1" | sed -e "${2:-}")
+  [ -n "$block" ] || fail "README.md has no <!-- deploy:$1 --> block"
+  sed 's/^/    $ /' <<<"$block"
+  (cd "$checkout" && bash -euo pipefail -c "$block") >>"$work/commands.log" 2>&1 \
+    || { tail -20 "$work/commands.log" >&2; fail "README block deploy:$1 failed"; }
+}
 
-step "the image's better-sqlite3 survives V8 freeing 200,000 statements (Node 24.19+, nodejs/node#65446)"
-survived() { grep -q '^survived$' <<<"$1"; }
-out=$(podman run --rm --no-healthcheck -v "$PWD/test/container/statement-churn.cjs:/app/statement-churn.cjs:ro" preview-gate node statement-churn.cjs 2>&1) || true
-survived "$out" || fail "the image's SQLite addon aborted: $(tail -3 <<<"$out")"
+step "a copy of this checkout (tracked and new files), as an operator's clone"
+mkdir -p "$checkout"
+command git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do [ -e "$f" ] && [ "$f" != node_modules ] && printf '%s\0' "$f"; done \
+  | tar --null -T - -cf - | tar -xf - -C "$checkout"
 
-step "an operator's npm ci of this checkout on Node 24 (toolchain stage): the addon is rebuilt when it would abort"
-podman build -q --target toolchain -t preview-gate-toolchain . >/dev/null
-mkdir -p "$work/checkout"
-git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work/checkout"
-out=$(podman run --rm --user 0 -v "$work/checkout:/app" -w /app preview-gate-toolchain \
-  sh -c 'npm ci --no-audit --no-fund 2>&1 | grep "preview-gate:"; node bin/sqlite-addon.mjs check && node test/container/statement-churn.cjs' 2>&1) || true
-echo "$out"
-survived "$out" || fail "after npm ci on Node 24 the SQLite addon aborted or was refused: $(tail -3 <<<"$out")"
+step "README deploy:env, then .env edited as an operator would (own domains, the GitHub stand-in)"
+run_block env
+set_env() { sed -i "/^#\? *$1=/d" "$checkout/.env"; printf '%s=%s\n' "$1" "$2" >> "$checkout/.env"; }
+set_env PUBLIC_URL https://uploads.test
+set_env PREVIEW_DOMAIN previews.test
+set_env GHE_HOST github:8080
+set_env GHE_PROTOCOL http
+set_env GITHUB_THROTTLE false
+set_env RECONCILE_INTERVAL_MINUTES 0
 
-step "a root-owned bind mount for /data: one line saying what to do"
-mkdir -p "$work/rootowned"
-if out=$(podman run --rm --no-healthcheck --env-file "$PREVIEW_GATE_ENV_FILE" -v "$work/rootowned:/data" preview-gate 2>&1); then fail "started on an unwritable /data"; fi
-echo "$out" | grep -q 'chown -R 1000:1000' || fail "no chown advice for an unwritable /data: $out"
-[ "$(echo "$out" | wc -l)" -eq 1 ] || fail "more than one line for an unwritable /data: $out"
+step "README deploy:certs (a self-signed certificate, for the test's domains)"
+run_block certs 's/uploads\.example\.com/uploads.test/g; s/previews\.example\.net/previews.test/g'
 
-step "rendering nginx's configuration with the image"
-podman run --rm --no-healthcheck --env-file "$PREVIEW_GATE_ENV_FILE" preview-gate node bin/preview-gate.js nginx --upstream app:3000 --listen 80 > nginx/rendered.conf
-grep -q 'server app:3000;' nginx/rendered.conf || fail "the rendered configuration does not name app:3000"
+step "README deploy:compose: build, nginx rendered with the image, up"
+run_block compose
+rendered="$checkout/nginx/rendered.conf"
+head -1 "$rendered" | grep -q '^# preview-gate: nginx server blocks' || fail "nginx/rendered.conf does not start with the configuration: $(head -3 "$rendered")"
+grep -q 'ssl_certificate /etc/nginx/certs/fullchain.pem;' "$rendered" || fail "the rendered configuration has no TLS"
+grep -q 'proxy_pass http://$preview_gate_node;' "$rendered" || fail "the rendered configuration does not look the app up again"
+grep -q 'root /data/builds/' "$rendered" || fail "the rendered configuration does not serve /data/builds"
 
-step "compose up"
-compose up -d >/dev/null 2>&1
-health() { curl -sf -H 'Host: uploads.test' "http://127.0.0.1:$HTTP_PORT/health" >/dev/null; }
-for _ in $(seq 120); do health && break; sleep 0.5; done
-health || { compose logs >&2 || true; fail "/health did not answer through nginx"; }
+https() { # <host> <path> [curl options...]: through nginx's TLS port
+  local host=$1 path=$2; shift 2
+  curl -sk --max-time 20 --resolve "$host:$HTTPS_PORT:127.0.0.1" "$@" "https://$host:$HTTPS_PORT$path"
+}
+# (a request nginx sends to an address the app no longer has waits for the connect timeout: not 60 s each here)
+health() { https uploads.test /health -f -o /dev/null --max-time 5; }
+wait_for_health() { # <what>
+  for _ in $(seq 120); do health && return 0; sleep 0.5; done
+  compose logs >&2 || true
+  fail "/health did not answer through nginx $1"
+}
+wait_for_health "after compose up"
+app_address() { podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "${project}_app_1"; }
+
+step "the setup flow in a container: the log gives the token link, and only it opens the pages from the host"
+logs=$(compose logs app 2>&1)
+link=$(grep -o 'https://uploads.test/probot?setup_token=[A-Za-z0-9_-]*' <<<"$logs" | head -1)
+[ -n "$link" ] || fail "no setup link in the app's log: $logs"
+! grep -q 'on this machine' <<<"$logs" || fail "the log says to open the setup pages on this machine, which answer 403 from the host"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APP_PORT/probot")" = 403 ] || fail "/probot without the token answered from the host"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APP_PORT/probot?${link#*\?}")" = 200 ] || fail "the setup link does not open from the host"
+[ "$(https uploads.test "/probot?${link#*\?}" -o /dev/null -w '%{http_code}')" = 200 ] || fail "the setup link does not open through nginx"
+
+step "the app's health check (compose.yaml's: the image was built in OCI format)"
+podman healthcheck run "${project}_app_1" >/dev/null || fail "the app container has no working health check"
+
+step "the credentials the setup flow writes to /data/app.env, then README deploy:after-setup"
+key=$(node -e "process.stdout.write(JSON.stringify(require('crypto').generateKeyPairSync('rsa',{modulusLength:2048}).privateKey.export({type:'pkcs1',format:'pem'})))")
+printf 'APP_ID="1"\nPRIVATE_KEY=%s\nWEBHOOK_SECRET="container-test"\n' "$key" \
+  | podman exec -i "${project}_app_1" sh -c 'umask 077 && cat > /data/app.env'
+before=$(app_address)
+run_block after-setup
+wait_for_health "after restart app"
+echo "    app address: $before before the restart, $(app_address) after"
+https uploads.test /health | grep -q '"github":"configured"' || fail "the restarted app did not read /data/app.env: $(https uploads.test /health)"
 
 step "a signed upload through nginx, then the preview through nginx"
 secret=$(head -c 32 /dev/urandom | base64 | tr -d '/+=' | head -c 40)
@@ -90,13 +138,13 @@ printf '%s' "$secret" | podman exec -i "${project}_app_1" node bin/preview-gate.
 upload() { # <commit> <marker>
   mkdir -p "$work/site-$1" && printf '<h1>%s</h1>' "$2" > "$work/site-$1/index.html"
   tar -czf "$work/site-$1.tgz" -C "$work/site-$1" .
-  curl -s -o "$work/answer" -w '%{http_code}' -H 'Host: uploads.test' -H "Authorization: Token $(node test/container/token.mjs "$secret" bench-org/docs 1)" \
-    --data-binary "@$work/site-$1.tgz" "http://127.0.0.1:$HTTP_PORT/create-build/1/$1"
+  https uploads.test "/create-build/1/$1" -o "$work/answer" -w '%{http_code}' \
+    -H "Authorization: Token $(node test/container/token.mjs "$secret" bench-org/docs 1)" --data-binary "@$work/site-$1.tgz"
 }
+preview() { https "pr1-${1:0:7}--docs.previews.test" / -f; }
 status=$(upload "$COMMIT" 'from a container')
 [ "$status" = 201 ] || { compose logs app 2>&1 | tail -20 >&2 || true; fail "upload answered $status: $(cat "$work/answer")"; }
-grep -q "\"url\":\"http://pr1-${COMMIT:0:7}--docs.previews.test/\"" "$work/answer" || fail "unexpected answer $(cat "$work/answer")"
-preview() { curl -sf -H "Host: pr1-${1:0:7}--docs.previews.test" "http://127.0.0.1:$HTTP_PORT/"; }
+grep -q "\"url\":\"https://pr1-${COMMIT:0:7}--docs.previews.test/\"" "$work/answer" || fail "unexpected answer $(cat "$work/answer")"
 [ "$(preview "$COMMIT")" = '<h1>from a container</h1>' ] || fail "the preview was not served"
 
 step "what lands on disk, and what nginx can see"
@@ -105,14 +153,61 @@ podman exec "${project}_app_1" sh -c 'test -n "$(find /data/builds/.objects -typ
 [ "$(podman exec "${project}_app_1" stat -c '%a %u' /data/preview-gate.sqlite)" = '600 1000' ] || fail "the SQLite file is not 0600 for uid 1000"
 podman exec "${project}_nginx_1" sh -c 'test ! -e /data/master.key && test ! -e /data/preview-gate.sqlite' || fail "nginx can see the key or the database"
 
+step "README deploy:upgrade: a rebuilt image, only the app recreated, nginx answering throughout"
+app_before=$(podman inspect -f '{{.Id}} {{.Image}}' "${project}_app_1")
+nginx_before=$(podman inspect -f '{{.Id}}' "${project}_nginx_1")
+before=$(app_address)
+run_block upgrade
+app_after=$(podman inspect -f '{{.Id}} {{.Image}}' "${project}_app_1")
+[ "${app_after% *}" != "${app_before% *}" ] || fail "the upgrade did not recreate the app container"
+[ "${app_after#* }" != "${app_before#* }" ] || fail "the upgrade did not run a new image"
+[ "$(podman inspect -f '{{.Id}}' "${project}_nginx_1")" = "$nginx_before" ] || fail "the upgrade recreated nginx too"
+podman exec "${project}_app_1" test -s /data/backup-before-upgrade.sqlite || fail "no backup before the upgrade"
+wait_for_health "after the upgrade"
+echo "    app address: $before before the upgrade, $(app_address) after"
+[ "$(preview "$COMMIT")" = '<h1>from a container</h1>' ] || fail "the preview is gone after the upgrade"
+status=$(upload "$SECOND_COMMIT" 'after the upgrade')
+[ "$status" = 201 ] || fail "upload after the upgrade answered $status: $(cat "$work/answer")"
+[ "$(preview "$SECOND_COMMIT")" = '<h1>after the upgrade</h1>' ] || fail "the second preview was not served"
+
 step "containers recreated (compose down, up; volumes kept): the data is still there and the secret still decrypts"
 compose down >/dev/null 2>&1
 compose up -d >/dev/null 2>&1
-for _ in $(seq 120); do health && break; sleep 0.5; done
-health || fail "/health did not come back after the restart"
-[ "$(preview "$COMMIT")" = '<h1>from a container</h1>' ] || fail "the preview is gone after the restart"
-status=$(upload "$SECOND_COMMIT" 'after the restart')
-[ "$status" = 201 ] || fail "upload after the restart answered $status: $(cat "$work/answer")"
-[ "$(preview "$SECOND_COMMIT")" = '<h1>after the restart</h1>' ] || fail "the second preview was not served"
+wait_for_health "after compose down and up"
+[ "$(preview "$SECOND_COMMIT")" = '<h1>after the upgrade</h1>' ] || fail "the preview is gone after the containers were recreated"
+status=$(upload "$COMMIT" 'again')
+[ "$status" = 200 ] || [ "$status" = 201 ] || [ "$status" = 409 ] || fail "upload after recreating answered $status: $(cat "$work/answer")"
 
-step "passed"
+step "image: non-root, Node 24, no build leftovers"
+[ "$(podman run --rm --no-healthcheck preview-gate id -u)" = 1000 ] || fail "the image does not run as uid 1000"
+podman run --rm --no-healthcheck preview-gate node -v | grep -q '^v24\.' || fail "the image is not Node 24"
+leftover=$(podman run --rm --no-healthcheck preview-gate du -sm node_modules/better-sqlite3 | cut -f1)
+[ "$leftover" -le 5 ] || fail "better-sqlite3 takes $leftover MB in the image (build leftovers)"
+podman run --rm --no-healthcheck preview-gate sh -c 'test ! -e .env && test ! -e .git && test ! -e test && test ! -e certs' || fail "the build context leaked files into the image"
+
+step "the image's better-sqlite3 survives V8 freeing 200,000 statements (Node 24.19+, nodejs/node#65446)"
+survived() { grep -q '^survived$' <<<"$1"; }
+out=$(podman run --rm --no-healthcheck -v "$PWD/test/container/statement-churn.cjs:/app/statement-churn.cjs:ro" preview-gate node statement-churn.cjs 2>&1) || true
+survived "$out" || fail "the image's SQLite addon aborted: $(tail -3 <<<"$out")"
+
+step "an operator's npm ci of this checkout on Node 24 (toolchain stage): the addon is rebuilt when it would abort"
+podman build -q --target toolchain -t preview-gate-toolchain . >/dev/null
+mkdir -p "$work/npm-ci"
+command git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work/npm-ci"
+out=$(podman run --rm --user 0 -v "$work/npm-ci:/app" -w /app preview-gate-toolchain \
+  sh -c 'npm ci --no-audit --no-fund 2>&1 | grep "preview-gate:"; node bin/sqlite-addon.mjs check && node test/container/statement-churn.cjs' 2>&1) || true
+echo "$out"
+survived "$out" || fail "after npm ci on Node 24 the SQLite addon aborted or was refused: $(tail -3 <<<"$out")"
+
+step "an unwritable /data: one line saying what to do"
+mkdir -p "$work/rootowned"
+# stderr only: the log (stdout) says the setup flow waits, before the server opens its data.
+if out=$(podman run --rm --no-healthcheck --env-file "$checkout/.env" -v "$work/rootowned:/data" preview-gate 2>&1 >/dev/null); then fail "started on an unwritable /data"; fi
+echo "$out" | grep -q 'chown -R 1000:1000' || fail "no chown advice for an unwritable /data: $out"
+[ "$(echo "$out" | wc -l)" -eq 1 ] || fail "more than one line for an unwritable /data: $out"
+# A relative DATA_DIR (the ./data of a .env written for npm start) is /app/data in the image: no bind mount to chown.
+if out=$(podman run --rm --no-healthcheck --env-file "$checkout/.env" -e DATA_DIR=./data preview-gate 2>&1 >/dev/null); then fail "started with DATA_DIR=./data in /app"; fi
+echo "$out" | grep -q 'DATA_DIR=./data is relative to the working directory /app: remove DATA_DIR' || fail "no accurate advice for DATA_DIR=./data: $out"
+[ "$(echo "$out" | wc -l)" -eq 1 ] || fail "more than one line for DATA_DIR=./data: $out"
+
+step "passed in $(( $(date +%s) - started )) s"
