@@ -113,6 +113,7 @@ export function parseManifest(body: Buffer, limits: Pick<Config, 'maxBuildFiles'
   if (entries.length === 0) throw badRequest('The manifest lists no files.');
   if (entries.length > limits.maxBuildFiles) throw tooLarge(`The manifest lists more than ${limits.maxBuildFiles} files.`);
   const files = new Map<string, ManifestFile>();
+  const sizes = new Map<string, number>();
   let bytes = 0;
   for (const [raw, file] of entries) {
     const rel = safeEntryPath(raw);
@@ -121,6 +122,11 @@ export function parseManifest(body: Buffer, limits: Pick<Config, 'maxBuildFiles'
     if (!isSha256(hash)) throw badRequest(`The manifest's sha256 of "${rel}" is not 64 lower-case hex characters.`);
     if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw badRequest(`The manifest's size of "${rel}" is not a whole number of bytes.`);
     if (files.has(rel)) throw badRequest(`The manifest lists "${rel}" more than once.`);
+    const sizeBefore = sizes.get(hash);
+    if (sizeBefore !== undefined && sizeBefore !== size) {
+      throw badRequest(`The manifest lists sha256 ${hash} with two different sizes (${sizeBefore} and ${size} bytes).`);
+    }
+    sizes.set(hash, size);
     bytes += size;
     if (bytes > limits.maxBuildBytes) throw tooLarge(`The build is larger than ${limits.maxBuildBytes} bytes once uncompressed.`);
     files.set(rel, { sha256: hash, size });
