@@ -4,9 +4,11 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import nock from 'nock';
 import { builds, objects, repositories } from '../src/db/schema.js';
+import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
@@ -121,4 +123,44 @@ test("the 201 of a repository's first upload names the site the settings chose, 
   expect(site).toBe('handbook');
   expect(body.url).toBe(`https://pr4-${A.slice(0, 7)}--handbook.previews.test/`);
   expect(fs.existsSync(path.join(server.config.buildsDir, 'handbook', '4', A.slice(0, 7), 'index.html'))).toBe(true);
+});
+
+test('an upload of a SHA another upload is storing is answered 409 once; the stalled first gets its 408 once, with no "headers sent" error logged', async () => {
+  await start({ UPLOAD_IDLE_SECONDS: '1' });
+  fake.addPull(DOCS, { number: 5, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });
+  const body = tarball({ 'index.html': Buffer.from('<h1>first</h1>'), 'big.bin': crypto.randomBytes(200_000) });
+  // The first upload sends half its body and stops: its claim on the SHA stays in flight until it is cut.
+  const first = http.request(`${server.url}/create-build/5/${A}`, {
+    method: 'POST',
+    headers: { authorization: `Token ${await server.token({ 'pull-request': 5 })}`, 'content-type': 'application/gzip', 'content-length': body.length },
+  });
+  const firstAnswer = new Promise<number | string>((resolve) => {
+    first.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
+    first.on('error', (err) => resolve((err as NodeJS.ErrnoException).code ?? err.message));
+  });
+  first.write(body.subarray(0, body.length / 2));
+  await eventually(() => server.core.db.select().from(builds).all().length === 1);
+  const second = await server.upload(5, A, body);
+  expect(second.status).toBe(409);
+  expect(((await second.json()) as { error: string }).error).toMatch(/already exists/);
+  expect(await firstAnswer).toBe(408);
+  await eventually(() => server.core.db.select().from(builds).all().length === 0);
+  await server.previews.settled();
+  expect(server.logs.filter((l) => JSON.stringify(l).includes('ERR_HTTP_HEADERS_SENT'))).toEqual([]);
+  expect(server.logs.filter((l) => l.level >= 50)).toEqual([]);
+});
+
+test('two concurrent digest uploads of one SHA: the loser is answered 409 once, with no "headers sent" error logged', async () => {
+  await start();
+  fake.addPull(DOCS, { number: 6, user: CONTRIBUTOR, commits: [A], labels: [LABEL] });
+  const files: Record<string, Buffer> = {};
+  for (let i = 0; i < 30; i++) files[`page-${i}.html`] = Buffer.from(`<h1>page ${i}</h1>`);
+  const listed: Record<string, { sha256: string; size: number }> = {};
+  for (const [p, content] of Object.entries(files)) listed[p] = { sha256: hashOf(content), size: content.length };
+  const manifest = JSON.stringify({ files: listed });
+  expect((await postManifest(6, A, manifest)).status).toBe(200);
+  const answers = await Promise.all([sendMissing(6, A, manifest, files), sendMissing(6, A, manifest, files)]);
+  expect(answers.map((r) => r.status).sort()).toEqual([201, 409]);
+  await server.previews.settled();
+  expect(server.logs.filter((l) => JSON.stringify(l).includes('ERR_HTTP_HEADERS_SENT'))).toEqual([]);
 });

@@ -126,7 +126,8 @@ async function storeUpload(
   try {
     stored = await deps.previews.ingestBuild(repo, pr, authorize, sha, 'upload', extract);
   } catch (err) {
-    if (!req.complete) res.set('Connection', 'close');
+    // Not once answered (an idle body cut with 408): setting a header then throws ERR_HTTP_HEADERS_SENT.
+    if (!req.complete && !res.headersSent) res.set('Connection', 'close');
     throw err;
   }
   const { repo: current, facts } = await authorized!;
