@@ -164,3 +164,19 @@ test('two concurrent digest uploads of one SHA: the loser is answered 409 once, 
   await server.previews.settled();
   expect(server.logs.filter((l) => JSON.stringify(l).includes('ERR_HTTP_HEADERS_SENT'))).toEqual([]);
 });
+
+test('a write-first client on a keep-alive connection that carried earlier uploads gets its 413, not a broken pipe', async () => {
+  await start({ MAX_BUILD_BYTES: String(1 * MiB) });
+  const commits = [A, B, sha('c3'), sha('d4'), sha('e5'), sha('f6')];
+  fake.addPull(DOCS, { number: 7, user: CONTRIBUTOR, commits, labels: [LABEL] });
+  // Node's fetch keeps the connection alive between these, and sends each whole body before reading.
+  expect((await server.upload(7, A, tarball({ 'index.html': Buffer.from('<h1>a</h1>') }))).status).toBe(201);
+  expect((await server.upload(7, B, tarball({ 'index.html': Buffer.from('<h1>b</h1>') }))).status).toBe(201);
+  // Over MAX_BUILD_BYTES at its first entry, with megabytes still to come after the answer.
+  const over = tarball({ 'big.bin': crypto.randomBytes(6 * MiB) });
+  for (const commit of commits.slice(2)) {
+    const res = await server.upload(7, commit, over);
+    expect(res.status).toBe(413);
+    expect(((await res.json()) as { error: string }).error).toMatch(/larger than/);
+  }
+});

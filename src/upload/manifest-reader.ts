@@ -26,12 +26,11 @@ export type ManifestJobAnswer =
 export interface ReadManifest {
   /** The sha256 of the JSON (inflated): what the upload names. */
   digest: string;
-  /** The file (in `listsDir`) holding its files as a compact JSON list [[path, sha256, size], …]. */
+  /** The file (in `listsDir`) of its parsed list: JSON {"files": [[path, sha256, size], …], "missing": [sha256, …]}. */
   list: string;
   /** Whether the repository stores every listed content. */
   allStored: boolean;
-  /** The contents the repository lacks, and the answer that says so ({"missing": […]}, as JSON text). */
-  missing: string[];
+  /** The answer that names the contents the repository lacks ({"missing": […]}, as JSON text). */
   answer: string;
 }
 

@@ -29,8 +29,9 @@ function read(job: ManifestJob): ManifestJobAnswer {
   // The parsed list goes to a file of its own (a row of megabytes cost the main thread a second to write).
   fs.mkdirSync(job.listsDir, { recursive: true, mode: 0o700 });
   const list = `${crypto.randomUUID()}.json`;
-  fs.writeFileSync(path.join(job.listsDir, list), JSON.stringify([...files].map(([rel, f]) => [rel, f.sha256, f.size])), { flag: 'wx', mode: 0o600 });
-  return { id: job.id, digest: sha256(body), list, allStored: missing.length === 0, answer: JSON.stringify({ missing }), missing };
+  const stored = { files: [...files].map(([rel, f]) => [rel, f.sha256, f.size]), missing };
+  fs.writeFileSync(path.join(job.listsDir, list), JSON.stringify(stored), { flag: 'wx', mode: 0o600 });
+  return { id: job.id, digest: sha256(body), list, allStored: missing.length === 0, answer: JSON.stringify({ missing }) };
 }
 
 parentPort!.on('message', (job: ManifestJob) => {

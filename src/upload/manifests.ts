@@ -19,16 +19,12 @@ const MANIFEST_KEPT_MS = 60 * 60_000;
  * of MAX_BUILD_FILES files).
  */
 export const MANIFESTS_KEPT_PER_REPOSITORY = 8;
-/** The contents each recent manifest's answer asked for (by row id), so its upload links the others early. */
-const ASKED_KEPT = 64;
 
 /**
  * Manifests between `POST …/manifest` and the upload that names them. A row holds the manifest's digest and the
  * name of the file (in `listsDir`, written by the manifest thread) of its parsed list; never the body as sent.
  */
 export class Manifests {
-  private readonly asked = new Map<number, Set<string>>();
-
   constructor(
     private readonly db: Db,
     readonly listsDir: string,
@@ -38,11 +34,11 @@ export class Manifests {
    * Keeps the manifest (its digest and list file) for its upload, dropping expired ones and the repository's
    * oldest beyond MANIFESTS_KEPT_PER_REPOSITORY, with their files.
    */
-  remember(repositoryId: number, pullRequestNumber: number, sha: string, digest: string, list: string, asked: Set<string>): void {
+  remember(repositoryId: number, pullRequestNumber: number, sha: string, digest: string, list: string): void {
     const expired = this.db.delete(manifests).where(lt(manifests.createdAt, new Date(Date.now() - MANIFEST_KEPT_MS))).returning({ body: manifests.body }).all();
     const same = and(eq(manifests.repositoryId, repositoryId), eq(manifests.pullRequestNumber, pullRequestNumber), eq(manifests.sha, sha), eq(manifests.digest, digest));
     const replaced = this.db.delete(manifests).where(same).returning({ body: manifests.body }).all();
-    const row = this.db.insert(manifests).values({ repositoryId, pullRequestNumber, sha, digest, body: list }).returning({ id: manifests.id }).get();
+    this.db.insert(manifests).values({ repositoryId, pullRequestNumber, sha, digest, body: list }).run();
     const beyond = this.db
       .select({ id: manifests.id })
       .from(manifests)
@@ -53,11 +49,6 @@ export class Manifests {
       .map((r) => r.id);
     const dropped = beyond.length ? this.db.delete(manifests).where(inArray(manifests.id, beyond)).returning({ body: manifests.body }).all() : [];
     for (const gone of [...expired, ...replaced, ...dropped]) this.removeList(gone.body);
-    this.asked.set(row.id, asked);
-    for (const id of this.asked.keys()) {
-      if (this.asked.size <= ASKED_KEPT) break;
-      this.asked.delete(id);
-    }
   }
 
   /** The manifest a digest upload names, or a 400 that says what to do. */
@@ -77,11 +68,10 @@ export class Manifests {
     } catch {
       throw notSent(); // dropped meanwhile (a newer manifest of the repository), or a row from before lists were files
     }
-    return { id: row.id, files: filesOf(compact), asked: this.asked.get(row.id) };
+    return { id: row.id, ...parseList(compact) };
   }
 
   forget(id: number): void {
-    this.asked.delete(id);
     for (const gone of this.db.delete(manifests).where(eq(manifests.id, id)).returning({ body: manifests.body }).all()) this.removeList(gone.body);
   }
 
@@ -96,11 +86,12 @@ export class Manifests {
   }
 }
 
-/** The files of a manifest's compact list, as checked by the thread when it was sent. */
-export function filesOf(compact: string): Map<string, ManifestFile> {
+/** A manifest's parsed list as the thread wrote it: its files, and the contents its answer asked for. */
+export function parseList(text: string): { files: Map<string, ManifestFile>; asked: Set<string> } {
+  const stored = JSON.parse(text) as { files: [string, string, number][]; missing: string[] };
   const files = new Map<string, ManifestFile>();
-  for (const [rel, sha256, size] of JSON.parse(compact) as [string, string, number][]) files.set(rel, { sha256, size });
-  return files;
+  for (const [rel, sha256, size] of stored.files) files.set(rel, { sha256, size });
+  return { files, asked: new Set(stored.missing) };
 }
 
 /**

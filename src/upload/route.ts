@@ -15,7 +15,7 @@ import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
 import { manifestReader } from './manifest-reader.js';
-import { filesOf, MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
+import { parseList, MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
 import { claimedSlug, tokenAlgorithm, tokenFromHeader, verifyOidcToken, verifyTravisToken } from './tokens.js';
 
 export const UPLOAD_SECRET_NAME = 'upload-key';
@@ -93,13 +93,13 @@ export function uploadRouter(deps: UploadDeps): Router {
     });
     // A SHA already stored is answered now (409), not after the client sent what is missing.
     if (read.allStored || deps.previews.hasBuild(authenticated, pr, sha)) {
-      const files = filesOf(await fs.promises.readFile(path.join(manifests.listsDir, read.list), 'utf8'));
+      const { files } = parseList(await fs.promises.readFile(path.join(manifests.listsDir, read.list), 'utf8'));
       await fs.promises.rm(path.join(manifests.listsDir, read.list), { force: true });
       const answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
       res.status(answer.status).json(answer.body);
       return;
     }
-    manifests.remember(authenticated.id, pr, sha, read.digest, read.list, new Set(read.missing));
+    manifests.remember(authenticated.id, pr, sha, read.digest, read.list);
     res.status(200).type('json').send(read.answer);
   });
 
