@@ -160,8 +160,10 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
       say(`cannot reach ${options.url} (${why}).`);
       return 1;
     }
-    // Said only once the server answered: a connection that failed sent nothing worth counting.
-    if (progress?.complete()) say(`${progress.summary()}${note ? ` (${note})` : ''}`);
+    // Said only once the server took the build (2xx): a connection that failed or a refusal sent nothing worth
+    // counting. Decided by the answer, not by whether the body's stream ended first: the server answers once the
+    // archive's last entry is stored, which can come before the stream's end (the line then went missing).
+    if (progress && res.status >= 200 && res.status < 300) say(`${progress.summary()}${note ? ` (${note})` : ''}`);
     const answer = parseAnswer(res.text);
     if (RETRYABLE.has(res.status) && attempt < options.retries) {
       const wait = retryAfterMs(res.retryAfter) ?? delay;
@@ -373,7 +375,6 @@ function openBuild(source: UploadOptions['source'], createTar: typeof import('ta
 function withProgress(source: Readable, total: number | undefined, out: Writable & { isTTY?: boolean }) {
   let sent = 0;
   let drawnAt = 0;
-  let finished = false;
   const started = Date.now();
   const line = () => {
     const mb = (sent / 1e6).toFixed(1);
@@ -391,15 +392,10 @@ function withProgress(source: Readable, total: number | undefined, out: Writable
       }
       cb(null, chunk);
     },
-    flush(cb) {
-      finished = true;
-      cb();
-    },
   });
   source.on('error', (err) => counter.destroy(err));
   return {
     stream: source.pipe(counter),
-    complete: () => finished,
     summary: () => `sent ${(sent / 1e6).toFixed(1)} MB in ${((Date.now() - started) / 1000).toFixed(1)} s`,
   };
 }

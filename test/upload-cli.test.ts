@@ -356,3 +356,22 @@ async function fakeServer(answers: { status: number; body: object; headers?: Rec
     close: () => new Promise<void>((r) => srv.close(() => r())),
   };
 }
+
+test('the "sent N MB" line is printed whenever the server took the upload, even if its answer came before the body ended', async () => {
+  // The real server answers once the archive's last entry is stored, which can be before the client's stream
+  // ended (its flush had not run): the line went missing. This stand-in answers at once, before reading anything.
+  // A raw socket: it answers on the first bytes and keeps reading (Node's server would close the connection).
+  const answer = JSON.stringify({ url: 'https://pr1-d4d4d4d--docs.previews.test/' });
+  const srv = net.createServer((socket) => {
+    socket.once('data', () => socket.write(`HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: ${answer.length}\r\n\r\n${answer}`));
+    socket.on('error', () => undefined);
+    socket.resume();
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const archive = path.join(work, 'early.tgz');
+  fs.writeFileSync(archive, crypto.randomBytes(4_000_000));
+  const res = await upload(args(archive, 1, sha('d4'), `http://127.0.0.1:${(srv.address() as AddressInfo).port}`), { PREVIEW_GATE_TOKEN: 't' });
+  await new Promise<void>((r) => srv.close(() => r()));
+  expect(res.code).toBe(0);
+  expect(res.stderr).toMatch(/^preview-gate upload: sent \d+\.\d MB in \d+\.\d s\n$/);
+});

@@ -421,9 +421,16 @@ export class BuildTree {
           throw badRequest(`The manifest names "${rel}" (sha256 ${listed.sha256}), which was neither sent nor stored; send the manifest again.`);
         }
       }
+      // The size is the stored content's, never the manifest's: a listed size is a claim, and a lie in it
+      // would let a build (and the object rows the quota counts) pass for smaller than it is.
+      let size = this.result.hashes.get(listed.sha256);
+      if (size === undefined) {
+        size = fs.statSync(path.join(this.dest, rel)).size;
+        this.result.hashes.set(listed.sha256, size);
+      }
       this.result.files++;
-      this.result.bytes += listed.size;
-      this.result.hashes.set(listed.sha256, listed.size);
+      this.result.bytes += size;
+      if (this.result.bytes > this.limits.maxBuildBytes) throw tooLarge(buildTooLarge(this.limits));
     }
     if (this.result.files === 0) throw badRequest('The archive holds no files.');
     return this.result;

@@ -240,6 +240,11 @@ export class BuildStore {
     return dirs;
   }
 
+  /** Whether any build of `site` is stored (its folder exists). */
+  hasSiteFolder(site: string): boolean {
+    return fs.existsSync(path.join(this.buildsDir, site));
+  }
+
   hasPrFolder(site: string, pr: number): boolean {
     return fs.existsSync(this.prDir(site, pr, 'public')) || fs.existsSync(this.prDir(site, pr, 'hidden'));
   }

@@ -220,6 +220,12 @@ export class Decisions {
     if (this.ctx.registry.isSiteTaken(settings.site, repo.id)) {
       return `the site '${settings.site}' named in .github/preview-gate.yml is used by another repository, so previews stay at '${current.site}'`;
     }
+    if (!this.ctx.store.hasSiteFolder(current.site)) {
+      // Nothing stored yet (a repository's first upload): the site is taken now, so this upload's build is
+      // stored under it and its answer names the URL that serves it (a later move would make that URL 404).
+      this.ctx.db.update(repositories).set({ site: settings.site }).where(eq(repositories.id, repo.id)).run();
+      return undefined;
+    }
     this.ctx.queue.enqueue('move-site', `repo:${repo.id}`, { repositoryId: repo.id, site: settings.site });
     return undefined;
   }

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { Router, type Request, type Response } from 'express';
 import multer from 'multer';
@@ -13,7 +14,8 @@ import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
-import { MANIFEST_HEADER, Manifests, readManifestBody, parseManifest } from './manifests.js';
+import { manifestReader } from './manifest-reader.js';
+import { parseList, MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
 import { claimedSlug, tokenAlgorithm, tokenFromHeader, verifyOidcToken, verifyTravisToken } from './tokens.js';
 
 export const UPLOAD_SECRET_NAME = 'upload-key';
@@ -35,7 +37,7 @@ export interface UploadDeps {
 /** POST /create-build/<pr>/<sha>: parse → authenticate → authorize → store → answer. */
 export function uploadRouter(deps: UploadDeps): Router {
   const { config } = deps;
-  const manifests = new Manifests(deps.db);
+  const manifests = new Manifests(deps.db, path.join(config.dataDir, 'manifests'));
   const router = Router({ caseSensitive: true, strict: true }); // as the app's routing (server.ts)
   const multipart = multer({
     dest: deps.store.stagingDir,
@@ -52,7 +54,7 @@ export function uploadRouter(deps: UploadDeps): Router {
     if (declared > config.maxUploadBytes) throw tooLarge(`The upload is larger than ${config.maxUploadBytes} bytes.`);
     // A digest upload: the archive holds only what the manifest's answer said was missing.
     const digest = req.headers[MANIFEST_HEADER];
-    const manifest = typeof digest === 'string' ? manifests.find(config, authenticated.id, pr, sha, digest.trim()) : undefined;
+    const manifest = typeof digest === 'string' ? await manifests.find(authenticated.id, pr, sha, digest.trim()) : undefined;
 
     let tempFile: string | undefined;
     let answer;
@@ -79,18 +81,26 @@ export function uploadRouter(deps: UploadDeps): Router {
     const pr = parsePr(req.params.pr);
     const sha = parseSha(req.params.sha);
     const authenticated = await authenticate(deps, tokenFromHeader(req.headers.authorization), pr);
-    const body = await readManifestBody(req, MAX_MANIFEST_BYTES);
-    const files = parseManifest(body, config);
-    const objects = deps.store.objects.forRepository(authenticated.id);
-    const missing = [...new Set([...files.values()].map((f) => f.sha256))].filter((hash) => !objects.has(hash));
+    const { body, gzip } = await readManifestBody(req, MAX_MANIFEST_BYTES);
+    // Inflating, parsing, checking and looking up its contents grow with the manifest: done on its thread.
+    const read = await manifestReader().read({
+      body,
+      gzip,
+      maxBytes: MAX_MANIFEST_BYTES,
+      limits: { maxBuildFiles: config.maxBuildFiles, maxBuildBytes: config.maxBuildBytes },
+      objectsDir: deps.store.objects.forRepository(authenticated.id).dir,
+      listsDir: manifests.listsDir,
+    });
     // A SHA already stored is answered now (409), not after the client sent what is missing.
-    if (missing.length === 0 || deps.previews.hasBuild(authenticated, pr, sha)) {
+    if (read.allStored || deps.previews.hasBuild(authenticated, pr, sha)) {
+      const { files } = parseList(await fs.promises.readFile(path.join(manifests.listsDir, read.list), 'utf8'));
+      await fs.promises.rm(path.join(manifests.listsDir, read.list), { force: true });
       const answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
       res.status(answer.status).json(answer.body);
       return;
     }
-    manifests.remember(authenticated.id, pr, sha, body, files, new Set(missing));
-    res.status(200).json({ missing });
+    manifests.remember(authenticated.id, pr, sha, read.digest, read.list);
+    res.status(200).type('json').send(read.answer);
   });
 
   router.all('/create-build/{*rest}', (req, res) => {
@@ -133,7 +143,8 @@ async function storeUpload(
     stored = await deps.previews.ingestBuild(repo, pr, authorize, sha, 'upload', extract);
     endStore();
   } catch (err) {
-    if (!req.complete) res.set('Connection', 'close');
+    // Not once answered (an idle body cut with 408): setting a header then throws ERR_HTTP_HEADERS_SENT.
+    if (!req.complete && !res.headersSent) res.set('Connection', 'close');
     throw err;
   }
   const { repo: current, facts } = await authorized!;

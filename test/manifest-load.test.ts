@@ -1,0 +1,108 @@
+/**
+ * Issue 25: manifests cost the server no more than they cost the client. Inflating, parsing and checking a
+ * manifest runs off the main thread, so webhooks are answered while the worst manifests are being read; what a
+ * manifest leaves in the database is its parsed list (not the body as sent), a bounded number per repository.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import nock from 'nock';
+import { manifests } from '../src/db/schema.js';
+import { eventually } from './helpers/eventually.js';
+import { FakeGitHub } from './helpers/fake-github.js';
+import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { signedWebhook } from './helpers/webhooks.js';
+
+const OWNER = { id: 9001, login: 'octo-org' };
+const DOCS = 7001;
+const CONTRIBUTOR = { id: 555, login: 'contributor' };
+
+let fake: FakeGitHub;
+let server: TestServer;
+
+beforeAll(async () => {
+  nock.enableNetConnect('127.0.0.1');
+  fake = await new FakeGitHub().start();
+  fake.addRepo({ id: DOCS, owner: OWNER, name: 'docs' });
+  server = await startTestServer({ ...fake.env });
+});
+afterAll(async () => {
+  await server?.close();
+  await fake.close();
+});
+
+const hashOf = (content: Buffer | string) => crypto.createHash('sha256').update(content).digest('hex');
+
+/**
+ * The worst manifest for the server: 50,000 files (MAX_BUILD_FILES) of ~230-character paths, each its own content
+ * (one lookup each), ~15 MiB of JSON, 2 MB gzipped.
+ */
+function worstManifest(): { gzipped: Buffer; json: string } {
+  const files: Record<string, { sha256: string; size: number }> = {};
+  const folder = 'a'.repeat(180);
+  for (let i = 0; i < 50_000; i++) files[`${folder}/${i.toString().padStart(40, '0')}.html`] = { sha256: hashOf(String(i)), size: 100 };
+  const json = JSON.stringify({ files });
+  return { json, gzipped: zlib.gzipSync(json) };
+}
+
+async function postManifest(pr: number, commit: string, body: Buffer, headers: Record<string, string> = {}) {
+  const res = await fetch(`${server.url}/create-build/${pr}/${commit}/manifest`, {
+    method: 'POST',
+    headers: { authorization: `Token ${await server.token({ 'pull-request': pr })}`, 'content-type': 'application/json', ...headers },
+    body: new Uint8Array(body),
+  });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+async function webhookMs(): Promise<number> {
+  const started = performance.now();
+  const res = await fetch(`${server.url}/api/github/webhooks`, { method: 'POST', ...signedWebhook('ping', { zen: 'Keep it logically awesome.', hook_id: 1 }) });
+  await res.arrayBuffer();
+  expect(res.status).toBe(200);
+  return performance.now() - started;
+}
+
+test('under 16 concurrent worst-case manifests, a webhook is still answered at once (goal < 1 s)', async () => {
+  const commits = Array.from({ length: 16 }, (_, i) => sha((0x10 + i).toString(16)));
+  fake.addPull(DOCS, { number: 1, user: CONTRIBUTOR, commits });
+  const { gzipped, json } = worstManifest();
+  await webhookMs(); // Probot's first delivery loads what it needs
+  let done = 0;
+  const started = performance.now();
+  const posts = commits.map((commit) => postManifest(1, commit, gzipped, { 'content-encoding': 'gzip' }).finally(() => done++));
+  const delays: number[] = [];
+  while (done < commits.length) delays.push(await webhookMs());
+  const statuses = await Promise.all(posts);
+  const elapsed = performance.now() - started;
+  const worst = Math.max(...delays);
+  console.log(
+    `16 manifests of ${(json.length / 2 ** 20).toFixed(1)} MiB (${(gzipped.length / 1000).toFixed(0)} KB gzipped) in ${elapsed.toFixed(0)} ms; ` +
+      `${delays.length} webhooks meanwhile, slowest ${worst.toFixed(0)} ms, median ${delays.sort((a, b) => a - b)[delays.length >> 1]!.toFixed(0)} ms`,
+  );
+  expect(statuses).toEqual(commits.map(() => 200));
+  // The goal is < 1 s (GitHub's timeout is 10 s); measured 0.3-0.8 s alone on 2 cores, 1.3 s with another suite
+  // running beside it. Asserted at 3 s so a loaded CI box holds it; the old main-thread code kept a webhook 23 s.
+  expect(worst).toBeLessThan(3000);
+}, 120_000);
+
+test("what a manifest leaves is its parsed list, not the body as sent, and a repository's pending manifests are bounded", async () => {
+  const commits = Array.from({ length: 10 }, (_, i) => sha((0x40 + i).toString(16)));
+  fake.addPull(DOCS, { number: 2, user: CONTRIBUTOR, commits });
+  // A body padded with 4 MiB of JSON whitespace: 4 KB gzipped on the wire.
+  const listed = { 'index.html': { sha256: hashOf('x'), size: 1 } };
+  const padded = Buffer.from(`{"files": ${JSON.stringify(listed)}${' '.repeat(4 * 2 ** 20)}}`);
+  for (const commit of commits) expect(await postManifest(2, commit, zlib.gzipSync(padded), { 'content-encoding': 'gzip' })).toBe(200);
+  const rows = server.core.db.select().from(manifests).all().filter((r) => r.pullRequestNumber === 2);
+  expect(rows.length).toBeLessThanOrEqual(8);
+  // Each row names its parsed list's file: a few dozen bytes, not the 4 MiB sent; no other list is left.
+  for (const row of rows) expect(fs.statSync(path.join(server.config.dataDir, 'manifests', row.body)).size).toBeLessThan(1000);
+  // The lists of the manifests dropped (this repository's older ones) are removed too.
+  const all = server.core.db.select().from(manifests).all();
+  expect(all.length).toBeLessThanOrEqual(8);
+  const listFiles = () => fs.readdirSync(path.join(server.config.dataDir, 'manifests'));
+  await eventually(() => listFiles().every((name) => all.some((r) => r.body === name)));
+  // The newest are the ones kept.
+  expect(rows.map((r) => r.sha)).toContain(commits.at(-1));
+});
