@@ -89,6 +89,11 @@ export class Replica {
     });
   }
 
+  /** Whether any replica ever ran on this database (a row stays until the next start after it stopped). */
+  hasHistory(): boolean {
+    return this.db.select({ id: replicas.id }).from(replicas).limit(1).get() !== undefined;
+  }
+
   /** Ids of the replicas running now (this one included), for what may be removed of the others. */
   liveIds(): Set<string> {
     const expired = new Date(this.now() - this.leaseMs);
@@ -134,9 +139,11 @@ export class Schedules {
     this.timer = setInterval(() => this.tick(), checkMs).unref();
   }
 
-  async stop(): Promise<void> {
+  /** Stops claiming; waits at most `waitMs` for a run going on (a longer one's lease expires and another replica runs it). */
+  async stop(waitMs = 10_000): Promise<void> {
     clearInterval(this.timer);
-    await Promise.allSettled([...this.running]);
+    const timeout = new Promise<void>((resolve) => setTimeout(resolve, waitMs).unref());
+    await Promise.race([Promise.allSettled([...this.running]), timeout]);
   }
 
   /** Claims and runs every due task this replica knows. */

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { Router, type Request, type Response } from 'express';
 import multer from 'multer';
@@ -38,7 +39,8 @@ export function uploadRouter(deps: UploadDeps): Router {
   const manifests = new Manifests(deps.db);
   const router = Router();
   const multipart = multer({
-    dest: deps.store.stagingDir,
+    // Named as this replica's, so that another replica's start leaves it (see BuildStore.removeStaging).
+    storage: multer.diskStorage({ destination: deps.store.stagingDir, filename: (_req, _file, done) => done(null, path.basename(deps.store.stagingFile())) }),
     limits: { fileSize: config.maxUploadBytes, files: 1, fields: 0, parts: 1 },
   }).single('artifact');
 
