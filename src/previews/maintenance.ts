@@ -87,8 +87,8 @@ export class Maintenance {
     }
     const orphans = store.buildDirs().filter((dir) => !known.has(dir));
     for (const dir of orphans) fs.rmSync(dir, { recursive: true, force: true });
-    if (pending || missing || orphans.length) {
-      this.ctx.log.warn({ pending, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
+    if (pending || staging || missing || orphans.length) {
+      this.ctx.log.warn({ pending, staging, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
     }
     if (options.unclean) {
       const now = options.now ?? new Date();
