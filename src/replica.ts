@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import type { Logger } from 'pino';
-import { and, eq, isNull, lt, lte, or, sql } from './db/orm.js';
+import { and, eq, gt, isNull, lt, lte, or, sql } from './db/orm.js';
 import type { Db } from './db/client.js';
 import { replicas, schedules } from './db/schema.js';
 
@@ -132,6 +132,9 @@ export class Schedules {
       .values({ name, nextRunAt: new Date(this.now() + firstAfterMs) })
       .onConflictDoNothing()
       .run();
+    // An interval made shorter takes effect now, not after the longer one.
+    const latest = new Date(this.now() + everyMs);
+    this.db.update(schedules).set({ nextRunAt: latest }).where(and(eq(schedules.name, name), gt(schedules.nextRunAt, latest))).run();
   }
 
   /** Looks for due work every `checkMs`. */

@@ -2,7 +2,7 @@ import { and, eq, gt, gte, isNull, lt, notInArray, or } from '../db/orm.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { builds, objects, pullRequests, repositories } from '../db/schema.js';
+import { builds, jobs, objects, pullRequests, repositories } from '../db/schema.js';
 import type { PullRequest, Repository } from '../registry.js';
 import type { Octokit } from '../github.js';
 import { octokitFor, withPr, type PreviewsContext } from './context.js';
@@ -34,8 +34,8 @@ export class Maintenance {
   ) {}
 
   /**
-   * What replicas that are not running left behind: their upload claims (and any claim whose lease expired)
-   * and their staging folders. Claims and staging folders of running replicas stay: their uploads go on.
+   * What replicas that are not running left behind: their upload claims (and any claim whose lease expired),
+   * their staging folders and their queue leases. Claims and staging folders of running replicas stay: their uploads go on.
    */
   releaseDead(now = new Date()): { pending: number; staging: number } {
     const { db, store, replica } = this.ctx;
@@ -44,6 +44,8 @@ export class Maintenance {
       .delete(builds)
       .where(and(eq(builds.status, 'pending'), or(isNull(builds.claimOwner), notInArray(builds.claimOwner, live), isNull(builds.claimExpiresAt), lt(builds.claimExpiresAt, now))))
       .run().changes;
+    // Their queue jobs run again now, not when their leases expire.
+    db.update(jobs).set({ leaseOwner: null, leaseUntil: null }).where(notInArray(jobs.leaseOwner, live)).run();
     return { pending, staging: store.removeStaging(new Set(live)) };
   }
 
