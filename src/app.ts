@@ -20,6 +20,7 @@ import { Registry } from './registry.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
 import { KeyRing, LocalKeyService } from './secrets/key-service.js';
 import { SecretStore } from './secrets/secrets.js';
+import { Replica, Schedules } from './replica.js';
 import { Sweep } from './sweep.js';
 import { createServer, type ServerDeps } from './server.js';
 
@@ -31,15 +32,18 @@ export interface Core {
   secrets: SecretStore;
   registry: Registry;
   store: BuildStore;
+  /** This process among the replicas sharing the database (registered by a server only). */
+  replica: Replica;
 }
 
-export async function openCore(config: Config, azure?: AzureKeyOptions): Promise<Core> {
+export async function openCore(config: Config, azure?: AzureKeyOptions, leaseMs?: number): Promise<Core> {
   const keys = await openKeyService(config, azure);
   const db = openDb(config.databaseFile);
   const secrets = new SecretStore(db, keys);
   const registry = new Registry(db, secrets);
-  const store = new BuildStore(config.buildsDir);
-  return { config, db, keys, secrets, registry, store };
+  const replica = new Replica(db, leaseMs);
+  const store = new BuildStore(config.buildsDir, undefined, replica.id);
+  return { config, db, keys, secrets, registry, store, replica };
 }
 
 /**
@@ -95,13 +99,16 @@ export function probotFromEnv(config: Config, log: Logger, env: NodeJS.ProcessEn
 const CLEANUP_EVERY_MS = 15 * 60_000;
 const FEEDBACK_DRAIN_MS = 10_000;
 const FIRST_SWEEP_MS = 5_000;
-const CLEAN_STOP_MARKER = '.clean-stop';
+/** The clean-stop marker of versions before replicas (one file per DATA_DIR); read once, when upgrading. */
+const LEGACY_CLEAN_STOP_MARKER = '.clean-stop';
+/** How often each replica looks whether the sweep or the cleanup is due (they run once per interval in all). */
+const SCHEDULE_CHECK_MS = 1000;
 
 /** The decision-making part, for the server and for `preview-gate cleanup`. */
 export function createPreviews(core: Core, metrics: Metrics, log: Logger, probot?: Probot) {
   const github = probot ? new GitHub(probot, core.config.settingsCacheMs) : undefined;
   const notifier = new Notifier(core.db, core.config, log);
-  const previews = new Previews(core.db, core.registry, core.store, github, notifier, core.config, metrics, log);
+  const previews = new Previews(core.db, core.registry, core.store, github, notifier, core.config, metrics, log, core.replica);
   const sweep = github ? new Sweep(core.registry, previews, github, log) : undefined;
   const sweepHealth = new SweepHealth(metrics, core.config.reconcileIntervalMs);
   recordOutcomes(sweep, previews, metrics, sweepHealth);
@@ -138,6 +145,8 @@ export interface RunningServer {
   core: Core;
   previews: Previews;
   sweep?: Sweep;
+  replica: Replica;
+  schedules: Schedules;
   close(): Promise<void>;
 }
 
@@ -145,32 +154,52 @@ export interface RunningServer {
 export async function startServer(
   config: Config,
   log: Logger,
-  options: { probot?: Probot; setupHandler?: ServerDeps['setupHandler']; host?: string; port?: number; azure?: AzureKeyOptions } = {},
+  options: {
+    probot?: Probot;
+    setupHandler?: ServerDeps['setupHandler'];
+    host?: string;
+    port?: number;
+    azure?: AzureKeyOptions;
+    /** Tests: shorter leases, sweep interval and schedule checks than production's. */
+    timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number };
+  } = {},
 ): Promise<RunningServer> {
-  const core = await openCore(config, options.azure);
+  const core = await openCore(config, options.azure, options.timing?.leaseMs);
   const objectsNote = core.store.init();
   if (objectsNote) log.info(objectsNote);
   const metrics = createMetrics();
   if (options.probot) githubObservers.get(options.probot)?.attach(metrics);
   const { github, previews, sweep, sweepHealth } = createPreviews(core, metrics, log, options.probot);
-  // Written at a clean stop, removed at start: its absence means the last stop was a crash or a power loss.
-  const cleanMarker = path.join(config.dataDir, CLEAN_STOP_MARKER);
-  const unclean = !fs.existsSync(cleanMarker);
-  fs.rmSync(cleanMarker, { force: true });
+  const { replica } = core;
+  // The clean-stop marker is a row per replica: a replica that died without its clean stop is repaired after,
+  // by the next start or by a running replica's heartbeat, and only what it left (not the others' uploads).
+  const legacyMarker = path.join(config.dataDir, LEGACY_CLEAN_STOP_MARKER);
+  const upgrading = !replica.hasHistory();
+  replica.register();
+  const dead = replica.takeOverDead();
+  const unclean = dead.length > 0 || (upgrading && !fs.existsSync(legacyMarker));
+  fs.rmSync(legacyMarker, { force: true });
   await previews.recoverAfterRestart({ unclean });
+  replica.startHeartbeat(() => {
+    if (!replica.takeOverDead().length) return;
+    const released = previews.releaseDead();
+    log.warn(released, 'released the uploads of a replica that stopped uncleanly');
+  });
   trackStoredBytes(metrics, () => previews.storedBytes());
   trackQueue(metrics, () => previews.queue.depth());
   const userApi = new GitHubUserApi(config);
   if (config.githubClientId) log.info(`sign-in with GitHub is on: the GitHub App's callback URL must be ${config.publicUrl}/login/callback`);
   const sessions = new Sessions(core.db, core.keys, userApi, config.sessionMs);
-  const cleanupTimer = setInterval(() => {
+  // Singleton jobs: whichever replica claims the due row runs it, so N replicas sweep once per interval in all.
+  const schedules = new Schedules(core.db, replica, log);
+  schedules.add('cleanup', CLEANUP_EVERY_MS, async () => {
     sessions.prune();
-    previews.cleanup().catch((err: unknown) => log.error({ err }, 'periodic cleanup failed'));
-  }, CLEANUP_EVERY_MS).unref();
-  const runSweep = () => void sweep?.run().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'sweep failed; it runs again at the next interval'));
-  // The first sweep soon after start: it also learns the GitHub ids of rows stored before ids were kept.
-  const firstSweep = config.reconcileIntervalMs > 0 ? setTimeout(runSweep, FIRST_SWEEP_MS).unref() : undefined;
-  const sweepTimer = config.reconcileIntervalMs > 0 ? setInterval(runSweep, config.reconcileIntervalMs).unref() : undefined;
+    await previews.cleanup();
+  });
+  const sweepEveryMs = options.timing?.sweepEveryMs ?? config.reconcileIntervalMs;
+  // The first sweep soon after the schedule is made: it also learns the GitHub ids of rows stored before ids were kept.
+  if (sweep && sweepEveryMs > 0) schedules.add('sweep', sweepEveryMs, () => sweep.run(), Math.min(FIRST_SWEEP_MS, sweepEveryMs));
+  schedules.start(options.timing?.scheduleCheckMs ?? SCHEDULE_CHECK_MS);
   previews.start();
   const app = await createServer({
     ...core,
@@ -205,7 +234,9 @@ export async function startServer(
       resolve();
     });
   }).catch(async (err: unknown) => {
+    await schedules.stop();
     await previews.stop(0);
+    replica.stopCleanly();
     core.db.$client.close();
     throw err;
   });
@@ -217,18 +248,17 @@ export async function startServer(
     core,
     previews,
     sweep,
+    replica,
+    schedules,
     close: async () => {
-      clearInterval(cleanupTimer);
-      clearInterval(sweepTimer);
-      clearTimeout(firstSweep);
       // Waits for requests in flight (uploads finish and are answered), then for the jobs running now, but
       // not for long: whatever is left stays in the queue's table and is done after the next start.
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      const drained = await previews.stop(FEEDBACK_DRAIN_MS);
+      const [drained] = await Promise.all([previews.stop(FEEDBACK_DRAIN_MS), schedules.stop()]);
       const { jobs } = previews.queue.depth();
       if (!drained || jobs) log.info({ jobs }, 'stopped with work queued; it is done after the next start');
+      replica.stopCleanly();
       core.db.$client.close();
-      fs.writeFileSync(cleanMarker, '');
     },
   };
 }

@@ -14,6 +14,7 @@ import { Decisions, type Revocation } from './previews/decide.js';
 import { Ingest } from './previews/ingest.js';
 import { Maintenance } from './previews/maintenance.js';
 import { WorkQueue } from './queue.js';
+import { Replica } from './replica.js';
 import type { PullRequest, Registry, Repository } from './registry.js';
 import type { RepoSettings } from './trust.js';
 
@@ -32,9 +33,19 @@ export class Previews {
   private readonly maintenance: Maintenance;
   private readonly ctx: PreviewsContext;
 
-  constructor(db: Db, registry: Registry, store: BuildStore, github: GitHub | undefined, notifier: Notifier, config: Config, metrics: Metrics, log: Logger) {
-    this.queue = new WorkQueue(db, log);
-    this.ctx = { db, registry, store, github, notifier, config, metrics, log, queue: this.queue, lock: new KeyedLock(), repoLock: new SharedLock() };
+  constructor(
+    db: Db,
+    registry: Registry,
+    store: BuildStore,
+    github: GitHub | undefined,
+    notifier: Notifier,
+    config: Config,
+    metrics: Metrics,
+    log: Logger,
+    replica: Replica = new Replica(db),
+  ) {
+    this.queue = new WorkQueue(db, log, Date.now, replica.id, replica.leaseMs);
+    this.ctx = { db, registry, store, github, notifier, config, metrics, log, queue: this.queue, replica, lock: new KeyedLock(), repoLock: new SharedLock() };
     this.decisions = new Decisions(this.ctx);
     this.ingest = new Ingest(this.ctx, this.decisions);
     this.maintenance = new Maintenance(this.ctx, this.decisions);
@@ -59,6 +70,11 @@ export class Previews {
 
   recoverAfterRestart(options?: { unclean?: boolean; now?: Date }): Promise<void> {
     return this.maintenance.recoverAfterRestart(options);
+  }
+
+  /** Releases what replicas that stopped running left (their upload claims and staging folders). */
+  releaseDead(): { pending: number; staging: number } {
+    return this.maintenance.releaseDead();
   }
 
   cleanup(now?: Date) {

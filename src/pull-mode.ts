@@ -89,7 +89,7 @@ export class ArtifactPuller {
       return { stored: false, why: `the artifact is larger than ${this.config.maxUploadBytes} bytes` };
     }
 
-    const zipFile = path.join(this.store.stagingDir, `artifact-${artifact.id}-${process.pid}-${Date.now()}.zip`);
+    const zipFile = this.store.stagingFile(`-artifact-${artifact.id}.zip`);
     try {
       const { pr } = await this.previews.ingestBuild(repo, number, async () => ({ repo, facts }), run.head_sha, 'artifact', async (target) => {
         await this.download(octokit, owner, name, artifact.id, zipFile);

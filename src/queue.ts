@@ -1,4 +1,5 @@
-import { and, asc, eq, lte, min, count, sql } from './db/orm.js';
+import { and, asc, eq, isNull, lt, lte, min, count, or, sql } from './db/orm.js';
+import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Db } from './db/client.js';
 import { jobs } from './db/schema.js';
@@ -62,11 +63,18 @@ export class WorkQueue {
   private idleWaiters: (() => void)[] = [];
 
   private readonly kinds: Record<string, JobKind> = {};
+  private renewTimer?: NodeJS.Timeout;
 
+  /**
+   * `owner` names this process among the replicas sharing the database: a job runs under its lease (`leaseMs`,
+   * renewed while it runs), and no replica starts a job whose key another replica's live lease holds.
+   */
   constructor(
     private readonly db: Db,
     private readonly log: Logger,
     private readonly now: () => number = Date.now,
+    private readonly owner: string = crypto.randomUUID(),
+    private readonly leaseMs = 30_000,
   ) {}
 
   register(kind: string, handler: JobKind): void {
@@ -93,6 +101,7 @@ export class WorkQueue {
   start(): void {
     this.stopped = false;
     this.timer = setInterval(() => this.pump(), 500).unref();
+    this.renewTimer = setInterval(() => this.renewLeases(), Math.max(50, Math.floor(this.leaseMs / 3))).unref();
     this.wake();
   }
 
@@ -101,8 +110,11 @@ export class WorkQueue {
     this.stopped = true;
     clearInterval(this.timer);
     const done = Promise.all(this.running.values()).then(() => true);
+    // The leases of jobs still running are renewed until they end (or the process does).
+    void done.then(() => clearInterval(this.renewTimer));
+    const finished = done;
     const timeout = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), waitMs).unref());
-    return Promise.race([done, timeout]);
+    return Promise.race([finished, timeout]);
   }
 
   /** Resolves when no job is running and none is due now (jobs waiting for their backoff do not count). */
@@ -126,7 +138,9 @@ export class WorkQueue {
   }
 
   private dueCount(): number {
-    return this.db.select({ n: count() }).from(jobs).where(lte(jobs.dueAt, new Date(this.now()))).get()?.n ?? 0;
+    const now = new Date(this.now());
+    // A job another replica runs now is not waiting here.
+    return this.db.select({ n: count() }).from(jobs).where(and(lte(jobs.dueAt, now), or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, now)))).get()?.n ?? 0;
   }
 
   private wake(): void {
@@ -136,12 +150,20 @@ export class WorkQueue {
   /** Starts every due job whose key is free and whose lane has room, oldest first. */
   private pump(): void {
     if (!this.stopped) {
-      const due = this.db.select().from(jobs).where(lte(jobs.dueAt, new Date(this.now()))).orderBy(asc(jobs.id)).limit(200).all();
+      const now = new Date(this.now());
+      const due = this.db
+        .select()
+        .from(jobs)
+        .where(and(lte(jobs.dueAt, now), or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, now))))
+        .orderBy(asc(jobs.id))
+        .limit(200)
+        .all();
       for (const job of due) {
         const kind = this.kinds[job.kind];
         if (!kind || this.running.has(job.id) || this.busyKeys.has(job.key)) continue;
         if (this.busyLanes[kind.lane] >= LANE_SIZE[kind.lane]) continue;
-        this.launch(job, kind);
+        const claimed = this.claim(job.id);
+        if (claimed) this.launch(claimed, kind);
       }
     }
     if (this.running.size === 0 && (this.stopped || !this.dueCount())) {
@@ -149,6 +171,49 @@ export class WorkQueue {
       this.idleWaiters = [];
       waiters.forEach((resolve) => resolve());
     }
+  }
+
+  /**
+   * Takes the job's lease in one UPDATE: only when no live lease holds it, nor any other job of its key (one
+   * PR's work never runs on two replicas at once). Returns the row as claimed (its data and generation now).
+   */
+  private claim(id: number): Job | undefined {
+    const now = this.now();
+    return this.db
+      .update(jobs)
+      .set({ leaseOwner: this.owner, leaseUntil: new Date(now + this.leaseMs) })
+      .where(
+        and(
+          eq(jobs.id, id),
+          or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, new Date(now))),
+          sql`not exists (select 1 from jobs as other where other.key = jobs.key and other.id <> jobs.id and other.lease_until >= ${now})`,
+        ),
+      )
+      .returning()
+      .get();
+  }
+
+  /** Keeps the leases of the jobs running here from expiring. */
+  private renewLeases(): void {
+    if (!this.running.size) return;
+    try {
+      this.db
+        .update(jobs)
+        .set({ leaseUntil: new Date(this.now() + this.leaseMs) })
+        .where(eq(jobs.leaseOwner, this.owner))
+        .run();
+    } catch {
+      // The database is closing: the leases expire and another replica (or the next start) takes the jobs.
+    }
+  }
+
+  /** Lets the row go for its next run (asked for again while it ran, or to be retried). */
+  private release(job: Job, set: Partial<Job> = {}): void {
+    this.db
+      .update(jobs)
+      .set({ ...set, leaseOwner: null, leaseUntil: null })
+      .where(and(eq(jobs.id, job.id), eq(jobs.leaseOwner, this.owner)))
+      .run();
   }
 
   private launch(job: Job, kind: JobKind): void {
@@ -169,22 +234,20 @@ export class WorkQueue {
     try {
       await kind.run(job.data, job);
       // Done, unless it was asked for again while it ran: then the row stays and runs once more.
-      this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run();
+      const done = this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run().changes;
+      if (!done) this.release(job);
     } catch (err) {
       const message = (err as Error).message;
       if (isFinal(err)) {
         this.log.warn({ job: job.kind, key: job.key }, `dropped: ${message}`);
-        this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run();
+        const done = this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run().changes;
+        if (!done) this.release(job);
         return;
       }
       const attempts = job.attempts + 1;
       const wait = err instanceof RetryLater ? err.afterMs : (retryAfterMs((err as { cause?: unknown }).cause ?? err) ?? backoffMs(attempts));
       this.log.warn({ job: job.kind, key: job.key, attempts, retryInSeconds: Math.round(wait / 1000) }, `will retry: ${message}`);
-      this.db
-        .update(jobs)
-        .set({ attempts, lastError: message.slice(0, 500), dueAt: new Date(this.now() + wait) })
-        .where(eq(jobs.id, job.id))
-        .run();
+      this.release(job, { attempts, lastError: message.slice(0, 500), dueAt: new Date(this.now() + wait) });
     }
   }
 }

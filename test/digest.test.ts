@@ -9,7 +9,7 @@ import zlib from 'node:zlib';
 import nock from 'nock';
 import { builds, objects, repositories } from '../src/db/schema.js';
 import { FakeGitHub } from './helpers/fake-github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { forgetCleanStop, sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
@@ -347,7 +347,7 @@ test('an object damaged by a power loss is dropped at the next start and never s
   expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
   await server.stop();
   // What a power loss leaves: no clean-stop marker, one file (and so its object) empty.
-  fs.rmSync(path.join(server.config.dataDir, '.clean-stop'));
+  forgetCleanStop(server.config.databaseFile);
   const damaged = path.join(buildDir(8, A), 'page-1.html');
   fs.chmodSync(damaged, 0o644);
   fs.truncateSync(damaged, 0);

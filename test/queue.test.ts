@@ -129,3 +129,67 @@ test('a shared lock: shared holders together, an exclusive one alone, and not st
   await Promise.all([first, exclusive, third]);
   expect(events).toEqual(['shared 1 in', 'shared 2 in', 'shared 1 out', 'exclusive', 'shared 3 in']);
 });
+
+describe('two replicas on one database file', () => {
+  const running = new Map<string, number>();
+  let overlaps: string[];
+  let runsBy: Record<string, number>;
+  const replicaQueue = (name: string, leaseMs = 30_000) => {
+    const q = new WorkQueue(openDb(path.join(tmp, 'q.sqlite')), log, Date.now, name, leaseMs);
+    for (const kind of ['decide', 'feedback']) {
+      q.register(kind, {
+        lane: kind === 'decide' ? 'reads' : 'writes',
+        run: async (_data, job) => {
+          if (running.get(job.key)) overlaps.push(job.key);
+          running.set(job.key, (running.get(job.key) ?? 0) + 1);
+          runsBy[name] = (runsBy[name] ?? 0) + 1;
+          await new Promise((r) => setTimeout(r, 2)); // a GitHub call: other work interleaves
+          running.set(job.key, running.get(job.key)! - 1);
+        },
+      });
+    }
+    return q;
+  };
+  beforeEach(() => {
+    running.clear();
+    overlaps = [];
+    runsBy = {};
+  });
+
+  test('draining one queue together, they never run two jobs of one key at once, and every job runs', async () => {
+    const a = replicaQueue('replica-a');
+    const b = replicaQueue('replica-b');
+    for (let pr = 1; pr <= 6; pr++) {
+      a.enqueue('decide', `pr:1#${pr}`, {});
+      b.enqueue('feedback', `pr:1#${pr}`, {});
+    }
+    a.start();
+    b.start();
+    // Asked again while they run: each such row runs once more, still one at a time per key.
+    for (let pr = 1; pr <= 6; pr++) b.enqueue('decide', `pr:1#${pr}`, { again: true });
+    while (db.select().from(jobs).all().length) await new Promise((r) => setTimeout(r, 5));
+    await Promise.all([a.stop(), b.stop()]);
+    expect(overlaps).toEqual([]);
+    expect((runsBy['replica-a'] ?? 0) + (runsBy['replica-b'] ?? 0)).toBeGreaterThanOrEqual(12);
+  });
+
+  test("a job whose replica died is taken over by another once its lease expires, not before", async () => {
+    const seen: string[] = [];
+    const dead = new WorkQueue(openDb(path.join(tmp, 'q.sqlite')), log, Date.now, 'dead', 200);
+    dead.register('decide', { lane: 'reads', run: () => new Promise<void>(() => seen.push('dead started')) }); // never ends
+    dead.enqueue('decide', 'pr:1#1', {});
+    dead.start();
+    while (!seen.length) await new Promise((r) => setTimeout(r, 5));
+    void dead.stop(0); // stops renewing only once its job ends: never; what a SIGKILL leaves is a lease not renewed
+    (dead as unknown as { renewTimer: NodeJS.Timeout }).renewTimer.close();
+    const other = new WorkQueue(openDb(path.join(tmp, 'q.sqlite')), log, Date.now, 'alive', 200);
+    other.register('decide', { lane: 'reads', run: async () => void seen.push('taken over') });
+    other.start();
+    expect(db.select().from(jobs).get()!.leaseOwner).toBe('dead');
+    while (seen.length < 2) await new Promise((r) => setTimeout(r, 5));
+    expect(Date.now()).toBeGreaterThanOrEqual(db.select().from(jobs).get()?.leaseUntil?.getTime() ?? 0);
+    await other.stop();
+    expect(seen).toEqual(['dead started', 'taken over']);
+    expect(db.select().from(jobs).all()).toEqual([]);
+  });
+});

@@ -12,7 +12,7 @@ import { jobs, pullRequests } from '../src/db/schema.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { startServerProcess } from '../bench/server-process.mjs';
 import { appPrivateKey } from './helpers/github.js';
-import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
+import { cleanStops, forgetCleanStop, sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { sendWebhook } from './helpers/webhooks.js';
 import { eventually } from './helpers/eventually.js';
@@ -367,7 +367,7 @@ test('after an unclean stop, a recent build whose files did not all reach the di
   expect((await server.upload(20, B, siteTarball('intact'))).status).toBe(201);
   await server.stop();
   // What a power loss leaves: the clean-stop marker never written, a file of the last build empty.
-  fs.rmSync(path.join(server.config.dataDir, '.clean-stop'));
+  forgetCleanStop(server.config.databaseFile);
   const damaged = path.join(prDir('docs', 19, 'public'), A.slice(0, 7), 'assets', 'app.js');
   fs.chmodSync(damaged, 0o644);
   fs.truncateSync(damaged, 0);
@@ -383,7 +383,7 @@ test('after an unclean stop, a recent build whose files did not all reach the di
 test('after a clean stop nothing is re-checked or dropped', async () => {
   await openAndUpload(21, [A], [LABEL]);
   await server.stop();
-  expect(fs.existsSync(path.join(server.config.dataDir, '.clean-stop'))).toBe(true);
+  expect(cleanStops(server.config.databaseFile)).toBe(1);
   server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
   servers.push(server);
   expect(server.logs.some((l) => /dropped/.test(l.msg))).toBe(false);

@@ -86,21 +86,25 @@ export class BuildStore {
   readonly stagingDir: string;
   private objectStore: ObjectStore | undefined;
 
-  /** `objectsDir`: `DATA_DIR/objects`, used when it is on the builds' filesystem (see `init`). */
+  /**
+   * `objectsDir`: `DATA_DIR/objects`, used when it is on the builds' filesystem (see `init`). `owner`: the
+   * replica whose staging folders these are (`.staging/<owner>.<random>`): a start removes only those of
+   * replicas that are not running.
+   */
   constructor(
     readonly buildsDir: string,
     private readonly objectsDir = path.join(path.dirname(buildsDir), 'objects'),
+    readonly owner = 'local',
   ) {
     this.stagingDir = path.join(buildsDir, STAGING);
   }
 
   /**
-   * Creates the builds dir; removes staging folders left by a crash (nothing in them was ever served).
+   * Creates the builds dir and the staging folder (see `removeStaging` for what a crash left there).
    * Returns a sentence when the objects cannot live in `DATA_DIR/objects` (see `objects`).
    */
   init(): string | undefined {
     fs.mkdirSync(this.buildsDir, { recursive: true });
-    fs.rmSync(this.stagingDir, { recursive: true, force: true });
     fs.mkdirSync(this.stagingDir, { recursive: true });
     const objects = this.objects;
     return objects.dir === this.objectsDir
@@ -130,8 +134,28 @@ export class BuildStore {
     return path.join(this.prDir(site, pr, visibility), sha7);
   }
 
+  /**
+   * Removes the staging folders of every replica but `running` (nothing in them was ever served); another
+   * replica's upload in flight keeps its folder.
+   */
+  removeStaging(running: Set<string>): number {
+    let removed = 0;
+    for (const entry of fs.readdirSync(this.stagingDir)) {
+      const owner = entry.includes('.') ? entry.slice(0, entry.indexOf('.')) : '';
+      if (running.has(owner)) continue;
+      fs.rmSync(path.join(this.stagingDir, entry), { recursive: true, force: true });
+      removed++;
+    }
+    return removed;
+  }
+
+  /** A file in staging of this replica (an upload's body, a downloaded artifact), named `<owner>.<random><suffix>`. */
+  stagingFile(suffix = ''): string {
+    return path.join(this.stagingDir, `${this.owner}.${crypto.randomBytes(8).toString('hex')}${suffix}`);
+  }
+
   async createStaging(): Promise<string> {
-    const dir = path.join(this.stagingDir, crypto.randomBytes(8).toString('hex'));
+    const dir = path.join(this.stagingDir, `${this.owner}.${crypto.randomBytes(8).toString('hex')}`);
     await fs.promises.mkdir(dir, { recursive: true });
     return dir;
   }
@@ -256,7 +280,7 @@ export class BuildStore {
 
   /** Usable for /health: the builds dir exists and a file can be created in staging. */
   async check(): Promise<void> {
-    const probe = path.join(this.stagingDir, `health-${process.pid}-${Date.now()}`);
+    const probe = path.join(this.stagingDir, `${this.owner}.health-${Date.now()}`);
     await fs.promises.writeFile(probe, '');
     await fs.promises.unlink(probe);
   }

@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 // conditions all come from here.
 const require = createRequire(import.meta.url);
 
-export const { and, asc, count, countDistinct, desc, eq, gt, gte, inArray, isNotNull, isNull, lt, lte, min, ne, or, sql, sum } =
+export const { and, asc, count, countDistinct, desc, eq, gt, gte, inArray, isNotNull, isNull, lt, lte, min, ne, notInArray, or, sql, sum } =
   require('drizzle-orm') as typeof import('drizzle-orm');
 export const { blob, index, integer, primaryKey, sqliteTable, text, uniqueIndex } =
   require('drizzle-orm/sqlite-core') as typeof import('drizzle-orm/sqlite-core');

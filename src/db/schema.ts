@@ -201,6 +201,9 @@ export const builds = sqliteTable(
     deploymentId: integer('deployment_id'),
     /** Its files are links into the repository's objects (false: stored before objects existed, its own copies). */
     contentAddressed: integer('content_addressed', { mode: 'boolean' }).notNull().default(false),
+    /** While `pending`: the replica whose upload holds the claim, and until when (renewed while it runs). */
+    claimOwner: text('claim_owner'),
+    claimExpiresAt: integer('claim_expires_at', { mode: 'timestamp_ms' }),
     createdAt: createdAt(),
   },
   // One claim per sha7 per PR: the database, not the filesystem, decides which of N concurrent uploads wins.
@@ -331,7 +334,36 @@ export const jobs = sqliteTable(
     attempts: integer('attempts').notNull().default(0),
     generation: integer('generation').notNull().default(1),
     lastError: text('last_error'),
+    /** The replica running it now, and until when (renewed while it runs); another replica takes it after. */
+    leaseOwner: text('lease_owner'),
+    leaseUntil: integer('lease_until', { mode: 'timestamp_ms' }),
     createdAt: createdAt(),
   },
   (t) => [uniqueIndex('jobs_kind_key').on(t.kind, t.key), index('jobs_due').on(t.dueAt)],
 );
+
+/**
+ * The server processes sharing this database and DATA_DIR, one row each (a random id per start). A live one
+ * renews `heartbeat_at`; a clean stop sets `stopped_at`. A row whose heartbeat expired without a clean stop
+ * is a crashed replica: the next start (or a live replica's heartbeat) repairs what it left.
+ */
+export const replicas = sqliteTable('replicas', {
+  id: text('id').primaryKey(),
+  host: text('host').notNull(),
+  pid: integer('pid').notNull(),
+  heartbeatAt: integer('heartbeat_at', { mode: 'timestamp_ms' }).notNull(),
+  stoppedAt: integer('stopped_at', { mode: 'timestamp_ms' }),
+  createdAt: createdAt(),
+});
+
+/**
+ * Periodic work done once per interval by all replicas together (the sweep, the cleanup): whichever replica
+ * claims the row when it is due (and its lease free) runs it and sets the next run.
+ */
+export const schedules = sqliteTable('schedules', {
+  name: text('name').primaryKey(),
+  nextRunAt: integer('next_run_at', { mode: 'timestamp_ms' }).notNull(),
+  leaseOwner: text('lease_owner'),
+  leaseUntil: integer('lease_until', { mode: 'timestamp_ms' }),
+  lastRunAt: integer('last_run_at', { mode: 'timestamp_ms' }),
+});

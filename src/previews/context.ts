@@ -9,6 +9,7 @@ import type { KeyedLock, SharedLock } from '../lock.js';
 import type { Metrics } from '../metrics.js';
 import type { Notifier } from '../notify.js';
 import type { WorkQueue } from '../queue.js';
+import type { Replica } from '../replica.js';
 import type { Registry, Repository } from '../registry.js';
 
 export type Build = typeof builds.$inferSelect;
@@ -31,6 +32,8 @@ export interface PreviewsContext {
   metrics: Metrics;
   log: Logger;
   queue: WorkQueue;
+  /** This process among the replicas: the owner of its upload claims and queue leases. */
+  replica: Replica;
   /** All changes to one PR run under its key, so an upload, a webhook and the sweep never interleave renames. */
   lock: KeyedLock;
   /** Held shared by every PR operation of a repository, exclusively while its site folder moves. */

@@ -48,6 +48,8 @@ export class Ingest {
       }
       throw err;
     }
+    // The claim is this replica's while the upload runs: renewed, so that no other replica's start removes it.
+    const renewClaim = setInterval(() => this.renewClaim(claim.buildId), Math.max(50, Math.floor(this.ctx.replica.leaseMs / 3))).unref();
     // GitHub is asked now, while the body streams into staging (the limits above needed no GitHub).
     const authorized = authorize();
     authorized.catch(() => undefined);
@@ -77,6 +79,7 @@ export class Ingest {
       this.releaseClaim(claim.buildId, claim.prId);
       throw err;
     } finally {
+      clearInterval(renewClaim);
       // Removed before returning, so a client that sees the answer never sees a leftover.
       if (staging) await this.ctx.store.discard(staging);
     }
@@ -123,12 +126,24 @@ export class Ingest {
     }
     const claimed = this.ctx.db
       .insert(builds)
-      .values({ pullRequestId: pr.id, sha, sha7, status: 'pending' })
+      .values({ pullRequestId: pr.id, sha, sha7, status: 'pending', claimOwner: this.ctx.replica.id, claimExpiresAt: this.ctx.replica.leaseUntil() })
       .onConflictDoNothing()
       .returning({ id: builds.id })
       .get();
     if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${number}.`);
     return { buildId: claimed.id, prId: pr.id };
+  }
+
+  private renewClaim(buildId: number): void {
+    try {
+      this.ctx.db
+        .update(builds)
+        .set({ claimExpiresAt: this.ctx.replica.leaseUntil() })
+        .where(and(eq(builds.id, buildId), eq(builds.status, 'pending')))
+        .run();
+    } catch {
+      // The database is closing; the upload fails on its own.
+    }
   }
 
   /** Drops the claim, and the PR row when this claim made it and GitHub never decided anything about it. */
@@ -159,7 +174,7 @@ export class Ingest {
         recordObjects(tx, repo.id, size.hashes);
         return tx
           .update(builds)
-          .set({ status: 'ready', files: size.files, bytes: size.bytes, contentAddressed: true })
+          .set({ status: 'ready', files: size.files, bytes: size.bytes, contentAddressed: true, claimExpiresAt: null })
           .where(eq(builds.id, buildId))
           .returning()
           .get();

@@ -1,8 +1,8 @@
-import { and, eq, gt, gte, lt, or } from '../db/orm.js';
+import { and, eq, gt, gte, isNull, lt, notInArray, or } from '../db/orm.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { builds, objects, pullRequests, repositories } from '../db/schema.js';
+import { builds, jobs, objects, pullRequests, repositories } from '../db/schema.js';
 import type { PullRequest, Repository } from '../registry.js';
 import type { Octokit } from '../github.js';
 import { octokitFor, withPr, type PreviewsContext } from './context.js';
@@ -35,13 +35,37 @@ export class Maintenance {
   ) {}
 
   /**
-   * After a crash (SIGKILL, power loss): staging was swept by the store; here every build row gets its folder
-   * and every folder its row. Claims left `pending` are dropped; a folder that was renamed into place but never
-   * marked ready (killed between the two) is removed, so no half-announced build stays reachable.
+   * What replicas that are not running left behind: their upload claims (and any claim whose lease expired),
+   * their staging folders and their queue leases. Claims and staging folders of running replicas stay: their uploads go on.
+   */
+  releaseDead(now = new Date()): { pending: number; staging: number } {
+    const { db, store, replica } = this.ctx;
+    const live = [...replica.liveIds()];
+    const pending = db
+      .delete(builds)
+      .where(and(eq(builds.status, 'pending'), or(isNull(builds.claimOwner), notInArray(builds.claimOwner, live), isNull(builds.claimExpiresAt), lt(builds.claimExpiresAt, now))))
+      .run().changes;
+    // Their queue jobs run again now, not when their leases expire.
+    db.update(jobs).set({ leaseOwner: null, leaseUntil: null }).where(notInArray(jobs.leaseOwner, live)).run();
+    return { pending, staging: store.removeStaging(new Set(live)) };
+  }
+
+  /**
+   * At start: what dead replicas left is released (`releaseDead`). When no other replica runs (one box, one
+   * process: the usual case), every build row then gets its folder and every folder its row: a folder that was
+   * renamed into place but never marked ready (killed between the two) is removed, so no half-announced build
+   * stays reachable. With other replicas running, their renames may be half-way (folder moved, row not yet),
+   * so the folders are left as they are. After an unclean stop of the whole box (`unclean`, alone), the builds
+   * and objects of the last minutes are checked against a power loss; a crashed process alone loses no written
+   * data.
    */
   async recoverAfterRestart(options: { unclean?: boolean; now?: Date } = {}): Promise<void> {
     const { db, store } = this.ctx;
-    const pending = db.delete(builds).where(eq(builds.status, 'pending')).run().changes;
+    const { pending, staging } = this.releaseDead(options.now);
+    if (this.ctx.replica.liveIds().size > 1) {
+      if (pending || staging) this.ctx.log.warn({ pending, staging }, 'released the uploads of replicas that stopped uncleanly');
+      return;
+    }
     const rows = db
       .select({ build: builds, pr: pullRequests, repo: repositories })
       .from(builds)
@@ -66,8 +90,8 @@ export class Maintenance {
     }
     const orphans = store.buildDirs().filter((dir) => !known.has(dir));
     for (const dir of orphans) removeTreeSync(dir);
-    if (pending || missing || orphans.length) {
-      this.ctx.log.warn({ pending, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
+    if (pending || staging || missing || orphans.length) {
+      this.ctx.log.warn({ pending, staging, missing, orphans: orphans.length }, 'repaired the builds after an unclean stop');
     }
     if (options.unclean) {
       const now = options.now ?? new Date();

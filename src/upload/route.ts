@@ -40,7 +40,8 @@ export function uploadRouter(deps: UploadDeps): Router {
   const manifests = new Manifests(deps.db, path.join(config.dataDir, 'manifests'));
   const router = Router({ caseSensitive: true, strict: true }); // as the app's routing (server.ts)
   const multipart = multer({
-    dest: deps.store.stagingDir,
+    // Named as this replica's, so that another replica's start leaves it (see BuildStore.removeStaging).
+    storage: multer.diskStorage({ destination: deps.store.stagingDir, filename: (_req, _file, done) => done(null, path.basename(deps.store.stagingFile())) }),
     limits: { fileSize: config.maxUploadBytes, files: 1, fields: 0, parts: 1 },
   }).single('artifact');
 

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import Database from 'better-sqlite3';
 import os from 'node:os';
 import path from 'node:path';
 import { SignJWT } from 'jose';
@@ -32,7 +33,7 @@ export interface TestServer extends RunningServer {
 export async function startTestServer(
   env: Record<string, string> = {},
   reuseTmp?: string,
-  options: { azure?: AzureKeyOptions; seedSecret?: boolean } = {},
+  options: { azure?: AzureKeyOptions; seedSecret?: boolean; timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number } } = {},
 ): Promise<TestServer> {
   const tmp = reuseTmp ?? fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
   const fullEnv = {
@@ -59,7 +60,7 @@ export async function startTestServer(
     { write: (line: string) => void logs.push(JSON.parse(line)) },
   );
   const probot = probotFromEnv(config, log, fullEnv);
-  const running = await startServer(config, log, { probot, port: 0, azure: options.azure });
+  const running = await startServer(config, log, { probot, port: 0, azure: options.azure, timing: options.timing });
   if (options.seedSecret !== false) {
     const repo = await running.core.registry.ensureRepository(SLUG);
     await running.core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, Buffer.from(UPLOAD_SECRET));
@@ -129,3 +130,28 @@ export function listTree(root: string): string[] {
 }
 
 export const sha = (c: string) => c.repeat(40).slice(0, 40);
+
+/** What a power loss leaves in the database: no replica's clean stop recorded, every heartbeat long expired. */
+export function forgetCleanStop(databaseFile: string): void {
+  const db = new Database(databaseFile);
+  db.prepare('update replicas set stopped_at = null, heartbeat_at = 0').run();
+  db.close();
+}
+
+/** How many replicas recorded a clean stop (the per-replica clean-stop marker). */
+export function cleanStops(databaseFile: string): number {
+  const db = new Database(databaseFile, { readonly: true });
+  const { n } = db.prepare('select count(*) as n from replicas where stopped_at is not null').get() as { n: number };
+  db.close();
+  return n;
+}
+
+/** Stops a server as a crash would: no clean-stop marker, heartbeat and schedules simply stop, database closed. */
+export async function crash(server: RunningServer): Promise<void> {
+  server.replica.abandon();
+  await server.schedules.stop(0);
+  await server.previews.stop(0);
+  server.server.closeAllConnections();
+  await new Promise<void>((resolve) => server.server.close(() => resolve()));
+  server.core.db.$client.close();
+}

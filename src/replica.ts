@@ -1,0 +1,206 @@
+import crypto from 'node:crypto';
+import os from 'node:os';
+import type { Logger } from 'pino';
+import { and, eq, gt, isNull, lt, lte, or, sql } from './db/orm.js';
+import type { Db } from './db/client.js';
+import { replicas, schedules } from './db/schema.js';
+
+/** How long a replica, a claim or a lease stays valid without being renewed (renewed every third of it). */
+export const LEASE_MS = 30_000;
+
+/** Whether a process of this machine still exists (a signal 0 only asks). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * This server process among the others sharing the database and DATA_DIR: a random id per start, a row
+ * renewed while it runs (the per-replica clean-stop marker). A replica is dead when its row was not stopped
+ * cleanly and its heartbeat expired, or, on this machine, when its process is gone (a restart right after a
+ * SIGKILL need not wait for the lease).
+ */
+export class Replica {
+  readonly id = crypto.randomUUID();
+  readonly host = os.hostname();
+  private timer?: NodeJS.Timeout;
+
+  constructor(
+    private readonly db: Db,
+    readonly leaseMs = LEASE_MS,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Until when a claim or lease taken now holds. */
+  leaseUntil(): Date {
+    return new Date(this.now() + this.leaseMs);
+  }
+
+  /** Records this replica as running. */
+  register(): void {
+    this.db.insert(replicas).values({ id: this.id, host: this.host, pid: process.pid, heartbeatAt: new Date(this.now()) }).run();
+  }
+
+  /** Renews the heartbeat every third of the lease; `onBeat` runs after each (repairs after dead replicas). */
+  startHeartbeat(onBeat?: () => void): void {
+    this.timer = setInterval(() => {
+      try {
+        this.db.update(replicas).set({ heartbeatAt: new Date(this.now()) }).where(eq(replicas.id, this.id)).run();
+        onBeat?.();
+      } catch {
+        // The database is closing (shutdown): the next start sees the row.
+      }
+    }, Math.max(50, Math.floor(this.leaseMs / 3))).unref();
+  }
+
+  /** The clean-stop marker: this replica's row says it stopped cleanly (nothing of it needs repair). */
+  stopCleanly(): void {
+    clearInterval(this.timer);
+    this.db.update(replicas).set({ stoppedAt: new Date(this.now()) }).where(eq(replicas.id, this.id)).run();
+  }
+
+  /** Stops the heartbeat without the marker (tests: what a crash leaves). */
+  abandon(): void {
+    clearInterval(this.timer);
+  }
+
+  /**
+   * Takes over the rows of replicas that died without a clean stop (deleted here, so one replica alone repairs
+   * after each) and forgets those that stopped cleanly. Returns the dead replicas' ids.
+   */
+  takeOverDead(): string[] {
+    const expired = new Date(this.now() - this.leaseMs);
+    const dead: string[] = [];
+    return this.db.transaction((tx) => {
+      const others = tx.select().from(replicas).where(sql`${replicas.id} <> ${this.id}`).all();
+      for (const r of others) {
+        if (r.stoppedAt) {
+          tx.delete(replicas).where(eq(replicas.id, r.id)).run();
+          continue;
+        }
+        const gone = r.heartbeatAt < expired || (r.host === this.host && r.pid !== process.pid && !processAlive(r.pid));
+        if (gone && tx.delete(replicas).where(eq(replicas.id, r.id)).run().changes) dead.push(r.id);
+      }
+      return dead;
+    });
+  }
+
+  /** Whether any replica ever ran on this database (a row stays until the next start after it stopped). */
+  hasHistory(): boolean {
+    return this.db.select({ id: replicas.id }).from(replicas).limit(1).get() !== undefined;
+  }
+
+  /** Ids of the replicas running now (this one included), for what may be removed of the others. */
+  liveIds(): Set<string> {
+    const expired = new Date(this.now() - this.leaseMs);
+    const rows = this.db
+      .select({ id: replicas.id })
+      .from(replicas)
+      .where(and(isNull(replicas.stoppedAt), or(eq(replicas.id, this.id), sql`${replicas.heartbeatAt} >= ${expired.getTime()}`)))
+      .all();
+    return new Set(rows.map((r) => r.id));
+  }
+}
+
+/**
+ * Periodic work done once per interval by all replicas together: a row per name with its next run and a lease.
+ * Each replica checks often; the one whose UPDATE claims the due row (lease free) runs it, renews the lease
+ * while it runs, and sets the next run when it is done. A replica that dies mid-run leaves a lease that expires,
+ * and another takes the run over.
+ */
+export class Schedules {
+  private readonly tasks = new Map<string, { everyMs: number; run: () => Promise<unknown>; firstAfterMs: number }>();
+  private readonly running = new Set<Promise<unknown>>();
+  private timer?: NodeJS.Timeout;
+
+  constructor(
+    private readonly db: Db,
+    private readonly replica: Replica,
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** `name` runs every `everyMs` across all replicas; the first time `firstAfterMs` after its row is made. */
+  add(name: string, everyMs: number, run: () => Promise<unknown>, firstAfterMs = everyMs): void {
+    this.tasks.set(name, { everyMs, run, firstAfterMs });
+    this.db
+      .insert(schedules)
+      .values({ name, nextRunAt: new Date(this.now() + firstAfterMs) })
+      .onConflictDoNothing()
+      .run();
+    // An interval made shorter takes effect now, not after the longer one.
+    const latest = new Date(this.now() + everyMs);
+    this.db.update(schedules).set({ nextRunAt: latest }).where(and(eq(schedules.name, name), gt(schedules.nextRunAt, latest))).run();
+  }
+
+  /** Looks for due work every `checkMs`. */
+  start(checkMs: number): void {
+    this.timer = setInterval(() => this.tick(), checkMs).unref();
+  }
+
+  /** Stops claiming; waits at most `waitMs` for a run going on (a longer one's lease expires and another replica runs it). */
+  async stop(waitMs = 10_000): Promise<void> {
+    clearInterval(this.timer);
+    const timeout = new Promise<void>((resolve) => setTimeout(resolve, waitMs).unref());
+    await Promise.race([Promise.allSettled([...this.running]), timeout]);
+  }
+
+  /** Claims and runs every due task this replica knows. */
+  tick(): void {
+    for (const [name, task] of this.tasks) {
+      let claimed: boolean;
+      try {
+        claimed = this.claim(name);
+      } catch {
+        continue; // the database is closing
+      }
+      if (!claimed) continue;
+      const run = this.runClaimed(name, task).finally(() => this.running.delete(run));
+      this.running.add(run);
+    }
+  }
+
+  /** One atomic UPDATE: due, and no live lease (another replica's, or our own run still going). */
+  private claim(name: string): boolean {
+    const now = new Date(this.now());
+    const row = this.db
+      .update(schedules)
+      .set({ leaseOwner: this.replica.id, leaseUntil: this.replica.leaseUntil() })
+      .where(and(eq(schedules.name, name), lte(schedules.nextRunAt, now), or(isNull(schedules.leaseUntil), lt(schedules.leaseUntil, now))))
+      .returning({ name: schedules.name })
+      .get();
+    return row !== undefined;
+  }
+
+  private async runClaimed(name: string, task: { everyMs: number; run: () => Promise<unknown> }): Promise<void> {
+    const mine = and(eq(schedules.name, name), eq(schedules.leaseOwner, this.replica.id));
+    const renew = setInterval(() => {
+      try {
+        this.db.update(schedules).set({ leaseUntil: this.replica.leaseUntil() }).where(mine).run();
+      } catch {
+        // closing
+      }
+    }, Math.max(50, Math.floor(this.replica.leaseMs / 3))).unref();
+    try {
+      await task.run();
+    } catch (err) {
+      this.log.warn({ job: name, err: (err as Error).message }, `${name} failed; it runs again at the next interval`);
+    } finally {
+      clearInterval(renew);
+      try {
+        const now = this.now();
+        this.db
+          .update(schedules)
+          .set({ leaseOwner: null, leaseUntil: null, lastRunAt: new Date(now), nextRunAt: new Date(now + task.everyMs) })
+          .where(mine)
+          .run();
+      } catch {
+        // closing: the lease expires and another replica (or the next start) runs it
+      }
+    }
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * Two server processes on one database file and one DATA_DIR (two startServer() in this process, each with its
+ * own replica id and database connection): upload claims, the sweep and cleanup schedule, and the clean-stop
+ * marker are per replica.
+ */
+import fs from 'node:fs';
+import Database from 'better-sqlite3';
+import path from 'node:path';
+import nock from 'nock';
+import { builds, replicas, schedules } from '../src/db/schema.js';
+import { eq } from '../src/db/orm.js';
+import { commitsOf, githubFor } from './helpers/github.js';
+import { crash, sha, startTestServer, type TestServer } from './helpers/server.js';
+import { siteTarball } from './helpers/tarballs.js';
+
+const LABEL = 'safe for preview';
+let servers: TestServer[] = [];
+const waitFor = async (check: () => boolean) => {
+  while (!check()) await new Promise((r) => setTimeout(r, 10));
+};
+
+beforeEach(() => {
+  nock.disableNetConnect();
+  nock.enableNetConnect('127.0.0.1');
+  nock('https://api.github.com').persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
+});
+afterEach(async () => {
+  nock.cleanAll();
+  for (const s of servers.reverse()) await s.stop().catch(() => undefined);
+  if (servers[0]) fs.rmSync(servers[0].tmp, { recursive: true, force: true });
+  servers = [];
+});
+
+async function start(tmp?: string, timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number }): Promise<TestServer> {
+  const s = await startTestServer(tmp ? { DATA_DIR: path.join(tmp, 'data') } : {}, tmp, { seedSecret: !tmp, timing });
+  servers.push(s);
+  return s;
+}
+
+/** An upload whose body is sent in two halves: `finish()` sends the rest. */
+async function uploadInTwoHalves(server: TestServer, pr: number, commit: string, body: Buffer) {
+  const token = await server.token({ 'pull-request': pr });
+  let finish!: () => void;
+  const stream = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      controller.enqueue(new Uint8Array(body.subarray(0, body.length >> 1)));
+      await new Promise<void>((resolve) => (finish = resolve));
+      controller.enqueue(new Uint8Array(body.subarray(body.length >> 1)));
+      controller.close();
+    },
+  });
+  const answered = fetch(`${server.url}/create-build/${pr}/${commit}`, {
+    method: 'POST',
+    headers: { authorization: `Token ${token}`, 'content-type': 'application/gzip' },
+    body: stream,
+    duplex: 'half',
+  } as RequestInit);
+  return { answered, finish: () => finish() };
+}
+
+test("a replica starting while another holds an upload claim leaves the claim and its staging; that upload is stored", async () => {
+  const a = await start();
+  const commit = sha('c1');
+  githubFor({ number: 1, commits: [commit], labels: [LABEL] });
+  commitsOf({ number: 1, commits: [commit], labels: [LABEL] });
+  const upload = await uploadInTwoHalves(a, 1, commit, siteTarball('in flight'));
+  const claim = () => a.core.db.select().from(builds).where(eq(builds.status, 'pending')).get();
+  await waitFor(() => claim() !== undefined && fs.readdirSync(a.core.store.stagingDir).length > 0);
+  expect(claim()!.claimOwner).toBe(a.replica.id);
+
+  const b = await start(a.tmp);
+  expect(claim()).toMatchObject({ claimOwner: a.replica.id, status: 'pending' });
+  expect(fs.readdirSync(a.core.store.stagingDir).every((f) => f.startsWith(`${a.replica.id}.`))).toBe(true);
+  upload.finish();
+  expect((await upload.answered).status).toBe(201);
+  expect(b.core.db.select().from(builds).get()).toMatchObject({ sha7: commit.slice(0, 7), status: 'ready' });
+  expect(fs.readFileSync(path.join(a.config.buildsDir, 'docs', '1', commit.slice(0, 7), 'index.html'), 'utf8')).toContain('in flight');
+});
+
+test("the claim and staging of a replica that died (heartbeat expired, no clean stop) are removed at the next start", async () => {
+  const a = await start(undefined, { leaseMs: 300 });
+  const commit = sha('c2');
+  githubFor({ number: 2, commits: [commit], labels: [LABEL] });
+  commitsOf({ number: 2, commits: [commit], labels: [LABEL] });
+  const upload = await uploadInTwoHalves(a, 2, commit, siteTarball('never finished'));
+  const pending = () => a.core.db.$client.prepare("select count(*) as n from builds where status = 'pending'").get() as { n: number };
+  await waitFor(() => pending().n === 1);
+  const deadId = a.replica.id;
+  await crash(a);
+  servers = servers.filter((s) => s !== a);
+  upload.finish();
+  await upload.answered.catch(() => undefined);
+  // A's process stays (this test's), so only the expiry of its heartbeat says it is dead.
+  const peek = new Database(a.config.databaseFile, { readonly: true });
+  const expiredAt = (peek.prepare('select heartbeat_at as t from replicas where id = ?').get(deadId) as { t: number }).t + 300;
+  peek.close();
+  await waitFor(() => Date.now() > expiredAt);
+
+  const b = await start(a.tmp, { leaseMs: 300 });
+  expect(b.core.db.select().from(builds).all()).toEqual([]);
+  expect(fs.readdirSync(b.core.store.stagingDir).filter((f) => f.startsWith(deadId))).toEqual([]);
+  expect(b.core.db.select().from(replicas).all().map((r) => r.id)).toEqual([b.replica.id]);
+});
+
+test('two replicas sweep once per interval in all; when the holder of the sweep dies, the other takes it over after its lease', async () => {
+  const sweeps: number[] = [];
+  nock('https://api.github.com')
+    .persist()
+    .get('/app/installations')
+    .query(true)
+    .reply(200, () => {
+      sweeps.push(Date.now());
+      return [];
+    });
+  const timing = { leaseMs: 400, sweepEveryMs: 200, scheduleCheckMs: 10 };
+  const a = await start(undefined, timing);
+  const b = await start(a.tmp, timing);
+  await waitFor(() => sweeps.length >= 4);
+  const runs = a.core.db.select().from(schedules).where(eq(schedules.name, 'sweep')).get()!;
+  expect(runs.lastRunAt).not.toBeNull();
+  // Each sweep starts at least an interval after the previous one ended (so after it started): never two at once.
+  for (let i = 1; i < sweeps.length; i++) expect(sweeps[i]! - sweeps[i - 1]!).toBeGreaterThanOrEqual(200 - 5);
+
+  // A dies holding the sweep's lease, the sweep due: B runs it only once that lease expired.
+  await crash(a);
+  servers = servers.filter((s) => s !== a);
+  await b.schedules.stop(0);
+  const leaseUntil = Date.now() + 400;
+  b.core.db.update(schedules).set({ leaseOwner: a.replica.id, leaseUntil: new Date(leaseUntil), nextRunAt: new Date() }).where(eq(schedules.name, 'sweep')).run();
+  const before = sweeps.length;
+  b.schedules.start(10);
+  await waitFor(() => sweeps.length > before);
+  expect(sweeps[before]!).toBeGreaterThanOrEqual(leaseUntil);
+});
+
+test("one replica's clean stop does not hide another's crash: the next start repairs after the crashed one", async () => {
+  const a = await start(undefined, { leaseMs: 300 });
+  const b = await start(a.tmp, { leaseMs: 300 });
+  // What A's crash mid-upload leaves: its claim and its staging folder.
+  fs.mkdirSync(path.join(a.core.store.stagingDir, `${a.replica.id}.half-extracted`));
+  const aId = a.replica.id;
+  await crash(a);
+  servers = servers.filter((s) => s !== a);
+  await b.stop();
+  servers = servers.filter((s) => s !== b);
+  const file = a.config.databaseFile;
+  const peek = new Database(file, { readonly: true });
+  const rows = peek.prepare('select id, stopped_at as stopped, heartbeat_at as beat from replicas').all() as { id: string; stopped: number | null; beat: number }[];
+  peek.close();
+  expect(rows.find((r) => r.id === aId)!.stopped).toBeNull();
+  expect(rows.find((r) => r.id === b.replica.id)!.stopped).not.toBeNull();
+  await waitFor(() => Date.now() > rows.find((r) => r.id === aId)!.beat + 300);
+
+  const c = await start(a.tmp, { leaseMs: 300 });
+  expect(fs.readdirSync(c.core.store.stagingDir)).toEqual([]);
+  expect(c.logs.some((l) => /repaired|released/.test(l.msg))).toBe(true);
+  expect(c.core.db.select().from(replicas).all().map((r) => r.id)).toEqual([c.replica.id]);
+});
