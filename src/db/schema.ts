@@ -191,6 +191,19 @@ export const builds = sqliteTable(
 );
 
 /**
+ * What a stored build holds, path by path: `{ "<path>": "<sha256>" }` as gzip-compressed JSON, one row per
+ * build, written with the build's object rows. The dashboard and the PR comment compare a build with the PR's
+ * previous one from it (changed-pages.ts) without reading any file. Builds stored before this table existed
+ * have no row: their changes are "not known".
+ */
+export const buildContents = sqliteTable('build_contents', {
+  buildId: integer('build_id')
+    .primaryKey()
+    .references(() => builds.id, { onDelete: 'cascade' }),
+  files: blob('files', { mode: 'buffer' }).notNull(),
+});
+
+/**
  * The repository's content-addressed files (`<objects>/<repository id>/<ab>/<sha256>`) that builds link: what
  * they cost on disk, for quotas and `usage`. A row is added when a build using the object is stored, and removed
  * with the object once no build links it.
