@@ -8,7 +8,7 @@ import path from 'node:path';
 import nock from 'nock';
 import { eq } from '../src/db/orm.js';
 import { buildContents, builds } from '../src/db/schema.js';
-import { changesOfBuilds, compareContents, fileUrl } from '../src/previews/changed-pages.js';
+import { changesOfBuilds, compareContents, decodeContents, encodeContents, fileUrl } from '../src/previews/changed-pages.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
@@ -45,7 +45,7 @@ test('the comment lists exactly the pages a commit changed, added and removed, w
   expect(afterFirst).not.toMatch(/changed: |added: |removed: /);
 
   fake.change(DOCS, 1, { commits: [A, B] });
-  const second = { 'index.html': page('home'), 'guide/index.html': page('guide, edited'), 'new page.html': page('new'), 'same.html': page('same'), 'app.css': 'a{color:red}' };
+  const second = { 'index.html': page('home'), 'guide/index.html': page('guide, edited'), 'new page.html': page('new'), 'w`<img src=x>@octo-org/team.html': page('odd name'), 'same.html': page('same'), 'app.css': 'a{color:red}' };
   expect((await server.upload(1, B, tarball(second))).status).toBe(201);
   await server.previews.settled();
   const comment = fake.commentText()!;
@@ -53,9 +53,11 @@ test('the comment lists exactly the pages a commit changed, added and removed, w
   expect(entries).toEqual([
     `  - changed: [\`guide/index.html\`](${host(B)}/guide/)`,
     `  - added: [\`new page.html\`](${host(B)}/new%20page.html)`,
+    // A name is the PR author's text: a code span (no HTML, no mention), percent-encoded in the link.
+    `  - added: [\`\`w\`<img src=x>@octo-org/team.html\`\`](${host(B)}/w%60%3Cimg%20src%3Dx%3E%40octo-org/team.html)`,
     `  - removed: [\`old.html\`](${host(A)}/old.html)`,
   ]);
-  expect(comment).toContain(`\`${B.slice(0, 7)}\`: pages 1 changed, 1 added, 1 removed; 1 other file (CSS, scripts, images…) differ (since \`${A.slice(0, 7)}\`)`);
+  expect(comment).toContain(`\`${B.slice(0, 7)}\`: pages 1 changed, 2 added, 1 removed; 1 other file (CSS, scripts, images…) differ (since \`${A.slice(0, 7)}\`)`);
   // Newest first; the first build still says it is the first.
   expect(comment.indexOf(B.slice(0, 7))).toBeLessThan(comment.indexOf(`\`${A.slice(0, 7)}\`: the first build`));
   // The direct links answer: the files are where the links say.
@@ -96,15 +98,17 @@ test('a build or its predecessor without a stored file list: "not known", never 
   expect(comment).not.toMatch(/added: /);
 });
 
-test('paths are the PR author\'s text: links are percent-encoded, names shown as code, never markdown', () => {
+test('links are percent-encoded, index.html is its folder; the comparison splits pages from other files', () => {
   expect(fileUrl('https://h.test/', 'a/index.html')).toBe('https://h.test/a/');
   expect(fileUrl('https://h.test/', 'index.html')).toBe('https://h.test/');
   expect(fileUrl('https://h.test/', 'x)(y [z].html')).toBe('https://h.test/x%29%28y%20%5Bz%5D.html');
-  const before = new Map([['a.html', '1'], ['b.js', '2'], ['gone.htm', '3']]);
-  const after = new Map([['a.html', '9'], ['b.js', '2'], ['c.png', '4']]);
-  expect(compareContents(before, after)).toEqual({
-    pages: { added: [], changed: ['a.html'], removed: ['gone.htm'] },
+  const h = (c: string) => c.repeat(64);
+  const before = new Map([['a.html', h('1')], ['b.js', h('2')], ['gone.htm', h('3')], ['z/é.html', h('5')]]);
+  const after = new Map([['a.html', h('9')], ['b.js', h('2')], ['c.png', h('4')], ['z/é.html', h('5')], ['z/Z.html', h('6')]]);
+  expect(compareContents(decodeContents(encodeContents(before)), decodeContents(encodeContents(after)))).toEqual({
+    pages: { added: ['z/Z.html'], changed: ['a.html'], removed: ['gone.htm'] },
     assets: { added: ['c.png'], changed: [], removed: [] },
   });
+  expect(decodeContents(encodeContents(new Map())).paths).toEqual([]);
   expect(changesOfBuilds(server.core.db, server.config, 'docs', 9, []).size).toBe(0);
 });

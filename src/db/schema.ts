@@ -191,16 +191,18 @@ export const builds = sqliteTable(
 );
 
 /**
- * What a stored build holds, path by path: `{ "<path>": "<sha256>" }` as gzip-compressed JSON, one row per
- * build, written with the build's object rows. The dashboard and the PR comment compare a build with the PR's
- * previous one from it (changed-pages.ts) without reading any file. Builds stored before this table existed
- * have no row: their changes are "not known".
+ * What a stored build holds, path by path, one row per build, written with the build's object rows: `paths` is
+ * the gzip of its file paths, sorted and NUL-separated (NUL is never in a stored path); `hashes` their sha256s,
+ * 32 bytes each in the same order. The dashboard and the PR comment compare a build with the PR's previous one
+ * from it (changed-pages.ts) without reading any file. Builds stored before this table existed have no row:
+ * their changes are "not known".
  */
 export const buildContents = sqliteTable('build_contents', {
   buildId: integer('build_id')
     .primaryKey()
     .references(() => builds.id, { onDelete: 'cascade' }),
-  files: blob('files', { mode: 'buffer' }).notNull(),
+  paths: blob('paths', { mode: 'buffer' }).notNull(),
+  hashes: blob('hashes', { mode: 'buffer' }).notNull(),
 });
 
 /**

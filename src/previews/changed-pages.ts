@@ -42,30 +42,50 @@ export type BuildChanges =
 
 const isPage = (path: string) => /\.x?html?$/i.test(path);
 
-export function encodeContents(contents: Contents): Buffer {
-  return zlib.gzipSync(JSON.stringify(Object.fromEntries(contents)), { level: 6 });
+/** A build's list as stored: paths sorted (UTF-16 order, as `<` compares), and their sha256s, 32 bytes each, in that order. */
+export interface StoredContents {
+  paths: string[];
+  hashes: Buffer;
 }
 
-export function decodeContents(blob: Buffer): Contents {
-  return new Map(Object.entries(JSON.parse(zlib.gunzipSync(blob).toString('utf8')) as Record<string, string>));
+/** Encoded for `build_contents`. Sorted once here so that comparing two builds is one merge walk, without a Map. */
+export function encodeContents(contents: Contents): { paths: Buffer; hashes: Buffer } {
+  const paths = [...contents.keys()].sort();
+  const hashes = Buffer.allocUnsafe(paths.length * 32);
+  paths.forEach((path, i) => hashes.write(contents.get(path)!, i * 32, 32, 'hex'));
+  // Level 1: paths repeat their folders, so it compresses them almost as well as 6, in a fraction of the time.
+  return { paths: zlib.gzipSync(paths.join('\0'), { level: 1 }), hashes };
 }
 
-/** Stores a build's file list; called in the transaction that makes the build ready (encode it before: it takes a few ms). */
-export function recordContents(tx: Writer, buildId: number, encoded: Buffer): void {
-  tx.insert(buildContents).values({ buildId, files: encoded }).onConflictDoNothing().run();
+export function decodeContents(row: { paths: Buffer; hashes: Buffer }): StoredContents {
+  const text = zlib.gunzipSync(row.paths).toString('utf8');
+  return { paths: text ? text.split('\0') : [], hashes: row.hashes };
 }
 
-/** The paths added, changed and removed from `before` to `after`, split into pages and other files, sorted. */
-export function compareContents(before: Contents, after: Contents): { pages: Record<keyof Changes, string[]>; assets: Record<keyof Changes, string[]> } {
-  const pages = { added: [] as string[], changed: [] as string[], removed: [] as string[] };
-  const assets = { added: [] as string[], changed: [] as string[], removed: [] as string[] };
-  for (const [path, hash] of after) {
-    const old = before.get(path);
-    if (old === hash) continue;
-    (isPage(path) ? pages : assets)[old === undefined ? 'added' : 'changed'].push(path);
+/** Stores a build's file list; called in the transaction that makes the build ready (encode it before). */
+export function recordContents(tx: Writer, buildId: number, encoded: { paths: Buffer; hashes: Buffer }): void {
+  tx.insert(buildContents).values({ buildId, ...encoded }).onConflictDoNothing().run();
+}
+
+type Paths = Record<keyof Changes, string[]>;
+
+/** The paths added, changed and removed from `before` to `after`, split into pages and other files, sorted: one merge walk. */
+export function compareContents(before: StoredContents, after: StoredContents): { pages: Paths; assets: Paths } {
+  const pages: Paths = { added: [], changed: [], removed: [] };
+  const assets: Paths = { added: [], changed: [], removed: [] };
+  const note = (kind: keyof Changes, path: string) => (isPage(path) ? pages : assets)[kind].push(path);
+  const [a, b] = [before.paths, after.paths];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && a[i]! < b[j]!)) note('removed', a[i++]!);
+    else if (i >= a.length || b[j]! < a[i]!) note('added', b[j++]!);
+    else {
+      if (before.hashes.compare(after.hashes, j * 32, j * 32 + 32, i * 32, i * 32 + 32) !== 0) note('changed', b[j]!);
+      i++;
+      j++;
+    }
   }
-  for (const path of before.keys()) if (!after.has(path)) (isPage(path) ? pages : assets).removed.push(path);
-  for (const list of [pages, assets]) for (const paths of Object.values(list)) paths.sort();
   return { pages, assets };
 }
 
@@ -85,14 +105,14 @@ export function fileUrl(base: string, path: string): string {
  */
 export function changesOfBuilds(db: Db, config: Config, site: string, prNumber: number, prBuilds: Build[]): Map<number, BuildChanges> {
   const ordered = [...prBuilds].filter((b) => b.status === 'ready').sort((a, b) => a.id - b.id);
-  const stored = new Map<number, Contents>();
+  const stored = new Map<number, StoredContents>();
   if (ordered.length) {
     const rows = db
       .select()
       .from(buildContents)
       .where(inArray(buildContents.buildId, ordered.map((b) => b.id)))
       .all();
-    for (const row of rows) stored.set(row.buildId, decodeContents(row.files));
+    for (const row of rows) stored.set(row.buildId, decodeContents(row));
   }
   const result = new Map<number, BuildChanges>();
   ordered.forEach((build, i) => {
@@ -105,7 +125,7 @@ export function changesOfBuilds(db: Db, config: Config, site: string, prNumber: 
     const { pages, assets } = compareContents(before, after);
     const here = buildUrl(config, site, prNumber, build.sha7);
     const there = buildUrl(config, site, prNumber, previous.sha7);
-    const linked = (paths: Record<keyof Changes, string[]>): Changes => ({
+    const linked = (paths: Paths): Changes => ({
       added: paths.added.map((path) => ({ path, url: fileUrl(here, path) })),
       changed: paths.changed.map((path) => ({ path, url: fileUrl(here, path) })),
       removed: paths.removed.map((path) => ({ path, url: fileUrl(there, path) })),
