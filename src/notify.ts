@@ -6,7 +6,7 @@ import { builds, pullRequests } from './db/schema.js';
 import { isNotFound, type Octokit } from './github.js';
 import type { PullRequest, Repository } from './registry.js';
 import type { RepoSettings } from './trust.js';
-import { changesOfBuilds, type BuildChanges, type ChangedFile } from './previews/changed-pages.js';
+import { changesOfBuilds, describeChanges, type ChangedFile } from './previews/changed-pages.js';
 
 /** Finds our comment again, whoever edited the rest of it. */
 export const COMMENT_MARKER = '<!-- preview-gate:comment -->';
@@ -132,20 +132,26 @@ export class Notifier {
    */
   private changedPagesSection(repo: Repository, pr: PullRequest, all: Build[]): string[] {
     if (!all.length) return [];
-    const changes = changesOfBuilds(this.db, this.config, repo.site, pr.number, all);
+    // The newest COMMENT_BUILDS builds, and the one before them to compare the oldest of them with: a PR may hold
+    // MAX_PR_BUILDS builds, and each list costs a few milliseconds to decode.
+    const byAge = [...all].sort((a, b) => a.id - b.id);
+    const recent = byAge.slice(-COMMENT_BUILDS);
+    const changes = changesOfBuilds(this.db, this.config, repo.site, pr.number, byAge.slice(-COMMENT_BUILDS - 1));
     const dashboard = this.config.githubClientId ? ` on the [dashboard](${this.config.publicUrl}/)` : '';
     const lines = ['', '**Pages changed by each commit** (HTML files whose bytes differ from the commit built before it):'];
     if (pr.visibility === 'hidden') {
       lines.push(
         '',
-        "_These previews are hidden: their links answer 404, except to people who can push to the repository and opened that commit's preview from the dashboard (for an hour)._",
+        dashboard
+          ? "_These previews are hidden: their links answer 404, except to people who can push to the repository and opened that commit's preview from the dashboard (for an hour)._"
+          : '_These previews are hidden: their links answer 404 until the previews are published._',
       );
     }
     lines.push('');
     let budget = COMMENT_CHANGES_BUDGET;
-    for (const build of [...all].sort((a, b) => b.id - a.id)) {
+    for (const build of [...recent].reverse()) {
       const entry = changes.get(build.id) ?? { kind: 'unknown' };
-      const text = [`- \`${build.sha7}\`: ${summary(entry)}`];
+      const text = [`- \`${build.sha7}\`: ${describeChanges(entry, (sha7) => `\`${sha7}\``)}`];
       if (entry.kind === 'compared') {
         const listed = [
           ...entry.pages.changed.map((f) => ['changed', f] as const),
@@ -164,24 +170,17 @@ export class Notifier {
       }
       lines.push(...text);
     }
+    const older = byAge.length - recent.length;
+    if (older > 0) lines.push(`- ${older} older commit${older === 1 ? '' : 's'}${dashboard || ' (not listed here)'}`);
     return lines;
   }
 }
 
 const CHANGES_PER_BUILD = 10;
+/** Builds whose changes the comment lists, newest first. */
+const COMMENT_BUILDS = 10;
 /** Characters the links of the changed pages may take in the comment, all builds together. */
 const COMMENT_CHANGES_BUDGET = 30_000;
-
-function summary(entry: BuildChanges): string {
-  if (entry.kind === 'first') return 'the first build of this pull request (nothing to compare with)';
-  if (entry.kind === 'unknown') return 'changes not known (this build or the one before it was stored before preview-gate kept file lists)';
-  const { pages, assets } = entry;
-  const count = (n: number, what: string) => (n ? [`${n} ${what}`] : []);
-  const pageParts = [...count(pages.changed.length, 'changed'), ...count(pages.added.length, 'added'), ...count(pages.removed.length, 'removed')];
-  const otherFiles = assets.changed.length + assets.added.length + assets.removed.length;
-  const pagesText = pageParts.length ? `pages ${pageParts.join(', ')}` : 'no page changed';
-  return `${pagesText}${otherFiles ? `; ${otherFiles} other file${otherFiles === 1 ? '' : 's'} (CSS, scripts, images…) differ` : ''} (since \`${entry.previousSha7}\`)`;
-}
 
 /** A markdown link whose text is the path as a code span: a path is the PR author's text, never markdown or a mention. */
 function link(file: ChangedFile): string {

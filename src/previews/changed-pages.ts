@@ -134,3 +134,19 @@ export function changesOfBuilds(db: Db, config: Config, site: string, prNumber: 
   });
   return result;
 }
+
+/**
+ * One line about a build's changes, for the PR comment and the dashboard, e.g. "pages 2 changed, 1 added; 3 other
+ * files (CSS, scripts, images…) differ (since abc1234)". `commit` formats the previous build's sha7 (code in markdown).
+ */
+export function describeChanges(entry: BuildChanges, commit: (sha7: string) => string = (sha7) => sha7): string {
+  if (entry.kind === 'first') return 'the first build of this pull request (nothing to compare with)';
+  if (entry.kind === 'unknown') return 'changes not known (this build or the one before it was stored before preview-gate kept file lists)';
+  const { pages, assets } = entry;
+  const count = (n: number, what: string) => (n ? [`${n} ${what}`] : []);
+  const pageParts = [...count(pages.changed.length, 'changed'), ...count(pages.added.length, 'added'), ...count(pages.removed.length, 'removed')];
+  const otherFiles = assets.changed.length + assets.added.length + assets.removed.length;
+  const pagesText = pageParts.length ? `pages ${pageParts.join(', ')}` : 'no page changed';
+  const othersText = otherFiles ? `; ${otherFiles} other file${otherFiles === 1 ? '' : 's'} (CSS, scripts, images…) differ` : '';
+  return `${pagesText}${othersText} (since ${commit(entry.previousSha7)})`;
+}
