@@ -37,7 +37,7 @@ export type BuildChanges =
   | { kind: 'compared'; previousSha7: string; pages: Changes; assets: Changes }
   /** The PR's first stored build: nothing to compare with. */
   | { kind: 'first' }
-  /** This build or the previous one was stored before builds kept their file lists: saying nothing beats saying wrong. */
+  /** This build or the previous one has no file list (stored before builds kept one, or too long to list): saying nothing beats saying wrong. */
   | { kind: 'unknown' };
 
 const isPage = (path: string) => /\.x?html?$/i.test(path);
@@ -48,8 +48,21 @@ export interface StoredContents {
   hashes: Buffer;
 }
 
-/** Encoded for `build_contents`. Sorted once here so that comparing two builds is one merge walk, without a Map. */
-export function encodeContents(contents: Contents): { paths: Buffer; hashes: Buffer } {
+/**
+ * Paths longer than this together (UTF-16 units, NUL separators included) are not listed: the build's changes are
+ * "not known". 3,000 paths of 40 characters take 120 KB; without a cap, 50,000 paths of 1,024 characters (what
+ * MAX_BUILD_FILES allows) would make every comment edit decode 50 MB per build on the event loop.
+ */
+export const MAX_LISTED_PATH_CHARS = 4 * 1024 * 1024;
+
+/**
+ * Encoded for `build_contents`, or undefined when the paths are too long to list (MAX_LISTED_PATH_CHARS). Sorted
+ * once here so that comparing two builds is one merge walk, without a Map.
+ */
+export function encodeContents(contents: Contents): { paths: Buffer; hashes: Buffer } | undefined {
+  let chars = 0;
+  for (const path of contents.keys()) chars += path.length + 1;
+  if (chars > MAX_LISTED_PATH_CHARS) return undefined;
   const paths = [...contents.keys()].sort();
   const hashes = Buffer.allocUnsafe(paths.length * 32);
   paths.forEach((path, i) => hashes.write(contents.get(path)!, i * 32, 32, 'hex'));
@@ -63,8 +76,8 @@ export function decodeContents(row: { paths: Buffer; hashes: Buffer }): StoredCo
 }
 
 /** Stores a build's file list; called in the transaction that makes the build ready (encode it before). */
-export function recordContents(tx: Writer, buildId: number, encoded: { paths: Buffer; hashes: Buffer }): void {
-  tx.insert(buildContents).values({ buildId, ...encoded }).onConflictDoNothing().run();
+export function recordContents(tx: Writer, buildId: number, encoded: { paths: Buffer; hashes: Buffer } | undefined): void {
+  if (encoded) tx.insert(buildContents).values({ buildId, ...encoded }).onConflictDoNothing().run();
 }
 
 type Paths = Record<keyof Changes, string[]>;
@@ -141,7 +154,7 @@ export function changesOfBuilds(db: Db, config: Config, site: string, prNumber: 
  */
 export function describeChanges(entry: BuildChanges, commit: (sha7: string) => string = (sha7) => sha7): string {
   if (entry.kind === 'first') return 'the first build of this pull request (nothing to compare with)';
-  if (entry.kind === 'unknown') return 'changes not known (this build or the one before it was stored before preview-gate kept file lists)';
+  if (entry.kind === 'unknown') return 'changes not known (this build or the one before it has no file list: stored before preview-gate kept them, or too many files to list)';
   const { pages, assets } = entry;
   const count = (n: number, what: string) => (n ? [`${n} ${what}`] : []);
   const pageParts = [...count(pages.changed.length, 'changed'), ...count(pages.added.length, 'added'), ...count(pages.removed.length, 'removed')];
