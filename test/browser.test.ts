@@ -201,4 +201,17 @@ test('the hidden-preview banner never covers the page, collapses, stays collapse
   // No cookie came from the banner.
   expect((await context.cookies()).map((c) => `${c.domain} ${c.name}`).sort()).toEqual(cookiesBefore);
   await context.close();
+
+  // Without JavaScript: where nginx put it, at the end of the page, in its flow; it still collapses (a native <details>).
+  const noScript = await browser.newContext({ ignoreHTTPSErrors: true, javaScriptEnabled: false });
+  const plain = await noScript.newPage();
+  await plain.goto(`https://${MAIN_HOST}/`);
+  await plain.getByRole('link', { name: 'Sign in with GitHub' }).click();
+  await plain.waitForURL(`https://${MAIN_HOST}/`);
+  await Promise.all([plain.waitForURL(url), plain.locator(`a[href*="/${sha7}"]`).first().click()]);
+  const last = plain.getByRole('note', { name: 'preview-gate' });
+  expect(await last.evaluate((el) => el.nextElementSibling?.tagName === 'SCRIPT' && !el.nextElementSibling.nextElementSibling && getComputedStyle(el).position)).toBe('static');
+  await last.locator('summary').click();
+  expect(await last.getByRole('link', { name: 'The pull request' }).isVisible()).toBe(false);
+  await noScript.close();
 }, 60_000);
