@@ -11,6 +11,8 @@ export interface NginxOptions {
   upstream: string;
   /** Host name of the upload/webhook host (PUBLIC_URL's). */
   publicHost: string;
+  /** PUBLIC_URL, for the hidden-preview banner's link to the dashboard; default: `https://<publicHost>` with TLS, else `http://`. */
+  publicUrl?: string;
   maxUploadBytes: number;
   /** What plain-HTTP servers listen on (`80`, `127.0.0.1:8080`). With TLS, only the redirect listens there. */
   listen: string;
@@ -35,6 +37,7 @@ export function nginxOptionsFrom(config: Config, overrides: Partial<NginxOptions
     buildsDir: config.buildsDir,
     upstream: `127.0.0.1:${config.port}`,
     publicHost: new URL(config.publicUrl).hostname,
+    publicUrl: config.publicUrl,
     maxUploadBytes: config.maxUploadBytes,
     listen: '80',
     ...overrides,
@@ -84,6 +87,7 @@ export function renderNginx(o: NginxOptions): string {
     LISTEN_MAIN: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,
     LISTEN_PREVIEW: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,
     TLS_CERTS: o.tls ? `ssl_certificate ${o.tls.certificate};\n    ssl_certificate_key ${o.tls.key};` : '',
+    DASHBOARD_URL: dashboardUrl(o),
     TLS_REDIRECT: o.tls
       ? `server {\n    listen ${o.listen} default_server;\n    server_name _;\n    return 301 https://$host$request_uri;\n}`
       : '',
@@ -97,4 +101,15 @@ export function renderNginx(o: NginxOptions): string {
   // Inlined, not included: its own placeholders are filled like the template's.
   values.HIDDEN_RULES = fill(fs.readFileSync(path.join(dir, 'preview-hidden.conf'), 'utf8')).replace(/\n(?=.)/g, '\n    ');
   return fill(template);
+}
+
+/**
+ * The dashboard's address as the banner links it, inside a single-quoted nginx string and a double-quoted HTML
+ * attribute: a character that would end either (or start an nginx variable) is refused rather than escaped.
+ */
+function dashboardUrl(o: NginxOptions): string {
+  const url = new URL(o.publicUrl ?? `${o.tls ? 'https' : 'http'}://${o.publicHost}`);
+  const href = `${url.origin}${url.pathname.replace(/\/$/, '')}/`;
+  if (/['"$\\<>{};\s]/.test(href)) throw new Error(`PUBLIC_URL ${href} cannot be written into the nginx configuration`);
+  return href;
 }

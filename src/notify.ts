@@ -6,6 +6,7 @@ import { builds, pullRequests } from './db/schema.js';
 import { isNotFound, type Octokit } from './github.js';
 import type { PullRequest, Repository } from './registry.js';
 import type { RepoSettings } from './trust.js';
+import { changesOfBuilds, describeChanges, type ChangedFile } from './previews/changed-pages.js';
 
 /** Finds our comment again, whoever edited the rest of it. */
 export const COMMENT_MARKER = '<!-- preview-gate:comment -->';
@@ -120,6 +121,77 @@ export class Notifier {
         lines.push('', `People who can push to this repository can look at the hidden previews first, and publish or hide them, on the [preview-gate dashboard](${this.config.publicUrl}/).`);
       }
     }
+    lines.push(...this.changedPagesSection(repo, pr, all));
     return lines.join('\n');
   }
+
+  /**
+   * Per build, newest first: the pages it changed since the PR's previous build, the first CHANGES_PER_BUILD with
+   * direct links, then how many more (on the dashboard). Bounded so that the comment stays far below GitHub's
+   * 65,536 characters whatever the paths.
+   */
+  private changedPagesSection(repo: Repository, pr: PullRequest, all: Build[]): string[] {
+    if (!all.length) return [];
+    // The newest COMMENT_BUILDS builds, and the one before them to compare the oldest of them with: a PR may hold
+    // MAX_PR_BUILDS builds, and each list costs a few milliseconds to decode.
+    const byAge = [...all].sort((a, b) => a.id - b.id);
+    const recent = byAge.slice(-COMMENT_BUILDS);
+    const changes = changesOfBuilds(this.db, this.config, repo.site, pr.number, byAge.slice(-COMMENT_BUILDS - 1));
+    const dashboard = this.config.githubClientId ? ` on the [dashboard](${this.config.publicUrl}/)` : '';
+    const lines = ['', '**Pages changed by each commit** (HTML files whose bytes differ from the commit built before it):'];
+    if (pr.visibility === 'hidden') {
+      lines.push(
+        '',
+        dashboard
+          ? "_These previews are hidden: their links answer 404, except to people who can push to the repository and opened that commit's preview from the dashboard (for an hour)._"
+          : '_These previews are hidden: their links answer 404 until the previews are published._',
+      );
+    }
+    lines.push('');
+    let budget = COMMENT_CHANGES_BUDGET;
+    for (const build of [...recent].reverse()) {
+      const entry = changes.get(build.id) ?? { kind: 'unknown' };
+      const text = [`- \`${build.sha7}\`: ${describeChanges(entry, (sha7) => `\`${sha7}\``)}`];
+      if (entry.kind === 'compared') {
+        const listed = [
+          ...entry.pages.changed.map((f) => ['changed', f] as const),
+          ...entry.pages.added.map((f) => ['added', f] as const),
+          ...entry.pages.removed.map((f) => ['removed', f] as const),
+        ];
+        let shown = 0;
+        for (const [kind, file] of listed.slice(0, CHANGES_PER_BUILD)) {
+          const line = `  - ${kind}: ${link(file)}`;
+          if (line.length > budget) break;
+          budget -= line.length;
+          text.push(line);
+          shown++;
+        }
+        if (shown < listed.length) text.push(`  - and ${listed.length - shown} more${dashboard}`);
+      }
+      lines.push(...text);
+    }
+    const older = byAge.length - recent.length;
+    if (older > 0) lines.push(`- ${older} older commit${older === 1 ? '' : 's'}${dashboard || ' (not listed here)'}`);
+    return lines;
+  }
+}
+
+const CHANGES_PER_BUILD = 10;
+/** Builds whose changes the comment lists, newest first. */
+const COMMENT_BUILDS = 10;
+/** Characters the links of the changed pages may take in the comment, all builds together. */
+const COMMENT_CHANGES_BUDGET = 30_000;
+
+/** A markdown link whose text is the path as a code span: a path is the PR author's text, never markdown or a mention. */
+function link(file: ChangedFile): string {
+  const shown = file.path.length > 120 ? `…${file.path.slice(-119)}` : file.path;
+  return `[${codeSpan(shown)}](${file.url})`;
+}
+
+function codeSpan(text: string): string {
+  const clean = text.replace(/[\u0000-\u001f\u007f]/g, '\ufffd');
+  const longestRun = Math.max(0, ...(clean.match(/`+/g) ?? []).map((run) => run.length));
+  const fence = '`'.repeat(longestRun + 1);
+  const pad = clean.startsWith('`') || clean.endsWith('`') ? ' ' : '';
+  return `${fence}${pad}${clean}${pad}${fence}`;
 }

@@ -165,3 +165,76 @@ test('login CSRF: a callback URL started in one browser, finished in another, si
   expect((await attacker.cookies(`https://${MAIN_HOST}/`)).map((c) => c.name)).toContain('__Host-preview-gate');
   await Promise.all([attacker.close(), victim.close()]);
 }, 60_000);
+
+test('the hidden-preview banner never covers the page, collapses, stays collapsed after a reload, and sets no cookie', async () => {
+  const C = sha('c3');
+  const sha7 = C.slice(0, 7);
+  const url = `https://pr2-${sha7}--docs.previews.test/`;
+  fake.addPull(DOCS, { number: 2, user: { id: 555, login: 'contributor' }, commits: [C] });
+  const site = tarball({
+    'index.html':
+      '<!doctype html><html lang="en"><head><title>Footer</title></head><body style="margin:0"><main><h1>A page with its own footer</h1><p>Text.</p></main>' +
+      '<footer style="position:fixed;bottom:0;left:0;right:0;height:48px;background:#def">The page\'s own fixed footer</footer></body></html>',
+  });
+  expect((await server.upload(2, C, site)).status).toBe(202);
+  await server.previews.settled();
+
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 800, height: 400 } });
+  const page = await context.newPage();
+  await page.goto(`https://${MAIN_HOST}/`);
+  await page.getByRole('link', { name: 'Sign in with GitHub' }).click();
+  await page.waitForURL(`https://${MAIN_HOST}/`);
+  await Promise.all([page.waitForURL(url), page.locator(`a[href*="/${sha7}"]`).first().click()]);
+  await page.getByRole('heading', { name: 'A page with its own footer' }).waitFor();
+  const cookiesBefore = (await context.cookies()).map((c) => `${c.domain} ${c.name}`).sort();
+
+  const banner = page.getByRole('note', { name: 'preview-gate' });
+  const footer = page.locator('footer');
+  // Moved to the top of the page by its script, in the flow: it takes its own space, the page starts below it.
+  expect(await banner.evaluate((el) => el === document.body.firstElementChild && getComputedStyle(el).position)).toBe('static');
+  const overlap = async () => {
+    const [a, b] = [(await banner.boundingBox())!, (await footer.boundingBox())!];
+    return a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+  };
+  expect(await overlap()).toBe(false);
+  const heading = (await page.getByRole('heading', { name: 'A page with its own footer' }).boundingBox())!;
+  expect(heading.y).toBeGreaterThanOrEqual((await banner.boundingBox())!.height);
+  expect(await banner.getByRole('link', { name: 'The pull request' }).getAttribute('href')).toMatch(/\/octo-org\/docs\/pull\/2$/);
+  expect(await banner.getByRole('link', { name: 'The preview-gate dashboard' }).getAttribute('href')).toBe(`https://${MAIN_HOST}/`);
+  // Nothing on it can publish: links only.
+  expect(await banner.locator('form, button, input').count()).toBe(0);
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'hidden-preview-footer.png') });
+
+  // Collapsed from the keyboard: the summary is the control.
+  await banner.locator('summary').focus();
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => !document.querySelector('[aria-label="preview-gate"] details')!.hasAttribute('open'));
+  expect(await banner.getByRole('link', { name: 'The pull request' }).isVisible()).toBe(false);
+  await page.waitForFunction(() => sessionStorage.getItem('preview-gate-banner') === 'closed');
+  expect(await overlap()).toBe(false);
+
+  // Still collapsed after a reload (sessionStorage, per host), and still not over the footer.
+  await page.reload();
+  await page.getByRole('heading', { name: 'A page with its own footer' }).waitFor();
+  expect(await banner.locator('details').evaluate((d) => (d as HTMLDetailsElement).open)).toBe(false);
+  expect(await overlap()).toBe(false);
+  // Opened again: remembered the other way.
+  await banner.locator('summary').click();
+  await page.waitForFunction(() => sessionStorage.getItem('preview-gate-banner') === 'open');
+  // No cookie came from the banner.
+  expect((await context.cookies()).map((c) => `${c.domain} ${c.name}`).sort()).toEqual(cookiesBefore);
+  await context.close();
+
+  // Without JavaScript: where nginx put it, at the end of the page, in its flow; it still collapses (a native <details>).
+  const noScript = await browser.newContext({ ignoreHTTPSErrors: true, javaScriptEnabled: false });
+  const plain = await noScript.newPage();
+  await plain.goto(`https://${MAIN_HOST}/`);
+  await plain.getByRole('link', { name: 'Sign in with GitHub' }).click();
+  await plain.waitForURL(`https://${MAIN_HOST}/`);
+  await Promise.all([plain.waitForURL(url), plain.locator(`a[href*="/${sha7}"]`).first().click()]);
+  const last = plain.getByRole('note', { name: 'preview-gate' });
+  expect(await last.evaluate((el) => el.nextElementSibling?.tagName === 'SCRIPT' && !el.nextElementSibling.nextElementSibling && getComputedStyle(el).position)).toBe('static');
+  await last.locator('summary').click();
+  expect(await last.getByRole('link', { name: 'The pull request' }).isVisible()).toBe(false);
+  await noScript.close();
+}, 60_000);

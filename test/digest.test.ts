@@ -7,7 +7,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import nock from 'nock';
-import { builds, objects, repositories } from '../src/db/schema.js';
+import { eq } from '../src/db/orm.js';
+import { buildContents, builds, objects, repositories } from '../src/db/schema.js';
+import { compareContents, decodeContents } from '../src/previews/changed-pages.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { forgetCleanStop, sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
@@ -103,6 +105,16 @@ test('a second commit sends only the changed file; the build is whole and shares
   const row = server.core.db.select().from(builds).all().find((b) => b.sha === B)!;
   expect({ files: row.files, bytes: row.bytes }).toEqual({ files: 51, bytes: Object.values(second).reduce((n, c) => n + c.length, 0) });
   expect(staging()).toEqual([]);
+  // The file list kept for the changed pages names every file, sent or linked from the store: only page-7 changed.
+  const listOf = (commit: string) => {
+    const build = server.core.db.select().from(builds).all().find((b) => b.sha === commit)!;
+    return decodeContents(server.core.db.select().from(buildContents).where(eq(buildContents.buildId, build.id)).get()!);
+  };
+  expect(listOf(B).paths).toEqual(Object.keys(second).sort());
+  expect(compareContents(listOf(A), listOf(B))).toEqual({
+    pages: { added: [], changed: ['page-7.html'], removed: [] },
+    assets: { added: [], changed: [], removed: [] },
+  });
 });
 
 test('a manifest naming only stored files stores the build at once and answers like an upload (202 hidden, then 409)', async () => {

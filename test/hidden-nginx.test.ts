@@ -92,7 +92,12 @@ test('a maintainer sees the hidden build with the banner, private and noindex; a
   const cookie = await viewCookie('maintainer');
   const page = await viaNginx(HOST, '/', cookie);
   expect(page.status).toBe(200);
-  expect(page.body.toString()).toMatch(/^<html><body><h1>not reviewed<\/h1><div role="note" [^>]*>Hidden preview &mdash; not reviewed\..*href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/1">The pull request<\/a><\/div><\/body><\/html>$/);
+  const html = page.body.toString();
+  expect(html).toMatch(/^<html><body><h1>not reviewed<\/h1><div role="note" [^>]*><details open><summary[^>]*>Hidden preview &mdash; not reviewed\.<\/summary>.*<\/details><\/div><script>.*<\/script><\/body><\/html>$/);
+  expect(html).toMatch(/<a [^>]*href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/1">The pull request<\/a>/);
+  expect(html).toContain(`<a style="color:#fff" href="http://${MAIN_HOST}/">The preview-gate dashboard</a>`);
+  // In the page's flow, never over it; no form, nothing that could publish.
+  expect(html).not.toMatch(/position:\s*fixed|<form|<button/);
   expect(page.headers['cache-control']).toBe('private, no-store');
   expect(page.headers['x-robots-tag']).toBe('noindex');
   expect(page.headers['x-content-type-options']).toBe('nosniff');

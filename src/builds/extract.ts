@@ -51,6 +51,8 @@ export interface ExtractResult {
   newBytes: number;
   /** Every distinct file content of the build: sha256 → size. */
   hashes: Map<string, number>;
+  /** Every file of the build: its path (relative, `/`-separated) → sha256. Stored for the changed-pages list. */
+  contents: Map<string, string>;
   /** The files holding those new contents, in staging: they become objects when the build is published. */
   fresh: { path: string; hash: string }[];
 }
@@ -233,7 +235,7 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
  * becomes a link into the repository's objects (and, for a digest upload, matches its manifest).
  */
 export class BuildTree {
-  readonly result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0, newBytes: 0, hashes: new Map(), fresh: [] };
+  readonly result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0, newBytes: 0, hashes: new Map(), contents: new Map(), fresh: [] };
   private entries = 0;
   private readonly knownDirs: Set<string>;
   private readonly dest: string;
@@ -381,6 +383,7 @@ export class BuildTree {
       else this.addFresh(file.target, hash, size);
     }
     this.result.hashes.set(hash, size);
+    this.result.contents.set(file.rel, hash);
   }
 
   /**
@@ -431,6 +434,7 @@ export class BuildTree {
       this.result.files++;
       this.result.bytes += size;
       if (this.result.bytes > this.limits.maxBuildBytes) throw tooLarge(buildTooLarge(this.limits));
+      this.result.contents.set(rel, listed.sha256);
     }
     if (this.result.files === 0) throw badRequest('The archive holds no files.');
     return this.result;

@@ -211,6 +211,21 @@ export const builds = sqliteTable(
 );
 
 /**
+ * What a stored build holds, path by path, one row per build, written with the build's object rows: `paths` is
+ * the gzip of its file paths, sorted and NUL-separated (NUL is never in a stored path); `hashes` their sha256s,
+ * 32 bytes each in the same order. The dashboard and the PR comment compare a build with the PR's previous one
+ * from it (changed-pages.ts) without reading any file. Builds stored before this table existed have no row:
+ * their changes are "not known".
+ */
+export const buildContents = sqliteTable('build_contents', {
+  buildId: integer('build_id')
+    .primaryKey()
+    .references(() => builds.id, { onDelete: 'cascade' }),
+  paths: blob('paths', { mode: 'buffer' }).notNull(),
+  hashes: blob('hashes', { mode: 'buffer' }).notNull(),
+});
+
+/**
  * The repository's content-addressed files (`<objects>/<repository id>/<ab>/<sha256>`) that builds link: what
  * they cost on disk, for quotas and `usage`. A row is added when a build using the object is stored, and removed
  * with the object once no build links it.
