@@ -362,7 +362,9 @@ test('the "sent N MB" line is printed whenever the server took the upload, even 
   // ended (its flush had not run): the line went missing. This stand-in answers at once, before reading anything.
   // A raw socket: it answers on the first bytes and keeps reading (Node's server would close the connection).
   const answer = JSON.stringify({ url: 'https://pr1-d4d4d4d--docs.previews.test/' });
+  const sockets = new Set<net.Socket>();
   const srv = net.createServer((socket) => {
+    sockets.add(socket);
     socket.once('data', () => socket.write(`HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: ${answer.length}\r\n\r\n${answer}`));
     socket.on('error', () => undefined);
     socket.resume();
@@ -371,6 +373,8 @@ test('the "sent N MB" line is printed whenever the server took the upload, even 
   const archive = path.join(work, 'early.tgz');
   fs.writeFileSync(archive, crypto.randomBytes(4_000_000));
   const res = await upload(args(archive, 1, sha('d4'), `http://127.0.0.1:${(srv.address() as AddressInfo).port}`), { PREVIEW_GATE_TOKEN: 't' });
+  // A kept-alive connection would hold close() open: this stand-in never ends its sockets by itself.
+  for (const socket of sockets) socket.destroy();
   await new Promise<void>((r) => srv.close(() => r()));
   expect(res.code).toBe(0);
   expect(res.stderr).toMatch(/^preview-gate upload: sent \d+\.\d MB in \d+\.\d s\n$/);
