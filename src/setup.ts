@@ -47,6 +47,18 @@ export async function createSetupHandler(config: Config, log: Logger, setupToken
   // The manifest is app.yml as Probot reads it, plus the sign-in callback, which depends on PUBLIC_URL: without
   // it GitHub refuses the dashboard's sign-in until the operator adds the URL in the app's settings by hand.
   const { ManifestCreation } = await import(pathToFileURL(path.join(probotLib, 'manifest-creation.js')).href);
+  // GitHub sends the browser back to /probot/setup with the manifest's code and the `state` of the form's URL. The
+  // state (random per process, shown only to whoever may see the setup page) proves that the code comes from a
+  // registration started here: without it, a link to /probot/setup?code=<an attacker's app> opened by the operator
+  // would write the attacker's credentials.
+  const setupState = crypto.randomBytes(18).toString('base64url');
+  const probotCreateAppUrl = Object.getOwnPropertyDescriptor(ManifestCreation.prototype, 'createAppUrl')!.get!;
+  Object.defineProperty(ManifestCreation.prototype, 'createAppUrl', {
+    configurable: true,
+    get(this: unknown) {
+      return `${probotCreateAppUrl.call(this) as string}?state=${setupState}`;
+    },
+  });
   const probotManifest = ManifestCreation.prototype.getManifest;
   ManifestCreation.prototype.getManifest = function (this: unknown, options: unknown): string {
     const manifest = JSON.parse(probotManifest.call(this, options) as string) as Record<string, unknown>;
@@ -85,6 +97,14 @@ export async function createSetupHandler(config: Config, log: Logger, setupToken
       res.status(403).json({ error: 'The setup pages answer on loopback, or with the setup token printed in the server log.' });
       return true;
     }
+    if (!sameOrigin(req, config.publicUrl)) {
+      res.status(403).json({ error: 'The setup pages take forms from their own pages only.' });
+      return true;
+    }
+    if (urlPath === '/probot/setup' && (typeof req.query.state !== 'string' || !safeEqual(req.query.state, setupState))) {
+      res.status(400).json({ error: 'This registration did not start on this setup page; open the setup page and register the app from there.' });
+      return true;
+    }
     const asset = /^\/probot\/static\/([a-z.-]+)$/.exec(urlPath)?.[1];
     if (asset) {
       if (!STATIC_FILES[asset]) return false;
@@ -95,13 +115,29 @@ export async function createSetupHandler(config: Config, log: Logger, setupToken
   };
 }
 
-/** Loopback (as seen through nginx too: `trust proxy loopback`), or the token in the query, then in a cookie. */
+/**
+ * Loopback (as seen through nginx too: `trust proxy loopback`), or the token in the query, then in a cookie. In a
+ * container loopback is the container's own (a shell inside it); the host's browser arrives through its network.
+ */
 function allowed(req: Request, res: Response, token: string): boolean {
   if (isLoopback(req.ip)) return true;
   const given = typeof req.query.setup_token === 'string' ? req.query.setup_token : cookie(req, COOKIE);
   if (!given || !safeEqual(given, token)) return false;
   if (req.query.setup_token) res.cookie(COOKIE, token, { httpOnly: true, sameSite: 'lax', path: '/probot' });
   return true;
+}
+
+/**
+ * A form or fetch sent by another site (a page open in the operator's browser) carries that site's Origin (or
+ * `Sec-Fetch-Site: cross-site`): refused for anything but reading, so no other page can post credentials here.
+ */
+function sameOrigin(req: Request, publicUrl: string): boolean {
+  if (req.method === 'GET' || req.method === 'HEAD') return true;
+  if (req.headers['sec-fetch-site'] === 'cross-site' || req.headers['sec-fetch-site'] === 'same-site') return false;
+  const origin = req.headers.origin;
+  if (origin === undefined) return true; // not a browser's cross-site request (browsers send Origin with every POST)
+  const own = new Set([new URL(publicUrl).origin, `${req.protocol}://${req.headers.host ?? ''}`]);
+  return own.has(origin);
 }
 
 /** One cookie's value (the `cookie` package: a malformed %-escape is left as is, never thrown). */

@@ -73,8 +73,11 @@ test('from nothing to a labelled preview served through nginx, with the README c
   nginx = await startNginx(path.join(tmp, 'nginx'), { previewDomain: 'previews.test', buildsDir: path.join(tmp, 'data', 'builds'), upstream: '', publicHost: MAIN_HOST, maxUploadBytes: 0 }, { config: rendered.stdout, port: nginxPort });
 
   // Register the app: the setup page through nginx on this machine, and GitHub's redirect back with a code.
-  expect((await request(nginxPort, MAIN_HOST, '/probot')).status).toBe(200);
-  const back = await request(nginxPort, MAIN_HOST, '/probot/setup?code=good-code');
+  const setupPage = await request(nginxPort, MAIN_HOST, '/probot');
+  expect(setupPage.status).toBe(200);
+  // GitHub hands back the state of the page's form with the code (without it, the code is refused).
+  const state = /<form action="[^"]*\?state=([\w-]+)"/.exec(setupPage.body.toString())![1]!;
+  const back = await request(nginxPort, MAIN_HOST, `/probot/setup?code=good-code&state=${state}`);
   expect(back.status).toBe(302);
   app.kill('SIGTERM');
   await new Promise((r) => app!.once('exit', r));

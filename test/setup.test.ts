@@ -65,10 +65,26 @@ test('setup: the registered app gets PUBLIC_URL/api/github/webhooks; pages style
   // "Register GitHub App" posts the manifest to GitHub, which checks it as github.com does and sends the browser
   // back with a code: the app's credentials are written with the data, 0600.
   const manifest = /name="manifest" id="manifest" value='([^']*)'/.exec(html)![1]!;
-  const registered = await fetch(`http://${fake.env.GHE_HOST}/settings/apps/new`, { method: 'POST', body: new URLSearchParams({ manifest }), redirect: 'manual' });
+  const action = /<form action="([^"]*)"/.exec(html)![1]!.replace(/&amp;/g, '&');
+  expect(action).toMatch(new RegExp(`^http://${fake.env.GHE_HOST}/settings/apps/new\\?state=[\\w-]{20,}$`));
+  const registered = await fetch(action, { method: 'POST', body: new URLSearchParams({ manifest }), redirect: 'manual' });
   expect([registered.status, registered.status === 302 ? '' : await registered.text()]).toEqual([302, '']);
-  const code = new URL(registered.headers.get('location')!).searchParams.get('code')!;
-  const back = await fetch(url(`/probot/setup?code=${code}`), { redirect: 'manual' });
+  const callback = new URL(registered.headers.get('location')!);
+  const code = callback.searchParams.get('code')!;
+  // Login CSRF of the setup flow: a code sent back without this page's state (a link made by someone else, for
+  // an app of theirs) writes nothing.
+  const forged = await fetch(url(`/probot/setup?code=${code}`), { redirect: 'manual' });
+  expect(forged.status).toBe(400);
+  expect(fs.existsSync(path.join(tmp, 'data', 'app.env'))).toBe(false);
+  // Another site's page posting credentials from the operator's browser (loopback, so allowed, but cross-origin).
+  const crossSite = await fetch(url('/probot/import'), {
+    method: 'POST',
+    headers: { origin: 'https://evil.example', 'content-type': 'text/plain' },
+    body: JSON.stringify({ appId: '666', pem: 'x', webhook_secret: 'attacker' }),
+  });
+  expect(crossSite.status).toBe(403);
+  expect(fs.existsSync(path.join(tmp, 'data', 'app.env'))).toBe(false);
+  const back = await fetch(url(`/probot/setup?${callback.searchParams}`), { redirect: 'manual' });
   expect(back.status).toBe(302);
   expect(back.headers.get('location')).toBe('https://github.example/apps/preview-gate/installations/new');
   const appEnv = path.join(tmp, 'data', 'app.env');

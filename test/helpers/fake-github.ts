@@ -82,7 +82,7 @@ export class FakeGitHub {
   private readonly manifestCodes = new Set<string>();
 
   /** An accepted manifest sends the browser to its redirect_url with a one-time code; a refused one gets GitHub's words. */
-  private registerFromManifest(res: http.ServerResponse, body: string): void {
+  private registerFromManifest(res: http.ServerResponse, body: string, state: string | null): void {
     let manifest: Record<string, unknown>;
     try {
       manifest = JSON.parse(new URLSearchParams(body).get('manifest') ?? '') as Record<string, unknown>;
@@ -96,6 +96,8 @@ export class FakeGitHub {
     this.manifestCodes.add(code);
     const back = new URL(String(manifest.redirect_url));
     back.searchParams.set('code', code);
+    // GitHub hands the `state` of the form's URL back with the code, as in its OAuth flow.
+    if (state !== null) back.searchParams.set('state', state);
     res.writeHead(302, { location: back.href }).end();
   }
 
@@ -233,7 +235,7 @@ export class FakeGitHub {
       return this.send(res, status, data);
     };
     // GitHub's "Register GitHub App" form (the setup page posts the manifest here): checked as GitHub checks it.
-    if (path === '/settings/apps/new' && method === 'POST') return this.registerFromManifest(res, body);
+    if (path === '/settings/apps/new' && method === 'POST') return this.registerFromManifest(res, body, url.searchParams.get('state'));
     if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined });
 
     let m: RegExpExecArray | null;
