@@ -1,5 +1,8 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
@@ -193,19 +196,15 @@ async function verify(args: string[], io: CliIo): Promise<number> {
 }
 
 /**
- * `backup <file>`: SQLite's online backup of the database, consistent while the server writes. With it and
- * the key (the local master key file, or the Key Vault key id) a new data directory is whole again; builds
- * can be uploaded again by CI.
+ * Creates `file` empty and 0600, and keeps it open: O_EXCL refuses an existing file and a symbolic link (dangling
+ * or not, planted by someone else), and everything is then written through this descriptor, never by name again,
+ * so a link swapped in at the name after its creation is never followed either. The secrets' database is never
+ * readable by others, not even for the moments of the copy.
  */
-/**
- * Creates `file` empty and 0600 before anything is copied into it: O_EXCL refuses an existing file and a
- * symbolic link (dangling or not, planted by someone else), so the copy never lands where a link points, and
- * the secrets' database is never readable by others, not even for the moments of the copy.
- */
-async function createPrivateFile(file: string): Promise<void> {
+async function createPrivateFile(file: string): Promise<fs.promises.FileHandle> {
   const { O_CREAT, O_EXCL, O_WRONLY, O_NOFOLLOW } = fs.constants;
   try {
-    await (await fs.promises.open(file, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o600)).close();
+    return await fs.promises.open(file, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o600);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EEXIST' || code === 'ELOOP') throw new Error(`${file} already exists (a file or a symbolic link); choose a new file name.`);
@@ -213,21 +212,42 @@ async function createPrivateFile(file: string): Promise<void> {
   }
 }
 
+/**
+ * `backup <file>`: SQLite's online backup of the database, consistent while the server writes. With it and
+ * the key (the local master key file, or the Key Vault key id) a new data directory is whole again; builds
+ * can be uploaded again by CI. SQLite writes its copy by name, so it writes into a folder of this user's own
+ * (0700, in the system's sticky temporary folder), and the copy is then poured into the file created above.
+ */
 async function backup(file: string, io: CliIo): Promise<number> {
   const config = dataSettings(io);
-  await createPrivateFile(file);
-  const db = openDb(config.databaseFile);
+  const target = await createPrivateFile(file);
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-backup-'));
   try {
-    await db.$client.backup(file);
+    const copy = path.join(scratch, 'backup.sqlite');
+    const db = openDb(config.databaseFile);
+    try {
+      await db.$client.backup(copy);
+    } finally {
+      db.$client.close();
+    }
+    await pipeline(fs.createReadStream(copy), target.createWriteStream({ autoClose: false }));
+    await target.sync();
   } catch (err) {
-    fs.rmSync(file, { force: true }); // nothing partial left
+    await removeIfStillOurs(file, target); // nothing partial left
     throw err;
   } finally {
-    db.$client.close();
+    await target.close();
+    fs.rmSync(scratch, { recursive: true, force: true });
   }
-  fs.chmodSync(file, 0o600);
-  io.stdout.write(`Backed up the database to ${file}. Keep ${config.keyProvider === 'local' ? config.masterKeyFile : 'AZURE_KEY_ID'} with it: without the key the secrets cannot be read.\n`);
+  const key = config.keyProvider === 'local' ? config.masterKeyFile : 'access to AZURE_KEY_ID';
+  io.stdout.write(`Backed up the database to ${file}. Keep a copy of ${key} as well, stored apart from the database copies: without the key the secrets cannot be read.\n`);
   return 0;
+}
+
+/** Unlinks `file` only while the name still holds the file this process created (not what was swapped in). */
+async function removeIfStillOurs(file: string, handle: fs.promises.FileHandle): Promise<void> {
+  const [ours, named] = await Promise.all([handle.stat(), fs.promises.lstat(file).catch(() => undefined)]);
+  if (named && named.ino === ours.ino && named.dev === ours.dev) await fs.promises.unlink(file);
 }
 
 /**
