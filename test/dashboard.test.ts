@@ -10,7 +10,7 @@ import { runCli } from '../src/cli.js';
 import { auditTrail } from '../src/dashboard/sessions.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
-import { siteTarball } from './helpers/tarballs.js';
+import { siteTarball, tarball } from './helpers/tarballs.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
 const DOCS = 7001;
@@ -551,4 +551,63 @@ test('an expired token is refreshed once for a page that asks about several inst
   expect(page).toContain('<h2>octo-org/docs</h2>');
   expect(page).toContain('<h2>other-org/site</h2>');
   expect(fake.requests.filter((r) => r === 'POST /login/oauth/access_token')).toHaveLength(2); // the sign-in, one refresh
+});
+
+describe('the pages each build changed (issue 27, item 4)', () => {
+  const page = (text: string) => `<html><body><h1>${text}</h1></body></html>`;
+  const B = sha('b2');
+
+  async function twoBuilds() {
+    // A was stored by beforeEach (siteTarball, with a file list): B changes the home page, adds 12 pages (one named like markup), removes 404.html.
+    fake.change(DOCS, 1, { commits: [A, B] });
+    const files: Record<string, string> = { 'index.html': page('B home') };
+    for (let i = 0; i < 11; i++) files[`p${String(i).padStart(2, '0')}.html`] = page(`p${i}`);
+    files['"><img src=x onerror=alert(1)>.html'] = page('odd');
+    expect((await server.upload(1, B, tarball(files))).status).toBe(202);
+    await server.previews.settled();
+  }
+
+  test('each build says "first build" or lists its added/changed/removed pages (first 10, then a count), hidden ones through the ticket', async () => {
+    await twoBuilds();
+    const cookie = (await signIn('maintainer')).cookie!;
+    const text = await (await get('/', { cookie })).text();
+    expect(text).toContain('the first build of this pull request');
+    expect(text).toMatch(/pages 1 changed, 12 added, 1 removed/);
+    // Hidden: the links go through /view with the page's path, escaped; 10 shown, the rest counted.
+    expect(text).toContain(`href="/view/1/1/${B.slice(0, 7)}?path=%2F"`);
+    expect(text).toContain(`href="/view/1/1/${B.slice(0, 7)}?path=%2Fp00.html"`);
+    expect(text).not.toContain('<img src=x');
+    expect(text).toContain('&quot;&gt;&lt;img src=x onerror=alert(1)&gt;.html');
+    expect(text).toMatch(/and 2 more added pages/);
+    // A removed page is linked on the build before (A), where it still is.
+    expect(text).toContain(`href="/view/1/1/${A.slice(0, 7)}?path=%2F404.html"`);
+    // Following one: the ticket carries the path, and redeeming it lands on that page of the preview host.
+    const view = await get(`/view/1/1/${B.slice(0, 7)}?path=%2Fp00.html`, { cookie });
+    const ticketUrl = new URL(view.headers.get('location')!);
+    const redeemed = await get(`${ticketUrl.pathname}${ticketUrl.search}`, { host: ticketUrl.host });
+    expect(redeemed.status).toBe(303);
+    expect(redeemed.headers.get('location')).toBe('/p00.html');
+  });
+
+  test.each([['//evil.test'], ['/\\evil.test'], ['https://evil.test'], ['/a b'], ['/a\u0001b'], ['/a\r\nSet-Cookie:x=1']])('an open redirect through the ticket path (%j) falls back to /', async (path) => {
+    const cookie = (await signIn('maintainer')).cookie!;
+    const view = await get(`/view/1/1/${A.slice(0, 7)}?path=${encodeURIComponent(path)}`, { cookie });
+    expect(view.status).toBe(302);
+    const ticketUrl = new URL(view.headers.get('location')!);
+    expect(ticketUrl.host).toBe(HOST);
+    const redeemed = await get(`${ticketUrl.pathname}${ticketUrl.search}`, { host: HOST });
+    expect(redeemed.status).toBe(303);
+    expect(redeemed.headers.get('location')).toBe('/');
+  });
+
+  test('the redemption itself refuses a path that leaves the host, even when given by hand', async () => {
+    const cookie = (await signIn('maintainer')).cookie!;
+    const ticketUrl = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!);
+    const redeemed = await get(`${ticketUrl.pathname}${ticketUrl.search}&path=${encodeURIComponent('//evil.test/x')}`, { host: HOST });
+    expect(redeemed.headers.get('location')).toBe('/');
+    // The same by hand with a path on the host is followed: the refusal above is the check, not an ignored parameter.
+    const again = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!);
+    const followed = await get(`${again.pathname}${again.search}&path=${encodeURIComponent('/guide/a%20b.html')}`, { host: HOST });
+    expect(followed.headers.get('location')).toBe('/guide/a%20b.html');
+  });
 });

@@ -12,7 +12,8 @@ import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import { atLeast, type GitHubUserApi, type RepoRoles, type Role } from './github-user.js';
-import { html, page, problemPage, signInPage } from './pages.js';
+import { changesOfBuilds, describeChanges, type BuildChanges, type ChangedFile } from '../previews/changed-pages.js';
+import { html, page, problemPage, signInPage, type Html } from './pages.js';
 import type { Session, Sessions } from './sessions.js';
 
 export interface DashboardDeps {
@@ -171,7 +172,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       return void res.status(503).type('html').send(problemPage('GitHub could not be asked', err.message));
     }
     const ticket = sessions.issueTicket(session, new URL(url).host);
-    res.redirect(302, `${url.replace(/\/$/, '')}${PREVIEW_TICKET_PATH}?t=${encodeURIComponent(ticket)}`);
+    // Where on the preview to land (a changed page's link): checked here and again where the ticket is redeemed.
+    const path = safeLocalPath(req.query.path);
+    const landing = path === '/' ? '' : `&path=${encodeURIComponent(path)}`;
+    res.redirect(302, `${url.replace(/\/$/, '')}${PREVIEW_TICKET_PATH}?t=${encodeURIComponent(ticket)}${landing}`);
   });
 
   /** On the preview host (through nginx): the ticket becomes a cookie for this host only. */
@@ -184,7 +188,8 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     res.cookie(names.view, grant.cookie, { httpOnly: true, secure: names.secure, sameSite: 'lax', path: '/', maxAge: grant.maxAgeSeconds * 1000 });
     const session = sessions.grant(grant.cookie, host.name);
     sessions.audit(session?.userId ?? null, 'view-hidden', host.name);
-    res.redirect(303, '/');
+    // Only a path on this same host: the query is anyone's text (an open redirect would lend the preview's name).
+    res.redirect(303, safeLocalPath(req.query.path));
   });
 
   /** nginx's auth_request for a hidden preview: 204 lets it serve, anything else is its usual 404. */
@@ -325,6 +330,8 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
       // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
       const newest = prBuilds.find((b) => b.pullRequestId === pr.id);
       const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
+      const thisPrBuilds = prBuilds.filter((b) => b.pullRequestId === pr.id);
+      const changes = changesOfBuilds(db, config, site, pr.number, thisPrBuilds);
       return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
 <h3 id="pr-${repo.id}-${pr.number}">Pull request #${pr.number} — <span class="${pr.visibility}">${pr.visibility}</span></h3>
 <p>${pr.reason ?? ''}</p>
@@ -332,13 +339,12 @@ ${canAct
   ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${newest?.sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
   : html`<p class="note">Publishing or hiding needs the triage role.</p>`}
 <table><caption class="note">Builds</caption>
-<thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
-<tbody>${prBuilds
-  .filter((b) => b.pullRequestId === pr.id)
-  .map((b) => {
+<thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Pages changed</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
+<tbody>${thisPrBuilds.map((b) => {
     const url = buildUrl(config, site, pr.number, b.sha7);
     const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : atLeast(role, 'write') ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
-    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${size(b.bytes)}</td><td>${age(b.createdAt)}</td></tr>`;
+    const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : atLeast(role, 'write') ? `/view/${repo.id}/${pr.number}/${sha7}` : undefined);
+    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${changesCell(changes.get(b.id), b.sha7, opener)}</td><td>${size(b.bytes)}</td><td>${age(b.createdAt)}</td></tr>`;
   })}</tbody></table>
 <h4>History</h4>
 <ul>${history.map((h) => html`<li>${h.change.createdAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${h.change.from} → ${h.change.to} (${h.change.cause}${h.actor ? html`, by ${h.actor}` : ''}): ${h.change.reason}</li>`)}</ul>
@@ -347,6 +353,37 @@ ${canAct
     return html`<h2>${repo.fullName}</h2>${items.length ? items : html`<p class="note">No open pull request has a preview.</p>`}`;
   });
   return html`<h1>Previews</h1>${sections.length ? sections : html`<p>No repository with the app installed is one you collaborate on.</p>`}`;
+}
+
+/** Per kind of change, this many pages are linked; the rest are counted. */
+const PAGES_LISTED = 10;
+
+/**
+ * A build's changed pages: the sentence, then the added, changed and removed pages linked (a removed page on the
+ * build before it, where it still is). `open` makes each link for the viewer (undefined: the path, not linked).
+ */
+function changesCell(entry: BuildChanges | undefined, sha7: string, open: (file: ChangedFile, sha7: string) => Html) {
+  if (!entry) return html`<span class="note">changes not known</span>`;
+  const sentence = describeChanges(entry);
+  if (entry.kind !== 'compared') return html`<span class="note">${sentence}</span>`;
+  const kinds = [
+    ['changed', entry.pages.changed, sha7],
+    ['added', entry.pages.added, sha7],
+    ['removed', entry.pages.removed, entry.previousSha7],
+  ] as const;
+  const lists = kinds.flatMap(([kind, files, at]) =>
+    files.length
+      ? [html`<li>${kind}: <ul>${files.slice(0, PAGES_LISTED).map((f) => html`<li>${open(f, at)}</li>`)}${files.length > PAGES_LISTED ? html`<li>and ${files.length - PAGES_LISTED} more ${kind} pages</li>` : ''}</ul></li>`]
+      : [],
+  );
+  return html`${sentence}${lists.length ? html`<ul class="changes">${lists}</ul>` : ''}`;
+}
+
+/** A changed page's link: the preview's own URL (public), through the ticket with the page's path (hidden), or none. */
+function pageLink(file: ChangedFile, via: 'direct' | string | undefined): Html {
+  if (via === undefined) return html`<code>${file.path}</code>`;
+  const href = via === 'direct' ? file.url : `${via}?path=${encodeURIComponent(new URL(file.url).pathname)}`;
+  return html`<a href="${href}"><code>${file.path}</code></a>`;
 }
 
 const size = (bytes: number) => (bytes < 1e6 ? `${Math.max(1, Math.round(bytes / 1e3))} kB` : `${(bytes / 1e6).toFixed(1)} MB`);
@@ -358,11 +395,18 @@ function age(at: Date): string {
   return hours < 48 ? `${hours} h ago` : `${Math.round(hours / 24)} days ago`;
 }
 
-/** A relative path on this host, or `/`: never another host (`//evil`, `/\evil`, `https:…`). */
-export function safeNext(value: unknown): string {
-  if (typeof value !== 'string' || !/^\/(?![/\\])[^\\\s]*$/.test(value) || value.length > 512) return '/';
+/**
+ * A path on this host, or `/`: never another host (`//evil`, `/\evil`, `https:…`), and nothing a browser or a
+ * header could read otherwise (backslash, whitespace, control characters).
+ */
+export function safeLocalPath(value: unknown): string {
+  // eslint-disable-next-line no-control-regex
+  if (typeof value !== 'string' || value.length > 1024 || !/^\/(?![/\\])[^\\\s\x00-\x1f\x7f]*$/.test(value)) return '/';
   return value;
 }
+
+/** Where to go after signing in: a local path (see safeLocalPath). */
+export const safeNext = safeLocalPath;
 
 /** The preview host a request names (nginx passes it as Host), split into its parts. */
 function previewHost(config: Config, req: Request): { name: string; site: string; pr: number } | undefined {
