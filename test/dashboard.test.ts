@@ -110,7 +110,7 @@ test('a maintainer signs in with GitHub; the session cookie is __Host-, HttpOnly
   expect(setCookie(callback, SESSION)).toMatch(/^__Host-preview-gate=[\w-]+; Max-Age=43200; Path=\/; Expires=[^;]+; HttpOnly; Secure; SameSite=Lax$/);
   const page = await (await get('/', { cookie })).text();
   expect(page).toContain('<h2>octo-org/docs</h2>');
-  expect(page).toMatch(/Pull request #1 — <span class="hidden">hidden<\/span>/);
+  expect(page).toMatch(/#1 Pull request 1<\/a> — <span class="hidden">hidden, needs review<\/span>/);
   expect(page).toContain(`href="/view/1/1/${A.slice(0, 7)}"`);
   expect(page).toContain('Publish (add the label)');
   // The PR comment of a hidden PR sends maintainers here.
@@ -610,4 +610,23 @@ describe('the pages each build changed (issue 27, item 4)', () => {
     const followed = await get(`${again.pathname}${again.search}&path=${encodeURIComponent('/guide/a%20b.html')}`, { host: HOST });
     expect(followed.headers.get('location')).toBe('/guide/a%20b.html');
   });
+});
+
+test('each PR shows its title (escaped), author with avatar, branch, fork marker, link on GitHub and the head build\'s age; needs-review first', async () => {
+  // PR 2: from a fork, a title that is markup, public (labelled); PR 1 (beforeEach) is hidden with a build: it needs review.
+  fake.addPull(DOCS, { number: 2, user: { id: 777, login: 'forker' }, commits: [sha('f2')], title: '<img src=x onerror=alert(1)> & "fix"', headRef: 'patch-1', fork: true, labels: ['safe for preview'] });
+  expect((await server.upload(2, sha('f2'), siteTarball('fork'))).status).toBe(201);
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const text = await (await get('/', { cookie })).text();
+  expect(text).not.toContain('<img src=x');
+  expect(text).toContain('&lt;img src=x onerror=alert(1)&gt; &amp; &quot;fix&quot;');
+  expect(text).toMatch(/href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/2"/);
+  expect(text).toMatch(/<img src="https:\/\/avatars\.githubusercontent\.test\/u\/777\?v=4" alt="" width="20" height="20"[^>]*> forker/);
+  expect(text).toContain('<code>patch-1</code>');
+  expect(text).toMatch(/<span class="fork">fork<\/span>/);
+  expect(text).toMatch(/<time datetime="\d{4}-\d\d-\d\dT[\d:.]+Z">(\d+ minutes?|less than a minute) ago<\/time>/);
+  // Needs review (hidden, with builds) first, although #2 is newer.
+  expect(text.indexOf('id="pr-1-1"')).toBeLessThan(text.indexOf('id="pr-1-2"'));
+  expect(text).toMatch(/<span class="hidden">hidden, needs review<\/span>/);
 });

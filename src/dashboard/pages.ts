@@ -44,6 +44,9 @@ export function page(title: string, body: Html, user?: { login: string; csrf: st
   :focus-visible { outline: 3px solid #0969da; outline-offset: 2px; }
   .note { color: #57606a; }
   form.inline { display: inline; }
+  .avatar { vertical-align: middle; border-radius: 50%; }
+  .fork { border: 1px solid #57606a; border-radius: 1em; padding: 0 .45em; font-size: .875em; }
+  .pr-context { color: #57606a; margin: 0 0 .5rem; }
 </style>
 </head>
 <body>

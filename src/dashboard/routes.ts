@@ -306,7 +306,11 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
   const { db, config } = deps;
   // Two queries for the whole page (not two per repository): 200 repositories must not cost 400 round trips.
   const openPrs = visible.length
-    ? db.select().from(pullRequests).where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open'))).orderBy(desc(pullRequests.number)).all()
+    ? db
+        .select({ pr: pullRequests, author: users.login })
+        .from(pullRequests)
+        .leftJoin(users, eq(pullRequests.authorUserId, users.id)).where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open'))).orderBy(desc(pullRequests.number)).all()
+        .map(({ pr, author }) => ({ ...pr, author }))
     : [];
   const readyBuilds = openPrs.length
     ? db.select().from(builds).where(and(inArray(builds.pullRequestId, openPrs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
@@ -316,7 +320,8 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
     const prs = openPrs.filter((pr) => pr.repositoryId === repo.id);
     const prIds = new Set(prs.map((pr) => pr.id));
     const prBuilds = readyBuilds.filter((b) => prIds.has(b.pullRequestId));
-    const shown = prs.filter((pr) => prBuilds.some((b) => b.pullRequestId === pr.id));
+    // Needs review (hidden, with a build) first; newest first within each.
+    const shown = prs.filter((pr) => prBuilds.some((b) => b.pullRequestId === pr.id)).sort((a, b) => Number(b.visibility === 'hidden') - Number(a.visibility === 'hidden') || b.number - a.number);
     const items = shown.map((pr) => {
       const history = db
         .select({ change: visibilityChanges, actor: users.login })
@@ -333,7 +338,8 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
       const thisPrBuilds = prBuilds.filter((b) => b.pullRequestId === pr.id);
       const changes = changesOfBuilds(db, config, site, pr.number, thisPrBuilds);
       return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
-<h3 id="pr-${repo.id}-${pr.number}">Pull request #${pr.number} — <span class="${pr.visibility}">${pr.visibility}</span></h3>
+<h3 id="pr-${repo.id}-${pr.number}"><a href="${config.githubWebUrl}/${repo.fullName}/pull/${pr.number}">#${pr.number}${pr.title ? html` ${pr.title}` : ''}</a> — <span class="${pr.visibility}">${pr.visibility === 'hidden' ? 'hidden, needs review' : 'public'}</span></h3>
+${prContext(pr, newest)}
 <p>${pr.reason ?? ''}</p>
 ${canAct
   ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${newest?.sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
@@ -344,7 +350,7 @@ ${canAct
     const url = buildUrl(config, site, pr.number, b.sha7);
     const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : atLeast(role, 'write') ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
     const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : atLeast(role, 'write') ? `/view/${repo.id}/${pr.number}/${sha7}` : undefined);
-    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${changesCell(changes.get(b.id), b.sha7, opener)}</td><td>${size(b.bytes)}</td><td>${age(b.createdAt)}</td></tr>`;
+    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${changesCell(changes.get(b.id), b.sha7, opener)}</td><td>${size(b.bytes)}</td><td><time datetime="${b.createdAt.toISOString()}">${age(b.createdAt)}</time></td></tr>`;
   })}</tbody></table>
 <h4>History</h4>
 <ul>${history.map((h) => html`<li>${h.change.createdAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${h.change.from} → ${h.change.to} (${h.change.cause}${h.actor ? html`, by ${h.actor}` : ''}): ${h.change.reason}</li>`)}</ul>
@@ -353,6 +359,19 @@ ${canAct
     return html`<h2>${repo.fullName}</h2>${items.length ? items : html`<p class="note">No open pull request has a preview.</p>`}`;
   });
   return html`<h1>Previews</h1>${sections.length ? sections : html`<p>No repository with the app installed is one you collaborate on.</p>`}`;
+}
+
+/** Who opened the PR, from which branch (and whether from a fork), and how old its newest build is. */
+function prContext(pr: { author: string | null; authorAvatarUrl: string | null; headRef: string | null; fork: boolean | null }, newest: { createdAt: Date } | undefined) {
+  // The avatar is decorative: the login follows it (alt="" keeps screen readers from reading a URL).
+  const avatar = pr.authorAvatarUrl ? html`<img src="${pr.authorAvatarUrl}" alt="" width="20" height="20" class="avatar" referrerpolicy="no-referrer"> ` : '';
+  const parts = [
+    pr.author ? html`<span>by ${avatar}${pr.author}</span>` : '',
+    pr.headRef ? html`<span>from <code>${pr.headRef}</code></span>` : '',
+    pr.fork ? html`<span class="fork">fork</span>` : '',
+    newest ? html`<span>newest build <time datetime="${newest.createdAt.toISOString()}">${age(newest.createdAt)}</time></span>` : '',
+  ].filter((p) => p !== '');
+  return parts.length ? html`<p class="pr-context">${parts.map((p, i) => html`${i ? ' · ' : ''}${p}`)}</p>` : '';
 }
 
 /** Per kind of change, this many pages are linked; the rest are counted. */
@@ -390,9 +409,11 @@ const size = (bytes: number) => (bytes < 1e6 ? `${Math.max(1, Math.round(bytes /
 
 function age(at: Date): string {
   const minutes = Math.round((Date.now() - at.getTime()) / 60_000);
-  if (minutes < 60) return `${minutes} min ago`;
+  const plural = (n: number, unit: string) => `${n} ${unit}${n === 1 ? '' : 's'} ago`;
+  if (minutes < 1) return 'less than a minute ago';
+  if (minutes < 60) return plural(minutes, 'minute');
   const hours = Math.round(minutes / 60);
-  return hours < 48 ? `${hours} h ago` : `${Math.round(hours / 24)} days ago`;
+  return hours < 48 ? plural(hours, 'hour') : plural(Math.round(hours / 24), 'day');
 }
 
 /**
