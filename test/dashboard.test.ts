@@ -112,7 +112,8 @@ test('a maintainer signs in with GitHub; the session cookie is __Host-, HttpOnly
   expect(page).toContain('<h2>octo-org/docs</h2>');
   expect(page).toMatch(/#1 Pull request 1<\/a> — <span class="hidden">hidden, needs review<\/span>/);
   expect(page).toContain(`href="/view/1/1/${A.slice(0, 7)}"`);
-  expect(page).toContain('Publish (add the label)');
+  // The button's accessible name says which PR it publishes.
+  expect(page).toContain('<button type="submit">Publish #1 (add the label)</button>');
   // The PR comment of a hidden PR sends maintainers here.
   expect(fake.commentText()).toContain('on the [preview-gate dashboard](https://uploads.previews-gate.test/)');
   // The user is ("github", id), the token sealed: neither token nor login-only identity in the database.
@@ -274,7 +275,7 @@ test('a reader (no push access) sees no hidden preview and cannot publish; a col
   const reader = (await signIn('reader')).cookie!;
   const page = await (await get('/', { cookie: reader })).text();
   expect(page).not.toContain('/view/');
-  expect(page).toContain('Publishing or hiding needs the triage role.');
+  expect(page).toContain('Publishing needs write access');
   expect((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie: reader })).status).toBe(403);
   const csrf = await csrfOf(reader);
   expect((await post('/pulls/1/1/publish', { csrf }, { cookie: reader })).status).toBe(403);
@@ -301,29 +302,47 @@ test('GitHub down: a hidden preview stays hidden for a grant whose role must be 
   fake = await new FakeGitHub().start();
 });
 
-test('publish and hide from the dashboard add and remove the label as the signed-in user; history names them; forms need their CSRF token', async () => {
+test('publish and hide from the dashboard add and remove the label as the signed-in user; history names them; forms need their CSRF token; a confirmation follows', async () => {
+  const maintainer = (await signIn('maintainer')).cookie!;
   const cookie = (await signIn('triager')).cookie!;
   const csrf = await csrfOf(cookie);
   expect((await post('/pulls/1/1/publish', {}, { cookie })).status).toBe(403);
   expect((await post('/pulls/1/1/publish', { csrf: 'wrong' }, { cookie })).status).toBe(403);
   expect((await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://evil.example' })).status).toBe(403);
+  // A triager cannot open the hidden build, so is not offered to vouch for it: no button, and the route refuses.
+  const triagePage = await (await get('/', { cookie })).text();
+  expect(triagePage).not.toContain('Publish #1');
+  expect(triagePage).toContain('Publishing needs write access');
+  const shown = (await shownShaOf(maintainer))!;
+  expect((await post('/pulls/1/1/publish', { csrf, sha: shown }, { cookie })).status).toBe(403);
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
 
-  const published = await post('/pulls/1/1/publish', { csrf, sha: (await shownShaOf(cookie))! }, { cookie, origin: 'https://uploads.previews-gate.test' });
+  const published = await post('/pulls/1/1/publish', { csrf: await csrfOf(maintainer), sha: shown }, { cookie: maintainer, origin: 'https://uploads.previews-gate.test' });
   expect(published.status).toBe(303);
+  expect(published.headers.get('location')).toBe('/?done=published-1#pr-1-1');
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   // The label was added with the user's token, not the app's.
   expect(fake.writes.find((w) => w.method === 'POST' && /\/issues\/1\/labels$/.test(w.path))?.body).toEqual({ labels: ['safe for preview'] });
   expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('public');
-  let page = await (await get('/', { cookie })).text();
-  expect(page).toMatch(/hidden → public \(dashboard.publish, by triager\)/);
+  let page = await (await get('/?done=published-1', { cookie })).text();
+  expect(page).toContain('<p role="status" class="flash">Published #1: the label was added on GitHub.</p>');
+  expect(page).toMatch(/hidden → public \(dashboard.publish, by maintainer\)/);
   expect(page).toContain(`https://${HOST}/`);
+  // The stable URL (always the newest build) of a public PR.
+  expect(page).toContain('<a href="https://pr1--docs.previews.test/">https://pr1--docs.previews.test/</a>');
+  expect(page).toContain('<button type="submit">Hide #1 (remove the label)</button>');
 
-  expect((await post('/pulls/1/1/hide', { csrf }, { cookie })).status).toBe(303);
+  // Hiding only takes a preview away: triage may.
+  const hidden = await post('/pulls/1/1/hide', { csrf }, { cookie });
+  expect(hidden.status).toBe(303);
+  expect(hidden.headers.get('location')).toBe('/?done=hidden-1#pr-1-1');
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
   expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
-  page = await (await get('/', { cookie })).text();
+  page = await (await get('/?done=hidden-1', { cookie })).text();
+  expect(page).toContain('Hidden #1: the label was removed on GitHub.');
   expect(page).toMatch(/public → hidden \(dashboard.hide, by triager\)/);
+  // Nothing else of `done` is echoed.
+  expect(await (await get('/?done=%3Cb%3Ex', { cookie })).text()).not.toMatch(/<b>x|&lt;b&gt;x|class="flash"/);
 });
 
 test('an expired user token is refreshed with the refresh token (GitHub App user tokens last 8 hours)', async () => {
@@ -491,7 +510,10 @@ test('roles come from one request per installation with the user\'s token (paged
   fake.collaborators.set('8002:maintainer', 'read');
   const cookie = (await signIn('maintainer')).cookie!;
   const page = await (await get('/', { cookie })).text();
-  for (const name of ['docs', 'r2', 'r103']) expect(page).toContain(`<h2>octo-org/${name}</h2>`);
+  expect(page).toContain('<h2>octo-org/docs</h2>');
+  // Without PRs with builds, the others are one collapsed line (their names inside).
+  expect(page).toContain('<summary>2 repositories without open pull requests with builds</summary>');
+  for (const name of ['r2', 'r103']) expect(page).toContain(`<li>octo-org/${name}</li>`);
   // The hidden preview's grant (ticket and nginx's auth) asks the same source, from the same answer.
   const { viewCookie } = await openHidden(cookie);
   expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
@@ -517,7 +539,7 @@ test.each([
   expect(text).toMatch(/GitHub could not be asked which of 1 repository of other-org you can reach \([^)]+\) — <a href="\/">retry<\/a>/);
   expect(text).not.toContain('other-org/site');
   fake.userFaults.clear();
-  expect(await (await get('/', { cookie })).text()).toContain('<h2>other-org/site</h2>');
+  expect(await (await get('/', { cookie })).text()).toContain('<li>other-org/site</li>');
 });
 
 test('a dashboard of 200 installed repositories, GitHub answering in 100 ms: two round trips (figure printed with PRINT_FIGURES=1)', async () => {
@@ -531,7 +553,7 @@ test('a dashboard of 200 installed repositories, GitHub answering in 100 ms: two
   const timed = async () => {
     const started = performance.now();
     const page = await (await get('/', { cookie })).text();
-    return { ms: performance.now() - started, sections: page.match(/<h2>octo-org\//g)?.length };
+    return { ms: performance.now() - started, sections: (page.match(/<h2>octo-org\//g)?.length ?? 0) + (page.match(/<li>octo-org\//g)?.length ?? 0) };
   };
   const cold = await timed();
   const warm = await timed();
@@ -549,7 +571,7 @@ test('an expired token is refreshed once for a page that asks about several inst
   jest.spyOn(Date, 'now').mockReturnValue(Date.now() + 9 * 3600_000);
   const page = await (await get('/', { cookie })).text();
   expect(page).toContain('<h2>octo-org/docs</h2>');
-  expect(page).toContain('<h2>other-org/site</h2>');
+  expect(page).toContain('<li>other-org/site</li>');
   expect(fake.requests.filter((r) => r === 'POST /login/oauth/access_token')).toHaveLength(2); // the sign-in, one refresh
 });
 
@@ -629,4 +651,45 @@ test('each PR shows its title (escaped), author with avatar, branch, fork marker
   // Needs review (hidden, with builds) first, although #2 is newer.
   expect(text.indexOf('id="pr-1-1"')).toBeLessThan(text.indexOf('id="pr-1-2"'));
   expect(text).toMatch(/<span class="hidden">hidden, needs review<\/span>/);
+});
+
+test('search and filters are a GET form (title, author, number, repository, visibility, needs review, mine), paged 20 at a time with the query kept', async () => {
+  // 22 PRs with builds: #1 (beforeEach, hidden), #2..#22; #5 by the maintainer; the even ones labelled (public).
+  for (let n = 2; n <= 22; n++) {
+    const user = n === 5 ? MAINTAINER : CONTRIBUTOR;
+    fake.addPull(DOCS, { number: n, user, commits: [sha(`e${n}`)], title: n === 5 ? 'Fix the navigation' : `Docs change ${n}`, labels: n % 2 ? [] : ['safe for preview'] });
+    expect([201, 202]).toContain((await server.upload(n, sha(`e${n}`), siteTarball(`pr ${n}`))).status);
+  }
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const prsOn = (text: string) => [...text.matchAll(/<h3 id="pr-1-(\d+)">/g)].map((m) => Number(m[1]));
+  const first = await (await get('/', { cookie })).text();
+  expect(first).toContain('<form method="get" action="/" role="search"');
+  expect(first).toContain('<label for="f-q">Title, author or number</label>');
+  expect(first).toContain('Showing 1–20 of 22 pull requests with builds.');
+  // Needs review (hidden: the odd ones) first.
+  expect(prsOn(first).slice(0, 11)).toEqual([21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1]);
+  expect(first).toContain('href="/?page=2" rel="next"');
+  const second = await (await get('/?page=2', { cookie })).text();
+  expect(prsOn(second)).toEqual([4, 2]);
+  expect(second).toContain('href="/" rel="prev"');
+
+  expect(prsOn(await (await get('/?q=navigation', { cookie })).text())).toEqual([5]);
+  expect(prsOn(await (await get('/?q=%2312', { cookie })).text())).toEqual([12]);
+  expect(prsOn(await (await get('/?q=12', { cookie })).text())).toEqual([12]);
+  expect(prsOn(await (await get('/?mine=1', { cookie })).text())).toEqual([5]);
+  expect(prsOn(await (await get('/?q=contrib&visibility=public&repo=octo-org%2Fdocs', { cookie })).text())).toEqual([22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2]);
+  expect(prsOn(await (await get('/?review=1', { cookie })).text())).toEqual([21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1]);
+  const none = await (await get('/?repo=octo-org%2Fnothing&q=%3Cscript%3E', { cookie })).text();
+  expect(none).toContain('No pull request matches these filters.');
+  expect(none).toContain('value="&lt;script&gt;"');
+  expect(none).not.toContain('<script>');
+  // The query is kept in the paging links.
+  const paged = await (await get('/?q=contrib', { cookie })).text();
+  expect(paged).toContain('Showing 1–20 of 21 pull requests with builds.');
+  expect(paged).toContain('href="/?q=contrib&amp;page=2" rel="next"');
+  // Bad values are taken as absent, never a 500.
+  for (const bad of ['page=-1', 'page=abc', 'page=99999', 'visibility=secret', 'q=' + 'x'.repeat(300), 'q=a&q=b', 'review=yes']) {
+    expect((await get(`/?${bad}`, { cookie })).status).toBe(200);
+  }
 });

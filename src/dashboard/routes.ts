@@ -8,7 +8,7 @@ import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
 import { accounts, builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
 import { HttpError } from '../errors.js';
-import { buildUrl } from '../notify.js';
+import { buildUrl, latestUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import { atLeast, type GitHubUserApi, type RepoRoles, type Role } from './github-user.js';
@@ -106,7 +106,8 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     const access = await repositoryAccess(deps, roles, session);
     const visible = access.flatMap((a) => ('role' in a && atLeast(a.role, 'read') ? [a] : []));
     const failed = access.flatMap((a) => ('failure' in a ? [a] : []));
-    res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${dashboardBody(deps, visible, session)}`, { login: session.user.login, csrf: session.csrf }));
+    const body = dashboardBody(deps, visible, session, dashboardQuery(req.query), flashOf(req.query.done));
+    res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${body}`, { login: session.user.login, csrf: session.csrf }));
   });
 
   router.post('/pulls/:repositoryId/:number/:action', form, async (req, res) => {
@@ -119,8 +120,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       return void res.status(404).type('html').send(problemPage('Not found', 'There is no such pull request here.'));
     }
     try {
-      if (!atLeast(await roles.role(session, repo), 'triage')) {
-        return void res.status(403).type('html').send(problemPage('Not allowed', `Publishing or hiding needs the triage role or more on ${repo.fullName}.`));
+      const needed = action === 'publish' ? 'write' : 'triage';
+      if (!atLeast(await roles.role(session, repo), needed)) {
+        const what = action === 'publish' ? 'Publishing needs write access (the role that can open the hidden preview)' : 'Hiding needs the triage role or more';
+        return void res.status(403).type('html').send(problemPage('Not allowed', `${what} on ${repo.fullName}.`));
       }
       const token = await sessions.accessToken(session);
       const settings = deps.previews.decisions.storedSettings(repo);
@@ -145,7 +148,7 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       }
       sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
       await deps.previews.reconcile(repo, number, { event: `dashboard.${action}`, actor: { id: session.user.githubId, login: session.user.login } });
-      res.redirect(303, `/#pr-${repo.id}-${number}`);
+      res.redirect(303, `/?done=${action === 'publish' ? 'published' : 'hidden'}-${number}#pr-${repo.id}-${number}`);
     } catch (err) {
       if (!(err instanceof HttpError)) throw err;
       res.status(err.status >= 500 ? 503 : err.status).type('html').send(problemPage('That did not work', err.message));
@@ -302,63 +305,182 @@ function notCheckedNote(deps: DashboardDeps, failed: { repo: Repository; failure
   )}</section>`;
 }
 
-function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session) {
-  const { db, config } = deps;
+/** The dashboard's GET form: search and filters (any bad or unknown value is taken as absent), and the page. */
+export interface DashboardQuery {
+  q: string;
+  repo: string;
+  visibility: '' | 'public' | 'hidden';
+  review: boolean;
+  mine: boolean;
+  page: number;
+}
+
+/** PRs shown per page of the dashboard. */
+const PRS_PER_PAGE = 20;
+
+export function dashboardQuery(query: Request['query']): DashboardQuery {
+  const one = (name: string, max: number) => {
+    const value = query[name];
+    return typeof value === 'string' && value.length <= max ? value.trim() : '';
+  };
+  const visibility = one('visibility', 6);
+  const pageNumber = Number(one('page', 5));
+  return {
+    q: one('q', 200),
+    repo: one('repo', 200),
+    visibility: visibility === 'public' || visibility === 'hidden' ? visibility : '',
+    review: one('review', 1) === '1',
+    mine: one('mine', 1) === '1',
+    page: Number.isSafeInteger(pageNumber) && pageNumber >= 1 ? pageNumber : 1,
+  };
+}
+
+/** The query string of `query` with `page` replaced (empty fields left out), for the paging links. */
+function queryString(query: DashboardQuery, page: number): string {
+  const params = new URLSearchParams();
+  if (query.q) params.set('q', query.q);
+  if (query.repo) params.set('repo', query.repo);
+  if (query.visibility) params.set('visibility', query.visibility);
+  if (query.review) params.set('review', '1');
+  if (query.mine) params.set('mine', '1');
+  if (page > 1) params.set('page', String(page));
+  const text = params.toString();
+  return text ? `?${text}` : '';
+}
+
+type PrRow = typeof pullRequests.$inferSelect & { author: string | null };
+type BuildRow = typeof builds.$inferSelect;
+const needsReview = (pr: PrRow) => pr.visibility === 'hidden';
+
+/** Whether a PR (that has builds) matches the search and the filters. */
+function matches(query: DashboardQuery, repo: Repository, pr: PrRow, login: string): boolean {
+  if (query.repo && repo.fullName.toLowerCase() !== query.repo.toLowerCase()) return false;
+  if (query.visibility && pr.visibility !== query.visibility) return false;
+  if (query.review && !needsReview(pr)) return false;
+  if (query.mine && pr.author?.toLowerCase() !== login.toLowerCase()) return false;
+  if (!query.q) return true;
+  const q = query.q.toLowerCase();
+  const number = /^#?(\d+)$/.exec(q);
+  if (number) return pr.number === Number(number[1]);
+  return (pr.title ?? '').toLowerCase().includes(q) || (pr.author ?? '').toLowerCase().includes(q);
+}
+
+function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session, query: DashboardQuery, flash: Html | '') {
+  const { db } = deps;
   // Two queries for the whole page (not two per repository): 200 repositories must not cost 400 round trips.
-  const openPrs = visible.length
+  const openPrs: PrRow[] = visible.length
     ? db
         .select({ pr: pullRequests, author: users.login })
         .from(pullRequests)
-        .leftJoin(users, eq(pullRequests.authorUserId, users.id)).where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open'))).orderBy(desc(pullRequests.number)).all()
+        .leftJoin(users, eq(pullRequests.authorUserId, users.id))
+        .where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open')))
+        .orderBy(desc(pullRequests.number))
+        .all()
         .map(({ pr, author }) => ({ ...pr, author }))
     : [];
   const readyBuilds = openPrs.length
     ? db.select().from(builds).where(and(inArray(builds.pullRequestId, openPrs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
     : [];
-  const sections = visible.map(({ repo, role }) => {
-    const site = repo.site; // the row was read for this request (installedRepositories)
-    const prs = openPrs.filter((pr) => pr.repositoryId === repo.id);
-    const prIds = new Set(prs.map((pr) => pr.id));
-    const prBuilds = readyBuilds.filter((b) => prIds.has(b.pullRequestId));
-    // Needs review (hidden, with a build) first; newest first within each.
-    const shown = prs.filter((pr) => prBuilds.some((b) => b.pullRequestId === pr.id)).sort((a, b) => Number(b.visibility === 'hidden') - Number(a.visibility === 'hidden') || b.number - a.number);
-    const items = shown.map((pr) => {
-      const history = db
-        .select({ change: visibilityChanges, actor: users.login })
-        .from(visibilityChanges)
-        .leftJoin(users, eq(visibilityChanges.actorUserId, users.id))
-        .where(eq(visibilityChanges.pullRequestId, pr.id))
-        .orderBy(desc(visibilityChanges.id))
-        .limit(10)
-        .all();
-      const canAct = atLeast(role, 'triage');
-      // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
-      const newest = prBuilds.find((b) => b.pullRequestId === pr.id);
-      const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
-      const thisPrBuilds = prBuilds.filter((b) => b.pullRequestId === pr.id);
-      const changes = changesOfBuilds(db, config, site, pr.number, thisPrBuilds);
-      return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
+  const buildsOf = new Map<number, BuildRow[]>();
+  for (const b of readyBuilds) buildsOf.set(b.pullRequestId, [...(buildsOf.get(b.pullRequestId) ?? []), b]);
+  const withBuilds = visible.map(({ repo, role }) => ({ repo, role, prs: openPrs.filter((pr) => pr.repositoryId === repo.id && buildsOf.has(pr.id)) }));
+  const empty = withBuilds.filter((r) => !r.prs.length).map((r) => r.repo);
+  // Repository by name, then needs review (hidden, with a build) first, newest first within each.
+  const found = withBuilds.flatMap(({ repo, role, prs }) =>
+    prs
+      .filter((pr) => matches(query, repo, pr, session.user.login))
+      .sort((a, b) => Number(needsReview(b)) - Number(needsReview(a)) || b.number - a.number)
+      .map((pr) => ({ repo, role, pr })),
+  );
+  const pages = Math.max(1, Math.ceil(found.length / PRS_PER_PAGE));
+  const current = Math.min(query.page, pages);
+  const shown = found.slice((current - 1) * PRS_PER_PAGE, current * PRS_PER_PAGE);
+  const toReview = withBuilds.reduce((n, r) => n + r.prs.filter(needsReview).length, 0);
+
+  const sections: Html[] = [];
+  shown.forEach(({ repo, role, pr }, i) => {
+    if (shown[i - 1]?.repo.id !== repo.id) sections.push(html`<h2>${repo.fullName}</h2>`);
+    sections.push(prSection(deps, repo, role, pr, buildsOf.get(pr.id)!, session));
+  });
+  const filtering = query.q || query.repo || query.visibility || query.review || query.mine;
+  return html`<h1>Previews</h1>
+${flash}
+${visible.length ? filterForm(query, visible.map((v) => v.repo)) : ''}
+${toReview && !query.review ? html`<p>${toReview} pull ${toReview === 1 ? 'request needs' : 'requests need'} review: <a href="/?review=1">show only ${toReview === 1 ? 'it' : 'them'}</a>.</p>` : ''}
+${visible.length
+  ? html`<p role="status">${found.length ? html`Showing ${(current - 1) * PRS_PER_PAGE + 1}–${(current - 1) * PRS_PER_PAGE + shown.length} of ${found.length} pull ${found.length === 1 ? 'request' : 'requests'} with builds.` : filtering ? 'No pull request matches these filters.' : 'No open pull request has a preview.'}</p>`
+  : html`<p>No repository with the app installed is one you collaborate on.</p>`}
+${sections}
+${pages > 1 ? html`<nav aria-label="Pages"><p>${current > 1 ? html`<a href="/${queryString(query, current - 1)}" rel="prev">Previous page</a> ` : ''}Page ${current} of ${pages}${current < pages ? html` <a href="/${queryString(query, current + 1)}" rel="next">Next page</a>` : ''}</p></nav>` : ''}
+${empty.length ? html`<details class="empty"><summary>${empty.length} ${empty.length === 1 ? 'repository' : 'repositories'} without open pull requests with builds</summary><ul>${empty.map((r) => html`<li>${r.fullName}</li>`)}</ul></details>` : ''}`;
+}
+
+/** The search and filters: a GET form (works without JavaScript; the URL can be bookmarked and shared). */
+function filterForm(query: DashboardQuery, repos: Repository[]) {
+  const option = (value: string, label: string, selected: boolean) => html`<option value="${value}"${selected ? html` selected` : ''}>${label}</option>`;
+  return html`<form method="get" action="/" role="search" aria-label="Pull requests" class="filters">
+<p><label for="f-q">Title, author or number</label> <input id="f-q" name="q" type="search" value="${query.q}" maxlength="200"></p>
+<p><label for="f-repo">Repository</label> <select id="f-repo" name="repo">${option('', 'All', !query.repo)}${repos.map((r) => option(r.fullName, r.fullName, r.fullName.toLowerCase() === query.repo.toLowerCase()))}</select>
+<label for="f-visibility">Visibility</label> <select id="f-visibility" name="visibility">${option('', 'Any', !query.visibility)}${option('hidden', 'Hidden', query.visibility === 'hidden')}${option('public', 'Public', query.visibility === 'public')}</select></p>
+<p><label><input type="checkbox" name="review" value="1"${query.review ? html` checked` : ''}> Needs review only</label>
+<label><input type="checkbox" name="mine" value="1"${query.mine ? html` checked` : ''}> Opened by me</label>
+<button type="submit">Show</button> <a href="/">Clear</a></p>
+</form>`;
+}
+
+/** One PR: its context, the Publish or Hide button, its builds with the pages each changed, and its history. */
+function prSection(deps: DashboardDeps, repo: Repository, role: Role, pr: PrRow, prBuilds: BuildRow[], session: Session): Html {
+  const { db, config } = deps;
+  const site = repo.site; // the row was read for this request (installedRepositories)
+  const history = db
+    .select({ change: visibilityChanges, actor: users.login })
+    .from(visibilityChanges)
+    .leftJoin(users, eq(visibilityChanges.actorUserId, users.id))
+    .where(eq(visibilityChanges.pullRequestId, pr.id))
+    .orderBy(desc(visibilityChanges.id))
+    .limit(10)
+    .all();
+  // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
+  const newest = prBuilds[0];
+  const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
+  const changes = changesOfBuilds(db, config, site, pr.number, prBuilds);
+  const canOpenHidden = atLeast(role, 'write');
+  const stable = pr.visibility === 'public' ? latestUrl(config, site, pr.number) : undefined;
+  return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
 <h3 id="pr-${repo.id}-${pr.number}"><a href="${config.githubWebUrl}/${repo.fullName}/pull/${pr.number}">#${pr.number}${pr.title ? html` ${pr.title}` : ''}</a> — <span class="${pr.visibility}">${pr.visibility === 'hidden' ? 'hidden, needs review' : 'public'}</span></h3>
 ${prContext(pr, newest)}
 <p>${pr.reason ?? ''}</p>
-${canAct
-  ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${newest?.sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
-  : html`<p class="note">Publishing or hiding needs the triage role.</p>`}
+${stable ? html`<p>Always the newest build: <a href="${stable}">${stable}</a></p>` : ''}
+${actionForm(repo, pr.number, action, role, newest?.sha, session)}
 <table><caption class="note">Builds</caption>
 <thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Pages changed</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
-<tbody>${thisPrBuilds.map((b) => {
+<tbody>${prBuilds.map((b) => {
     const url = buildUrl(config, site, pr.number, b.sha7);
-    const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : atLeast(role, 'write') ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
-    const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : atLeast(role, 'write') ? `/view/${repo.id}/${pr.number}/${sha7}` : undefined);
+    const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : canOpenHidden ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
+    const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : canOpenHidden ? `/view/${repo.id}/${pr.number}/${sha7}` : undefined);
     return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${changesCell(changes.get(b.id), b.sha7, opener)}</td><td>${size(b.bytes)}</td><td><time datetime="${b.createdAt.toISOString()}">${age(b.createdAt)}</time></td></tr>`;
   })}</tbody></table>
 <h4>History</h4>
 <ul>${history.map((h) => html`<li>${h.change.createdAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${h.change.from} → ${h.change.to} (${h.change.cause}${h.actor ? html`, by ${h.actor}` : ''}): ${h.change.reason}</li>`)}</ul>
 </section>`;
-    });
-    return html`<h2>${repo.fullName}</h2>${items.length ? items : html`<p class="note">No open pull request has a preview.</p>`}`;
-  });
-  return html`<h1>Previews</h1>${sections.length ? sections : html`<p>No repository with the app installed is one you collaborate on.</p>`}`;
+}
+
+/**
+ * Publish needs write (the role that can open the hidden build: nobody vouches for a build they cannot see);
+ * Hide needs triage (hiding only takes a preview away). GitHub lets triage add labels; the dashboard does not
+ * offer it, and the POST route refuses it.
+ */
+function actionForm(repo: Repository, number: number, action: 'publish' | 'hide', role: Role, sha: string | undefined, session: Session) {
+  if (action === 'publish' && !atLeast(role, 'write')) return html`<p class="note">Publishing needs write access (the role that can open the hidden preview).</p>`;
+  if (action === 'hide' && !atLeast(role, 'triage')) return html`<p class="note">Hiding needs the triage role.</p>`;
+  return html`<form method="post" action="/pulls/${repo.id}/${number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? `Publish #${number} (add the label)` : `Hide #${number} (remove the label)`}</button></form>`;
+}
+
+/** The confirmation after Publish or Hide (`?done=published-12`): a status sentence, nothing else from the URL. */
+function flashOf(done: unknown): Html | '' {
+  const m = typeof done === 'string' ? /^(published|hidden)-([1-9][0-9]{0,8})$/.exec(done) : null;
+  if (!m) return '';
+  return html`<p role="status" class="flash">${m[1] === 'published' ? `Published #${m[2]}: the label was added on GitHub.` : `Hidden #${m[2]}: the label was removed on GitHub.`}</p>`;
 }
 
 /** Who opened the PR, from which branch (and whether from a fork), and how old its newest build is. */
