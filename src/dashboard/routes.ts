@@ -452,14 +452,14 @@ ${prContext(pr, newest)}
 <p>${pr.reason ?? ''}</p>
 ${stable ? html`<p>Always the newest build: <a href="${stable}">${stable}</a></p>` : ''}
 ${actionForm(repo, pr.number, action, role, newest?.sha, session)}
-<table><caption class="note">Builds</caption>
+<div class="table-scroll" role="region" aria-label="Builds of #${pr.number}" tabindex="0"><table><caption class="note">Builds</caption>
 <thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Pages changed</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
 <tbody>${prBuilds.map((b) => {
     const url = buildUrl(config, site, pr.number, b.sha7);
     const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : canOpenHidden ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
     const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : canOpenHidden ? `/view/${repo.id}/${pr.number}/${sha7}` : undefined);
     return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${changesCell(changes.get(b.id), b.sha7, opener)}</td><td>${size(b.bytes)}</td><td><time datetime="${b.createdAt.toISOString()}">${age(b.createdAt)}</time></td></tr>`;
-  })}</tbody></table>
+  })}</tbody></table></div>
 <h4>History</h4>
 <ul>${history.map((h) => html`<li>${h.change.createdAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${h.change.from} → ${h.change.to} (${h.change.cause}${h.actor ? html`, by ${h.actor}` : ''}): ${h.change.reason}</li>`)}</ul>
 </section>`;
