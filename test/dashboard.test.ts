@@ -111,7 +111,8 @@ test('a maintainer signs in with GitHub; the session cookie is __Host-, HttpOnly
   const page = await (await get('/', { cookie })).text();
   expect(page).toContain('<h2>octo-org/docs</h2>');
   expect(page).toMatch(/#1 Pull request 1<\/a> — <span class="hidden">hidden, needs review<\/span>/);
-  expect(page).toContain(`href="/view/1/1/${A.slice(0, 7)}"`);
+  expect(page).toContain(`href="/repos/${DOCS}/pulls/1/commits/${A}/view"`);
+  expect(page).toContain(`action="/repos/${DOCS}/pulls/1/publish"`);
   // The button's accessible name says which PR it publishes.
   expect(page).toContain('<button type="submit">Publish #1 (add the label)</button>');
   // The PR comment of a hidden PR sends maintainers here.
@@ -319,7 +320,7 @@ test('publish and hide from the dashboard add and remove the label as the signed
 
   const published = await post('/pulls/1/1/publish', { csrf: await csrfOf(maintainer), sha: shown }, { cookie: maintainer, origin: 'https://uploads.previews-gate.test' });
   expect(published.status).toBe(303);
-  expect(published.headers.get('location')).toBe('/?done=published-1#pr-1-1');
+  expect(published.headers.get('location')).toBe('/?done=published-1#pr-7001-1');
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   // The label was added with the user's token, not the app's.
   expect(fake.writes.find((w) => w.method === 'POST' && /\/issues\/1\/labels$/.test(w.path))?.body).toEqual({ labels: ['safe for preview'] });
@@ -335,7 +336,7 @@ test('publish and hide from the dashboard add and remove the label as the signed
   // Hiding only takes a preview away: triage may.
   const hidden = await post('/pulls/1/1/hide', { csrf }, { cookie });
   expect(hidden.status).toBe(303);
-  expect(hidden.headers.get('location')).toBe('/?done=hidden-1#pr-1-1');
+  expect(hidden.headers.get('location')).toBe('/?done=hidden-1#pr-7001-1');
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
   expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
   page = await (await get('/?done=hidden-1', { cookie })).text();
@@ -596,13 +597,13 @@ describe('the pages each build changed (issue 27, item 4)', () => {
     expect(text).toContain('the first build of this pull request');
     expect(text).toMatch(/pages 1 changed, 12 added, 1 removed/);
     // Hidden: the links go through /view with the page's path, escaped; 10 shown, the rest counted.
-    expect(text).toContain(`href="/view/1/1/${B.slice(0, 7)}?path=%2F"`);
-    expect(text).toContain(`href="/view/1/1/${B.slice(0, 7)}?path=%2Fp00.html"`);
+    expect(text).toContain(`href="/repos/${DOCS}/pulls/1/commits/${B.slice(0, 7)}/view?path=%2F"`);
+    expect(text).toContain(`href="/repos/${DOCS}/pulls/1/commits/${B.slice(0, 7)}/view?path=%2Fp00.html"`);
     expect(text).not.toContain('<img src=x');
     expect(text).toContain('&quot;&gt;&lt;img src=x onerror=alert(1)&gt;.html');
     expect(text).toMatch(/and 2 more added pages/);
     // A removed page is linked on the build before (A), where it still is.
-    expect(text).toContain(`href="/view/1/1/${A.slice(0, 7)}?path=%2F404.html"`);
+    expect(text).toContain(`href="/repos/${DOCS}/pulls/1/commits/${A.slice(0, 7)}/view?path=%2F404.html"`);
     // Following one: the ticket carries the path, and redeeming it lands on that page of the preview host.
     const view = await get(`/view/1/1/${B.slice(0, 7)}?path=%2Fp00.html`, { cookie });
     const ticketUrl = new URL(view.headers.get('location')!);
@@ -649,7 +650,7 @@ test('each PR shows its title (escaped), author with avatar, branch, fork marker
   expect(text).toMatch(/<span class="fork">fork<\/span>/);
   expect(text).toMatch(/<time datetime="\d{4}-\d\d-\d\dT[\d:.]+Z">(\d+ minutes?|less than a minute) ago<\/time>/);
   // Needs review (hidden, with builds) first, although #2 is newer.
-  expect(text.indexOf('id="pr-1-1"')).toBeLessThan(text.indexOf('id="pr-1-2"'));
+  expect(text.indexOf('id="pr-7001-1"')).toBeLessThan(text.indexOf('id="pr-7001-2"'));
   expect(text).toMatch(/<span class="hidden">hidden, needs review<\/span>/);
 });
 
@@ -662,7 +663,7 @@ test('search and filters are a GET form (title, author, number, repository, visi
   }
   await server.previews.settled();
   const cookie = (await signIn('maintainer')).cookie!;
-  const prsOn = (text: string) => [...text.matchAll(/<h3 id="pr-1-(\d+)">/g)].map((m) => Number(m[1]));
+  const prsOn = (text: string) => [...text.matchAll(/<h3 id="pr-7001-(\d+)">/g)].map((m) => Number(m[1]));
   const first = await (await get('/', { cookie })).text();
   expect(first).toContain('<form method="get" action="/" role="search"');
   expect(first).toContain('<label for="f-q">Title, author or number</label>');
@@ -692,4 +693,21 @@ test('search and filters are a GET form (title, author, number, repository, visi
   for (const bad of ['page=-1', 'page=abc', 'page=99999', 'visibility=secret', 'q=' + 'x'.repeat(300), 'q=a&q=b', 'review=yes']) {
     expect((await get(`/?${bad}`, { cookie })).status).toBe(200);
   }
+});
+
+test('links carry GitHub\'s ids (repository id, PR number, SHA); the old row-id links keep working; anything else is a clean 404', async () => {
+  const cookie = (await signIn('maintainer')).cookie!;
+  const byGitHub = await get(`/repos/${DOCS}/pulls/1/commits/${A}/view`, { cookie });
+  expect(byGitHub.status).toBe(302);
+  expect(new URL(byGitHub.headers.get('location')!).host).toBe(HOST);
+  expect((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).status).toBe(302); // the old form
+  for (const path of [`/repos/1/pulls/1/commits/${A}/view`, `/repos/${DOCS}/pulls/9/commits/${A}/view`, `/repos/${DOCS}/pulls/1/commits/xyz/view`, `/repos/${DOCS}/pulls/1/commits/${A}0/view`, `/view/${DOCS}/1/${A.slice(0, 7)}`]) {
+    const res = await get(path, { cookie });
+    expect([path, res.status]).toEqual([path, 404]);
+    expect(await res.text()).toContain('There is no such preview.');
+  }
+  const csrf = await csrfOf(cookie);
+  expect((await post(`/repos/1/pulls/1/publish`, { csrf, sha: A }, { cookie })).status).toBe(404);
+  expect((await post(`/repos/${DOCS}/pulls/1/publish`, { csrf, sha: A }, { cookie })).status).toBe(303);
+  expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
 });

@@ -110,12 +110,14 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${body}`, { login: session.user.login, csrf: session.csrf }));
   });
 
-  router.post('/pulls/:repositoryId/:number/:action', form, async (req, res) => {
+  // The first path (row ids) is the old form's: pages already open keep working.
+  router.post(['/repos/:githubRepoId/pulls/:number/:action', '/pulls/:repositoryId/:number/:action'], form, async (req, res) => {
     const session = withCsrf(req, res);
     if (!session) return;
-    const action = req.params.action;
-    const repo = deps.registry.installedRepositories().find((r) => r.id === Number(req.params.repositoryId));
-    const number = Number(req.params.number);
+    const params = req.params as Record<string, string | undefined>; // two path forms: typed loosely by Express
+    const action = params.action;
+    const repo = repositoryOf(deps, params);
+    const number = Number(params.number);
     if ((action !== 'publish' && action !== 'hide') || !repo || !Number.isSafeInteger(number)) {
       return void res.status(404).type('html').send(problemPage('Not found', 'There is no such pull request here.'));
     }
@@ -148,7 +150,7 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       }
       sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
       await deps.previews.reconcile(repo, number, { event: `dashboard.${action}`, actor: { id: session.user.githubId, login: session.user.login } });
-      res.redirect(303, `/?done=${action === 'publish' ? 'published' : 'hidden'}-${number}#pr-${repo.id}-${number}`);
+      res.redirect(303, `/?done=${action === 'publish' ? 'published' : 'hidden'}-${number}#${anchorOf(repo, number)}`);
     } catch (err) {
       if (!(err instanceof HttpError)) throw err;
       res.status(err.status >= 500 ? 503 : err.status).type('html').send(problemPage('That did not work', err.message));
@@ -157,12 +159,15 @@ export function dashboardRouter(deps: DashboardDeps): Router {
 
   // --- hidden previews --------------------------------------------------------------------------------------
   /** From the dashboard to a hidden preview: a one-time ticket in a redirect to that host. */
-  router.get('/view/:repositoryId/:number/:sha7', async (req, res) => {
+  // GitHub's ids (repository id, PR number, commit SHA); the old form with our row id keeps working.
+  router.get(['/repos/:githubRepoId/pulls/:number/commits/:sha/view', '/view/:repositoryId/:number/:sha7'], async (req, res) => {
     const session = sessions.find(cookieOf(req, names.session));
     if (!session) return void res.redirect(302, `/login?next=${encodeURIComponent(req.originalUrl)}`);
-    const repo = deps.registry.installedRepositories().find((r) => r.id === Number(req.params.repositoryId));
-    const pr = repo && deps.registry.findPullRequest(repo.id, Number(req.params.number));
-    const sha7 = /^[0-9a-f]{7}$/.test(req.params.sha7) ? req.params.sha7 : undefined;
+    const params = req.params as Record<string, string | undefined>; // two path forms: typed loosely by Express
+    const repo = repositoryOf(deps, params);
+    const pr = repo && deps.registry.findPullRequest(repo.id, Number(params.number));
+    const given = params.sha7 ?? params.sha ?? '';
+    const sha7 = (params.sha7 ? /^[0-9a-f]{7}$/ : /^[0-9a-f]{7,40}$/).test(given) ? given.slice(0, 7) : undefined;
     if (!repo || !pr || !sha7) return void res.status(404).type('html').send(problemPage('Not found', 'There is no such preview.'));
     const url = buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr.number, sha7);
     if (pr.visibility === 'public') return void res.redirect(302, url);
@@ -269,6 +274,19 @@ class RoleCache {
 function bindReviewedSha(db: Db, repositoryId: number, number: number, sha: string): void {
   db.update(pullRequests).set({ labelSha: sha }).where(and(eq(pullRequests.repositoryId, repositoryId), eq(pullRequests.number, number))).run();
 }
+
+/** The installed repository a link names: by GitHub's id (`githubRepoId`), or by our row id (old links). */
+function repositoryOf(deps: DashboardDeps, params: Record<string, string | undefined>): Repository | undefined {
+  const installed = deps.registry.installedRepositories();
+  if (params.githubRepoId !== undefined) return installed.find((r) => r.githubId !== null && r.githubId === Number(params.githubRepoId));
+  return installed.find((r) => r.id === Number(params.repositoryId));
+}
+
+/** Links carry GitHub's ids; a repository whose GitHub id is not known yet falls back to the old row-id form. */
+const pullPath = (repo: Repository, number: number) => (repo.githubId !== null ? `/repos/${repo.githubId}/pulls/${number}` : `/pulls/${repo.id}/${number}`);
+const viewPath = (repo: Repository, number: number, sha: string) =>
+  repo.githubId !== null ? `/repos/${repo.githubId}/pulls/${number}/commits/${sha}/view` : `/view/${repo.id}/${number}/${sha.slice(0, 7)}`;
+const anchorOf = (repo: Repository, number: number) => `pr-${repo.githubId ?? `r${repo.id}`}-${number}`;
 
 type RepositoryAccess = { repo: Repository; role: Role } | { repo: Repository; failure: string };
 
@@ -446,8 +464,8 @@ function prSection(deps: DashboardDeps, repo: Repository, role: Role, pr: PrRow,
   const changes = changesOfBuilds(db, config, site, pr.number, prBuilds);
   const canOpenHidden = atLeast(role, 'write');
   const stable = pr.visibility === 'public' ? latestUrl(config, site, pr.number) : undefined;
-  return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
-<h3 id="pr-${repo.id}-${pr.number}"><a href="${config.githubWebUrl}/${repo.fullName}/pull/${pr.number}">#${pr.number}${pr.title ? html` ${pr.title}` : ''}</a> — <span class="${pr.visibility}">${pr.visibility === 'hidden' ? 'hidden, needs review' : 'public'}</span></h3>
+  return html`<section aria-labelledby="${anchorOf(repo, pr.number)}">
+<h3 id="${anchorOf(repo, pr.number)}"><a href="${config.githubWebUrl}/${repo.fullName}/pull/${pr.number}">#${pr.number}${pr.title ? html` ${pr.title}` : ''}</a> — <span class="${pr.visibility}">${pr.visibility === 'hidden' ? 'hidden, needs review' : 'public'}</span></h3>
 ${prContext(pr, newest)}
 <p>${pr.reason ?? ''}</p>
 ${stable ? html`<p>Always the newest build: <a href="${stable}">${stable}</a></p>` : ''}
@@ -456,8 +474,8 @@ ${actionForm(repo, pr.number, action, role, newest?.sha, session)}
 <thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Pages changed</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
 <tbody>${prBuilds.map((b) => {
     const url = buildUrl(config, site, pr.number, b.sha7);
-    const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : canOpenHidden ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
-    const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : canOpenHidden ? `/view/${repo.id}/${pr.number}/${sha7}` : undefined);
+    const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : canOpenHidden ? html`<a href="${viewPath(repo, pr.number, b.sha)}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
+    const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : canOpenHidden ? viewPath(repo, pr.number, sha7) : undefined);
     return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${changesCell(changes.get(b.id), b.sha7, opener)}</td><td>${size(b.bytes)}</td><td><time datetime="${b.createdAt.toISOString()}">${age(b.createdAt)}</time></td></tr>`;
   })}</tbody></table></div>
 <h4>History</h4>
@@ -473,7 +491,7 @@ ${actionForm(repo, pr.number, action, role, newest?.sha, session)}
 function actionForm(repo: Repository, number: number, action: 'publish' | 'hide', role: Role, sha: string | undefined, session: Session) {
   if (action === 'publish' && !atLeast(role, 'write')) return html`<p class="note">Publishing needs write access (the role that can open the hidden preview).</p>`;
   if (action === 'hide' && !atLeast(role, 'triage')) return html`<p class="note">Hiding needs the triage role.</p>`;
-  return html`<form method="post" action="/pulls/${repo.id}/${number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? `Publish #${number} (add the label)` : `Hide #${number} (remove the label)`}</button></form>`;
+  return html`<form method="post" action="${pullPath(repo, number)}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? `Publish #${number} (add the label)` : `Hide #${number} (remove the label)`}</button></form>`;
 }
 
 /** The confirmation after Publish or Hide (`?done=published-12`): a status sentence, nothing else from the URL. */
