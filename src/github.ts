@@ -24,6 +24,17 @@ export interface PrFacts {
   at: Date;
   /** GitHub's id of the repository (the PR's base repository). */
   repositoryId?: number;
+  /** What the dashboard shows about the PR (absent when GitHub's answer did not carry it). */
+  context?: PrContext;
+}
+
+/** The PR's own words and origin, as GitHub said them: shown on the dashboard, never used for a decision. */
+export interface PrContext {
+  title: string;
+  headRef: string;
+  /** The head branch lives in another repository (a fork), or in one since deleted. */
+  fork: boolean;
+  authorAvatarUrl: string | null;
 }
 
 /** The fields of a pull request (REST answer or webhook payload) that trust depends on. */
@@ -31,9 +42,10 @@ export interface PullRequestLike {
   number: number;
   state: string;
   /** null for a deleted account ("ghost"). */
-  user: { id: number; login: string } | null;
+  user: { id: number; login: string; avatar_url?: string } | null;
   labels: { name: string }[];
-  head: { sha: string };
+  title?: string;
+  head: { sha: string; ref?: string; repo?: { full_name: string } | null };
   updated_at?: string;
   base?: { repo?: { id: number; full_name: string } | null };
 }
@@ -173,6 +185,7 @@ export class GitHub {
       decision: decideTrust({ state, labels, authorTrustedTeam }, settings),
       at: pr.updated_at ? new Date(pr.updated_at) : new Date(),
       repositoryId: pr.base?.repo?.id,
+      context: contextOf(pr),
     };
   }
 
@@ -209,4 +222,16 @@ export class GitHub {
     }
     return undefined;
   }
+}
+
+/** The PR's title, branch, fork marker and author avatar, when the answer has them (an https avatar only). */
+function contextOf(pr: PullRequestLike): PrContext | undefined {
+  if (typeof pr.title !== 'string' || typeof pr.head.ref !== 'string') return undefined;
+  const avatar = pr.user?.avatar_url;
+  return {
+    title: pr.title.slice(0, 512),
+    headRef: pr.head.ref.slice(0, 255),
+    fork: !pr.head.repo || !pr.base?.repo || pr.head.repo.full_name.toLowerCase() !== pr.base.repo.full_name.toLowerCase(),
+    authorAvatarUrl: typeof avatar === 'string' && /^https:\/\/[^\s"'<>]+$/.test(avatar) ? avatar : null,
+  };
 }

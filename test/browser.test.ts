@@ -96,7 +96,7 @@ test('sign in, see the hidden preview with its banner, publish it, hide it again
   await page.getByRole('link', { name: 'Sign in with GitHub' }).click();
   await page.waitForURL(`https://${MAIN_HOST}/`);
   await page.getByRole('heading', { name: 'octo-org/docs' }).waitFor();
-  await page.getByRole('heading', { name: /Pull request #1 — hidden/ }).waitFor();
+  await page.getByRole('heading', { name: /#1 Pull request 1 — hidden, needs review/ }).waitFor();
   // The session cookie: host-only, HttpOnly, Secure, SameSite=Lax, as the browser stored it.
   const [session] = await context.cookies(`https://${MAIN_HOST}/`);
   expect(session).toMatchObject({ name: '__Host-preview-gate', domain: MAIN_HOST, httpOnly: true, secure: true, sameSite: 'Lax' });
@@ -126,8 +126,9 @@ test('sign in, see the hidden preview with its banner, publish it, hide it again
 
   // Publish from the dashboard: the label is added as the maintainer, the preview is public for everyone.
   await page.goto(`https://${MAIN_HOST}/`);
-  await page.getByRole('button', { name: 'Publish (add the label)' }).click();
-  await page.getByRole('heading', { name: /Pull request #1 — public/ }).waitFor();
+  await page.getByRole('button', { name: 'Publish #1 (add the label)' }).click();
+  await page.getByRole('heading', { name: /#1 Pull request 1 — public/ }).waitFor();
+  expect(await page.getByRole('status').filter({ hasText: 'Published #1' }).textContent()).toBe('Published #1: the label was added on GitHub.');
   expect(await page.textContent('main')).toMatch(/hidden → public \(dashboard.publish, by maintainer\)/);
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   const open = await strangerPage.goto(HIDDEN_URL);
@@ -136,8 +137,9 @@ test('sign in, see the hidden preview with its banner, publish it, hide it again
   expect(await strangerPage.getByRole('note').count()).toBe(0);
 
   // Hide again.
-  await page.getByRole('button', { name: 'Hide (remove the label)' }).click();
-  await page.getByRole('heading', { name: /Pull request #1 — hidden/ }).waitFor();
+  await page.getByRole('button', { name: 'Hide #1 (remove the label)' }).click();
+  await page.getByRole('heading', { name: /#1 Pull request 1 — hidden/ }).waitFor();
+  await page.getByRole('status').filter({ hasText: 'Hidden #1: the label was removed on GitHub.' }).waitFor();
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
   expect((await strangerPage.goto(HIDDEN_URL))!.status()).toBe(404);
   await Promise.all([context.close(), stranger.close()]);
@@ -238,3 +240,35 @@ test('the hidden-preview banner never covers the page, collapses, stays collapse
   expect(await last.getByRole('link', { name: 'The pull request' }).isVisible()).toBe(false);
   await noScript.close();
 }, 60_000);
+
+test('at 320 px the dashboard does not scroll sideways; the focus ring on the dark header is at least 3:1', async () => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 320, height: 640 } });
+  const page = await context.newPage();
+  await page.goto(`https://${MAIN_HOST}/`);
+  await page.getByRole('link', { name: 'Sign in with GitHub' }).click();
+  await page.waitForURL(`https://${MAIN_HOST}/`);
+  await page.getByRole('heading', { name: 'octo-org/docs' }).waitFor();
+  expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(320);
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard-320.png'), fullPage: true });
+  // Keyboard focus on the header's button: its ring's colour against the header's background.
+  const signOut = page.getByRole('button', { name: 'Sign out' });
+  await signOut.focus();
+  await page.keyboard.press('Shift+Tab');
+  await page.keyboard.press('Tab');
+  const [ring, background] = await signOut.evaluate((el) => [getComputedStyle(el).outlineColor, getComputedStyle(el.closest('header')!).backgroundColor]);
+  expect(contrast(ring!, background!)).toBeGreaterThanOrEqual(3);
+  await context.close();
+}, 60_000);
+
+/** WCAG's contrast ratio of two CSS rgb() colours. */
+function contrast(a: string, b: string): number {
+  const luminance = (css: string) => {
+    const [r, g, bl] = css.match(/[\d.]+/g)!.slice(0, 3).map((v) => {
+      const c = Number(v) / 255;
+      return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r! + 0.7152 * g! + 0.0722 * bl!;
+  };
+  const [hi, lo] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+  return (hi! + 0.05) / (lo! + 0.05);
+}

@@ -10,7 +10,7 @@ import { runCli } from '../src/cli.js';
 import { auditTrail } from '../src/dashboard/sessions.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
-import { siteTarball } from './helpers/tarballs.js';
+import { siteTarball, tarball } from './helpers/tarballs.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
 const DOCS = 7001;
@@ -110,9 +110,11 @@ test('a maintainer signs in with GitHub; the session cookie is __Host-, HttpOnly
   expect(setCookie(callback, SESSION)).toMatch(/^__Host-preview-gate=[\w-]+; Max-Age=43200; Path=\/; Expires=[^;]+; HttpOnly; Secure; SameSite=Lax$/);
   const page = await (await get('/', { cookie })).text();
   expect(page).toContain('<h2>octo-org/docs</h2>');
-  expect(page).toMatch(/Pull request #1 — <span class="hidden">hidden<\/span>/);
-  expect(page).toContain(`href="/view/1/1/${A.slice(0, 7)}"`);
-  expect(page).toContain('Publish (add the label)');
+  expect(page).toMatch(/#1 Pull request 1<\/a> — <span class="hidden">hidden, needs review<\/span>/);
+  expect(page).toContain(`href="/repos/${DOCS}/pulls/1/commits/${A}/view"`);
+  expect(page).toContain(`action="/repos/${DOCS}/pulls/1/publish"`);
+  // The button's accessible name says which PR it publishes.
+  expect(page).toContain('<button type="submit">Publish #1 (add the label)</button>');
   // The PR comment of a hidden PR sends maintainers here.
   expect(fake.commentText()).toContain('on the [preview-gate dashboard](https://uploads.previews-gate.test/)');
   // The user is ("github", id), the token sealed: neither token nor login-only identity in the database.
@@ -274,7 +276,7 @@ test('a reader (no push access) sees no hidden preview and cannot publish; a col
   const reader = (await signIn('reader')).cookie!;
   const page = await (await get('/', { cookie: reader })).text();
   expect(page).not.toContain('/view/');
-  expect(page).toContain('Publishing or hiding needs the triage role.');
+  expect(page).toContain('Publishing needs write access');
   expect((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie: reader })).status).toBe(403);
   const csrf = await csrfOf(reader);
   expect((await post('/pulls/1/1/publish', { csrf }, { cookie: reader })).status).toBe(403);
@@ -301,29 +303,47 @@ test('GitHub down: a hidden preview stays hidden for a grant whose role must be 
   fake = await new FakeGitHub().start();
 });
 
-test('publish and hide from the dashboard add and remove the label as the signed-in user; history names them; forms need their CSRF token', async () => {
+test('publish and hide from the dashboard add and remove the label as the signed-in user; history names them; forms need their CSRF token; a confirmation follows', async () => {
+  const maintainer = (await signIn('maintainer')).cookie!;
   const cookie = (await signIn('triager')).cookie!;
   const csrf = await csrfOf(cookie);
   expect((await post('/pulls/1/1/publish', {}, { cookie })).status).toBe(403);
   expect((await post('/pulls/1/1/publish', { csrf: 'wrong' }, { cookie })).status).toBe(403);
   expect((await post('/pulls/1/1/publish', { csrf }, { cookie, origin: 'https://evil.example' })).status).toBe(403);
+  // A triager cannot open the hidden build, so is not offered to vouch for it: no button, and the route refuses.
+  const triagePage = await (await get('/', { cookie })).text();
+  expect(triagePage).not.toContain('Publish #1');
+  expect(triagePage).toContain('Publishing needs write access');
+  const shown = (await shownShaOf(maintainer))!;
+  expect((await post('/pulls/1/1/publish', { csrf, sha: shown }, { cookie })).status).toBe(403);
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
 
-  const published = await post('/pulls/1/1/publish', { csrf, sha: (await shownShaOf(cookie))! }, { cookie, origin: 'https://uploads.previews-gate.test' });
+  const published = await post('/pulls/1/1/publish', { csrf: await csrfOf(maintainer), sha: shown }, { cookie: maintainer, origin: 'https://uploads.previews-gate.test' });
   expect(published.status).toBe(303);
+  expect(published.headers.get('location')).toBe('/?done=published-1#pr-7001-1');
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   // The label was added with the user's token, not the app's.
   expect(fake.writes.find((w) => w.method === 'POST' && /\/issues\/1\/labels$/.test(w.path))?.body).toEqual({ labels: ['safe for preview'] });
   expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('public');
-  let page = await (await get('/', { cookie })).text();
-  expect(page).toMatch(/hidden → public \(dashboard.publish, by triager\)/);
+  let page = await (await get('/?done=published-1', { cookie })).text();
+  expect(page).toContain('<p role="status" class="flash">Published #1: the label was added on GitHub.</p>');
+  expect(page).toMatch(/hidden → public \(dashboard.publish, by maintainer\)/);
   expect(page).toContain(`https://${HOST}/`);
+  // The stable URL (always the newest build) of a public PR.
+  expect(page).toContain('<a href="https://pr1--docs.previews.test/">https://pr1--docs.previews.test/</a>');
+  expect(page).toContain('<button type="submit">Hide #1 (remove the label)</button>');
 
-  expect((await post('/pulls/1/1/hide', { csrf }, { cookie })).status).toBe(303);
+  // Hiding only takes a preview away: triage may.
+  const hidden = await post('/pulls/1/1/hide', { csrf }, { cookie });
+  expect(hidden.status).toBe(303);
+  expect(hidden.headers.get('location')).toBe('/?done=hidden-1#pr-7001-1');
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
   expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
-  page = await (await get('/', { cookie })).text();
+  page = await (await get('/?done=hidden-1', { cookie })).text();
+  expect(page).toContain('Hidden #1: the label was removed on GitHub.');
   expect(page).toMatch(/public → hidden \(dashboard.hide, by triager\)/);
+  // Nothing else of `done` is echoed.
+  expect(await (await get('/?done=%3Cb%3Ex', { cookie })).text()).not.toMatch(/<b>x|&lt;b&gt;x|class="flash"/);
 });
 
 test('an expired user token is refreshed with the refresh token (GitHub App user tokens last 8 hours)', async () => {
@@ -491,7 +511,10 @@ test('roles come from one request per installation with the user\'s token (paged
   fake.collaborators.set('8002:maintainer', 'read');
   const cookie = (await signIn('maintainer')).cookie!;
   const page = await (await get('/', { cookie })).text();
-  for (const name of ['docs', 'r2', 'r103']) expect(page).toContain(`<h2>octo-org/${name}</h2>`);
+  expect(page).toContain('<h2>octo-org/docs</h2>');
+  // Without PRs with builds, the others are one collapsed line (their names inside).
+  expect(page).toContain('<summary>2 repositories without open pull requests with builds</summary>');
+  for (const name of ['r2', 'r103']) expect(page).toContain(`<li>octo-org/${name}</li>`);
   // The hidden preview's grant (ticket and nginx's auth) asks the same source, from the same answer.
   const { viewCookie } = await openHidden(cookie);
   expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
@@ -517,7 +540,7 @@ test.each([
   expect(text).toMatch(/GitHub could not be asked which of 1 repository of other-org you can reach \([^)]+\) — <a href="\/">retry<\/a>/);
   expect(text).not.toContain('other-org/site');
   fake.userFaults.clear();
-  expect(await (await get('/', { cookie })).text()).toContain('<h2>other-org/site</h2>');
+  expect(await (await get('/', { cookie })).text()).toContain('<li>other-org/site</li>');
 });
 
 test('a dashboard of 200 installed repositories, GitHub answering in 100 ms: two round trips (figure printed with PRINT_FIGURES=1)', async () => {
@@ -531,7 +554,7 @@ test('a dashboard of 200 installed repositories, GitHub answering in 100 ms: two
   const timed = async () => {
     const started = performance.now();
     const page = await (await get('/', { cookie })).text();
-    return { ms: performance.now() - started, sections: page.match(/<h2>octo-org\//g)?.length };
+    return { ms: performance.now() - started, sections: (page.match(/<h2>octo-org\//g)?.length ?? 0) + (page.match(/<li>octo-org\//g)?.length ?? 0) };
   };
   const cold = await timed();
   const warm = await timed();
@@ -549,6 +572,142 @@ test('an expired token is refreshed once for a page that asks about several inst
   jest.spyOn(Date, 'now').mockReturnValue(Date.now() + 9 * 3600_000);
   const page = await (await get('/', { cookie })).text();
   expect(page).toContain('<h2>octo-org/docs</h2>');
-  expect(page).toContain('<h2>other-org/site</h2>');
+  expect(page).toContain('<li>other-org/site</li>');
   expect(fake.requests.filter((r) => r === 'POST /login/oauth/access_token')).toHaveLength(2); // the sign-in, one refresh
+});
+
+describe('the pages each build changed (issue 27, item 4)', () => {
+  const page = (text: string) => `<html><body><h1>${text}</h1></body></html>`;
+  const B = sha('b2');
+
+  async function twoBuilds() {
+    // A was stored by beforeEach (siteTarball, with a file list): B changes the home page, adds 12 pages (one named like markup), removes 404.html.
+    fake.change(DOCS, 1, { commits: [A, B] });
+    const files: Record<string, string> = { 'index.html': page('B home') };
+    for (let i = 0; i < 11; i++) files[`p${String(i).padStart(2, '0')}.html`] = page(`p${i}`);
+    files['"><img src=x onerror=alert(1)>.html'] = page('odd');
+    expect((await server.upload(1, B, tarball(files))).status).toBe(202);
+    await server.previews.settled();
+  }
+
+  test('each build says "first build" or lists its added/changed/removed pages (first 10, then a count), hidden ones through the ticket', async () => {
+    await twoBuilds();
+    const cookie = (await signIn('maintainer')).cookie!;
+    const text = await (await get('/', { cookie })).text();
+    expect(text).toContain('the first build of this pull request');
+    expect(text).toMatch(/pages 1 changed, 12 added, 1 removed/);
+    // Hidden: the links go through /view with the page's path, escaped; 10 shown, the rest counted.
+    expect(text).toContain(`href="/repos/${DOCS}/pulls/1/commits/${B.slice(0, 7)}/view?path=%2F"`);
+    expect(text).toContain(`href="/repos/${DOCS}/pulls/1/commits/${B.slice(0, 7)}/view?path=%2Fp00.html"`);
+    expect(text).not.toContain('<img src=x');
+    expect(text).toContain('&quot;&gt;&lt;img src=x onerror=alert(1)&gt;.html');
+    expect(text).toMatch(/and 2 more added pages/);
+    // A removed page is linked on the build before (A), where it still is.
+    expect(text).toContain(`href="/repos/${DOCS}/pulls/1/commits/${A.slice(0, 7)}/view?path=%2F404.html"`);
+    // Following one: the ticket carries the path, and redeeming it lands on that page of the preview host.
+    const view = await get(`/view/1/1/${B.slice(0, 7)}?path=%2Fp00.html`, { cookie });
+    const ticketUrl = new URL(view.headers.get('location')!);
+    const redeemed = await get(`${ticketUrl.pathname}${ticketUrl.search}`, { host: ticketUrl.host });
+    expect(redeemed.status).toBe(303);
+    expect(redeemed.headers.get('location')).toBe('/p00.html');
+  });
+
+  test.each([['//evil.test'], ['/\\evil.test'], ['https://evil.test'], ['/a b'], ['/a\u0001b'], ['/a\r\nSet-Cookie:x=1']])('an open redirect through the ticket path (%j) falls back to /', async (path) => {
+    const cookie = (await signIn('maintainer')).cookie!;
+    const view = await get(`/view/1/1/${A.slice(0, 7)}?path=${encodeURIComponent(path)}`, { cookie });
+    expect(view.status).toBe(302);
+    const ticketUrl = new URL(view.headers.get('location')!);
+    expect(ticketUrl.host).toBe(HOST);
+    const redeemed = await get(`${ticketUrl.pathname}${ticketUrl.search}`, { host: HOST });
+    expect(redeemed.status).toBe(303);
+    expect(redeemed.headers.get('location')).toBe('/');
+  });
+
+  test('the redemption itself refuses a path that leaves the host, even when given by hand', async () => {
+    const cookie = (await signIn('maintainer')).cookie!;
+    const ticketUrl = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!);
+    const redeemed = await get(`${ticketUrl.pathname}${ticketUrl.search}&path=${encodeURIComponent('//evil.test/x')}`, { host: HOST });
+    expect(redeemed.headers.get('location')).toBe('/');
+    // The same by hand with a path on the host is followed: the refusal above is the check, not an ignored parameter.
+    const again = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!);
+    const followed = await get(`${again.pathname}${again.search}&path=${encodeURIComponent('/guide/a%20b.html')}`, { host: HOST });
+    expect(followed.headers.get('location')).toBe('/guide/a%20b.html');
+  });
+});
+
+test('each PR shows its title (escaped), author with avatar, branch, fork marker, link on GitHub and the head build\'s age; needs-review first', async () => {
+  // PR 2: from a fork, a title that is markup, public (labelled); PR 1 (beforeEach) is hidden with a build: it needs review.
+  fake.addPull(DOCS, { number: 2, user: { id: 777, login: 'forker' }, commits: [sha('f2')], title: '<img src=x onerror=alert(1)> & "fix"', headRef: 'patch-1', fork: true, labels: ['safe for preview'] });
+  expect((await server.upload(2, sha('f2'), siteTarball('fork'))).status).toBe(201);
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const text = await (await get('/', { cookie })).text();
+  expect(text).not.toContain('<img src=x');
+  expect(text).toContain('&lt;img src=x onerror=alert(1)&gt; &amp; &quot;fix&quot;');
+  expect(text).toMatch(/href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/2"/);
+  expect(text).toMatch(/<img src="https:\/\/avatars\.githubusercontent\.test\/u\/777\?v=4" alt="" width="20" height="20"[^>]*> forker/);
+  expect(text).toContain('<code>patch-1</code>');
+  expect(text).toMatch(/<span class="fork">fork<\/span>/);
+  expect(text).toMatch(/<time datetime="\d{4}-\d\d-\d\dT[\d:.]+Z">(\d+ minutes?|less than a minute) ago<\/time>/);
+  // Needs review (hidden, with builds) first, although #2 is newer.
+  expect(text.indexOf('id="pr-7001-1"')).toBeLessThan(text.indexOf('id="pr-7001-2"'));
+  expect(text).toMatch(/<span class="hidden">hidden, needs review<\/span>/);
+});
+
+test('search and filters are a GET form (title, author, number, repository, visibility, needs review, mine), paged 20 at a time with the query kept', async () => {
+  // 22 PRs with builds: #1 (beforeEach, hidden), #2..#22; #5 by the maintainer; the even ones labelled (public).
+  for (let n = 2; n <= 22; n++) {
+    const user = n === 5 ? MAINTAINER : CONTRIBUTOR;
+    fake.addPull(DOCS, { number: n, user, commits: [sha(`e${n}`)], title: n === 5 ? 'Fix the navigation' : `Docs change ${n}`, labels: n % 2 ? [] : ['safe for preview'] });
+    expect([201, 202]).toContain((await server.upload(n, sha(`e${n}`), siteTarball(`pr ${n}`))).status);
+  }
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const prsOn = (text: string) => [...text.matchAll(/<h3 id="pr-7001-(\d+)">/g)].map((m) => Number(m[1]));
+  const first = await (await get('/', { cookie })).text();
+  expect(first).toContain('<form method="get" action="/" role="search"');
+  expect(first).toContain('<label for="f-q">Title, author or number</label>');
+  expect(first).toContain('Showing 1–20 of 22 pull requests with builds.');
+  // Needs review (hidden: the odd ones) first.
+  expect(prsOn(first).slice(0, 11)).toEqual([21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1]);
+  expect(first).toContain('href="/?page=2" rel="next"');
+  const second = await (await get('/?page=2', { cookie })).text();
+  expect(prsOn(second)).toEqual([4, 2]);
+  expect(second).toContain('href="/" rel="prev"');
+
+  expect(prsOn(await (await get('/?q=navigation', { cookie })).text())).toEqual([5]);
+  expect(prsOn(await (await get('/?q=%2312', { cookie })).text())).toEqual([12]);
+  expect(prsOn(await (await get('/?q=12', { cookie })).text())).toEqual([12]);
+  expect(prsOn(await (await get('/?mine=1', { cookie })).text())).toEqual([5]);
+  expect(prsOn(await (await get('/?q=contrib&visibility=public&repo=octo-org%2Fdocs', { cookie })).text())).toEqual([22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2]);
+  expect(prsOn(await (await get('/?review=1', { cookie })).text())).toEqual([21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1]);
+  const none = await (await get('/?repo=octo-org%2Fnothing&q=%3Cscript%3E', { cookie })).text();
+  expect(none).toContain('No pull request matches these filters.');
+  expect(none).toContain('value="&lt;script&gt;"');
+  expect(none).not.toContain('<script>');
+  // The query is kept in the paging links.
+  const paged = await (await get('/?q=contrib', { cookie })).text();
+  expect(paged).toContain('Showing 1–20 of 21 pull requests with builds.');
+  expect(paged).toContain('href="/?q=contrib&amp;page=2" rel="next"');
+  // Bad values are taken as absent, never a 500.
+  for (const bad of ['page=-1', 'page=abc', 'page=99999', 'visibility=secret', 'q=' + 'x'.repeat(300), 'q=a&q=b', 'review=yes']) {
+    expect((await get(`/?${bad}`, { cookie })).status).toBe(200);
+  }
+});
+
+test('links carry GitHub\'s ids (repository id, PR number, SHA); the old row-id links keep working; anything else is a clean 404', async () => {
+  const cookie = (await signIn('maintainer')).cookie!;
+  const byGitHub = await get(`/repos/${DOCS}/pulls/1/commits/${A}/view`, { cookie });
+  expect(byGitHub.status).toBe(302);
+  expect(new URL(byGitHub.headers.get('location')!).host).toBe(HOST);
+  expect((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).status).toBe(302); // the old form
+  for (const path of [`/repos/1/pulls/1/commits/${A}/view`, `/repos/${DOCS}/pulls/9/commits/${A}/view`, `/repos/${DOCS}/pulls/1/commits/xyz/view`, `/repos/${DOCS}/pulls/1/commits/${A}0/view`, `/view/${DOCS}/1/${A.slice(0, 7)}`]) {
+    const res = await get(path, { cookie });
+    expect([path, res.status]).toEqual([path, 404]);
+    expect(await res.text()).toContain('There is no such preview.');
+  }
+  const csrf = await csrfOf(cookie);
+  expect((await post(`/repos/1/pulls/1/publish`, { csrf, sha: A }, { cookie })).status).toBe(404);
+  expect((await post(`/repos/${DOCS}/pulls/1/publish`, { csrf, sha: A }, { cookie })).status).toBe(303);
+  expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
 });

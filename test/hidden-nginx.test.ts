@@ -52,7 +52,7 @@ const viaNginx = (host: string, urlPath: string, cookie?: string) => request(ngi
 const cookiePair = (header: string | string[] | undefined) => [header ?? []].flat()[0]?.split(';')[0];
 
 /** Signs in through nginx and walks the ticket to the preview host; the preview host's cookie. */
-async function viewCookie(login: string): Promise<string | undefined> {
+async function viewCookie(login: string, landing?: { path: string; expected: string }): Promise<string | undefined> {
   fake.signInAs = login;
   const start = await viaNginx(MAIN_HOST, '/login');
   const approved = await fetch(start.headers.location!, { redirect: 'manual' });
@@ -60,12 +60,13 @@ async function viewCookie(login: string): Promise<string | undefined> {
   // The browser that started the sign-in sends back its sign-in cookie (state + PKCE verifier).
   const signedIn = await viaNginx(MAIN_HOST, `${callback.pathname}${callback.search}`, cookiePair(start.headers['set-cookie']));
   const session = cookiePair([signedIn.headers['set-cookie'] ?? []].flat().filter((c) => /^(__Host-)?preview-gate=/.test(c)));
-  const view = await viaNginx(MAIN_HOST, `/view/1/1/${A.slice(0, 7)}`, session);
+  const view = await viaNginx(MAIN_HOST, `/view/1/1/${A.slice(0, 7)}${landing ? `?path=${encodeURIComponent(landing.path)}` : ''}`, session);
   if (view.status !== 302) return undefined;
   const ticket = new URL(view.headers.location!);
   expect(ticket.host).toBe(HOST);
   const redeemed = await viaNginx(HOST, `${ticket.pathname}${ticket.search}`);
   expect(redeemed.status).toBe(303);
+  if (landing) expect(redeemed.headers.location).toBe(landing.expected);
   return cookiePair(redeemed.headers['set-cookie']);
 }
 
@@ -85,6 +86,12 @@ test('without a grant a hidden build is the same 404 as an unknown preview, not 
   expect((await viaNginx(HOST, '/.preview-gate/ticket?t=made-up')).status).toBe(404);
   expect((await viaNginx(HOST, '/.preview-gate/auth')).status).toBe(404);
   expect((await viaNginx(HOST, '/.preview-gate-hidden/index.html')).status).toBe(404);
+});
+
+test('through nginx, the ticket lands on the page asked for on the same host, never on another host', async () => {
+  expect(await viewCookie('maintainer', { path: '/guide/a%20b.html', expected: '/guide/a%20b.html' })).toBeDefined();
+  expect(await viewCookie('maintainer', { path: '//evil.test/x', expected: '/' })).toBeDefined();
+  expect(await viewCookie('maintainer', { path: '/\\evil.test', expected: '/' })).toBeDefined();
 });
 
 test('a maintainer sees the hidden build with the banner, private and noindex; a reader never gets a ticket', async () => {

@@ -30,7 +30,7 @@ export function page(title: string, body: Html, user?: { login: string; csrf: st
 <title>${title} · preview-gate</title>
 <style>
   body { font: 16px/1.5 system-ui, sans-serif; color: #1b1f24; background: #fff; margin: 0; }
-  header { display: flex; justify-content: space-between; align-items: center; padding: .75rem 1.5rem; background: #24292f; color: #fff; }
+  header { display: flex; flex-wrap: wrap; gap: .5rem; justify-content: space-between; align-items: center; padding: .75rem 1.5rem; background: #24292f; color: #fff; }
   header a, header button { color: #fff; }
   main { max-width: 72rem; margin: 0 auto; padding: 1rem 1.5rem 3rem; }
   h1 { font-size: 1.5rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #d0d7de; }
@@ -42,8 +42,18 @@ export function page(title: string, body: Html, user?: { login: string; csrf: st
   button { font: inherit; padding: .3rem .8rem; border-radius: 6px; border: 1px solid #1b1f24; background: #f6f8fa; color: #1b1f24; cursor: pointer; }
   header button { background: transparent; border-color: #fff; }
   :focus-visible { outline: 3px solid #0969da; outline-offset: 2px; }
+  /* On the dark header the blue ring is 2.5:1; white is 14.7:1 against #24292f (WCAG 2.2 wants 3:1). */
+  header :focus-visible { outline-color: #fff; }
+  /* 320 px wide (WCAG reflow): nothing makes the page scroll sideways; a wide table scrolls inside its own box. */
+  .table-scroll { overflow-x: auto; max-width: 100%; }
+  a, code { overflow-wrap: anywhere; }
+  input, select { max-width: 100%; font: inherit; }
+  @media (max-width: 30rem) { header, main { padding-left: .75rem; padding-right: .75rem; } }
   .note { color: #57606a; }
   form.inline { display: inline; }
+  .avatar { vertical-align: middle; border-radius: 50%; }
+  .fork { border: 1px solid #57606a; border-radius: 1em; padding: 0 .45em; font-size: .875em; }
+  .pr-context { color: #57606a; margin: 0 0 .5rem; }
 </style>
 </head>
 <body>

@@ -8,11 +8,12 @@ import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
 import { accounts, builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
 import { HttpError } from '../errors.js';
-import { buildUrl } from '../notify.js';
+import { buildUrl, latestUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import { atLeast, type GitHubUserApi, type RepoRoles, type Role } from './github-user.js';
-import { html, page, problemPage, signInPage } from './pages.js';
+import { changesOfBuilds, describeChanges, type BuildChanges, type ChangedFile } from '../previews/changed-pages.js';
+import { html, page, problemPage, signInPage, type Html } from './pages.js';
 import type { Session, Sessions } from './sessions.js';
 
 export interface DashboardDeps {
@@ -105,21 +106,26 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     const access = await repositoryAccess(deps, roles, session);
     const visible = access.flatMap((a) => ('role' in a && atLeast(a.role, 'read') ? [a] : []));
     const failed = access.flatMap((a) => ('failure' in a ? [a] : []));
-    res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${dashboardBody(deps, visible, session)}`, { login: session.user.login, csrf: session.csrf }));
+    const body = dashboardBody(deps, visible, session, dashboardQuery(req.query), flashOf(req.query.done));
+    res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${body}`, { login: session.user.login, csrf: session.csrf }));
   });
 
-  router.post('/pulls/:repositoryId/:number/:action', form, async (req, res) => {
+  // The first path (row ids) is the old form's: pages already open keep working.
+  router.post(['/repos/:githubRepoId/pulls/:number/:action', '/pulls/:repositoryId/:number/:action'], form, async (req, res) => {
     const session = withCsrf(req, res);
     if (!session) return;
-    const action = req.params.action;
-    const repo = deps.registry.installedRepositories().find((r) => r.id === Number(req.params.repositoryId));
-    const number = Number(req.params.number);
+    const params = req.params as Record<string, string | undefined>; // two path forms: typed loosely by Express
+    const action = params.action;
+    const repo = repositoryOf(deps, params);
+    const number = Number(params.number);
     if ((action !== 'publish' && action !== 'hide') || !repo || !Number.isSafeInteger(number)) {
       return void res.status(404).type('html').send(problemPage('Not found', 'There is no such pull request here.'));
     }
     try {
-      if (!atLeast(await roles.role(session, repo), 'triage')) {
-        return void res.status(403).type('html').send(problemPage('Not allowed', `Publishing or hiding needs the triage role or more on ${repo.fullName}.`));
+      const needed = action === 'publish' ? 'write' : 'triage';
+      if (!atLeast(await roles.role(session, repo), needed)) {
+        const what = action === 'publish' ? 'Publishing needs write access (the role that can open the hidden preview)' : 'Hiding needs the triage role or more';
+        return void res.status(403).type('html').send(problemPage('Not allowed', `${what} on ${repo.fullName}.`));
       }
       const token = await sessions.accessToken(session);
       const settings = deps.previews.decisions.storedSettings(repo);
@@ -144,7 +150,7 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       }
       sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
       await deps.previews.reconcile(repo, number, { event: `dashboard.${action}`, actor: { id: session.user.githubId, login: session.user.login } });
-      res.redirect(303, `/#pr-${repo.id}-${number}`);
+      res.redirect(303, `/?done=${action === 'publish' ? 'published' : 'hidden'}-${number}#${anchorOf(repo, number)}`);
     } catch (err) {
       if (!(err instanceof HttpError)) throw err;
       res.status(err.status >= 500 ? 503 : err.status).type('html').send(problemPage('That did not work', err.message));
@@ -153,12 +159,15 @@ export function dashboardRouter(deps: DashboardDeps): Router {
 
   // --- hidden previews --------------------------------------------------------------------------------------
   /** From the dashboard to a hidden preview: a one-time ticket in a redirect to that host. */
-  router.get('/view/:repositoryId/:number/:sha7', async (req, res) => {
+  // GitHub's ids (repository id, PR number, commit SHA); the old form with our row id keeps working.
+  router.get(['/repos/:githubRepoId/pulls/:number/commits/:sha/view', '/view/:repositoryId/:number/:sha7'], async (req, res) => {
     const session = sessions.find(cookieOf(req, names.session));
     if (!session) return void res.redirect(302, `/login?next=${encodeURIComponent(req.originalUrl)}`);
-    const repo = deps.registry.installedRepositories().find((r) => r.id === Number(req.params.repositoryId));
-    const pr = repo && deps.registry.findPullRequest(repo.id, Number(req.params.number));
-    const sha7 = /^[0-9a-f]{7}$/.test(req.params.sha7) ? req.params.sha7 : undefined;
+    const params = req.params as Record<string, string | undefined>; // two path forms: typed loosely by Express
+    const repo = repositoryOf(deps, params);
+    const pr = repo && deps.registry.findPullRequest(repo.id, Number(params.number));
+    const given = params.sha7 ?? params.sha ?? '';
+    const sha7 = (params.sha7 ? /^[0-9a-f]{7}$/ : /^[0-9a-f]{7,40}$/).test(given) ? given.slice(0, 7) : undefined;
     if (!repo || !pr || !sha7) return void res.status(404).type('html').send(problemPage('Not found', 'There is no such preview.'));
     const url = buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr.number, sha7);
     if (pr.visibility === 'public') return void res.redirect(302, url);
@@ -171,7 +180,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       return void res.status(503).type('html').send(problemPage('GitHub could not be asked', err.message));
     }
     const ticket = sessions.issueTicket(session, new URL(url).host);
-    res.redirect(302, `${url.replace(/\/$/, '')}${PREVIEW_TICKET_PATH}?t=${encodeURIComponent(ticket)}`);
+    // Where on the preview to land (a changed page's link): checked here and again where the ticket is redeemed.
+    const path = safeLocalPath(req.query.path);
+    const landing = path === '/' ? '' : `&path=${encodeURIComponent(path)}`;
+    res.redirect(302, `${url.replace(/\/$/, '')}${PREVIEW_TICKET_PATH}?t=${encodeURIComponent(ticket)}${landing}`);
   });
 
   /** On the preview host (through nginx): the ticket becomes a cookie for this host only. */
@@ -184,7 +196,8 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     res.cookie(names.view, grant.cookie, { httpOnly: true, secure: names.secure, sameSite: 'lax', path: '/', maxAge: grant.maxAgeSeconds * 1000 });
     const session = sessions.grant(grant.cookie, host.name);
     sessions.audit(session?.userId ?? null, 'view-hidden', host.name);
-    res.redirect(303, '/');
+    // Only a path on this same host: the query is anyone's text (an open redirect would lend the preview's name).
+    res.redirect(303, safeLocalPath(req.query.path));
   });
 
   /** nginx's auth_request for a hidden preview: 204 lets it serve, anything else is its usual 404. */
@@ -262,6 +275,19 @@ function bindReviewedSha(db: Db, repositoryId: number, number: number, sha: stri
   db.update(pullRequests).set({ labelSha: sha }).where(and(eq(pullRequests.repositoryId, repositoryId), eq(pullRequests.number, number))).run();
 }
 
+/** The installed repository a link names: by GitHub's id (`githubRepoId`), or by our row id (old links). */
+function repositoryOf(deps: DashboardDeps, params: Record<string, string | undefined>): Repository | undefined {
+  const installed = deps.registry.installedRepositories();
+  if (params.githubRepoId !== undefined) return installed.find((r) => r.githubId !== null && r.githubId === Number(params.githubRepoId));
+  return installed.find((r) => r.id === Number(params.repositoryId));
+}
+
+/** Links carry GitHub's ids; a repository whose GitHub id is not known yet falls back to the old row-id form. */
+const pullPath = (repo: Repository, number: number) => (repo.githubId !== null ? `/repos/${repo.githubId}/pulls/${number}` : `/pulls/${repo.id}/${number}`);
+const viewPath = (repo: Repository, number: number, sha: string) =>
+  repo.githubId !== null ? `/repos/${repo.githubId}/pulls/${number}/commits/${sha}/view` : `/view/${repo.id}/${number}/${sha.slice(0, 7)}`;
+const anchorOf = (repo: Repository, number: number) => `pr-${repo.githubId ?? `r${repo.id}`}-${number}`;
+
 type RepositoryAccess = { repo: Repository; role: Role } | { repo: Repository; failure: string };
 
 /** Each repository decided on its own: one that GitHub could not be asked about does not blank the others. */
@@ -297,72 +323,251 @@ function notCheckedNote(deps: DashboardDeps, failed: { repo: Repository; failure
   )}</section>`;
 }
 
-function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session) {
-  const { db, config } = deps;
+/** The dashboard's GET form: search and filters (any bad or unknown value is taken as absent), and the page. */
+export interface DashboardQuery {
+  q: string;
+  repo: string;
+  visibility: '' | 'public' | 'hidden';
+  review: boolean;
+  mine: boolean;
+  page: number;
+}
+
+/** PRs shown per page of the dashboard. */
+const PRS_PER_PAGE = 20;
+
+export function dashboardQuery(query: Request['query']): DashboardQuery {
+  const one = (name: string, max: number) => {
+    const value = query[name];
+    return typeof value === 'string' && value.length <= max ? value.trim() : '';
+  };
+  const visibility = one('visibility', 6);
+  const pageNumber = Number(one('page', 5));
+  return {
+    q: one('q', 200),
+    repo: one('repo', 200),
+    visibility: visibility === 'public' || visibility === 'hidden' ? visibility : '',
+    review: one('review', 1) === '1',
+    mine: one('mine', 1) === '1',
+    page: Number.isSafeInteger(pageNumber) && pageNumber >= 1 ? pageNumber : 1,
+  };
+}
+
+/** The query string of `query` with `page` replaced (empty fields left out), for the paging links. */
+function queryString(query: DashboardQuery, page: number): string {
+  const params = new URLSearchParams();
+  if (query.q) params.set('q', query.q);
+  if (query.repo) params.set('repo', query.repo);
+  if (query.visibility) params.set('visibility', query.visibility);
+  if (query.review) params.set('review', '1');
+  if (query.mine) params.set('mine', '1');
+  if (page > 1) params.set('page', String(page));
+  const text = params.toString();
+  return text ? `?${text}` : '';
+}
+
+type PrRow = typeof pullRequests.$inferSelect & { author: string | null };
+type BuildRow = typeof builds.$inferSelect;
+const needsReview = (pr: PrRow) => pr.visibility === 'hidden';
+
+/** Whether a PR (that has builds) matches the search and the filters. */
+function matches(query: DashboardQuery, repo: Repository, pr: PrRow, login: string): boolean {
+  if (query.repo && repo.fullName.toLowerCase() !== query.repo.toLowerCase()) return false;
+  if (query.visibility && pr.visibility !== query.visibility) return false;
+  if (query.review && !needsReview(pr)) return false;
+  if (query.mine && pr.author?.toLowerCase() !== login.toLowerCase()) return false;
+  if (!query.q) return true;
+  const q = query.q.toLowerCase();
+  const number = /^#?(\d+)$/.exec(q);
+  if (number) return pr.number === Number(number[1]);
+  return (pr.title ?? '').toLowerCase().includes(q) || (pr.author ?? '').toLowerCase().includes(q);
+}
+
+function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session, query: DashboardQuery, flash: Html | '') {
+  const { db } = deps;
   // Two queries for the whole page (not two per repository): 200 repositories must not cost 400 round trips.
-  const openPrs = visible.length
-    ? db.select().from(pullRequests).where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open'))).orderBy(desc(pullRequests.number)).all()
+  const openPrs: PrRow[] = visible.length
+    ? db
+        .select({ pr: pullRequests, author: users.login })
+        .from(pullRequests)
+        .leftJoin(users, eq(pullRequests.authorUserId, users.id))
+        .where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open')))
+        .orderBy(desc(pullRequests.number))
+        .all()
+        .map(({ pr, author }) => ({ ...pr, author }))
     : [];
   const readyBuilds = openPrs.length
     ? db.select().from(builds).where(and(inArray(builds.pullRequestId, openPrs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
     : [];
-  const sections = visible.map(({ repo, role }) => {
-    const site = repo.site; // the row was read for this request (installedRepositories)
-    const prs = openPrs.filter((pr) => pr.repositoryId === repo.id);
-    const prIds = new Set(prs.map((pr) => pr.id));
-    const prBuilds = readyBuilds.filter((b) => prIds.has(b.pullRequestId));
-    const shown = prs.filter((pr) => prBuilds.some((b) => b.pullRequestId === pr.id));
-    const items = shown.map((pr) => {
-      const history = db
-        .select({ change: visibilityChanges, actor: users.login })
-        .from(visibilityChanges)
-        .leftJoin(users, eq(visibilityChanges.actorUserId, users.id))
-        .where(eq(visibilityChanges.pullRequestId, pr.id))
-        .orderBy(desc(visibilityChanges.id))
-        .limit(10)
-        .all();
-      const canAct = atLeast(role, 'triage');
-      // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
-      const newest = prBuilds.find((b) => b.pullRequestId === pr.id);
-      const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
-      return html`<section aria-labelledby="pr-${repo.id}-${pr.number}">
-<h3 id="pr-${repo.id}-${pr.number}">Pull request #${pr.number} — <span class="${pr.visibility}">${pr.visibility}</span></h3>
+  const buildsOf = new Map<number, BuildRow[]>();
+  for (const b of readyBuilds) buildsOf.set(b.pullRequestId, [...(buildsOf.get(b.pullRequestId) ?? []), b]);
+  const withBuilds = visible.map(({ repo, role }) => ({ repo, role, prs: openPrs.filter((pr) => pr.repositoryId === repo.id && buildsOf.has(pr.id)) }));
+  const empty = withBuilds.filter((r) => !r.prs.length).map((r) => r.repo);
+  // Repository by name, then needs review (hidden, with a build) first, newest first within each.
+  const found = withBuilds.flatMap(({ repo, role, prs }) =>
+    prs
+      .filter((pr) => matches(query, repo, pr, session.user.login))
+      .sort((a, b) => Number(needsReview(b)) - Number(needsReview(a)) || b.number - a.number)
+      .map((pr) => ({ repo, role, pr })),
+  );
+  const pages = Math.max(1, Math.ceil(found.length / PRS_PER_PAGE));
+  const current = Math.min(query.page, pages);
+  const shown = found.slice((current - 1) * PRS_PER_PAGE, current * PRS_PER_PAGE);
+  const toReview = withBuilds.reduce((n, r) => n + r.prs.filter(needsReview).length, 0);
+
+  const sections: Html[] = [];
+  shown.forEach(({ repo, role, pr }, i) => {
+    if (shown[i - 1]?.repo.id !== repo.id) sections.push(html`<h2>${repo.fullName}</h2>`);
+    sections.push(prSection(deps, repo, role, pr, buildsOf.get(pr.id)!, session));
+  });
+  const filtering = query.q || query.repo || query.visibility || query.review || query.mine;
+  return html`<h1>Previews</h1>
+${flash}
+${visible.length ? filterForm(query, visible.map((v) => v.repo)) : ''}
+${toReview && !query.review ? html`<p>${toReview} pull ${toReview === 1 ? 'request needs' : 'requests need'} review: <a href="/?review=1">show only ${toReview === 1 ? 'it' : 'them'}</a>.</p>` : ''}
+${visible.length
+  ? html`<p role="status">${found.length ? html`Showing ${(current - 1) * PRS_PER_PAGE + 1}–${(current - 1) * PRS_PER_PAGE + shown.length} of ${found.length} pull ${found.length === 1 ? 'request' : 'requests'} with builds.` : filtering ? 'No pull request matches these filters.' : 'No open pull request has a preview.'}</p>`
+  : html`<p>No repository with the app installed is one you collaborate on.</p>`}
+${sections}
+${pages > 1 ? html`<nav aria-label="Pages"><p>${current > 1 ? html`<a href="/${queryString(query, current - 1)}" rel="prev">Previous page</a> ` : ''}Page ${current} of ${pages}${current < pages ? html` <a href="/${queryString(query, current + 1)}" rel="next">Next page</a>` : ''}</p></nav>` : ''}
+${empty.length ? html`<details class="empty"><summary>${empty.length} ${empty.length === 1 ? 'repository' : 'repositories'} without open pull requests with builds</summary><ul>${empty.map((r) => html`<li>${r.fullName}</li>`)}</ul></details>` : ''}`;
+}
+
+/** The search and filters: a GET form (works without JavaScript; the URL can be bookmarked and shared). */
+function filterForm(query: DashboardQuery, repos: Repository[]) {
+  const option = (value: string, label: string, selected: boolean) => html`<option value="${value}"${selected ? html` selected` : ''}>${label}</option>`;
+  return html`<form method="get" action="/" role="search" aria-label="Pull requests" class="filters">
+<p><label for="f-q">Title, author or number</label> <input id="f-q" name="q" type="search" value="${query.q}" maxlength="200"></p>
+<p><label for="f-repo">Repository</label> <select id="f-repo" name="repo">${option('', 'All', !query.repo)}${repos.map((r) => option(r.fullName, r.fullName, r.fullName.toLowerCase() === query.repo.toLowerCase()))}</select>
+<label for="f-visibility">Visibility</label> <select id="f-visibility" name="visibility">${option('', 'Any', !query.visibility)}${option('hidden', 'Hidden', query.visibility === 'hidden')}${option('public', 'Public', query.visibility === 'public')}</select></p>
+<p><label><input type="checkbox" name="review" value="1"${query.review ? html` checked` : ''}> Needs review only</label>
+<label><input type="checkbox" name="mine" value="1"${query.mine ? html` checked` : ''}> Opened by me</label>
+<button type="submit">Show</button> <a href="/">Clear</a></p>
+</form>`;
+}
+
+/** One PR: its context, the Publish or Hide button, its builds with the pages each changed, and its history. */
+function prSection(deps: DashboardDeps, repo: Repository, role: Role, pr: PrRow, prBuilds: BuildRow[], session: Session): Html {
+  const { db, config } = deps;
+  const site = repo.site; // the row was read for this request (installedRepositories)
+  const history = db
+    .select({ change: visibilityChanges, actor: users.login })
+    .from(visibilityChanges)
+    .leftJoin(users, eq(visibilityChanges.actorUserId, users.id))
+    .where(eq(visibilityChanges.pullRequestId, pr.id))
+    .orderBy(desc(visibilityChanges.id))
+    .limit(10)
+    .all();
+  // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
+  const newest = prBuilds[0];
+  const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
+  const changes = changesOfBuilds(db, config, site, pr.number, prBuilds);
+  const canOpenHidden = atLeast(role, 'write');
+  const stable = pr.visibility === 'public' ? latestUrl(config, site, pr.number) : undefined;
+  return html`<section aria-labelledby="${anchorOf(repo, pr.number)}">
+<h3 id="${anchorOf(repo, pr.number)}"><a href="${config.githubWebUrl}/${repo.fullName}/pull/${pr.number}">#${pr.number}${pr.title ? html` ${pr.title}` : ''}</a> — <span class="${pr.visibility}">${pr.visibility === 'hidden' ? 'hidden, needs review' : 'public'}</span></h3>
+${prContext(pr, newest)}
 <p>${pr.reason ?? ''}</p>
-${canAct
-  ? html`<form method="post" action="/pulls/${repo.id}/${pr.number}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${newest?.sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? 'Publish (add the label)' : 'Hide (remove the label)'}</button></form>`
-  : html`<p class="note">Publishing or hiding needs the triage role.</p>`}
-<table><caption class="note">Builds</caption>
-<thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
-<tbody>${prBuilds
-  .filter((b) => b.pullRequestId === pr.id)
-  .map((b) => {
+${stable ? html`<p>Always the newest build: <a href="${stable}">${stable}</a></p>` : ''}
+${actionForm(repo, pr.number, action, role, newest?.sha, session)}
+<div class="table-scroll" role="region" aria-label="Builds of #${pr.number}" tabindex="0"><table><caption class="note">Builds</caption>
+<thead><tr><th scope="col">Commit</th><th scope="col">Preview</th><th scope="col">Pages changed</th><th scope="col">Size</th><th scope="col">Stored</th></tr></thead>
+<tbody>${prBuilds.map((b) => {
     const url = buildUrl(config, site, pr.number, b.sha7);
-    const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : atLeast(role, 'write') ? html`<a href="/view/${repo.id}/${pr.number}/${b.sha7}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
-    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${size(b.bytes)}</td><td>${age(b.createdAt)}</td></tr>`;
-  })}</tbody></table>
+    const link = pr.visibility === 'public' ? html`<a href="${url}">${url}</a>` : canOpenHidden ? html`<a href="${viewPath(repo, pr.number, b.sha)}">open the hidden preview</a>` : html`<span class="note">hidden</span>`;
+    const opener = (file: ChangedFile, sha7: string) => pageLink(file, pr.visibility === 'public' ? 'direct' : canOpenHidden ? viewPath(repo, pr.number, sha7) : undefined);
+    return html`<tr><td><code>${b.sha7}</code></td><td>${link}</td><td>${changesCell(changes.get(b.id), b.sha7, opener)}</td><td>${size(b.bytes)}</td><td><time datetime="${b.createdAt.toISOString()}">${age(b.createdAt)}</time></td></tr>`;
+  })}</tbody></table></div>
 <h4>History</h4>
 <ul>${history.map((h) => html`<li>${h.change.createdAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${h.change.from} → ${h.change.to} (${h.change.cause}${h.actor ? html`, by ${h.actor}` : ''}): ${h.change.reason}</li>`)}</ul>
 </section>`;
-    });
-    return html`<h2>${repo.fullName}</h2>${items.length ? items : html`<p class="note">No open pull request has a preview.</p>`}`;
-  });
-  return html`<h1>Previews</h1>${sections.length ? sections : html`<p>No repository with the app installed is one you collaborate on.</p>`}`;
+}
+
+/**
+ * Publish needs write (the role that can open the hidden build: nobody vouches for a build they cannot see);
+ * Hide needs triage (hiding only takes a preview away). GitHub lets triage add labels; the dashboard does not
+ * offer it, and the POST route refuses it.
+ */
+function actionForm(repo: Repository, number: number, action: 'publish' | 'hide', role: Role, sha: string | undefined, session: Session) {
+  if (action === 'publish' && !atLeast(role, 'write')) return html`<p class="note">Publishing needs write access (the role that can open the hidden preview).</p>`;
+  if (action === 'hide' && !atLeast(role, 'triage')) return html`<p class="note">Hiding needs the triage role.</p>`;
+  return html`<form method="post" action="${pullPath(repo, number)}/${action}"><input type="hidden" name="csrf" value="${session.csrf}">${action === 'publish' ? html`<input type="hidden" name="sha" value="${sha ?? ''}">` : ''}<button type="submit">${action === 'publish' ? `Publish #${number} (add the label)` : `Hide #${number} (remove the label)`}</button></form>`;
+}
+
+/** The confirmation after Publish or Hide (`?done=published-12`): a status sentence, nothing else from the URL. */
+function flashOf(done: unknown): Html | '' {
+  const m = typeof done === 'string' ? /^(published|hidden)-([1-9][0-9]{0,8})$/.exec(done) : null;
+  if (!m) return '';
+  return html`<p role="status" class="flash">${m[1] === 'published' ? `Published #${m[2]}: the label was added on GitHub.` : `Hidden #${m[2]}: the label was removed on GitHub.`}</p>`;
+}
+
+/** Who opened the PR, from which branch (and whether from a fork), and how old its newest build is. */
+function prContext(pr: { author: string | null; authorAvatarUrl: string | null; headRef: string | null; fork: boolean | null }, newest: { createdAt: Date } | undefined) {
+  // The avatar is decorative: the login follows it (alt="" keeps screen readers from reading a URL).
+  const avatar = pr.authorAvatarUrl ? html`<img src="${pr.authorAvatarUrl}" alt="" width="20" height="20" class="avatar" referrerpolicy="no-referrer"> ` : '';
+  const parts = [
+    pr.author ? html`<span>by ${avatar}${pr.author}</span>` : '',
+    pr.headRef ? html`<span>from <code>${pr.headRef}</code></span>` : '',
+    pr.fork ? html`<span class="fork">fork</span>` : '',
+    newest ? html`<span>newest build <time datetime="${newest.createdAt.toISOString()}">${age(newest.createdAt)}</time></span>` : '',
+  ].filter((p) => p !== '');
+  return parts.length ? html`<p class="pr-context">${parts.map((p, i) => html`${i ? ' · ' : ''}${p}`)}</p>` : '';
+}
+
+/** Per kind of change, this many pages are linked; the rest are counted. */
+const PAGES_LISTED = 10;
+
+/**
+ * A build's changed pages: the sentence, then the added, changed and removed pages linked (a removed page on the
+ * build before it, where it still is). `open` makes each link for the viewer (undefined: the path, not linked).
+ */
+function changesCell(entry: BuildChanges | undefined, sha7: string, open: (file: ChangedFile, sha7: string) => Html) {
+  if (!entry) return html`<span class="note">changes not known</span>`;
+  const sentence = describeChanges(entry);
+  if (entry.kind !== 'compared') return html`<span class="note">${sentence}</span>`;
+  const kinds = [
+    ['changed', entry.pages.changed, sha7],
+    ['added', entry.pages.added, sha7],
+    ['removed', entry.pages.removed, entry.previousSha7],
+  ] as const;
+  const lists = kinds.flatMap(([kind, files, at]) =>
+    files.length
+      ? [html`<li>${kind}: <ul>${files.slice(0, PAGES_LISTED).map((f) => html`<li>${open(f, at)}</li>`)}${files.length > PAGES_LISTED ? html`<li>and ${files.length - PAGES_LISTED} more ${kind} pages</li>` : ''}</ul></li>`]
+      : [],
+  );
+  return html`${sentence}${lists.length ? html`<ul class="changes">${lists}</ul>` : ''}`;
+}
+
+/** A changed page's link: the preview's own URL (public), through the ticket with the page's path (hidden), or none. */
+function pageLink(file: ChangedFile, via: 'direct' | string | undefined): Html {
+  if (via === undefined) return html`<code>${file.path}</code>`;
+  const href = via === 'direct' ? file.url : `${via}?path=${encodeURIComponent(new URL(file.url).pathname)}`;
+  return html`<a href="${href}"><code>${file.path}</code></a>`;
 }
 
 const size = (bytes: number) => (bytes < 1e6 ? `${Math.max(1, Math.round(bytes / 1e3))} kB` : `${(bytes / 1e6).toFixed(1)} MB`);
 
 function age(at: Date): string {
   const minutes = Math.round((Date.now() - at.getTime()) / 60_000);
-  if (minutes < 60) return `${minutes} min ago`;
+  const plural = (n: number, unit: string) => `${n} ${unit}${n === 1 ? '' : 's'} ago`;
+  if (minutes < 1) return 'less than a minute ago';
+  if (minutes < 60) return plural(minutes, 'minute');
   const hours = Math.round(minutes / 60);
-  return hours < 48 ? `${hours} h ago` : `${Math.round(hours / 24)} days ago`;
+  return hours < 48 ? plural(hours, 'hour') : plural(Math.round(hours / 24), 'day');
 }
 
-/** A relative path on this host, or `/`: never another host (`//evil`, `/\evil`, `https:…`). */
-export function safeNext(value: unknown): string {
-  if (typeof value !== 'string' || !/^\/(?![/\\])[^\\\s]*$/.test(value) || value.length > 512) return '/';
+/**
+ * A path on this host, or `/`: never another host (`//evil`, `/\evil`, `https:…`), and nothing a browser or a
+ * header could read otherwise (backslash, whitespace, control characters).
+ */
+export function safeLocalPath(value: unknown): string {
+  // eslint-disable-next-line no-control-regex
+  if (typeof value !== 'string' || value.length > 1024 || !/^\/(?![/\\])[^\\\s\x00-\x1f\x7f]*$/.test(value)) return '/';
   return value;
 }
+
+/** Where to go after signing in: a local path (see safeLocalPath). */
+export const safeNext = safeLocalPath;
 
 /** The preview host a request names (nginx passes it as Host), split into its parts. */
 function previewHost(config: Config, req: Request): { name: string; site: string; pr: number } | undefined {

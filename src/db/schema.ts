@@ -177,6 +177,11 @@ export const pullRequests = sqliteTable(
     closedAt: integer('closed_at', { mode: 'timestamp_ms' }),
     /** The one preview comment on the PR, edited in place. */
     commentId: integer('comment_id'),
+    /** Shown on the dashboard, from the last facts read (null until a read carried them): never used for a decision. */
+    title: text('title'),
+    headRef: text('head_ref'),
+    fork: integer('fork', { mode: 'boolean' }),
+    authorAvatarUrl: text('author_avatar_url'),
     updatedAt: integer('updated_at', { mode: 'timestamp_ms' }),
     createdAt: createdAt(),
   },

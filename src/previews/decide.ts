@@ -114,6 +114,7 @@ export class Decisions {
         reason: decision.reason,
         labelSha,
         factsAt: stale ? pr.factsAt : facts.at,
+        ...(facts.context && !stale ? facts.context : {}),
         closedAt: facts.state === 'closed' ? (pr.closedAt ?? new Date()) : null,
         updatedAt: new Date(),
       })

@@ -27,6 +27,10 @@ export interface FakePull {
   labels: string[];
   commits: string[];
   updatedAt: Date;
+  /** GitHub's title (default `Pull request <n>`), head branch (default `feature`), and whether the head is a fork. */
+  title?: string;
+  headRef?: string;
+  fork?: boolean;
 }
 
 type Fault = { kind: 'down'; everything?: boolean } | { kind: 'hang' } | { kind: 'secondary-rate-limit'; retryAfter: number };
@@ -193,9 +197,10 @@ export class FakeGitHub {
     return {
       number: p.number,
       state: p.state,
-      user: p.user,
+      title: p.title ?? `Pull request ${p.number}`,
+      user: { ...p.user, avatar_url: `https://avatars.githubusercontent.test/u/${p.user.id}?v=4` },
       labels: p.labels.map((name, i) => ({ id: i + 1, name })),
-      head: { sha: p.commits.at(-1), ref: 'feature' },
+      head: { sha: p.commits.at(-1), ref: p.headRef ?? 'feature', repo: { full_name: p.fork ? `${p.user.login}/${r.name}` : `${r.owner.login}/${r.name}` } },
       base: { ref: 'main', repo: { id: r.id, full_name: `${r.owner.login}/${r.name}` } },
       updated_at: p.updatedAt.toISOString().replace(/\.\d+Z$/, 'Z'),
     };
