@@ -93,7 +93,7 @@ example:
   preview-gate keys rotate        (again if it was interrupted)`,
   usage: `  preview-gate usage [--json]
 example:
-  preview-gate usage --json | jq '.[0]'`,
+  preview-gate usage --json | jq '.accounts[0]'`,
   audit: `  preview-gate audit [--json]
 example:
   preview-gate audit | head -20`,
@@ -105,7 +105,7 @@ example:
   preview-gate nginx --upstream 127.0.0.1:3000 --tls-cert /etc/ssl/fullchain.pem --tls-key /etc/ssl/privkey.pem > /etc/nginx/conf.d/preview-gate.conf`,
   upload: `${UPLOAD_USAGE}
 examples:
-  preview-gate upload dist --pr 12 --sha $GITHUB_SHA --url https://uploads.example.com          (GitHub Actions, OIDC)
+  preview-gate upload dist --pr 12 --sha \${{ github.event.pull_request.head.sha }} --url https://uploads.example.com   (GitHub Actions, OIDC: the PR's head, not $GITHUB_SHA, the merge commit)
   PREVIEW_GATE_SECRET=… preview-gate upload site.tgz --pr 12 --sha 0123abc… --url https://uploads.example.com --repo octo-org/docs`,
   verify: `  preview-gate verify <PUBLIC_URL> [--connect host:port]   (PREVIEW_DOMAIN and WEBHOOK_SECRET from the environment)
 examples:
