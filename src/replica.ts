@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import os from 'node:os';
 import type { Logger } from 'pino';
 import { and, eq, gt, isNull, lt, lte, or, sql } from './db/orm.js';
@@ -19,6 +20,22 @@ function processAlive(pid: number): boolean {
 }
 
 /**
+ * Where this process's pids mean something: the host name, the kernel's boot id and the pid namespace (Linux).
+ * Containers that share a host name (host networking, a pod) but not their processes differ here, so one never
+ * takes another's live pid for a dead one of its own.
+ */
+function processScope(): string {
+  const read = (f: string, how: 'file' | 'link') => {
+    try {
+      return how === 'file' ? fs.readFileSync(f, 'utf8').trim() : fs.readlinkSync(f);
+    } catch {
+      return '';
+    }
+  };
+  return [os.hostname(), read('/proc/sys/kernel/random/boot_id', 'file'), read('/proc/self/ns/pid', 'link')].filter(Boolean).join('/');
+}
+
+/**
  * This server process among the others sharing the database and DATA_DIR: a random id per start, a row
  * renewed while it runs (the per-replica clean-stop marker). A replica is dead when its row was not stopped
  * cleanly and its heartbeat expired, or, on this machine, when its process is gone (a restart right after a
@@ -26,7 +43,7 @@ function processAlive(pid: number): boolean {
  */
 export class Replica {
   readonly id = crypto.randomUUID();
-  readonly host = os.hostname();
+  readonly host = processScope();
   private timer?: NodeJS.Timeout;
 
   constructor(

@@ -156,3 +156,15 @@ test("one replica's clean stop does not hide another's crash: the next start rep
   expect(c.logs.some((l) => /repaired|released/.test(l.msg))).toBe(true);
   expect(c.core.db.select().from(replicas).all().map((r) => r.id)).toEqual([c.replica.id]);
 });
+
+test("a live replica that shares this host name but not its processes (host networking, a pod) is not taken for dead", async () => {
+  const a = await start();
+  const insert = (id: string, host: string) =>
+    a.core.db.insert(replicas).values({ id, host, pid: 2 ** 22 + 17, heartbeatAt: new Date() }).run(); // a pid no process here has
+  // Same host name, another pid namespace: its pid means nothing here, only its heartbeat counts.
+  insert('neighbour', a.replica.host.replace(/pid:\[\d+\]$/, 'pid:[1]'));
+  // This very scope with a pid that is gone: a crash on this machine, repaired at once as before.
+  insert('crashed-here', a.replica.host);
+  expect(a.replica.takeOverDead()).toEqual(['crashed-here']);
+  expect(a.core.db.select().from(replicas).all().map((r) => r.id).sort()).toEqual([a.replica.id, 'neighbour'].sort());
+});
