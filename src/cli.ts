@@ -2,7 +2,6 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
@@ -230,7 +229,7 @@ async function backup(file: string, io: CliIo): Promise<number> {
     } finally {
       db.$client.close();
     }
-    await pipeline(fs.createReadStream(copy), target.createWriteStream({ autoClose: false }));
+    await pourInto(copy, target);
     await target.sync();
   } catch (err) {
     await removeIfStillOurs(file, target); // nothing partial left
@@ -242,6 +241,21 @@ async function backup(file: string, io: CliIo): Promise<number> {
   const key = config.keyProvider === 'local' ? config.masterKeyFile : 'access to AZURE_KEY_ID';
   io.stdout.write(`Backed up the database to ${file}. Keep a copy of ${key} as well, stored apart from the database copies: without the key the secrets cannot be read.\n`);
   return 0;
+}
+
+/** Copies `file` into an open handle, a MiB at a time (a database can be larger than memory should hold). */
+async function pourInto(file: string, target: fs.promises.FileHandle): Promise<void> {
+  const source = await fs.promises.open(file, 'r');
+  try {
+    const chunk = Buffer.allocUnsafe(1 << 20);
+    for (;;) {
+      const { bytesRead } = await source.read(chunk, 0, chunk.length, null);
+      if (bytesRead === 0) return;
+      await target.write(chunk, 0, bytesRead);
+    }
+  } finally {
+    await source.close();
+  }
 }
 
 /** Unlinks `file` only while the name still holds the file this process created (not what was swapped in). */
