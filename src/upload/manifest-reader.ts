@@ -26,7 +26,7 @@ export type ManifestJobAnswer =
 export interface ReadManifest {
   /** The sha256 of the JSON (inflated): what the upload names. */
   digest: string;
-  /** The file (in `listsDir`) of its parsed list: JSON {"files": [[path, sha256, size], …], "missing": [sha256, …]}. */
+  /** The file (in `listsDir`) of its parsed list, as `ManifestList` reads it. */
   list: string;
   /** Whether the repository stores every listed content. */
   allStored: boolean;

@@ -15,7 +15,8 @@ import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
 import { manifestReader } from './manifest-reader.js';
-import { parseList, MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
+import { ManifestList } from './manifest-list.js';
+import { MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
 import { claimedSlug, tokenAlgorithm, tokenFromHeader, verifyOidcToken, verifyTravisToken } from './tokens.js';
 
 export const UPLOAD_SECRET_NAME = 'upload-key';
@@ -94,7 +95,7 @@ export function uploadRouter(deps: UploadDeps): Router {
     });
     // A SHA already stored is answered now (409), not after the client sent what is missing.
     if (read.allStored || deps.previews.hasBuild(authenticated, pr, sha)) {
-      const { files } = parseList(await fs.promises.readFile(path.join(manifests.listsDir, read.list), 'utf8'));
+      const files = ManifestList.from(await fs.promises.readFile(path.join(manifests.listsDir, read.list)));
       await fs.promises.rm(path.join(manifests.listsDir, read.list), { force: true });
       const answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
       res.status(answer.status).json(answer.body);
