@@ -82,7 +82,7 @@ export class Manifests {
    * files) or a JSON list (before they were binary; a manifest waits at most an hour).
    */
   private listPath(name: string): string {
-    if (!/^[0-9a-f-]{36}\.list$/.test(name)) throw badRequest('The manifest must be sent again.');
+    if (!/^[0-9a-f-]{36}\.list$/.test(name)) throw badRequest('This manifest was kept by an older version of the server; send the manifest again.'); // the CLI does, once
     return path.join(this.listsDir, name);
   }
 
