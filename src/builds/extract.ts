@@ -28,18 +28,23 @@ export interface ManifestFile {
   size: number;
 }
 
+/** A manifest's files as looked up and walked (a Map, or the list as stored: see upload/manifest-list.ts). */
+export interface ManifestFiles extends Iterable<[string, ManifestFile]> {
+  get(rel: string): ManifestFile | undefined;
+}
+
 /** Where a build is extracted: an empty staging folder whose files become links into the repository's objects. */
 export interface BuildTarget {
   dir: string;
   limits: ExtractLimits;
   objects: RepositoryObjects;
   /** A digest upload's manifest (safe relative path → file): what the archive sends must match it; the rest comes from the objects. */
-  manifest?: Map<string, ManifestFile>;
+  manifest?: ManifestFiles;
   /**
    * The contents the manifest's answer asked for (`missing`), when known: the manifest's other files are stored,
    * so they are linked while the archive streams in rather than after its last byte.
    */
-  asked?: Set<string>;
+  asked?: { has(sha256: string): boolean };
 }
 
 export interface ExtractResult {

@@ -10,6 +10,7 @@ import zlib from 'node:zlib';
 import { parentPort } from 'node:worker_threads';
 import { RepositoryObjects, sha256 } from '../builds/objects.js';
 import { HttpError } from '../errors.js';
+import { ManifestList } from './manifest-list.js';
 import { parseManifest } from './manifest-parse.js';
 import type { ManifestJob, ManifestJobAnswer } from './manifest-reader.js';
 
@@ -28,9 +29,9 @@ function read(job: ManifestJob): ManifestJobAnswer {
   const missing = [...new Set([...files.values()].map((f) => f.sha256))].filter((hash) => !objects.has(hash));
   // The parsed list goes to a file of its own (a row of megabytes cost the main thread a second to write).
   fs.mkdirSync(job.listsDir, { recursive: true, mode: 0o700 });
-  const list = `${crypto.randomUUID()}.json`;
-  const stored = { files: [...files].map(([rel, f]) => [rel, f.sha256, f.size]), missing };
-  fs.writeFileSync(path.join(job.listsDir, list), JSON.stringify(stored), { flag: 'wx', mode: 0o600 });
+  // Binary, paths sorted: the main thread looks paths up in it as it is, with nothing to parse.
+  const list = `${crypto.randomUUID()}.list`;
+  fs.writeFileSync(path.join(job.listsDir, list), ManifestList.encode(files, missing), { flag: 'wx', mode: 0o600 });
   return { id: job.id, digest: sha256(body), list, allStored: missing.length === 0, answer: JSON.stringify({ missing }) };
 }
 

@@ -2,11 +2,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { and, desc, eq, inArray, lt } from '../db/orm.js';
 import type { Request } from 'express';
-import type { ManifestFile } from '../builds/extract.js';
 import { isSha256 } from '../builds/objects.js';
 import type { Db } from '../db/client.js';
 import { manifests } from '../db/schema.js';
 import { badRequest, tooLarge } from '../errors.js';
+import { ManifestList } from './manifest-list.js';
 import { SHAPE } from './manifest-parse.js';
 
 /** The header of a digest upload: the sha256 of the manifest body it completes. */
@@ -52,7 +52,7 @@ export class Manifests {
   }
 
   /** The manifest a digest upload names, or a 400 that says what to do. */
-  async find(repositoryId: number, pullRequestNumber: number, sha: string, digest: string): Promise<{ id: number; files: Map<string, ManifestFile>; asked?: Set<string> }> {
+  async find(repositoryId: number, pullRequestNumber: number, sha: string, digest: string): Promise<{ id: number; files: ManifestList; asked: ManifestList['asked'] }> {
     if (!isSha256(digest)) throw badRequest('The Preview-Gate-Manifest header must be the sha256 (64 lower-case hex) of the manifest sent before.');
     const row = this.db
       .select()
@@ -62,36 +62,33 @@ export class Manifests {
     const notSent = () =>
       badRequest(`The Preview-Gate-Manifest header names no manifest sent for this commit in the last hour; POST the manifest to /create-build/${pullRequestNumber}/${sha}/manifest first.`);
     if (!row || row.createdAt.getTime() < Date.now() - MANIFEST_KEPT_MS) throw notSent();
-    let compact: string;
+    const name = this.listPath(row.body);
+    let files: ManifestList;
     try {
-      compact = await fs.promises.readFile(this.listPath(row.body), 'utf8');
+      // Read off the main thread (libuv) and used as stored: nothing on the main thread grows with the manifest.
+      files = ManifestList.from(await fs.promises.readFile(name));
     } catch {
-      throw notSent(); // dropped meanwhile (a newer manifest of the repository), or a row from before lists were files
+      throw notSent(); // dropped meanwhile (a newer manifest of the repository)
     }
-    return { id: row.id, ...parseList(compact) };
+    return { id: row.id, files, asked: files.asked };
   }
 
   forget(id: number): void {
     for (const gone of this.db.delete(manifests).where(eq(manifests.id, id)).returning({ body: manifests.body }).all()) this.removeList(gone.body);
   }
 
-  /** A list file's path; a row's body that is not such a name (a body as sent, before lists were files) has none. */
+  /**
+   * A list file's path; a row's body that is not such a name has none: a body as sent (before lists were
+   * files) or a JSON list (before they were binary; a manifest waits at most an hour).
+   */
   private listPath(name: string): string {
-    if (!/^[0-9a-f-]{36}\.json$/.test(name)) throw badRequest('The manifest must be sent again.');
+    if (!/^[0-9a-f-]{36}\.list$/.test(name)) throw badRequest('This manifest was kept by an older version of the server; send the manifest again.'); // the CLI does, once
     return path.join(this.listsDir, name);
   }
 
   private removeList(name: string): void {
-    if (/^[0-9a-f-]{36}\.json$/.test(name)) fs.promises.rm(path.join(this.listsDir, name), { force: true }).catch(() => undefined);
+    if (/^[0-9a-f-]{36}\.(list|json)$/.test(name)) fs.promises.rm(path.join(this.listsDir, name), { force: true }).catch(() => undefined);
   }
-}
-
-/** A manifest's parsed list as the thread wrote it: its files, and the contents its answer asked for. */
-export function parseList(text: string): { files: Map<string, ManifestFile>; asked: Set<string> } {
-  const stored = JSON.parse(text) as { files: [string, string, number][]; missing: string[] };
-  const files = new Map<string, ManifestFile>();
-  for (const [rel, sha256, size] of stored.files) files.set(rel, { sha256, size });
-  return { files, asked: new Set(stored.missing) };
 }
 
 /**

@@ -14,13 +14,16 @@ import { buildUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
-import { manifestReader } from './manifest-reader.js';
-import { parseList, MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
+import { manifestReader, MANIFESTS_READ_PER_REPOSITORY } from './manifest-reader.js';
+import { ManifestList } from './manifest-list.js';
+import { MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
 import { claimedSlug, tokenAlgorithm, tokenFromHeader, verifyOidcToken, verifyTravisToken } from './tokens.js';
 
 export const UPLOAD_SECRET_NAME = 'upload-key';
 /** A manifest of 50,000 files with paths of 200 characters fits. */
 const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+/** The Retry-After of a manifest refused because its repository's are being read (the worst one takes ~1 s). */
+const MANIFEST_RETRY_AFTER_S = 2;
 
 export interface UploadDeps {
   config: Config;
@@ -82,19 +85,30 @@ export function uploadRouter(deps: UploadDeps): Router {
     const pr = parsePr(req.params.pr);
     const sha = parseSha(req.params.sha);
     const authenticated = await authenticate(deps, tokenFromHeader(req.headers.authorization), pr);
-    const { body, gzip } = await readManifestBody(req, MAX_MANIFEST_BYTES);
-    // Inflating, parsing, checking and looking up its contents grow with the manifest: done on its thread.
-    const read = await manifestReader().read({
-      body,
-      gzip,
-      maxBytes: MAX_MANIFEST_BYTES,
-      limits: { maxBuildFiles: config.maxBuildFiles, maxBuildBytes: config.maxBuildBytes },
-      objectsDir: deps.store.objects.forRepository(authenticated.id).dir,
-      listsDir: manifests.listsDir,
-    });
+    // Inflating, parsing, checking and looking up its contents grow with the manifest: done on its thread,
+    // where repositories take turns; a repository's manifests beyond a few at once wait on the client's side.
+    const leave = manifestReader().enter(authenticated.id);
+    if (!leave) {
+      res.set('Retry-After', String(MANIFEST_RETRY_AFTER_S));
+      throw unavailable(`This repository already has ${MANIFESTS_READ_PER_REPOSITORY} manifests being read; send this one again in a few seconds.`);
+    }
+    let read;
+    try {
+      const { body, gzip } = await readManifestBody(req, MAX_MANIFEST_BYTES);
+      read = await manifestReader().read(authenticated.id, {
+        body,
+        gzip,
+        maxBytes: MAX_MANIFEST_BYTES,
+        limits: { maxBuildFiles: config.maxBuildFiles, maxBuildBytes: config.maxBuildBytes },
+        objectsDir: deps.store.objects.forRepository(authenticated.id).dir,
+        listsDir: manifests.listsDir,
+      });
+    } finally {
+      leave();
+    }
     // A SHA already stored is answered now (409), not after the client sent what is missing.
     if (read.allStored || deps.previews.hasBuild(authenticated, pr, sha)) {
-      const { files } = parseList(await fs.promises.readFile(path.join(manifests.listsDir, read.list), 'utf8'));
+      const files = ManifestList.from(await fs.promises.readFile(path.join(manifests.listsDir, read.list)));
       await fs.promises.rm(path.join(manifests.listsDir, read.list), { force: true });
       const answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
       res.status(answer.status).json(answer.body);
