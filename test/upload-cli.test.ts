@@ -373,8 +373,10 @@ test('the "sent N MB" line is printed whenever the server took the upload, even 
   const archive = path.join(work, 'early.tgz');
   fs.writeFileSync(archive, crypto.randomBytes(4_000_000));
   const res = await upload(args(archive, 1, sha('d4'), `http://127.0.0.1:${(srv.address() as AddressInfo).port}`), { PREVIEW_GATE_TOKEN: 't' });
-  // A kept-alive connection would hold close() open: this stand-in never ends its sockets by itself.
-  for (const socket of sockets) socket.destroy();
+  // A kept-alive connection would hold close() open: this stand-in never ends its sockets by itself. end(), not
+  // destroy(): a destroyed socket with unread bytes answers with a reset, which reached the client's socket after
+  // its request was done (an uncaught "read ECONNRESET" that failed whichever test file ran next).
+  for (const socket of sockets) socket.end();
   await new Promise<void>((r) => srv.close(() => r()));
   expect(res.code).toBe(0);
   expect(res.stderr).toMatch(/^preview-gate upload: sent \d+\.\d MB in \d+\.\d s\n$/);
