@@ -4,29 +4,19 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { drizzle, migrate, type BetterSQLite3Database } from './orm.js';
 import * as schema from './schema.js';
-import { sqliteAddonProblem } from '../../bin/sqlite-addon.mjs';
+import { checkSqliteAddon } from './sqlite.js';
+
+// Transitional: the synchronous client, until every module is on the async Database (src/db/open.ts).
 
 export type Db = BetterSQLite3Database<typeof schema> & { $client: Database.Database };
+
+export { checkSqliteAddon };
 
 /** drizzle-kit writes migrations next to the schema; the compiled code (dist/src/db) finds them there too. */
 function migrationsFolder(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const beside = path.join(here, 'migrations');
   return fs.existsSync(beside) ? beside : path.resolve(here, '../../../src/db/migrations');
-}
-
-// Checked once per process: the addon does not change under a running server.
-let addonChecked = false;
-
-/**
- * Throws when better-sqlite3's addon would abort this process at some later statement (compiled against Node
- * 24.19+'s headers, bin/sqlite-addon.mjs): a server refuses to start instead of dying after its first uploads.
- */
-export function checkSqliteAddon(): void {
-  if (addonChecked) return;
-  const problem = sqliteAddonProblem();
-  if (problem) throw new Error(problem);
-  addonChecked = true;
 }
 
 /** Opens (creating if needed) the SQLite file and applies every pending migration. */
@@ -43,3 +33,4 @@ export function openDb(file: string): Db {
   for (const f of [file, `${file}-wal`, `${file}-shm`]) if (fs.existsSync(f)) fs.chmodSync(f, 0o600);
   return db;
 }
+

@@ -13,4 +13,5 @@ export const { blob, index, integer, primaryKey, sqliteTable, text, uniqueIndex 
   require('drizzle-orm/sqlite-core') as typeof import('drizzle-orm/sqlite-core');
 export const { drizzle } = require('drizzle-orm/better-sqlite3') as typeof import('drizzle-orm/better-sqlite3');
 export const { migrate } = require('drizzle-orm/better-sqlite3/migrator') as typeof import('drizzle-orm/better-sqlite3/migrator');
+export const { drizzle: drizzleProxy } = require('drizzle-orm/sqlite-proxy') as typeof import('drizzle-orm/sqlite-proxy');
 export type { BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
