@@ -7,14 +7,14 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { openDb } from '../dist/src/db/client.js';
+import { openSqlite } from '../dist/src/db/sqlite.js';
 import { changesOfBuilds, encodeContents, recordContents } from '../dist/src/previews/changed-pages.js';
 
 const FILES = Number(process.env.FILES ?? 3000);
 const RUNS = Number(process.env.RUNS ?? 15);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-changed-'));
-const db = openDb(path.join(tmp, 'bench.sqlite'));
-const sqlite = db.$client;
+const db = openSqlite(path.join(tmp, 'bench.sqlite'));
+const sqlite = db.sqliteClient();
 const config = { previewScheme: 'https', previewDomain: 'previews.example.org' };
 
 const hash = () => crypto.randomBytes(32).toString('hex');
@@ -38,22 +38,22 @@ sqlite.prepare("insert into pull_requests (id, repository_id, number, state) val
 const builds = [];
 for (const [id, sha7, contents] of [[1, 'aaaaaaa', first], [2, 'bbbbbbb', second]]) {
   sqlite.prepare("insert into builds (id, pull_request_id, sha, sha7, status, content_addressed) values (?, 1, ?, ?, 'ready', 1)").run(id, sha7.repeat(6).slice(0, 40), sha7);
-  recordContents(db, id, encodeContents(contents));
+  await recordContents(db.orm, id, encodeContents(contents));
   builds.push({ id, sha7, status: 'ready', pullRequestId: 1 });
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const time = (fn) => {
+const time = async (fn) => {
   const start = performance.now();
-  const out = fn();
+  const out = await fn();
   return [performance.now() - start, out];
 };
 let result;
 const compare = [];
 const encode = [];
 for (let i = 0; i <= RUNS; i++) {
-  const [ms, out] = time(() => changesOfBuilds(db, config, 'docs', 7, builds));
-  const [encodeMs] = time(() => encodeContents(second));
+  const [ms, out] = await time(() => changesOfBuilds(db.orm, config, 'docs', 7, builds));
+  const [encodeMs] = await time(() => encodeContents(second));
   if (i === 0) continue;
   compare.push(ms);
   encode.push(encodeMs);
@@ -65,5 +65,5 @@ const row = sqlite.prepare('select length(paths) + length(hashes) n from build_c
 console.log(`${FILES} files per build, ${differing} differing: ${listed(changes.pages)} pages and ${listed(changes.assets)} other files listed`);
 console.log(`compare two builds (read + decode + compare + links): median ${median(compare).toFixed(1)} ms of ${RUNS} (max ${Math.max(...compare).toFixed(1)} ms)`);
 console.log(`encode one build's list at upload: median ${median(encode).toFixed(1)} ms; stored row ${(row.n / 1024).toFixed(0)} KiB`);
-db.$client.close();
+await db.close();
 fs.rmSync(tmp, { recursive: true, force: true });

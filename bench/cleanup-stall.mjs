@@ -19,8 +19,8 @@ const objectsDir = core.store.objects.forRepository(repo.id).dir;
 const hashes = Array.from({ length: OBJECTS }, () => crypto.randomBytes(32).toString('hex'));
 // Rows recorded long ago (a cleanup leaves the last minute's), and each object a hard link to a file standing in
 // for a build's (a new one every 60,000 links: ext4's limit is 65,000), so each is still referenced.
-const insert = core.db.$client.prepare('INSERT INTO objects (repository_id, sha256, size, created_at) VALUES (?, ?, 1, 0)');
-core.db.$client.transaction(() => {
+const insert = core.db.sqliteClient().prepare('INSERT INTO objects (repository_id, sha256, size, created_at) VALUES (?, ?, 1, 0)');
+core.db.sqliteClient().transaction(() => {
   for (const hash of hashes) insert.run(repo.id, hash);
 })();
 let build = '';
@@ -49,5 +49,5 @@ for (let pass = 0; pass < 3; pass++) {
   passes.push(`${seconds.toFixed(2)} s, longest stall ${longest.toFixed(0)} ms`);
 }
 console.log(`cleanup over ${OBJECTS} stored objects: ${passes.join('; ')}`);
-core.db.$client.close();
+await core.db.close();
 fs.rmSync(tmp, { recursive: true, force: true });

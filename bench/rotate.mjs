@@ -18,5 +18,5 @@ const start = process.hrtime.bigint();
 const result = await rotateKeys(core.db, core.keys);
 const ms = Number(process.hrtime.bigint() - start) / 1e6;
 console.log(`keys rotate (local): ${result.rewrapped} account keys re-wrapped in ${ms.toFixed(0)} ms (${((ms * 1000) / result.rewrapped).toFixed(0)} µs each)`);
-core.db.$client.close();
+await core.db.close();
 fs.rmSync(tmp, { recursive: true, force: true });

@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import { createProbot, ProbotOctokit, type Probot } from 'probot';
 import { BuildStore } from './builds/store.js';
 import type { Config } from './config.js';
-import { openDb, type Db } from './db/client.js';
+import type { Database } from './db/database.js';
+import { openDatabase } from './db/open.js';
 import { GitHub } from './github.js';
 import { githubApp } from './github-app.js';
 import { EtagCache, conditionalRequests } from './conditional-requests.js';
@@ -27,7 +28,7 @@ import { createServer, type ServerDeps } from './server.js';
 /** The parts of a running preview-gate, shared by the server, the CLI and the tests. */
 export interface Core {
   config: Config;
-  db: Db;
+  db: Database;
   keys: KeyRing;
   secrets: SecretStore;
   registry: Registry;
@@ -38,7 +39,7 @@ export interface Core {
 
 export async function openCore(config: Config, azure?: AzureKeyOptions, leaseMs?: number): Promise<Core> {
   const keys = await openKeyService(config, azure);
-  const db = openDb(config.databaseFile);
+  const db = await openDatabase(config);
   const secrets = new SecretStore(db, keys);
   const registry = new Registry(db, secrets);
   const replica = new Replica(db, leaseMs);
@@ -174,15 +175,15 @@ export async function startServer(
   // The clean-stop marker is a row per replica: a replica that died without its clean stop is repaired after,
   // by the next start or by a running replica's heartbeat, and only what it left (not the others' uploads).
   const legacyMarker = path.join(config.dataDir, LEGACY_CLEAN_STOP_MARKER);
-  const upgrading = !replica.hasHistory();
-  replica.register();
-  const dead = replica.takeOverDead();
+  const upgrading = !(await replica.hasHistory());
+  await replica.register();
+  const dead = await replica.takeOverDead();
   const unclean = dead.length > 0 || (upgrading && !fs.existsSync(legacyMarker));
   fs.rmSync(legacyMarker, { force: true });
   await previews.recoverAfterRestart({ unclean });
-  replica.startHeartbeat(() => {
-    if (!replica.takeOverDead().length) return;
-    const released = previews.releaseDead();
+  replica.startHeartbeat(async () => {
+    if (!(await replica.takeOverDead()).length) return;
+    const released = await previews.releaseDead();
     log.warn(released, 'released the uploads of a replica that stopped uncleanly');
   });
   trackStoredBytes(metrics, () => previews.storedBytes());
@@ -192,13 +193,13 @@ export async function startServer(
   const sessions = new Sessions(core.db, core.keys, userApi, config.sessionMs);
   // Singleton jobs: whichever replica claims the due row runs it, so N replicas sweep once per interval in all.
   const schedules = new Schedules(core.db, replica, log);
-  schedules.add('cleanup', CLEANUP_EVERY_MS, async () => {
-    sessions.prune();
+  await schedules.add('cleanup', CLEANUP_EVERY_MS, async () => {
+    await sessions.prune();
     await previews.cleanup();
   });
   const sweepEveryMs = options.timing?.sweepEveryMs ?? config.reconcileIntervalMs;
   // The first sweep soon after the schedule is made: it also learns the GitHub ids of rows stored before ids were kept.
-  if (sweep && sweepEveryMs > 0) schedules.add('sweep', sweepEveryMs, () => sweep.run(), Math.min(FIRST_SWEEP_MS, sweepEveryMs));
+  if (sweep && sweepEveryMs > 0) await schedules.add('sweep', sweepEveryMs, () => sweep.run(), Math.min(FIRST_SWEEP_MS, sweepEveryMs));
   schedules.start(options.timing?.scheduleCheckMs ?? SCHEDULE_CHECK_MS);
   previews.start();
   const app = await createServer({
@@ -236,8 +237,8 @@ export async function startServer(
   }).catch(async (err: unknown) => {
     await schedules.stop();
     await previews.stop(0);
-    replica.stopCleanly();
-    core.db.$client.close();
+    await replica.stopCleanly();
+    await core.db.close();
     throw err;
   });
   const { port } = server.address() as AddressInfo;
@@ -255,10 +256,10 @@ export async function startServer(
       // not for long: whatever is left stays in the queue's table and is done after the next start.
       await new Promise<void>((resolve) => server.close(() => resolve()));
       const [drained] = await Promise.all([previews.stop(FEEDBACK_DRAIN_MS), schedules.stop()]);
-      const { jobs } = previews.queue.depth();
+      const { jobs } = await previews.queue.depth();
       if (!drained || jobs) log.info({ jobs }, 'stopped with work queued; it is done after the next start');
-      replica.stopCleanly();
-      core.db.$client.close();
+      await replica.stopCleanly();
+      await core.db.close();
     },
   };
 }

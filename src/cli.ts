@@ -11,7 +11,9 @@ import { nginxOptionsFrom, renderNginx } from './nginx.js';
 import { ConfigError, ensureDataDir, gatherEnvironment, loadSettings, type Config } from './config.js';
 import { UPLOAD_SECRET_NAME } from './upload/route.js';
 import { parseArgsMessage, runUpload, UPLOAD_USAGE } from './upload-client.js';
-import { openDb } from './db/client.js';
+import { openDatabase } from './db/open.js';
+import { SqliteDatabase } from './db/sqlite.js';
+import { first } from './db/query.js';
 import { auditTrail, revokeUserSessions } from './dashboard/sessions.js';
 import type { AzureKeyOptions } from './secrets/azure.js';
 import { rotateKeys } from './secrets/rotate.js';
@@ -20,7 +22,7 @@ import { verifyDeployment } from './verify.js';
 import { isGitHubRepositoryName } from './trust.js';
 import { packageVersion } from './version.js';
 import { and, eq, sql } from './db/orm.js';
-import { repositories, secrets } from './db/schema.js';
+import { repositories, secrets } from './db/tables.js';
 
 export interface CliIo {
   stdin: Readable & { isTTY?: boolean };
@@ -145,14 +147,14 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     if (command === 'verify') return await verify(argv.slice(1), io);
     if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'usage') return await usage(argv.slice(1), io);
-    if (command === 'audit') return audit(argv.slice(1), io);
+    if (command === 'audit') return await audit(argv.slice(1), io);
     if (command === 'sessions') {
       if (sub !== 'revoke' || rest.length !== 1) throw new ArgumentError(command, 'say "sessions revoke" and one user: a login or a GitHub id.');
-      return revokeSessions(rest[0]!, io);
+      return await revokeSessions(rest[0]!, io);
     }
     if (command === 'secret') {
-      if (sub === 'list') return listSecrets(rest, io);
-      if (sub === 'delete') return deleteSecret(rest, io);
+      if (sub === 'list') return await listSecrets(rest, io);
+      if (sub === 'delete') return await deleteSecret(rest, io);
       if (sub !== 'set') throw new ArgumentError(command, sub === undefined ? 'say "secret set", "secret list" or "secret delete".' : `unknown subcommand "secret ${sub}"; say "secret set", "secret list" or "secret delete".`);
       return await setSecret(rest, io);
     }
@@ -223,11 +225,13 @@ async function backup(file: string, io: CliIo): Promise<number> {
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-backup-'));
   try {
     const copy = path.join(scratch, 'backup.sqlite');
-    const db = openDb(config.databaseFile);
+    const db = await openDatabase(config);
     try {
-      await db.$client.backup(copy);
+      // SQLite's online backup; a PostgreSQL database is backed up with pg_dump (docs/operations.md).
+      if (!(db instanceof SqliteDatabase)) throw new Error('backup copies the SQLite database; back PostgreSQL up with pg_dump.');
+      await db.backup(copy);
     } finally {
-      db.$client.close();
+      await db.close();
     }
     await pourInto(copy, target);
     await target.sync();
@@ -296,7 +300,7 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
     await core.secrets.set(repo.accountId, repo.id, UPLOAD_SECRET_NAME, value);
     installed = repo.installed && repo.githubId !== null;
   } finally {
-    core.db.$client.close();
+    await core.db.close();
   }
   if (!installed) {
     io.stderr.write(`Note: no installation of the GitHub App on ${slug} has been seen yet; its uploads are refused until the app is installed there.\n`);
@@ -311,37 +315,39 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
 }
 
 /** `secret list [owner/repo]`: names and when each was last set; values are never read (nor decrypted). */
-function listSecrets(args: string[], io: CliIo): number {
+async function listSecrets(args: string[], io: CliIo): Promise<number> {
   const [slug, extra] = args;
   if (extra !== undefined) throw new ArgumentError('secret', `unexpected argument "${extra}".`);
   if (slug !== undefined && !isGitHubRepositoryName(slug)) throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
-  const db = openDb(dataSettings(io).databaseFile);
+  const db = await openDatabase(dataSettings(io));
   try {
-    const rows = db
+    const rows = await db.orm
       .select({ repository: repositories.fullName, name: secrets.name, setAt: secrets.createdAt })
       .from(secrets)
       .innerJoin(repositories, eq(repositories.id, secrets.repositoryId))
       .where(slug ? sql`lower(${repositories.fullName}) = lower(${slug})` : undefined)
-      .orderBy(repositories.fullName, secrets.name)
-      .all();
+      .orderBy(repositories.fullName, secrets.name);
     for (const r of rows) io.stdout.write(`${r.repository.padEnd(40)} ${r.name.padEnd(12)} set ${r.setAt.toISOString()}\n`);
     if (!rows.length) io.stderr.write(slug ? `No secret is stored for ${slug}.\n` : 'No secret is stored.\n');
     return 0;
   } finally {
-    db.$client.close();
+    await db.close();
   }
 }
 
 /** `secret delete <owner/repo> <name>`: the repository's uploads are refused from then on. */
-function deleteSecret(args: string[], io: CliIo): number {
+async function deleteSecret(args: string[], io: CliIo): Promise<number> {
   const [slug, name, extra] = args;
   if (!slug || !name) throw new ArgumentError('secret', 'name the repository and the secret: secret delete <owner/repo> <name>.');
   if (extra !== undefined) throw new ArgumentError('secret', `unexpected argument "${extra}".`);
   if (!isGitHubRepositoryName(slug)) throw new ArgumentError('secret', `"${slug}" is not a repository: write it as <owner>/<repo>.`);
-  const db = openDb(dataSettings(io).databaseFile);
+  const db = await openDatabase(dataSettings(io));
   try {
-    const repo = db.select({ id: repositories.id }).from(repositories).where(sql`lower(${repositories.fullName}) = lower(${slug})`).get();
-    const deleted = repo ? db.delete(secrets).where(and(eq(secrets.repositoryId, repo.id), eq(secrets.name, name))).run().changes : 0;
+    const deleted = await db.transaction(async (tx) => {
+      const repo = await first(tx.select({ id: repositories.id }).from(repositories).where(sql`lower(${repositories.fullName}) = lower(${slug})`).limit(1));
+      if (!repo) return 0;
+      return (await tx.delete(secrets).where(and(eq(secrets.repositoryId, repo.id), eq(secrets.name, name))).returning({ id: secrets.id })).length;
+    });
     if (!deleted) {
       io.stderr.write(`No secret "${name}" is stored for ${slug}; nothing was deleted.\n`);
       return 1;
@@ -349,7 +355,7 @@ function deleteSecret(args: string[], io: CliIo): number {
     io.stdout.write(`Deleted the secret "${name}" of ${slug}; uploads to ${slug} are refused until a new one is set.\n`);
     return 0;
   } finally {
-    db.$client.close();
+    await db.close();
   }
 }
 
@@ -365,7 +371,7 @@ async function withGitHub(io: CliIo, command: string, task: (parts: ReturnType<t
   try {
     return await task(createPreviews(core, createMetrics(), log, probotFromEnv(config, log, gatherEnvironment(io.env, io.cwd))));
   } finally {
-    core.db.$client.close();
+    await core.db.close();
   }
 }
 
@@ -409,29 +415,29 @@ async function rotate(io: CliIo): Promise<number> {
     }
     return 0;
   } finally {
-    core.db.$client.close();
+    await core.db.close();
   }
 }
 
 async function usage(args: string[], io: CliIo): Promise<number> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
   // Reads the database only: no key service (and so no Key Vault) is needed to count.
-  const db = openDb(dataSettings(io).databaseFile);
+  const db = await openDatabase(dataSettings(io));
   try {
-    const report = usageReport(db);
+    const report = await usageReport(db);
     io.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatUsage(report));
     return 0;
   } finally {
-    db.$client.close();
+    await db.close();
   }
 }
 
 /** The audit trail, newest first: a line per event, or JSON. */
-function audit(args: string[], io: CliIo): number {
+async function audit(args: string[], io: CliIo): Promise<number> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' } }, strict: true });
-  const db = openDb(dataSettings(io).databaseFile);
+  const db = await openDatabase(dataSettings(io));
   try {
-    const events = auditTrail(db);
+    const events = await auditTrail(db);
     if (values.json) {
       io.stdout.write(`${JSON.stringify(events.map((e) => ({ ...e, at: e.at.toISOString() })), null, 2)}\n`);
       return 0;
@@ -442,15 +448,15 @@ function audit(args: string[], io: CliIo): number {
     if (!events.length) io.stdout.write('Nothing recorded yet.\n');
     return 0;
   } finally {
-    db.$client.close();
+    await db.close();
   }
 }
 
 /** `sessions revoke`: a user signed out everywhere (a lost laptop, a maintainer who left). */
-function revokeSessions(who: string, io: CliIo): number {
-  const db = openDb(dataSettings(io).databaseFile);
+async function revokeSessions(who: string, io: CliIo): Promise<number> {
+  const db = await openDatabase(dataSettings(io));
   try {
-    const result = revokeUserSessions(db, who);
+    const result = await revokeUserSessions(db, who);
     if (!result) {
       io.stderr.write(`No user "${who}" has signed in to the dashboard.\n`);
       return 1;
@@ -462,7 +468,7 @@ function revokeSessions(who: string, io: CliIo): number {
     io.stdout.write(`Revoked ${result.revoked} session(s) of ${result.login} (GitHub id ${result.githubId}); their hidden-preview cookies stop working within 5 seconds.\n`);
     return 0;
   } finally {
-    db.$client.close();
+    await db.close();
   }
 }
 

@@ -52,8 +52,8 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
     if (!payload.repository) return undefined;
     const repo = await registry.knownRepository(refOf(payload.repository));
     if (repo && payload.installation) {
-      const account = registry.accountOf(repo);
-      if (account.installationId !== payload.installation.id) registry.setInstallation(account.id, payload.installation.id);
+      const account = await registry.accountOf(repo);
+      if (account.installationId !== payload.installation.id) await registry.setInstallation(account.id, payload.installation.id);
     }
     return repo;
   }
@@ -61,21 +61,21 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
   /** The PR of a pull_request event, when preview-gate holds anything of it (nothing to decide otherwise). */
   async function pullRequestOf(context: Context<'pull_request'>) {
     const repo = await repositoryOf(context);
-    const pr = repo && registry.findPullRequest(repo.id, context.payload.pull_request.number);
+    const pr = repo && (await registry.findPullRequest(repo.id, context.payload.pull_request.number));
     return repo && pr ? { repo, pr, payload: context.payload.pull_request as PullRequestPayload } : undefined;
   }
 
   const payloadTime = (pr: PullRequestPayload) => (pr.updated_at ? new Date(pr.updated_at) : undefined);
 
   /** Re-decides (queued) the open PRs of some repositories, optionally only those of one author. */
-  function decideOpenPrs(context: Context, repos: Repository[], authorGithubId?: number) {
-    for (const { repo, pr } of registry.openPullRequests(repos, authorGithubId)) previews.decideLater(repo, pr.number, causeOf(context));
+  async function decideOpenPrs(context: Context, repos: Repository[], authorGithubId?: number) {
+    for (const { repo, pr } of await registry.openPullRequests(repos, authorGithubId)) await previews.decideLater(repo, pr.number, causeOf(context));
     count(context, 'applied');
   }
 
   /** The author left a team or the organization: their public PRs are hidden at once, then re-decided. */
   async function authorLeft(context: Context, org: { id: number; login: string }, member: { id: number; login: string }, where: string) {
-    for (const { repo, pr } of registry.openPullRequests(registry.repositoriesOfAccount(org), member.id)) {
+    for (const { repo, pr } of await registry.openPullRequests(await registry.repositoriesOfAccount(org), member.id)) {
       await previews.revoke(repo, pr.number, { reason: `the author ${member.login} left ${where}` }, causeOf(context));
     }
     count(context, 'applied');
@@ -89,11 +89,11 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
         repositories_added?: { id: number; full_name: string; private?: boolean }[];
       };
       const owner = payload.installation.account;
-      if (owner) registry.setInstallation((await registry.ensureAccount(owner.login, owner.id)).id, payload.installation.id);
+      if (owner) await registry.setInstallation((await registry.ensureAccount(owner.login, owner.id)).id, payload.installation.id);
       for (const r of payload.repositories ?? payload.repositories_added ?? []) {
         const repo = await registry.resolveRepository({ id: r.id, fullName: r.full_name, ownerId: owner?.id, private: r.private });
-        registry.markInstalled(repo);
-        for (const { pr } of registry.openPullRequests([repo])) previews.decideLater(repo, pr.number, causeOf(context));
+        await registry.markInstalled(repo);
+        for (const { pr } of await registry.openPullRequests([repo])) await previews.decideLater(repo, pr.number, causeOf(context));
       }
       count(context, 'applied');
     });
@@ -108,13 +108,13 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       const owner = payload.installation.account;
       const listed = payload.repositories ?? payload.repositories_removed;
       const repos = listed
-        ? listed.map((r) => registry.findRepositoryById(r.id) ?? registry.findRepository(r.full_name)).filter((r) => r !== undefined)
+        ? (await Promise.all(listed.map(async (r) => (await registry.findRepositoryById(r.id)) ?? (await registry.findRepository(r.full_name))))).filter((r) => r !== undefined)
         : owner
-          ? registry.repositoriesOfAccount(owner)
+          ? await registry.repositoriesOfAccount(owner)
           : [];
       for (const repo of repos) await previews.hideRepository(repo, causeOf(context));
       if (payload.action !== 'removed' && owner) {
-        for (const repo of repos) registry.setInstallation(repo.accountId, null);
+        for (const repo of repos) await registry.setInstallation(repo.accountId, null);
       }
       count(context, 'applied');
     });
@@ -142,7 +142,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       if (!member) return count(context, 'ignored');
       if (context.payload.action === 'removed') return authorLeft(context, organization, member, `the team ${team.slug}`);
       // Any team counts: GitHub's membership API includes child teams, but the event names only the child.
-      decideOpenPrs(context, registry.repositoriesOfAccount(organization), member.id);
+      await decideOpenPrs(context, await registry.repositoriesOfAccount(organization), member.id);
     });
 
     app.on('organization.member_removed', async (context) => {
@@ -152,7 +152,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
     });
 
     app.on('team', async (context) => {
-      decideOpenPrs(context, registry.repositoriesOfAccount(context.payload.organization));
+      await decideOpenPrs(context, await registry.repositoriesOfAccount(context.payload.organization));
     });
 
     app.on('pull_request.labeled', async (context) => {
@@ -160,9 +160,9 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       const settings = found && previews.decisions.storedSettings(found.repo);
       if (!found || (settings && context.payload.label?.name !== settings.trustedLabel)) return count(context, 'ignored');
       if (settings && !settings.labelTrustsNewCommits) {
-        previews.decisions.bindLabel(found.repo, found.pr, found.payload.head.sha, payloadTime(found.payload));
+        await previews.decisions.bindLabel(found.repo, found.pr, found.payload.head.sha, payloadTime(found.payload));
       }
-      previews.decideLater(found.repo, found.pr.number, causeOf(context));
+      await previews.decideLater(found.repo, found.pr.number, causeOf(context));
       count(context, 'applied');
     });
 
@@ -186,7 +186,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
         const reason = `commit ${head.slice(0, 7)} was pushed after the '${settings.trustedLabel}' label was given at ${found.pr.labelSha.slice(0, 7)}`;
         await previews.revoke(found.repo, found.pr.number, { reason, at: payloadTime(found.payload) }, causeOf(context));
       } else {
-        previews.decideLater(found.repo, found.pr.number, causeOf(context));
+        await previews.decideLater(found.repo, found.pr.number, causeOf(context));
       }
       count(context, 'applied');
     });
@@ -201,7 +201,7 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
     app.on(['pull_request.reopened', 'pull_request.edited'], async (context) => {
       const found = await pullRequestOf(context);
       if (!found) return count(context, 'ignored');
-      previews.decideLater(found.repo, found.pr.number, causeOf(context));
+      await previews.decideLater(found.repo, found.pr.number, causeOf(context));
       count(context, 'applied');
     });
 
@@ -221,12 +221,12 @@ export function githubApp(deps: GithubAppDeps): ApplicationFunction {
       const orgWide = repository.name === '.github';
       github.forgetSettings(owner, orgWide ? undefined : repository.name);
       const repos = orgWide
-        ? registry.repositoriesOfAccount({ id: repository.owner?.id, login: owner })
+        ? await registry.repositoriesOfAccount({ id: repository.owner?.id, login: owner })
         : [await repositoryOf(context)].filter((r) => r !== undefined);
       if (!repos.length) return count(context, 'ignored');
       // The stored copy judged revocations without GitHub; it is read again by the decisions queued now.
-      for (const repo of repos) registry.forgetStoredSettings(repo);
-      decideOpenPrs(context, repos);
+      for (const repo of repos) await registry.forgetStoredSettings(repo);
+      await decideOpenPrs(context, repos);
     });
   };
 }

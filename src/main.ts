@@ -3,7 +3,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { probotFromEnv, startServer } from './app.js';
 import { ConfigError, ensureDataDir, gatherEnvironment, loadConfig } from './config.js';
-import { checkSqliteAddon } from './db/client.js';
+import { checkSqliteAddon } from './db/sqlite.js';
 import { requestLogFields } from './request-context.js';
 import { inContainer } from './container.js';
 import { createSetupHandler } from './setup.js';

@@ -94,26 +94,27 @@ export function createMetrics() {
 export type Metrics = ReturnType<typeof createMetrics>;
 
 /** A gauge whose value is read when Prometheus scrapes (from the database, so it is right after restarts too). */
-function readAtScrape(metrics: Metrics, name: string, help: string, read: () => number): void {
+function readAtScrape(metrics: Metrics, name: string, help: string, read: () => Promise<number>): void {
   new client.Gauge({
     name,
     help,
     registers: [metrics.registry],
-    collect() {
-      this.set(read());
+    // prom-client awaits an async collect before it writes the scrape.
+    async collect() {
+      this.set(await read());
     },
   });
 }
 
 /** `preview_gate_stored_bytes`. */
-export function trackStoredBytes(metrics: Metrics, storedBytes: () => number): void {
+export function trackStoredBytes(metrics: Metrics, storedBytes: () => Promise<number>): void {
   readAtScrape(metrics, 'preview_gate_stored_bytes', 'Bytes of builds on disk now (identical files of builds of a repository counted once)', storedBytes);
 }
 
 /** Queue depth and the age of its oldest row: work GitHub has not taken yet (decisions, feedback). */
-export function trackQueue(metrics: Metrics, depth: () => { jobs: number; oldestSeconds: number }): void {
-  readAtScrape(metrics, 'preview_gate_queue_jobs', 'Decisions and GitHub feedback waiting in the durable queue', () => depth().jobs);
-  readAtScrape(metrics, 'preview_gate_queue_oldest_seconds', 'Age of the oldest waiting row of the durable queue', () => depth().oldestSeconds);
+export function trackQueue(metrics: Metrics, depth: () => Promise<{ jobs: number; oldestSeconds: number }>): void {
+  readAtScrape(metrics, 'preview_gate_queue_jobs', 'Decisions and GitHub feedback waiting in the durable queue', async () => (await depth()).jobs);
+  readAtScrape(metrics, 'preview_gate_queue_oldest_seconds', 'Age of the oldest waiting row of the durable queue', async () => (await depth()).oldestSeconds);
 }
 
 /** A GitHub request as the Octokit hook sees it, for the metrics of the server that attaches them. */

@@ -1,8 +1,8 @@
 import { and, eq } from './db/orm.js';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import type { Db } from './db/client.js';
-import { builds, pullRequests } from './db/schema.js';
+import type { Database } from './db/database.js';
+import { builds, pullRequests } from './db/tables.js';
 import { isNotFound, type Octokit } from './github.js';
 import type { PullRequest, Repository } from './registry.js';
 import type { RepoSettings } from './trust.js';
@@ -24,7 +24,7 @@ export const latestUrl = (config: Config, site: string, pr: number) => `${config
  */
 export class Notifier {
   constructor(
-    private readonly db: Db,
+    private readonly db: Database,
     private readonly config: Config,
     private readonly log: Logger,
   ) {}
@@ -32,7 +32,7 @@ export class Notifier {
   /** Brings GitHub in line with the PR's state for `changed` builds (and the comment for all of them). */
   async notify(octokit: Octokit, repo: Repository, pr: PullRequest, settings: RepoSettings, changed: Build[]): Promise<void> {
     const [owner, name] = repo.fullName.split('/') as [string, string];
-    const all = this.db.select().from(builds).where(and(eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready'))).all();
+    const all = await this.db.orm.select().from(builds).where(and(eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready')));
     const isPublic = pr.visibility === 'public';
     for (const build of changed) {
       const url = buildUrl(this.config, repo.site, pr.number, build.sha7);
@@ -67,7 +67,7 @@ export class Notifier {
       });
       if (!('id' in data)) return;
       id = data.id;
-      this.db.update(builds).set({ deploymentId: id }).where(eq(builds.id, build.id)).run();
+      await this.db.orm.update(builds).set({ deploymentId: id }).where(eq(builds.id, build.id));
     }
     await octokit.rest.repos.createDeploymentStatus({
       owner,
@@ -79,12 +79,12 @@ export class Notifier {
   }
 
   private async comment(octokit: Octokit, owner: string, repo: string, r: Repository, pr: PullRequest, settings: RepoSettings, all: Build[]) {
-    const body = this.commentBody(r, pr, settings, all);
+    const body = await this.commentBody(r, pr, settings, all);
     const existing = pr.commentId ?? (await this.findComment(octokit, owner, repo, pr.number));
     if (existing) {
       try {
         await octokit.rest.issues.updateComment({ owner, repo, comment_id: existing, body });
-        if (existing !== pr.commentId) this.saveCommentId(pr, existing);
+        if (existing !== pr.commentId) await this.saveCommentId(pr, existing);
         return;
       } catch (err) {
         if (!isNotFound(err)) throw err;
@@ -92,7 +92,7 @@ export class Notifier {
       }
     }
     const { data } = await octokit.rest.issues.createComment({ owner, repo, issue_number: pr.number, body });
-    this.saveCommentId(pr, data.id);
+    await this.saveCommentId(pr, data.id);
   }
 
   private async findComment(octokit: Octokit, owner: string, repo: string, number: number): Promise<number | undefined> {
@@ -100,11 +100,11 @@ export class Notifier {
     return comments.find((c) => c.body?.includes(COMMENT_MARKER))?.id;
   }
 
-  private saveCommentId(pr: PullRequest, commentId: number) {
-    this.db.update(pullRequests).set({ commentId }).where(eq(pullRequests.id, pr.id)).run();
+  private async saveCommentId(pr: PullRequest, commentId: number): Promise<void> {
+    await this.db.orm.update(pullRequests).set({ commentId }).where(eq(pullRequests.id, pr.id));
   }
 
-  commentBody(repo: Repository, pr: PullRequest, settings: RepoSettings, all: Build[]): string {
+  async commentBody(repo: Repository, pr: PullRequest, settings: RepoSettings, all: Build[]): Promise<string> {
     const lines = [COMMENT_MARKER];
     if (pr.visibility === 'public') {
       lines.push(`**Preview** of the newest commit: ${latestUrl(this.config, repo.site, pr.number)}`, '');
@@ -121,7 +121,7 @@ export class Notifier {
         lines.push('', `People who can push to this repository can look at the hidden previews first, and publish or hide them, on the [preview-gate dashboard](${this.config.publicUrl}/).`);
       }
     }
-    lines.push(...this.changedPagesSection(repo, pr, all));
+    lines.push(...(await this.changedPagesSection(repo, pr, all)));
     return lines.join('\n');
   }
 
@@ -130,13 +130,13 @@ export class Notifier {
    * direct links, then how many more (on the dashboard). Bounded so that the comment stays far below GitHub's
    * 65,536 characters whatever the paths.
    */
-  private changedPagesSection(repo: Repository, pr: PullRequest, all: Build[]): string[] {
+  private async changedPagesSection(repo: Repository, pr: PullRequest, all: Build[]): Promise<string[]> {
     if (!all.length) return [];
     // The newest COMMENT_BUILDS builds, and the one before them to compare the oldest of them with: a PR may hold
     // MAX_PR_BUILDS builds, and each list costs a few milliseconds to decode.
     const byAge = [...all].sort((a, b) => a.id - b.id);
     const recent = byAge.slice(-COMMENT_BUILDS);
-    const changes = changesOfBuilds(this.db, this.config, repo.site, pr.number, byAge.slice(-COMMENT_BUILDS - 1));
+    const changes = await changesOfBuilds(this.db.orm, this.config, repo.site, pr.number, byAge.slice(-COMMENT_BUILDS - 1));
     const dashboard = this.config.githubClientId ? ` on the [dashboard](${this.config.publicUrl}/)` : '';
     const lines = ['', '**Pages changed by each commit** (HTML files whose bytes differ from the commit built before it):'];
     if (pr.visibility === 'hidden') {

@@ -3,8 +3,9 @@ import type { Logger } from 'pino';
 import type { BuildTarget, ExtractResult } from './builds/extract.js';
 import type { BuildStore } from './builds/store.js';
 import type { Config } from './config.js';
-import type { Db } from './db/client.js';
-import { builds, repositories } from './db/schema.js';
+import type { Database } from './db/database.js';
+import { first } from './db/query.js';
+import { builds, repositories } from './db/tables.js';
 import { isNotFound, type GitHub, type Octokit, type PrFacts } from './github.js';
 import { KeyedLock, SharedLock } from './lock.js';
 import type { Metrics } from './metrics.js';
@@ -34,7 +35,7 @@ export class Previews {
   private readonly ctx: PreviewsContext;
 
   constructor(
-    db: Db,
+    db: Database,
     registry: Registry,
     store: BuildStore,
     github: GitHub | undefined,
@@ -73,7 +74,7 @@ export class Previews {
   }
 
   /** Releases what replicas that stopped running left (their upload claims and staging folders). */
-  releaseDead(): { pending: number; staging: number } {
+  releaseDead(): Promise<{ pending: number; staging: number }> {
     return this.maintenance.releaseDead();
   }
 
@@ -93,8 +94,8 @@ export class Previews {
   }
 
   /** Queues a decision from GitHub's facts (the webhook is answered once this is recorded). */
-  decideLater(repo: Repository, number: number, cause: Cause): void {
-    this.decisions.enqueue(repo, number, cause);
+  decideLater(repo: Repository, number: number, cause: Cause): Promise<void> {
+    return this.decisions.enqueue(repo, number, cause);
   }
 
   revoke(repo: Repository, number: number, revocation: Revocation, cause: Cause): Promise<void> {
@@ -121,11 +122,11 @@ export class Previews {
     return this.ingest.ingestBuild(repo, number, authorize, sha, source, extract);
   }
 
-  hasBuild(repo: Repository, number: number, sha: string): boolean {
+  hasBuild(repo: Repository, number: number, sha: string): Promise<boolean> {
     return this.ingest.hasBuild(repo, number, sha);
   }
 
-  storedBytes(): number {
+  storedBytes(): Promise<number> {
     return this.ingest.storedBytes();
   }
 
@@ -136,21 +137,21 @@ export class Previews {
 
   /** Brings GitHub's comment, statuses and deployments in line with the PR (a `feedback` row of the outbox). */
   private async sendFeedback(data: Record<string, unknown>): Promise<void> {
-    const repo = this.repoById(data.repositoryId);
-    const pr = repo && this.ctx.registry.findPullRequest(repo.id, Number(data.number));
+    const repo = await this.repoById(data.repositoryId);
+    const pr = repo && (await this.ctx.registry.findPullRequest(repo.id, Number(data.number)));
     if (!repo?.installed || !pr) return;
     const octokit = await octokitFor(this.ctx, repo);
     const [owner, name] = ownerAndName(repo);
     const settings = this.decisions.storedSettings(repo) ?? (await this.ctx.github!.settings(octokit, owner, name));
     const ids = (data.buildIds as number[]) ?? [];
     const changed = ids.length
-      ? this.ctx.db.select().from(builds).where(and(inArray(builds.id, ids), eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready'))).all()
+      ? await this.ctx.db.orm.select().from(builds).where(and(inArray(builds.id, ids), eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready')))
       : [];
     await this.ctx.notifier.notify(octokit, repo, pr, settings, changed);
   }
 
   private async removeLabel(data: Record<string, unknown>): Promise<void> {
-    const repo = this.repoById(data.repositoryId);
+    const repo = await this.repoById(data.repositoryId);
     if (!repo?.installed) return;
     const octokit = await octokitFor(this.ctx, repo);
     const [owner, name] = ownerAndName(repo);
@@ -161,7 +162,7 @@ export class Previews {
     }
   }
 
-  private repoById(id: unknown): Repository | undefined {
-    return this.ctx.db.select().from(repositories).where(eq(repositories.id, Number(id))).get();
+  private repoById(id: unknown): Promise<Repository | undefined> {
+    return first(this.ctx.db.orm.select().from(repositories).where(eq(repositories.id, Number(id))).limit(1));
   }
 }

@@ -29,7 +29,7 @@ export class PublicPreviewCheck {
 
   async answer(owner: string, name: string, pr: number, authorization: string | undefined): Promise<PublicPreviewAnswer> {
     if (!isGitHubRepositoryName(`${owner}/${name}`)) throw badRequest(`"${owner}/${name}" is not a GitHub repository name.`);
-    const repo = this.registry.findRepository(`${owner}/${name}`);
+    const repo = await this.registry.findRepository(`${owner}/${name}`);
     if (!repo?.installed) throw notFound(`preview-gate serves no previews for ${owner}/${name}.`);
     // Unknown privacy counts as private until GitHub has said otherwise.
     const isPrivate = repo.private !== false;

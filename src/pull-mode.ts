@@ -62,7 +62,7 @@ export class ArtifactPuller {
   }
 
   private async pull(octokit: Octokit, repoFullName: string, run: WorkflowRunLike): Promise<PullOutcome> {
-    const repo = this.registry.findRepository(repoFullName);
+    const repo = await this.registry.findRepository(repoFullName);
     if (!repo?.installed) return { stored: false, why: 'the repository is not installed' };
     // What the payload alone decides comes first: most runs of a busy repository end here, asking GitHub nothing.
     if (run.event !== 'pull_request') return { stored: false, why: `the run was triggered by ${run.event}, not by pull_request` };

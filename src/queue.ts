@@ -1,8 +1,9 @@
 import { and, asc, eq, isNull, lt, lte, min, count, or, sql } from './db/orm.js';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Db } from './db/client.js';
-import { jobs } from './db/schema.js';
+import type { Database } from './db/database.js';
+import { first } from './db/query.js';
+import { jobs } from './db/tables.js';
 import { HttpError } from './errors.js';
 
 export type Job = typeof jobs.$inferSelect;
@@ -61,6 +62,9 @@ export class WorkQueue {
   private timer?: NodeJS.Timeout;
   private stopped = true;
   private idleWaiters: (() => void)[] = [];
+  /** The pump under way, if any, and whether another was asked for meanwhile (pumps run one at a time). */
+  private pumping?: Promise<void>;
+  private pumpAgain = false;
 
   private readonly kinds: Record<string, JobKind> = {};
   private renewTimer?: NodeJS.Timeout;
@@ -70,7 +74,7 @@ export class WorkQueue {
    * renewed while it runs), and no replica starts a job whose key another replica's live lease holds.
    */
   constructor(
-    private readonly db: Db,
+    private readonly db: Database,
     private readonly log: Logger,
     private readonly now: () => number = Date.now,
     private readonly owner: string = crypto.randomUUID(),
@@ -82,26 +86,28 @@ export class WorkQueue {
   }
 
   /** Records work (coalesced with a waiting row of the same kind and key) and wakes the runner. */
-  enqueue(kind: string, key: string, data: Record<string, unknown>, delayMs = 0): void {
+  async enqueue(kind: string, key: string, data: Record<string, unknown>, delayMs = 0): Promise<void> {
     const dueAt = new Date(this.now() + delayMs);
-    const existing = this.db.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).get();
-    if (existing) {
-      const merged = this.kinds[kind]?.merge?.(existing.data, data) ?? { ...existing.data, ...data };
-      this.db
-        .update(jobs)
-        .set({ data: merged, dueAt: existing.dueAt < dueAt ? existing.dueAt : dueAt, generation: sql`${jobs.generation} + 1` })
-        .where(eq(jobs.id, existing.id))
-        .run();
-    } else {
-      this.db.insert(jobs).values({ kind, key, data, dueAt }).run();
-    }
+    // Joins the caller's transaction when there is one: the work is recorded with the decision that asked for it.
+    await this.db.transaction(async (tx) => {
+      const existing = await first(tx.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).limit(1));
+      if (existing) {
+        const merged = this.kinds[kind]?.merge?.(existing.data, data) ?? { ...existing.data, ...data };
+        await tx
+          .update(jobs)
+          .set({ data: merged, dueAt: existing.dueAt < dueAt ? existing.dueAt : dueAt, generation: sql`${jobs.generation} + 1` })
+          .where(eq(jobs.id, existing.id));
+      } else {
+        await tx.insert(jobs).values({ kind, key, data, dueAt });
+      }
+    });
     this.wake();
   }
 
   start(): void {
     this.stopped = false;
-    this.timer = setInterval(() => this.pump(), 500).unref();
-    this.renewTimer = setInterval(() => this.renewLeases(), Math.max(50, Math.floor(this.leaseMs / 3))).unref();
+    this.timer = setInterval(() => void this.pump(), 500).unref();
+    this.renewTimer = setInterval(() => void this.renewLeases(), Math.max(50, Math.floor(this.leaseMs / 3))).unref();
     this.wake();
   }
 
@@ -120,53 +126,74 @@ export class WorkQueue {
   /** Resolves when no job is running and none is due now (jobs waiting for their backoff do not count). */
   async settled(): Promise<void> {
     for (;;) {
-      this.pump();
-      if (this.running.size === 0 && !this.dueCount()) return;
+      await this.pump();
+      if (this.running.size === 0 && !(await this.dueCount())) return;
       await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     }
   }
 
   /** Rows waiting, and how long the oldest has waited (for /metrics). */
-  depth(): { jobs: number; oldestSeconds: number } {
-    const row = this.db.select({ n: count(), oldest: min(jobs.createdAt) }).from(jobs).get();
+  async depth(): Promise<{ jobs: number; oldestSeconds: number }> {
+    const row = await first(this.db.orm.select({ n: count(), oldest: min(jobs.createdAt) }).from(jobs));
     const oldest = row?.oldest ? (this.now() - new Date(row.oldest).getTime()) / 1000 : 0;
     return { jobs: row?.n ?? 0, oldestSeconds: Math.max(0, oldest) };
   }
 
-  pendingOf(kind: string, key: string): Job | undefined {
-    return this.db.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).get();
+  pendingOf(kind: string, key: string): Promise<Job | undefined> {
+    return first(this.db.orm.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).limit(1));
   }
 
-  private dueCount(): number {
+  private async dueCount(): Promise<number> {
     const now = new Date(this.now());
     // A job another replica runs now is not waiting here.
-    return this.db.select({ n: count() }).from(jobs).where(and(lte(jobs.dueAt, now), or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, now)))).get()?.n ?? 0;
+    const row = await first(this.db.orm.select({ n: count() }).from(jobs).where(and(lte(jobs.dueAt, now), or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, now)))));
+    return row?.n ?? 0;
   }
 
   private wake(): void {
-    if (!this.stopped) setImmediate(() => this.pump());
+    if (!this.stopped) setImmediate(() => void this.pump());
+  }
+
+  /**
+   * Runs a pump, or, when one is under way, makes it go round once more: one at a time, so that two pumps never
+   * both count a lane or a key as free while their claims are on their way to the database.
+   */
+  private pump(): Promise<void> {
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return this.pumping;
+    }
+    this.pumping = (async () => {
+      do {
+        this.pumpAgain = false;
+        await this.pumpOnce().catch((err: unknown) => {
+          // The database is closing at shutdown; otherwise the next timer tick tries again.
+          if (!this.stopped) this.log.warn({ err }, 'the work queue could not read its table');
+        });
+      } while (this.pumpAgain);
+    })().finally(() => (this.pumping = undefined));
+    return this.pumping;
   }
 
   /** Starts every due job whose key is free and whose lane has room, oldest first. */
-  private pump(): void {
+  private async pumpOnce(): Promise<void> {
     if (!this.stopped) {
       const now = new Date(this.now());
-      const due = this.db
+      const due = await this.db.orm
         .select()
         .from(jobs)
         .where(and(lte(jobs.dueAt, now), or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, now))))
         .orderBy(asc(jobs.id))
-        .limit(200)
-        .all();
+        .limit(200);
       for (const job of due) {
         const kind = this.kinds[job.kind];
         if (!kind || this.running.has(job.id) || this.busyKeys.has(job.key)) continue;
         if (this.busyLanes[kind.lane] >= LANE_SIZE[kind.lane]) continue;
-        const claimed = this.claim(job.id);
+        const claimed = await this.claim(job.id);
         if (claimed) this.launch(claimed, kind);
       }
     }
-    if (this.running.size === 0 && (this.stopped || !this.dueCount())) {
+    if (this.running.size === 0 && (this.stopped || !(await this.dueCount()))) {
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
       waiters.forEach((resolve) => resolve());
@@ -177,43 +204,52 @@ export class WorkQueue {
    * Takes the job's lease in one UPDATE: only when no live lease holds it, nor any other job of its key (one
    * PR's work never runs on two replicas at once). Returns the row as claimed (its data and generation now).
    */
-  private claim(id: number): Job | undefined {
+  private async claim(id: number): Promise<Job | undefined> {
     const now = this.now();
-    return this.db
-      .update(jobs)
+    return first(
+      this.db.orm
+        .update(jobs)
       .set({ leaseOwner: this.owner, leaseUntil: new Date(now + this.leaseMs) })
       .where(
         and(
           eq(jobs.id, id),
           or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, new Date(now))),
-          sql`not exists (select 1 from jobs as other where other.key = jobs.key and other.id <> jobs.id and other.lease_until >= ${now})`,
+          // The time as the column stores it (sql.param maps it like a column value, on either backend).
+          sql`not exists (select 1 from jobs as other where other.key = jobs.key and other.id <> jobs.id and other.lease_until >= ${sql.param(new Date(now), jobs.leaseUntil)})`,
         ),
       )
-      .returning()
-      .get();
+      .returning(),
+    );
   }
 
   /** Keeps the leases of the jobs running here from expiring. */
-  private renewLeases(): void {
+  private async renewLeases(): Promise<void> {
     if (!this.running.size) return;
     try {
-      this.db
+      await this.db.orm
         .update(jobs)
         .set({ leaseUntil: new Date(this.now() + this.leaseMs) })
-        .where(eq(jobs.leaseOwner, this.owner))
-        .run();
+        .where(eq(jobs.leaseOwner, this.owner));
     } catch {
       // The database is closing: the leases expire and another replica (or the next start) takes the jobs.
     }
   }
 
   /** Lets the row go for its next run (asked for again while it ran, or to be retried). */
-  private release(job: Job, set: Partial<Job> = {}): void {
-    this.db
+  private async release(job: Job, set: Partial<Job> = {}): Promise<void> {
+    await this.db.orm
       .update(jobs)
       .set({ ...set, leaseOwner: null, leaseUntil: null })
-      .where(and(eq(jobs.id, job.id), eq(jobs.leaseOwner, this.owner)))
-      .run();
+      .where(and(eq(jobs.id, job.id), eq(jobs.leaseOwner, this.owner)));
+  }
+
+  /** Deletes the row unless it was asked for again while it ran (then it stays, released, and runs once more). */
+  private async finish(job: Job): Promise<void> {
+    const done = await this.db.orm
+      .delete(jobs)
+      .where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation)))
+      .returning({ id: jobs.id });
+    if (!done.length) await this.release(job);
   }
 
   private launch(job: Job, kind: JobKind): void {
@@ -225,7 +261,7 @@ export class WorkQueue {
       this.busyLanes[kind.lane]--;
       this.running.delete(job.id);
       this.wake();
-      if (this.stopped) this.pump();
+      if (this.stopped) void this.pump();
     });
     this.running.set(job.id, task);
   }
@@ -234,20 +270,18 @@ export class WorkQueue {
     try {
       await kind.run(job.data, job);
       // Done, unless it was asked for again while it ran: then the row stays and runs once more.
-      const done = this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run().changes;
-      if (!done) this.release(job);
+      await this.finish(job);
     } catch (err) {
       const message = (err as Error).message;
       if (isFinal(err)) {
         this.log.warn({ job: job.kind, key: job.key }, `dropped: ${message}`);
-        const done = this.db.delete(jobs).where(and(eq(jobs.id, job.id), eq(jobs.generation, job.generation))).run().changes;
-        if (!done) this.release(job);
+        await this.finish(job);
         return;
       }
       const attempts = job.attempts + 1;
       const wait = err instanceof RetryLater ? err.afterMs : (retryAfterMs((err as { cause?: unknown }).cause ?? err) ?? backoffMs(attempts));
       this.log.warn({ job: job.kind, key: job.key, attempts, retryInSeconds: Math.round(wait / 1000) }, `will retry: ${message}`);
-      this.release(job, { attempts, lastError: message.slice(0, 500), dueAt: new Date(this.now() + wait) });
+      await this.release(job, { attempts, lastError: message.slice(0, 500), dueAt: new Date(this.now() + wait) });
     }
   }
 }

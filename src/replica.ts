@@ -2,9 +2,10 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import type { Logger } from 'pino';
-import { and, eq, gt, isNull, lt, lte, or, sql } from './db/orm.js';
-import type { Db } from './db/client.js';
-import { replicas, schedules } from './db/schema.js';
+import { and, eq, gt, gte, isNull, lt, lte, ne, or } from './db/orm.js';
+import type { Database } from './db/database.js';
+import { first } from './db/query.js';
+import { replicas, schedules } from './db/tables.js';
 
 /** How long a replica, a claim or a lease stays valid without being renewed (renewed every third of it). */
 export const LEASE_MS = 30_000;
@@ -47,7 +48,7 @@ export class Replica {
   private timer?: NodeJS.Timeout;
 
   constructor(
-    private readonly db: Db,
+    private readonly db: Database,
     readonly leaseMs = LEASE_MS,
     private readonly now: () => number = Date.now,
   ) {}
@@ -58,16 +59,16 @@ export class Replica {
   }
 
   /** Records this replica as running. */
-  register(): void {
-    this.db.insert(replicas).values({ id: this.id, host: this.host, pid: process.pid, heartbeatAt: new Date(this.now()) }).run();
+  async register(): Promise<void> {
+    await this.db.orm.insert(replicas).values({ id: this.id, host: this.host, pid: process.pid, heartbeatAt: new Date(this.now()) });
   }
 
   /** Renews the heartbeat every third of the lease; `onBeat` runs after each (repairs after dead replicas). */
-  startHeartbeat(onBeat?: () => void): void {
-    this.timer = setInterval(() => {
+  startHeartbeat(onBeat?: () => Promise<void>): void {
+    this.timer = setInterval(async () => {
       try {
-        this.db.update(replicas).set({ heartbeatAt: new Date(this.now()) }).where(eq(replicas.id, this.id)).run();
-        onBeat?.();
+        await this.db.orm.update(replicas).set({ heartbeatAt: new Date(this.now()) }).where(eq(replicas.id, this.id));
+        await onBeat?.();
       } catch {
         // The database is closing (shutdown): the next start sees the row.
       }
@@ -75,9 +76,9 @@ export class Replica {
   }
 
   /** The clean-stop marker: this replica's row says it stopped cleanly (nothing of it needs repair). */
-  stopCleanly(): void {
+  async stopCleanly(): Promise<void> {
     clearInterval(this.timer);
-    this.db.update(replicas).set({ stoppedAt: new Date(this.now()) }).where(eq(replicas.id, this.id)).run();
+    await this.db.orm.update(replicas).set({ stoppedAt: new Date(this.now()) }).where(eq(replicas.id, this.id));
   }
 
   /** Stops the heartbeat without the marker (tests: what a crash leaves). */
@@ -89,36 +90,35 @@ export class Replica {
    * Takes over the rows of replicas that died without a clean stop (deleted here, so one replica alone repairs
    * after each) and forgets those that stopped cleanly. Returns the dead replicas' ids.
    */
-  takeOverDead(): string[] {
+  takeOverDead(): Promise<string[]> {
     const expired = new Date(this.now() - this.leaseMs);
     const dead: string[] = [];
-    return this.db.transaction((tx) => {
-      const others = tx.select().from(replicas).where(sql`${replicas.id} <> ${this.id}`).all();
+    return this.db.transaction(async (tx) => {
+      const others = await tx.select().from(replicas).where(ne(replicas.id, this.id));
       for (const r of others) {
         if (r.stoppedAt) {
-          tx.delete(replicas).where(eq(replicas.id, r.id)).run();
+          await tx.delete(replicas).where(eq(replicas.id, r.id));
           continue;
         }
         const gone = r.heartbeatAt < expired || (r.host === this.host && r.pid !== process.pid && !processAlive(r.pid));
-        if (gone && tx.delete(replicas).where(eq(replicas.id, r.id)).run().changes) dead.push(r.id);
+        if (gone && (await tx.delete(replicas).where(eq(replicas.id, r.id)).returning({ id: replicas.id })).length) dead.push(r.id);
       }
       return dead;
     });
   }
 
   /** Whether any replica ever ran on this database (a row stays until the next start after it stopped). */
-  hasHistory(): boolean {
-    return this.db.select({ id: replicas.id }).from(replicas).limit(1).get() !== undefined;
+  async hasHistory(): Promise<boolean> {
+    return (await first(this.db.orm.select({ id: replicas.id }).from(replicas).limit(1))) !== undefined;
   }
 
   /** Ids of the replicas running now (this one included), for what may be removed of the others. */
-  liveIds(): Set<string> {
+  async liveIds(): Promise<Set<string>> {
     const expired = new Date(this.now() - this.leaseMs);
-    const rows = this.db
+    const rows = await this.db.orm
       .select({ id: replicas.id })
       .from(replicas)
-      .where(and(isNull(replicas.stoppedAt), or(eq(replicas.id, this.id), sql`${replicas.heartbeatAt} >= ${expired.getTime()}`)))
-      .all();
+      .where(and(isNull(replicas.stoppedAt), or(eq(replicas.id, this.id), gte(replicas.heartbeatAt, expired))));
     return new Set(rows.map((r) => r.id));
   }
 }
@@ -135,28 +135,29 @@ export class Schedules {
   private timer?: NodeJS.Timeout;
 
   constructor(
-    private readonly db: Db,
+    private readonly db: Database,
     private readonly replica: Replica,
     private readonly log: Logger,
     private readonly now: () => number = Date.now,
   ) {}
 
   /** `name` runs every `everyMs` across all replicas; the first time `firstAfterMs` after its row is made. */
-  add(name: string, everyMs: number, run: () => Promise<unknown>, firstAfterMs = everyMs): void {
+  async add(name: string, everyMs: number, run: () => Promise<unknown>, firstAfterMs = everyMs): Promise<void> {
     this.tasks.set(name, { everyMs, run, firstAfterMs });
-    this.db
-      .insert(schedules)
-      .values({ name, nextRunAt: new Date(this.now() + firstAfterMs) })
-      .onConflictDoNothing()
-      .run();
-    // An interval made shorter takes effect now, not after the longer one.
     const latest = new Date(this.now() + everyMs);
-    this.db.update(schedules).set({ nextRunAt: latest }).where(and(eq(schedules.name, name), gt(schedules.nextRunAt, latest))).run();
+    await this.db.transaction(async (tx) => {
+      await tx
+        .insert(schedules)
+        .values({ name, nextRunAt: new Date(this.now() + firstAfterMs) })
+        .onConflictDoNothing();
+      // An interval made shorter takes effect now, not after the longer one.
+      await tx.update(schedules).set({ nextRunAt: latest }).where(and(eq(schedules.name, name), gt(schedules.nextRunAt, latest)));
+    });
   }
 
   /** Looks for due work every `checkMs`. */
   start(checkMs: number): void {
-    this.timer = setInterval(() => this.tick(), checkMs).unref();
+    this.timer = setInterval(() => void this.tick(), checkMs).unref();
   }
 
   /** Stops claiming; waits at most `waitMs` for a run going on (a longer one's lease expires and another replica runs it). */
@@ -167,11 +168,11 @@ export class Schedules {
   }
 
   /** Claims and runs every due task this replica knows. */
-  tick(): void {
+  async tick(): Promise<void> {
     for (const [name, task] of this.tasks) {
       let claimed: boolean;
       try {
-        claimed = this.claim(name);
+        claimed = await this.claim(name);
       } catch {
         continue; // the database is closing
       }
@@ -182,25 +183,27 @@ export class Schedules {
   }
 
   /** One atomic UPDATE: due, and no live lease (another replica's, or our own run still going). */
-  private claim(name: string): boolean {
+  private async claim(name: string): Promise<boolean> {
     const now = new Date(this.now());
-    const row = this.db
-      .update(schedules)
-      .set({ leaseOwner: this.replica.id, leaseUntil: this.replica.leaseUntil() })
-      .where(and(eq(schedules.name, name), lte(schedules.nextRunAt, now), or(isNull(schedules.leaseUntil), lt(schedules.leaseUntil, now))))
-      .returning({ name: schedules.name })
-      .get();
+    const row = await first(
+      this.db.orm
+        .update(schedules)
+        .set({ leaseOwner: this.replica.id, leaseUntil: this.replica.leaseUntil() })
+        .where(and(eq(schedules.name, name), lte(schedules.nextRunAt, now), or(isNull(schedules.leaseUntil), lt(schedules.leaseUntil, now))))
+        .returning({ name: schedules.name }),
+    );
     return row !== undefined;
   }
 
   private async runClaimed(name: string, task: { everyMs: number; run: () => Promise<unknown> }): Promise<void> {
     const mine = and(eq(schedules.name, name), eq(schedules.leaseOwner, this.replica.id));
     const renew = setInterval(() => {
-      try {
-        this.db.update(schedules).set({ leaseUntil: this.replica.leaseUntil() }).where(mine).run();
-      } catch {
-        // closing
-      }
+      // A failure is the database closing: the lease expires.
+      this.db.orm
+        .update(schedules)
+        .set({ leaseUntil: this.replica.leaseUntil() })
+        .where(mine)
+        .catch(() => undefined);
     }, Math.max(50, Math.floor(this.replica.leaseMs / 3))).unref();
     try {
       await task.run();
@@ -210,11 +213,10 @@ export class Schedules {
       clearInterval(renew);
       try {
         const now = this.now();
-        this.db
+        await this.db.orm
           .update(schedules)
           .set({ leaseOwner: null, leaseUntil: null, lastRunAt: new Date(now), nextRunAt: new Date(now + task.everyMs) })
-          .where(mine)
-          .run();
+          .where(mine);
       } catch {
         // closing: the lease expires and another replica (or the next start) runs it
       }

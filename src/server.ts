@@ -1,6 +1,5 @@
 import crypto from 'node:crypto';
 import express, { type Express } from 'express';
-import { sql } from './db/orm.js';
 import type { Logger } from 'pino';
 import { createNodeMiddleware, type ApplicationFunction, type Probot } from 'probot';
 import { errorHandler, unavailable } from './errors.js';
@@ -46,7 +45,7 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   // `/health/` as well: load balancers' checks are often configured with the slash.
   app.get(['/health', '/health/'], async (_req, res) => {
     try {
-      deps.registry.db.get(sql`select 1`);
+      await deps.registry.db.ping();
       await deps.store.check();
       const sweep = deps.sweepHealth?.problem();
       // Still 200: the server answers uploads and previews; the operator is told the sweep is not working.

@@ -51,9 +51,9 @@ export class Sweep {
       report.installations++;
       const account = await this.registry.ensureAccount(owner.login, owner.id);
       present.add(account.id);
-      this.registry.setInstallation(account.id, installation.id);
+      await this.registry.setInstallation(account.id, installation.id);
       if (installation.suspended_at) {
-        for (const repo of this.registry.repositoriesOfAccount(owner)) await this.previews.hideRepository(repo, { event: 'sweep' }, 'the installation is suspended');
+        for (const repo of await this.registry.repositoriesOfAccount(owner)) await this.previews.hideRepository(repo, { event: 'sweep' }, 'the installation is suspended');
         continue;
       }
       const octokit = await this.github.forInstallation(installation.id);
@@ -67,7 +67,7 @@ export class Sweep {
       }
       await this.redecide(repos, report);
     }
-    for (const repo of this.registry.installedRepositories()) {
+    for (const repo of await this.registry.installedRepositories()) {
       if (!present.has(repo.accountId)) await this.previews.hideRepository(repo, { event: 'sweep' }, 'the app is no longer installed there');
     }
     this.log.info(report, 'sweep done');
@@ -80,11 +80,11 @@ export class Sweep {
     const repos: Repository[] = [];
     for (const r of listed) {
       const repo = await this.registry.resolveRepository({ id: r.id, fullName: r.full_name, ownerId: r.owner.id, private: r.private });
-      if (!repo.installed) this.registry.markInstalled(repo);
+      if (!repo.installed) await this.registry.markInstalled(repo);
       repos.push(repo);
     }
     const ids = new Set(repos.map((r) => r.id));
-    for (const repo of this.registry.repositoriesOfAccount(owner)) {
+    for (const repo of await this.registry.repositoriesOfAccount(owner)) {
       if (!ids.has(repo.id)) await this.previews.hideRepository(repo, { event: 'sweep' }, 'the repository is no longer in the app\'s installation');
     }
     return repos;
@@ -93,7 +93,7 @@ export class Sweep {
   private async redecide(repos: Repository[], report: SweepReport): Promise<void> {
     // Settings are read once per repository (not once per PR), so a sweep costs little more than its 304s.
     const settingsOf = new Map<number, Promise<RepoSettings>>();
-    for (const { repo, pr } of this.registry.openPullRequests(repos)) {
+    for (const { repo, pr } of await this.registry.openPullRequests(repos)) {
       report.pullRequests++;
       try {
         if (!settingsOf.has(repo.id)) settingsOf.set(repo.id, this.previews.readSettings(repo));
@@ -104,7 +104,7 @@ export class Sweep {
         // GitHub could not answer now: the decision becomes a queued row, retried with backoff.
         report.queued++;
         this.log.warn({ repo: repo.fullName, pr: pr.number, err: (err as Error).message }, 'sweep: decision queued');
-        this.previews.decideLater(repo, pr.number, { event: 'sweep' });
+        await this.previews.decideLater(repo, pr.number, { event: 'sweep' });
       }
     }
   }

@@ -1,6 +1,6 @@
 import { and, count, countDistinct, eq, gte, isNotNull, sql, sum } from './db/orm.js';
-import type { Db } from './db/client.js';
-import { accounts, builds, pullRequests, repositories, uploads } from './db/schema.js';
+import type { Database } from './db/database.js';
+import { accounts, builds, pullRequests, repositories, uploads } from './db/tables.js';
 
 /** The figures a bill would use, per account. */
 export interface AccountUsage {
@@ -27,16 +27,17 @@ export interface UsageReport {
   accounts: AccountUsage[];
 }
 
-export function usageReport(db: Db, now = new Date()): UsageReport {
+export function usageReport(database: Database, now = new Date()): Promise<UsageReport> {
+  // One transaction: every figure from the same moment.
+  return database.transaction(async (db) => {
   const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
-  const repos = db
+  const repos = await db
     .select({ accountId: repositories.accountId, n: count() })
     .from(repositories)
     // Installed as GitHub says (an installation event or the sweep gave its id), not merely named by `secret set`.
     .where(and(eq(repositories.installed, true), isNotNull(repositories.githubId)))
-    .groupBy(repositories.accountId)
-    .all();
-  const stored = db
+    .groupBy(repositories.accountId);
+  const stored = await db
     .select({
       accountId: repositories.accountId,
       n: count(),
@@ -48,29 +49,21 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
     .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
     .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
     .where(eq(builds.status, 'ready'))
-    .groupBy(repositories.accountId)
-    .all();
-  const inObjects = db
+    .groupBy(repositories.accountId);
+  const inObjects = await db
     .select({ accountId: repositories.accountId, bytes: sum(repositories.objectBytes) })
     .from(repositories)
-    .groupBy(repositories.accountId)
-    .all();
-  const month = db
+    .groupBy(repositories.accountId);
+  const month = await db
     .select({ accountId: uploads.accountId, n: count(), bytes: sum(uploads.bytes), authors: countDistinct(uploads.authorUserId) })
     .from(uploads)
     .where(and(gte(uploads.createdAt, monthStart)))
-    .groupBy(uploads.accountId)
-    .all();
+    .groupBy(uploads.accountId);
   const byAccount = <T extends { accountId: number }>(rows: T[]) => new Map(rows.map((r) => [r.accountId, r]));
   const [repoRows, storedRows, monthRows, objectRows] = [byAccount(repos), byAccount(stored), byAccount(month), byAccount(inObjects)];
   return {
     month: monthStart.toISOString().slice(0, 7),
-    accounts: db
-      .select()
-      .from(accounts)
-      .orderBy(accounts.login)
-      .all()
-      .map((a) => ({
+    accounts: (await db.select().from(accounts).orderBy(accounts.login)).map((a) => ({
         account: a.login,
         githubId: a.githubId,
         repositories: repoRows.get(a.id)?.n ?? 0,
@@ -82,6 +75,7 @@ export function usageReport(db: Db, now = new Date()): UsageReport {
         authorsThisMonth: monthRows.get(a.id)?.authors ?? 0,
       })),
   };
+  });
 }
 
 /** The report as an aligned table for a terminal. */

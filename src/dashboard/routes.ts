@@ -5,8 +5,8 @@ import express, { Router, type Request, type Response } from 'express';
 import { EncryptJWT, jwtDecrypt } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { Db } from '../db/client.js';
-import { accounts, builds, pullRequests, users, visibilityChanges } from '../db/schema.js';
+import type { Database } from '../db/database.js';
+import { accounts, builds, pullRequests, users, visibilityChanges } from '../db/tables.js';
 import { HttpError } from '../errors.js';
 import { buildUrl, latestUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
@@ -18,7 +18,7 @@ import type { Session, Sessions } from './sessions.js';
 
 export interface DashboardDeps {
   config: Config;
-  db: Db;
+  db: Database;
   registry: Registry;
   previews: Previews;
   sessions: Sessions;
@@ -89,34 +89,34 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     }
   });
 
-  router.post('/logout', form, (req, res) => {
-    const session = withCsrf(req, res);
+  router.post('/logout', form, async (req, res) => {
+    const session = await withCsrf(req, res);
     if (!session) return;
-    sessions.revoke(session.id);
-    sessions.audit(session.userId, 'sign-out', session.user.login);
+    await sessions.revoke(session.id);
+    await sessions.audit(session.userId, 'sign-out', session.user.login);
     res.clearCookie(names.session, { path: '/', secure: names.secure, httpOnly: true, sameSite: 'lax' });
     res.redirect(303, '/');
   });
 
   // --- the dashboard ----------------------------------------------------------------------------------------
   router.get('/', async (req, res) => {
-    const session = sessions.find(cookieOf(req, names.session));
+    const session = await sessions.find(cookieOf(req, names.session));
     res.set('Cache-Control', 'private, no-store');
     if (!session) return void res.type('html').send(signInPage());
     const access = await repositoryAccess(deps, roles, session);
     const visible = access.flatMap((a) => ('role' in a && atLeast(a.role, 'read') ? [a] : []));
     const failed = access.flatMap((a) => ('failure' in a ? [a] : []));
-    const body = dashboardBody(deps, visible, session, dashboardQuery(req.query), flashOf(req.query.done));
-    res.type('html').send(page('Dashboard', html`${notCheckedNote(deps, failed)}${body}`, { login: session.user.login, csrf: session.csrf }));
+    const body = await dashboardBody(deps, visible, session, dashboardQuery(req.query), flashOf(req.query.done));
+    res.type('html').send(page('Dashboard', html`${await notCheckedNote(deps, failed)}${body}`, { login: session.user.login, csrf: session.csrf }));
   });
 
   // The first path (row ids) is the old form's: pages already open keep working.
   router.post(['/repos/:githubRepoId/pulls/:number/:action', '/pulls/:repositoryId/:number/:action'], form, async (req, res) => {
-    const session = withCsrf(req, res);
+    const session = await withCsrf(req, res);
     if (!session) return;
     const params = req.params as Record<string, string | undefined>; // two path forms: typed loosely by Express
     const action = params.action;
-    const repo = repositoryOf(deps, params);
+    const repo = await repositoryOf(deps, params);
     const number = Number(params.number);
     if ((action !== 'publish' && action !== 'hide') || !repo || !Number.isSafeInteger(number)) {
       return void res.status(404).type('html').send(problemPage('Not found', 'There is no such pull request here.'));
@@ -143,12 +143,12 @@ export function dashboardRouter(deps: DashboardDeps): Router {
           return void res.status(409).type('html').send(problemPage('The pull request has moved on', `Pull request #${number} now ends at ${head.slice(0, 7)}, not at ${reviewed.slice(0, 7)} that this page showed: nothing was published and the label was not added. Review the newer commits, then publish again.`));
         }
         // Bound before the label is added: a push racing the click is then another commit than the one vouched for.
-        if (settings && !settings.labelTrustsNewCommits) bindReviewedSha(deps.db, repo.id, number, reviewed);
+        if (settings && !settings.labelTrustsNewCommits) await bindReviewedSha(deps.db, repo.id, number, reviewed);
         await api.addLabel(token, repo.fullName, number, label);
       } else {
         await api.removeLabel(token, repo.fullName, number, label);
       }
-      sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
+      await sessions.audit(session.userId, action, `${repo.fullName}#${number}`, `label '${label}' ${action === 'publish' ? 'added' : 'removed'}`);
       await deps.previews.reconcile(repo, number, { event: `dashboard.${action}`, actor: { id: session.user.githubId, login: session.user.login } });
       res.redirect(303, `/?done=${action === 'publish' ? 'published' : 'hidden'}-${number}#${anchorOf(repo, number)}`);
     } catch (err) {
@@ -161,15 +161,15 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   /** From the dashboard to a hidden preview: a one-time ticket in a redirect to that host. */
   // GitHub's ids (repository id, PR number, commit SHA); the old form with our row id keeps working.
   router.get(['/repos/:githubRepoId/pulls/:number/commits/:sha/view', '/view/:repositoryId/:number/:sha7'], async (req, res) => {
-    const session = sessions.find(cookieOf(req, names.session));
+    const session = await sessions.find(cookieOf(req, names.session));
     if (!session) return void res.redirect(302, `/login?next=${encodeURIComponent(req.originalUrl)}`);
     const params = req.params as Record<string, string | undefined>; // two path forms: typed loosely by Express
-    const repo = repositoryOf(deps, params);
-    const pr = repo && deps.registry.findPullRequest(repo.id, Number(params.number));
+    const repo = await repositoryOf(deps, params);
+    const pr = repo && (await deps.registry.findPullRequest(repo.id, Number(params.number)));
     const given = params.sha7 ?? params.sha ?? '';
     const sha7 = (params.sha7 ? /^[0-9a-f]{7}$/ : /^[0-9a-f]{7,40}$/).test(given) ? given.slice(0, 7) : undefined;
     if (!repo || !pr || !sha7) return void res.status(404).type('html').send(problemPage('Not found', 'There is no such preview.'));
-    const url = buildUrl(config, deps.previews.decisions.currentRepo(repo).site, pr.number, sha7);
+    const url = buildUrl(config, (await deps.previews.decisions.currentRepo(repo)).site, pr.number, sha7);
     if (pr.visibility === 'public') return void res.redirect(302, url);
     try {
       if (!atLeast(await roles.role(session, repo), 'write')) {
@@ -179,7 +179,7 @@ export function dashboardRouter(deps: DashboardDeps): Router {
       if (!(err instanceof HttpError)) throw err;
       return void res.status(503).type('html').send(problemPage('GitHub could not be asked', err.message));
     }
-    const ticket = sessions.issueTicket(session, new URL(url).host);
+    const ticket = await sessions.issueTicket(session, new URL(url).host);
     // Where on the preview to land (a changed page's link): checked here and again where the ticket is redeemed.
     const path = safeLocalPath(req.query.path);
     const landing = path === '/' ? '' : `&path=${encodeURIComponent(path)}`;
@@ -187,15 +187,15 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   });
 
   /** On the preview host (through nginx): the ticket becomes a cookie for this host only. */
-  router.get(PREVIEW_TICKET_PATH, (req, res) => {
+  router.get(PREVIEW_TICKET_PATH, async (req, res) => {
     const host = previewHost(config, req);
     const ticket = typeof req.query.t === 'string' ? req.query.t : '';
-    const grant = host && sessions.redeemTicket(ticket, host.name);
+    const grant = host && (await sessions.redeemTicket(ticket, host.name));
     res.set('Cache-Control', 'private, no-store');
     if (!host || !grant) return void res.status(404).type('text').send('Not Found');
     res.cookie(names.view, grant.cookie, { httpOnly: true, secure: names.secure, sameSite: 'lax', path: '/', maxAge: grant.maxAgeSeconds * 1000 });
-    const session = sessions.grant(grant.cookie, host.name);
-    sessions.audit(session?.userId ?? null, 'view-hidden', host.name);
+    const session = await sessions.grant(grant.cookie, host.name);
+    await sessions.audit(session?.userId ?? null, 'view-hidden', host.name);
     // Only a path on this same host: the query is anyone's text (an open redirect would lend the preview's name).
     res.redirect(303, safeLocalPath(req.query.path));
   });
@@ -204,9 +204,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   router.get(PREVIEW_AUTH_PATH, async (req, res) => {
     res.set('Cache-Control', 'private, no-store');
     const host = previewHost(config, req);
-    const session = host && sessions.grant(cookieOf(req, names.view), host.name);
-    const repo = host && deps.registry.installedRepositories().find((r) => deps.previews.decisions.currentRepo(r).site === host.site);
-    const pr = repo && deps.registry.findPullRequest(repo.id, host!.pr);
+    const session = host && (await sessions.grant(cookieOf(req, names.view), host.name));
+    // The rows are read now: each one's site is its current one.
+    const repo = host && (await deps.registry.installedRepositories()).find((r) => r.site === host.site);
+    const pr = repo && (await deps.registry.findPullRequest(repo.id, host!.pr));
     if (!session || !repo || !pr || pr.visibility !== 'hidden') return void res.status(403).end();
     try {
       const allowed = atLeast(await roles.role(session, repo), 'write');
@@ -218,8 +219,8 @@ export function dashboardRouter(deps: DashboardDeps): Router {
     }
   });
 
-  function withCsrf(req: Request, res: Response): Session | undefined {
-    const session = sessions.find(cookieOf(req, names.session));
+  async function withCsrf(req: Request, res: Response): Promise<Session | undefined> {
+    const session = await sessions.find(cookieOf(req, names.session));
     const origin = req.headers.origin;
     const given = typeof req.body?.csrf === 'string' ? req.body.csrf : '';
     const ok = session && safeEqual(given, session.csrf) && (!origin || origin === new URL(config.publicUrl).origin);
@@ -248,7 +249,8 @@ class RoleCache {
   ) {}
 
   /** `installationId`: the repository's, when the caller already knows it (undefined: read it). */
-  async role(session: Session, repo: Repository, installationId = this.registry.accountOf(repo).installationId): Promise<Role> {
+  async role(session: Session, repo: Repository, known?: number | null): Promise<Role> {
+    const installationId = known !== undefined ? known : (await this.registry.accountOf(repo)).installationId;
     const roles = await this.rolesOf(session, installationId, repo);
     return (repo.githubId !== null ? roles.byId.get(repo.githubId) : undefined) ?? roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
   }
@@ -271,13 +273,13 @@ class RoleCache {
 }
 
 /** `labelTrustsNewCommits: false`: the trusted label is given at this (reviewed) commit and vouches for it only. */
-function bindReviewedSha(db: Db, repositoryId: number, number: number, sha: string): void {
-  db.update(pullRequests).set({ labelSha: sha }).where(and(eq(pullRequests.repositoryId, repositoryId), eq(pullRequests.number, number))).run();
+async function bindReviewedSha(db: Database, repositoryId: number, number: number, sha: string): Promise<void> {
+  await db.orm.update(pullRequests).set({ labelSha: sha }).where(and(eq(pullRequests.repositoryId, repositoryId), eq(pullRequests.number, number)));
 }
 
 /** The installed repository a link names: by GitHub's id (`githubRepoId`), or by our row id (old links). */
-function repositoryOf(deps: DashboardDeps, params: Record<string, string | undefined>): Repository | undefined {
-  const installed = deps.registry.installedRepositories();
+async function repositoryOf(deps: DashboardDeps, params: Record<string, string | undefined>): Promise<Repository | undefined> {
+  const installed = await deps.registry.installedRepositories();
   if (params.githubRepoId !== undefined) return installed.find((r) => r.githubId !== null && r.githubId === Number(params.githubRepoId));
   return installed.find((r) => r.id === Number(params.repositoryId));
 }
@@ -292,8 +294,8 @@ type RepositoryAccess = { repo: Repository; role: Role } | { repo: Repository; f
 
 /** Each repository decided on its own: one that GitHub could not be asked about does not blank the others. */
 async function repositoryAccess(deps: DashboardDeps, roles: RoleCache, session: Session): Promise<RepositoryAccess[]> {
-  const repos = deps.registry.installedRepositories().sort((a, b) => a.fullName.localeCompare(b.fullName));
-  const installationOf = new Map(deps.db.select({ id: accounts.id, installationId: accounts.installationId }).from(accounts).all().map((a) => [a.id, a.installationId]));
+  const repos = (await deps.registry.installedRepositories()).sort((a, b) => a.fullName.localeCompare(b.fullName));
+  const installationOf = new Map((await deps.db.orm.select({ id: accounts.id, installationId: accounts.installationId }).from(accounts)).map((a) => [a.id, a.installationId]));
   return Promise.all(
     repos.map(async (repo): Promise<RepositoryAccess> => {
       try {
@@ -310,11 +312,11 @@ async function repositoryAccess(deps: DashboardDeps, roles: RoleCache, session: 
  * The repositories GitHub could not be asked about, by installation, without their names (the user may have no
  * access to them): a note with a retry link, above the sections that could be decided.
  */
-function notCheckedNote(deps: DashboardDeps, failed: { repo: Repository; failure: string }[]) {
+async function notCheckedNote(deps: DashboardDeps, failed: { repo: Repository; failure: string }[]) {
   if (!failed.length) return '';
   const byAccount = new Map<string, { count: number; failure: string }>();
   for (const { repo, failure } of failed) {
-    const login = deps.registry.accountOf(repo).login;
+    const { login } = await deps.registry.accountOf(repo);
     byAccount.set(login, { count: (byAccount.get(login)?.count ?? 0) + 1, failure });
   }
   return html`<section aria-labelledby="not-checked"><h2 id="not-checked">Not checked</h2>${[...byAccount].map(
@@ -383,21 +385,21 @@ function matches(query: DashboardQuery, repo: Repository, pr: PrRow, login: stri
   return (pr.title ?? '').toLowerCase().includes(q) || (pr.author ?? '').toLowerCase().includes(q);
 }
 
-function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session, query: DashboardQuery, flash: Html | '') {
-  const { db } = deps;
+async function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: Role }[], session: Session, query: DashboardQuery, flash: Html | '') {
+  const db = deps.db.orm;
   // Two queries for the whole page (not two per repository): 200 repositories must not cost 400 round trips.
   const openPrs: PrRow[] = visible.length
-    ? db
-        .select({ pr: pullRequests, author: users.login })
-        .from(pullRequests)
-        .leftJoin(users, eq(pullRequests.authorUserId, users.id))
-        .where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open')))
-        .orderBy(desc(pullRequests.number))
-        .all()
-        .map(({ pr, author }) => ({ ...pr, author }))
+    ? (
+        await db
+          .select({ pr: pullRequests, author: users.login })
+          .from(pullRequests)
+          .leftJoin(users, eq(pullRequests.authorUserId, users.id))
+          .where(and(inArray(pullRequests.repositoryId, visible.map((v) => v.repo.id)), eq(pullRequests.state, 'open')))
+          .orderBy(desc(pullRequests.number))
+      ).map(({ pr, author }) => ({ ...pr, author }))
     : [];
   const readyBuilds = openPrs.length
-    ? db.select().from(builds).where(and(inArray(builds.pullRequestId, openPrs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id)).all()
+    ? await db.select().from(builds).where(and(inArray(builds.pullRequestId, openPrs.map((p) => p.id)), eq(builds.status, 'ready'))).orderBy(desc(builds.id))
     : [];
   const buildsOf = new Map<number, BuildRow[]>();
   for (const b of readyBuilds) buildsOf.set(b.pullRequestId, [...(buildsOf.get(b.pullRequestId) ?? []), b]);
@@ -416,10 +418,10 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
   const toReview = withBuilds.reduce((n, r) => n + r.prs.filter(needsReview).length, 0);
 
   const sections: Html[] = [];
-  shown.forEach(({ repo, role, pr }, i) => {
+  for (const [i, { repo, role, pr }] of shown.entries()) {
     if (shown[i - 1]?.repo.id !== repo.id) sections.push(html`<h2>${repo.fullName}</h2>`);
-    sections.push(prSection(deps, repo, role, pr, buildsOf.get(pr.id)!, session));
-  });
+    sections.push(await prSection(deps, repo, role, pr, buildsOf.get(pr.id)!, session));
+  }
   const filtering = query.q || query.repo || query.visibility || query.review || query.mine;
   return html`<h1>Previews</h1>
 ${flash}
@@ -447,21 +449,21 @@ function filterForm(query: DashboardQuery, repos: Repository[]) {
 }
 
 /** One PR: its context, the Publish or Hide button, its builds with the pages each changed, and its history. */
-function prSection(deps: DashboardDeps, repo: Repository, role: Role, pr: PrRow, prBuilds: BuildRow[], session: Session): Html {
-  const { db, config } = deps;
+async function prSection(deps: DashboardDeps, repo: Repository, role: Role, pr: PrRow, prBuilds: BuildRow[], session: Session): Promise<Html> {
+  const { config } = deps;
+  const db = deps.db.orm;
   const site = repo.site; // the row was read for this request (installedRepositories)
-  const history = db
+  const history = await db
     .select({ change: visibilityChanges, actor: users.login })
     .from(visibilityChanges)
     .leftJoin(users, eq(visibilityChanges.actorUserId, users.id))
     .where(eq(visibilityChanges.pullRequestId, pr.id))
     .orderBy(desc(visibilityChanges.id))
-    .limit(10)
-    .all();
+    .limit(10);
   // The newest build is what the reviewer can look at: Publish vouches for its commit (builds are newest first).
   const newest = prBuilds[0];
   const action = pr.visibility === 'hidden' ? 'publish' : 'hide';
-  const changes = changesOfBuilds(db, config, site, pr.number, prBuilds);
+  const changes = await changesOfBuilds(db, config, site, pr.number, prBuilds);
   const canOpenHidden = atLeast(role, 'write');
   const stable = pr.visibility === 'public' ? latestUrl(config, site, pr.number) : undefined;
   return html`<section aria-labelledby="${anchorOf(repo, pr.number)}">

@@ -1,7 +1,8 @@
 import crypto from 'node:crypto';
 import { and, desc, eq, gt, isNull, lt, sql } from '../db/orm.js';
-import type { Db } from '../db/client.js';
-import { auditEvents, previewGrants, previewTickets, sessions, users } from '../db/schema.js';
+import type { Database } from '../db/database.js';
+import { first, only } from '../db/query.js';
+import { auditEvents, previewGrants, previewTickets, sessions, users } from '../db/tables.js';
 import { newDataKey, open, seal } from '../secrets/envelope.js';
 import type { KeyService } from '../secrets/key-service.js';
 import type { GitHubUser, GitHubUserApi, UserTokens } from './github-user.js';
@@ -33,7 +34,7 @@ export interface Session {
 export class Sessions {
   private readonly tokenRequests = new Map<number, Promise<string>>();
   constructor(
-    private readonly db: Db,
+    private readonly db: Database,
     private readonly keys: KeyService,
     private readonly api: GitHubUserApi,
     private readonly sessionMs: number,
@@ -44,7 +45,7 @@ export class Sessions {
     const user = await this.ensureUser(githubUser);
     const key = await this.userKey(user.id);
     const token = newToken();
-    this.db
+    await this.db.orm
       .insert(sessions)
       .values({
         tokenHash: hash(token),
@@ -54,22 +55,23 @@ export class Sessions {
         accessExpiresAt: tokens.accessExpiresAt,
         refreshToken: tokens.refreshToken ? seal(key, Buffer.from(tokens.refreshToken), tokenAad(user.id, 'refresh')) : null,
         expiresAt: new Date(Date.now() + this.sessionMs),
-      })
-      .run();
+      });
     key.fill(0);
-    this.audit(user.id, 'sign-in', githubUser.login);
+    await this.audit(user.id, 'sign-in', githubUser.login);
     return token;
   }
 
   /** The live session a cookie names, or undefined (unknown, expired, revoked). */
-  find(cookie: string | undefined): Session | undefined {
+  async find(cookie: string | undefined): Promise<Session | undefined> {
     if (!cookie) return undefined;
-    const row = this.db
-      .select({ session: sessions, user: users })
-      .from(sessions)
-      .innerJoin(users, eq(sessions.userId, users.id))
-      .where(and(eq(sessions.tokenHash, hash(cookie)), isNull(sessions.revokedAt), gt(sessions.expiresAt, new Date())))
-      .get();
+    const row = await first(
+      this.db.orm
+        .select({ session: sessions, user: users })
+        .from(sessions)
+        .innerJoin(users, eq(sessions.userId, users.id))
+        .where(and(eq(sessions.tokenHash, hash(cookie)), isNull(sessions.revokedAt), gt(sessions.expiresAt, new Date())))
+        .limit(1),
+    );
     if (!row) return undefined;
     return {
       id: row.session.id,
@@ -80,8 +82,8 @@ export class Sessions {
     };
   }
 
-  revoke(sessionId: number): void {
-    this.db.update(sessions).set({ revokedAt: new Date() }).where(eq(sessions.id, sessionId)).run();
+  async revoke(sessionId: number): Promise<void> {
+    await this.db.orm.update(sessions).set({ revokedAt: new Date() }).where(eq(sessions.id, sessionId));
   }
 
   /**
@@ -97,21 +99,20 @@ export class Sessions {
   }
 
   private async readOrRefreshToken(session: Session): Promise<string> {
-    const row = this.db.select().from(sessions).where(eq(sessions.id, session.id)).get()!;
+    const row = await only(this.db.orm.select().from(sessions).where(eq(sessions.id, session.id)).limit(1));
     const key = await this.userKey(session.userId);
     try {
       const fresh = !row.accessExpiresAt || row.accessExpiresAt.getTime() > Date.now() + 60_000;
       if (fresh || !row.refreshToken) return open(key, row.accessToken, tokenAad(session.userId, 'access')).toString();
       const tokens = await this.api.refresh(open(key, row.refreshToken, tokenAad(session.userId, 'refresh')).toString());
-      this.db
+      await this.db.orm
         .update(sessions)
         .set({
           accessToken: seal(key, Buffer.from(tokens.accessToken), tokenAad(session.userId, 'access')),
           accessExpiresAt: tokens.accessExpiresAt,
           refreshToken: tokens.refreshToken ? seal(key, Buffer.from(tokens.refreshToken), tokenAad(session.userId, 'refresh')) : row.refreshToken,
         })
-        .where(eq(sessions.id, session.id))
-        .run();
+        .where(eq(sessions.id, session.id));
       return tokens.accessToken;
     } finally {
       key.fill(0);
@@ -119,9 +120,9 @@ export class Sessions {
   }
 
   /** A one-time ticket (≤ 60 s) that lets this session's user open the hidden preview at `host`. */
-  issueTicket(session: Session, host: string): string {
+  async issueTicket(session: Session, host: string): Promise<string> {
     const ticket = newToken();
-    this.db.insert(previewTickets).values({ tokenHash: hash(ticket), sessionId: session.id, host, expiresAt: new Date(Date.now() + TICKET_MS) }).run();
+    await this.db.orm.insert(previewTickets).values({ tokenHash: hash(ticket), sessionId: session.id, host, expiresAt: new Date(Date.now() + TICKET_MS) });
     return ticket;
   }
 
@@ -129,31 +130,34 @@ export class Sessions {
    * Exchanges a ticket, once, on the host it was made for, for that host's cookie value (≤ 1 h, never past the
    * session). Undefined for a ticket replayed, expired, unknown or for another host.
    */
-  redeemTicket(ticket: string, host: string): { cookie: string; maxAgeSeconds: number } | undefined {
+  async redeemTicket(ticket: string, host: string): Promise<{ cookie: string; maxAgeSeconds: number } | undefined> {
     // Deleted as it is read: of two redemptions (two replicas, one database) only one gets the row.
-    const entry = this.db.delete(previewTickets).where(eq(previewTickets.tokenHash, hash(ticket))).returning().get();
+    const entry = await first(this.db.orm.delete(previewTickets).where(eq(previewTickets.tokenHash, hash(ticket))).returning());
     if (!entry || entry.expiresAt.getTime() < Date.now() || entry.host !== host) return undefined;
-    const session = this.db.select().from(sessions).where(eq(sessions.id, entry.sessionId)).get();
+    const session = await first(this.db.orm.select().from(sessions).where(eq(sessions.id, entry.sessionId)).limit(1));
     if (!session || session.revokedAt || session.expiresAt.getTime() <= Date.now()) return undefined;
     // One `now` for both: the cookie's Max-Age is exactly the grant's lifetime (an hour, or what the session has left).
     const now = Date.now();
     const expiresAt = Math.min(now + GRANT_MS, session.expiresAt.getTime());
     const cookie = newToken();
-    this.db.insert(previewGrants).values({ tokenHash: hash(cookie), sessionId: session.id, host, expiresAt: new Date(expiresAt) }).run();
+    await this.db.orm.insert(previewGrants).values({ tokenHash: hash(cookie), sessionId: session.id, host, expiresAt: new Date(expiresAt) });
     return { cookie, maxAgeSeconds: Math.floor((expiresAt - now) / 1000) };
   }
 
   /** The live session behind a preview host's cookie, only on that host. */
-  grant(cookie: string | undefined, host: string): Session | undefined {
+  async grant(cookie: string | undefined, host: string): Promise<Session | undefined> {
     if (!cookie) return undefined;
-    const row = this.db
-      .select({ grant: previewGrants, session: sessions })
-      .from(previewGrants)
-      .innerJoin(sessions, eq(previewGrants.sessionId, sessions.id))
-      .where(and(eq(previewGrants.tokenHash, hash(cookie)), eq(previewGrants.host, host), gt(previewGrants.expiresAt, new Date())))
-      .get();
+    const row = await first(
+      this.db.orm
+        .select({ grant: previewGrants, session: sessions, user: users })
+        .from(previewGrants)
+        .innerJoin(sessions, eq(previewGrants.sessionId, sessions.id))
+        .innerJoin(users, eq(sessions.userId, users.id))
+        .where(and(eq(previewGrants.tokenHash, hash(cookie)), eq(previewGrants.host, host), gt(previewGrants.expiresAt, new Date())))
+        .limit(1),
+    );
     if (!row || row.session.revokedAt || row.session.expiresAt.getTime() <= Date.now()) return undefined;
-    const user = this.db.select().from(users).where(eq(users.id, row.session.userId)).get()!;
+    const { user } = row;
     return {
       id: row.session.id,
       userId: user.id,
@@ -163,27 +167,33 @@ export class Sessions {
     };
   }
 
-  audit(userId: number | null, action: string, subject: string, detail?: string): void {
-    this.db.insert(auditEvents).values({ userId, action, subject, detail }).run();
+  async audit(userId: number | null, action: string, subject: string, detail?: string): Promise<void> {
+    await this.db.orm.insert(auditEvents).values({ userId, action, subject, detail });
   }
 
   /** Drops expired tickets, grants and sessions' leftovers and audit events past AUDIT_DAYS. */
-  prune(now = new Date()): void {
-    this.db.delete(previewGrants).where(lt(previewGrants.expiresAt, now)).run();
-    this.db.delete(previewTickets).where(lt(previewTickets.expiresAt, now)).run();
-    this.db.delete(auditEvents).where(lt(auditEvents.createdAt, new Date(now.getTime() - AUDIT_DAYS * 86_400_000))).run();
+  async prune(now = new Date()): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.delete(previewGrants).where(lt(previewGrants.expiresAt, now));
+      await tx.delete(previewTickets).where(lt(previewTickets.expiresAt, now));
+      await tx.delete(auditEvents).where(lt(auditEvents.createdAt, new Date(now.getTime() - AUDIT_DAYS * 86_400_000)));
+    });
   }
 
-  private async ensureUser(githubUser: GitHubUser) {
-    const existing = this.db
-      .select()
-      .from(users)
-      .where(and(eq(users.provider, 'github'), eq(users.providerId, String(githubUser.id))))
-      .get();
-    if (existing) {
-      return this.db.update(users).set({ login: githubUser.login }).where(eq(users.id, existing.id)).returning().get();
-    }
-    return this.db.insert(users).values({ provider: 'github', providerId: String(githubUser.id), login: githubUser.login }).returning().get();
+  private ensureUser(githubUser: GitHubUser) {
+    return this.db.transaction(async (tx) => {
+      const existing = await first(
+        tx
+          .select()
+          .from(users)
+          .where(and(eq(users.provider, 'github'), eq(users.providerId, String(githubUser.id))))
+          .limit(1),
+      );
+      if (existing) {
+        return only(tx.update(users).set({ login: githubUser.login }).where(eq(users.id, existing.id)).returning());
+      }
+      return only(tx.insert(users).values({ provider: 'github', providerId: String(githubUser.id), login: githubUser.login }).returning());
+    });
   }
 
   /**
@@ -192,30 +202,29 @@ export class Sessions {
    * so no session's tokens are sealed with a key that was thrown away.
    */
   private async userKey(userId: number): Promise<Buffer> {
-    const user = this.db.select().from(users).where(eq(users.id, userId)).get()!;
+    const user = await only(this.db.orm.select().from(users).where(eq(users.id, userId)).limit(1));
     if (user.wrappedDek && user.dekKeyId) return this.keys.unwrapKey(user.wrappedDek, user.dekKeyId);
     const dek = newDataKey();
     const { wrapped, keyId } = await this.keys.wrapKey(dek);
-    const stored = this.db
+    const stored = await this.db.orm
       .update(users)
       .set({ wrappedDek: wrapped, dekKeyId: keyId })
       .where(and(eq(users.id, userId), isNull(users.wrappedDek)))
-      .run().changes;
-    if (stored === 1) return dek;
+      .returning({ id: users.id });
+    if (stored.length === 1) return dek;
     dek.fill(0);
     return this.userKey(userId);
   }
 }
 
 /** The audit trail, newest first, for `preview-gate audit`. */
-export function auditTrail(db: Db, limit = 1000) {
-  return db
+export function auditTrail(db: Database, limit = 1000) {
+  return db.orm
     .select({ at: auditEvents.createdAt, action: auditEvents.action, subject: auditEvents.subject, detail: auditEvents.detail, user: users.login, userId: users.providerId })
     .from(auditEvents)
     .leftJoin(users, eq(auditEvents.userId, users.id))
     .orderBy(desc(auditEvents.id))
-    .limit(limit)
-    .all();
+    .limit(limit);
 }
 
 /**
@@ -224,23 +233,24 @@ export function auditTrail(db: Db, limit = 1000) {
  * revoke`. Undefined when no such user signed in.
  */
 export function revokeUserSessions(
-  db: Db,
+  db: Database,
   who: string,
-): { login: string; githubId: string; revoked: number } | { ambiguous: string[] } | undefined {
+): Promise<{ login: string; githubId: string; revoked: number } | { ambiguous: string[] } | undefined> {
+  return db.transaction(async (tx) => {
   const matches = /^[0-9]+$/.test(who)
-    ? db.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who))).all()
-    : db.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`).all();
+    ? await tx.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who)))
+    : await tx.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`);
   // After a GitHub rename two people can have been seen with one login: only the id says which one is meant.
   if (matches.length > 1) return { ambiguous: matches.map((u) => u.providerId) };
   const user = matches[0];
   if (!user) return undefined;
-  const revoked = db
+  const { length: revoked } = await tx
     .update(sessions)
     .set({ revokedAt: new Date() })
     .where(and(eq(sessions.userId, user.id), isNull(sessions.revokedAt), gt(sessions.expiresAt, new Date())))
-    .returning({ id: sessions.id })
-    .all().length;
+    .returning({ id: sessions.id });
   const login = user.login ?? user.providerId;
-  db.insert(auditEvents).values({ userId: null, action: 'revoke', subject: login, detail: `${revoked} session(s), by the operator` }).run();
+  await tx.insert(auditEvents).values({ userId: null, action: 'revoke', subject: login, detail: `${revoked} session(s), by the operator` });
   return { login, githubId: user.providerId, revoked };
+  });
 }

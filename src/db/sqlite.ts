@@ -126,6 +126,14 @@ export class SqliteDatabase implements Database {
     this.client.prepare('select 1').get();
   }
 
+  /**
+   * The better-sqlite3 connection itself, for fixtures in benches and tests (bulk rows in one native transaction).
+   * Its statements bypass the mutex: not for the server's own code.
+   */
+  sqliteClient(): BetterSqlite3.Database {
+    return this.client;
+  }
+
   /** SQLite's online backup, consistent while the server writes (`preview-gate backup`). */
   async backup(file: string): Promise<void> {
     await this.client.backup(file);

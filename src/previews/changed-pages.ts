@@ -9,13 +9,12 @@
  */
 import zlib from 'node:zlib';
 import { inArray } from '../db/orm.js';
-import type { Db } from '../db/client.js';
-import { buildContents, type builds } from '../db/schema.js';
+import type { Orm } from '../db/database.js';
+import { buildContents, type builds } from '../db/tables.js';
 import type { Config } from '../config.js';
 import { buildUrl } from '../notify.js';
 
 type Build = typeof builds.$inferSelect;
-type Writer = Pick<Db, 'insert'>;
 
 /** A build's files: path (relative, `/`-separated) → sha256. */
 export type Contents = Map<string, string>;
@@ -76,8 +75,8 @@ export function decodeContents(row: { paths: Buffer; hashes: Buffer }): StoredCo
 }
 
 /** Stores a build's file list; called in the transaction that makes the build ready (encode it before). */
-export function recordContents(tx: Writer, buildId: number, encoded: { paths: Buffer; hashes: Buffer } | undefined): void {
-  if (encoded) tx.insert(buildContents).values({ buildId, ...encoded }).onConflictDoNothing().run();
+export async function recordContents(tx: Orm, buildId: number, encoded: { paths: Buffer; hashes: Buffer } | undefined): Promise<void> {
+  if (encoded) await tx.insert(buildContents).values({ buildId, ...encoded }).onConflictDoNothing();
 }
 
 type Paths = Record<keyof Changes, string[]>;
@@ -116,15 +115,14 @@ export function fileUrl(base: string, path: string): string {
  * For each of a PR's stored builds (any order), what changed since the build stored just before it in that PR.
  * One query for all the file lists, each decoded once.
  */
-export function changesOfBuilds(db: Db, config: Config, site: string, prNumber: number, prBuilds: Build[]): Map<number, BuildChanges> {
+export async function changesOfBuilds(db: Orm, config: Config, site: string, prNumber: number, prBuilds: Build[]): Promise<Map<number, BuildChanges>> {
   const ordered = [...prBuilds].filter((b) => b.status === 'ready').sort((a, b) => a.id - b.id);
   const stored = new Map<number, StoredContents>();
   if (ordered.length) {
-    const rows = db
+    const rows = await db
       .select()
       .from(buildContents)
-      .where(inArray(buildContents.buildId, ordered.map((b) => b.id)))
-      .all();
+      .where(inArray(buildContents.buildId, ordered.map((b) => b.id)));
     for (const row of rows) stored.set(row.buildId, decodeContents(row));
   }
   const result = new Map<number, BuildChanges>();

@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { BuildStore } from '../builds/store.js';
 import type { Config } from '../config.js';
-import type { Db } from '../db/client.js';
-import type { builds } from '../db/schema.js';
+import type { Database } from '../db/database.js';
+import type { builds } from '../db/tables.js';
 import { unavailable } from '../errors.js';
 import type { GitHub, Octokit } from '../github.js';
 import type { KeyedLock, SharedLock } from '../lock.js';
@@ -23,7 +23,7 @@ export interface Cause {
 
 /** What every part of the previews shares: the stores, GitHub, the queue and the per-PR lock. */
 export interface PreviewsContext {
-  db: Db;
+  db: Database;
   registry: Registry;
   store: BuildStore;
   github: GitHub | undefined;
@@ -66,10 +66,10 @@ export function requireGithub(ctx: PreviewsContext): GitHub {
  */
 export async function octokitFor(ctx: PreviewsContext, repo: Repository, options: { askGitHub?: boolean } = {}): Promise<Octokit> {
   const github = requireGithub(ctx);
-  const account = ctx.registry.accountOf(repo);
+  const account = await ctx.registry.accountOf(repo);
   if (account.installationId && !options.askGitHub) return github.forInstallation(account.installationId);
   const [owner, name] = ownerAndName(repo);
   const { octokit, installationId } = await github.forRepository(owner, name);
-  ctx.registry.setInstallation(account.id, installationId);
+  await ctx.registry.setInstallation(account.id, installationId);
   return octokit;
 }

@@ -1,6 +1,8 @@
 import { and, eq } from '../db/orm.js';
 import type { Visibility } from '../builds/store.js';
-import { builds, pullRequests, repositories, visibilityChanges } from '../db/schema.js';
+import type { Orm } from '../db/database.js';
+import { first, only } from '../db/query.js';
+import { builds, pullRequests, repositories, visibilityChanges } from '../db/tables.js';
 import { forbidden } from '../errors.js';
 import type { Octokit, PrFacts } from '../github.js';
 import type { Job } from '../queue.js';
@@ -57,12 +59,12 @@ export class Decisions {
     const octokit = options.octokit ?? (await octokitFor(this.ctx, repo, options));
     const [owner, name] = ownerAndName(repo);
     const facts = await requireGithub(this.ctx).prFacts(octokit, owner, name, number, options.settings);
-    return { repo: this.sameRepository(repo, facts), facts, octokit };
+    return { repo: await this.sameRepository(repo, facts), facts, octokit };
   }
 
   /** A `decide` job: re-decide one PR from GitHub; asked again shortly when GitHub's answer lags a webhook. */
   async runJob(data: Record<string, unknown>, job: Job): Promise<void> {
-    const repo = this.ctx.db.select().from(repositories).where(eq(repositories.id, Number(data.repositoryId))).get();
+    const repo = await first(this.ctx.db.orm.select().from(repositories).where(eq(repositories.id, Number(data.repositoryId))).limit(1));
     if (!repo?.installed) return;
     const { stale } = await this.reconcile(repo, Number(data.number), data.cause as Cause);
     if (stale && job.attempts < STALE_RETRIES) {
@@ -71,16 +73,16 @@ export class Decisions {
   }
 
   /** Records that a PR must be re-decided from GitHub's facts (durable; retried until GitHub answers). */
-  enqueue(repo: Repository, number: number, cause: Cause): void {
-    this.ctx.queue.enqueue('decide', prKey(repo.id, number), { repositoryId: repo.id, number, cause });
+  enqueue(repo: Repository, number: number, cause: Cause): Promise<void> {
+    return this.ctx.queue.enqueue('decide', prKey(repo.id, number), { repositoryId: repo.id, number, cause });
   }
 
   /** Applies facts under the PR's lock and queues the feedback that follows (the comment says why). */
   async apply(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied> {
     return withPr(this.ctx, repo.id, facts.number, async () => {
       const applied = await this.applyLocked(repo, facts, cause, uploadSha);
-      if (applied.changed) this.enqueueFeedback(repo, applied.pr, this.readyBuildIds(applied.pr.id));
-      else if (applied.reasonChanged) this.enqueueFeedback(repo, applied.pr, []);
+      if (applied.changed) await this.ctx.db.transaction(async (tx) => this.enqueueFeedback(repo, applied.pr, await this.readyBuildIds(applied.pr.id, tx)));
+      else if (applied.reasonChanged) await this.enqueueFeedback(repo, applied.pr, []);
       return applied;
     });
   }
@@ -91,19 +93,27 @@ export class Decisions {
    */
   async applyLocked(repo: Repository, facts: PrFacts, cause: Cause, uploadSha?: string): Promise<Applied & { reasonChanged: boolean }> {
     const { db } = this.ctx;
-    const pr = this.ensurePr(repo, facts.number, facts.state, facts.headSha);
-    this.rememberSettings(repo, facts.settings);
-    const bound = this.boundLabel(repo, pr, facts, uploadSha);
-    const labelSha = bound.labelSha;
-    const note = this.siteNote(repo, facts.settings);
-    const decision = note ? { ...bound.decision, reason: `${bound.decision.reason} (${note})` } : bound.decision;
-    // An answer older than evidence already applied may hide (fail closed), never publish.
-    const stale = pr.factsAt !== null && facts.at < pr.factsAt;
+    // Two transactions around the folder's rename (the filesystem is not the database): the decision, then its record.
+    const { pr, labelSha, decision, stale } = await db.transaction(async (tx) => {
+      const pr = await this.ensurePr(repo, facts.number, facts.state, facts.headSha);
+      await db.lockPullRequest(tx, pr.id);
+      await this.rememberSettings(repo, facts.settings, tx);
+      const bound = await this.boundLabel(repo, pr, facts, uploadSha);
+      const note = await this.siteNote(repo, facts.settings, tx);
+      const decision = note ? { ...bound.decision, reason: `${bound.decision.reason} (${note})` } : bound.decision;
+      // An answer older than evidence already applied may hide (fail closed), never publish.
+      const stale = pr.factsAt !== null && facts.at < pr.factsAt;
+      return { pr, labelSha: bound.labelSha, decision, stale };
+    });
     if (stale && decision.trusted) return { pr, changed: false, stale: true, reasonChanged: false };
     const visibility: Visibility = decision.trusted ? 'public' : 'hidden';
-    const changed = await this.moveTo(repo, pr, visibility, decision.reason, cause);
-    const authorUserId = this.ctx.registry.upsertUser(facts.author.id, facts.author.login);
-    const updated = db
+    const changed = await this.moveFolder(repo, pr, visibility);
+    const updated = await db.transaction(async (tx) => {
+      await db.lockPullRequest(tx, pr.id);
+      if (changed) await this.recordMove(tx, repo, pr, visibility, decision.reason, cause);
+      const authorUserId = await this.ctx.registry.upsertUser(facts.author.id, facts.author.login, tx);
+      return only(
+        tx
       .update(pullRequests)
       .set({
         authorUserId,
@@ -119,8 +129,9 @@ export class Decisions {
         updatedAt: new Date(),
       })
       .where(eq(pullRequests.id, pr.id))
-      .returning()
-      .get();
+          .returning(),
+      );
+    });
     return { pr: updated, changed, stale, reasonChanged: updated.reason !== pr.reason };
   }
 
@@ -128,7 +139,7 @@ export class Decisions {
    * `labelTrustsNewCommits: false`: the label vouches for the head SHA it was first seen at. Any other commit
    * (the PR's head, or the one being uploaded) makes the PR untrusted and the label is removed on GitHub.
    */
-  private boundLabel(repo: Repository, pr: PullRequest, facts: PrFacts, uploadSha?: string): { decision: TrustDecision; labelSha: string | null } {
+  private async boundLabel(repo: Repository, pr: PullRequest, facts: PrFacts, uploadSha?: string): Promise<{ decision: TrustDecision; labelSha: string | null }> {
     const { settings } = facts;
     const labelled = facts.labels.includes(settings.trustedLabel);
     if (!labelled) return { decision: facts.decision, labelSha: null };
@@ -136,7 +147,7 @@ export class Decisions {
     const labelSha = pr.labelSha ?? facts.headSha;
     const other = [facts.headSha, uploadSha].find((sha) => sha && sha !== labelSha);
     if (!other) return { decision: facts.decision, labelSha };
-    this.ctx.queue.enqueue('remove-label', prKey(repo.id, facts.number), { repositoryId: repo.id, number: facts.number, label: settings.trustedLabel });
+    await this.ctx.queue.enqueue('remove-label', prKey(repo.id, facts.number), { repositoryId: repo.id, number: facts.number, label: settings.trustedLabel });
     return {
       decision: {
         trusted: false,
@@ -151,9 +162,9 @@ export class Decisions {
    * names, unless the payload is older than what is already known (a late or replayed delivery binds nothing).
    * Binding never publishes: the queued decision still needs GitHub to say the label is there.
    */
-  bindLabel(repo: Repository, pr: PullRequest, headSha: string, at: Date | undefined): void {
+  async bindLabel(repo: Repository, pr: PullRequest, headSha: string, at: Date | undefined): Promise<void> {
     if (pr.labelSha || !at || (pr.factsAt && at < pr.factsAt)) return;
-    this.ctx.db.update(pullRequests).set({ labelSha: headSha }).where(eq(pullRequests.id, pr.id)).run();
+    await this.ctx.db.orm.update(pullRequests).set({ labelSha: headSha }).where(eq(pullRequests.id, pr.id));
   }
 
   /**
@@ -162,11 +173,15 @@ export class Decisions {
    */
   async revoke(repo: Repository, number: number, revocation: Revocation, cause: Cause): Promise<void> {
     await withPr(this.ctx, repo.id, number, async () => {
-      const pr = this.ctx.registry.findPullRequest(repo.id, number);
+      const pr = await this.ctx.registry.findPullRequest(repo.id, number);
       if (!pr) return;
-      const changed = await this.moveTo(repo, pr, 'hidden', revocation.reason, cause);
+      const changed = await this.moveFolder(repo, pr, 'hidden');
       const newer = revocation.at && (!pr.factsAt || revocation.at > pr.factsAt);
-      this.ctx.db
+      const { db } = this.ctx;
+      await db.transaction(async (tx) => {
+        await db.lockPullRequest(tx, pr.id);
+        if (changed) await this.recordMove(tx, repo, pr, 'hidden', revocation.reason, cause);
+        await tx
         .update(pullRequests)
         .set({
           visibility: 'hidden',
@@ -176,73 +191,89 @@ export class Decisions {
           ...(revocation.closed ? { state: 'closed' as const, closedAt: pr.closedAt ?? new Date() } : {}),
           updatedAt: new Date(),
         })
-        .where(eq(pullRequests.id, pr.id))
-        .run();
-      // Told to GitHub a little later, so the decision queued now coalesces into one comment edit.
-      if (changed) this.enqueueFeedback(repo, pr, this.readyBuildIds(pr.id), REVOCATION_FEEDBACK_DELAY_MS);
+        .where(eq(pullRequests.id, pr.id));
+        // Told to GitHub a little later, so the decision queued now coalesces into one comment edit.
+        if (changed) await this.enqueueFeedback(repo, pr, await this.readyBuildIds(pr.id, tx), REVOCATION_FEEDBACK_DELAY_MS);
+      });
     });
-    this.enqueue(repo, number, cause);
+    await this.enqueue(repo, number, cause);
   }
 
   /** The app lost access to the repository: hide every PR at once (no GitHub needed), remove them later. */
   async hideRepository(repo: Repository, cause: Cause, reason = 'the app was uninstalled from the repository'): Promise<void> {
-    const prs = this.ctx.db.select().from(pullRequests).where(eq(pullRequests.repositoryId, repo.id)).all();
+    const { db } = this.ctx;
+    const prs = await db.orm.select().from(pullRequests).where(eq(pullRequests.repositoryId, repo.id));
     for (const pr of prs) {
       await withPr(this.ctx, repo.id, pr.number, async () => {
-        const fresh = this.ctx.registry.findPullRequest(repo.id, pr.number)!;
-        await this.moveTo(repo, fresh, 'hidden', reason, cause);
-        this.ctx.db.update(pullRequests).set({ visibility: 'hidden', trusted: false, updatedAt: new Date() }).where(eq(pullRequests.id, pr.id)).run();
+        const fresh = (await this.ctx.registry.findPullRequest(repo.id, pr.number))!;
+        const changed = await this.moveFolder(repo, fresh, 'hidden');
+        await db.transaction(async (tx) => {
+          await db.lockPullRequest(tx, pr.id);
+          if (changed) await this.recordMove(tx, repo, fresh, 'hidden', reason, cause);
+          await tx.update(pullRequests).set({ visibility: 'hidden', trusted: false, updatedAt: new Date() }).where(eq(pullRequests.id, pr.id));
+        });
       });
     }
-    this.ctx.db.update(repositories).set({ installed: false, uninstalledAt: new Date() }).where(eq(repositories.id, repo.id)).run();
+    await db.orm.update(repositories).set({ installed: false, uninstalledAt: new Date() }).where(eq(repositories.id, repo.id));
   }
 
   /** Feedback is a row first (the outbox): coalesced per PR, sent in order, retried until GitHub takes it. */
-  enqueueFeedback(repo: Repository, pr: PullRequest, buildIds: number[], delayMs = 0): void {
-    this.ctx.queue.enqueue('feedback', prKey(repo.id, pr.number), { repositoryId: repo.id, number: pr.number, buildIds }, delayMs);
+  enqueueFeedback(repo: Repository, pr: PullRequest, buildIds: number[], delayMs = 0): Promise<void> {
+    return this.ctx.queue.enqueue('feedback', prKey(repo.id, pr.number), { repositoryId: repo.id, number: pr.number, buildIds }, delayMs);
   }
 
-  readyBuildIds(pullRequestId: number): number[] {
-    return this.ctx.db
+  async readyBuildIds(pullRequestId: number, q: Orm = this.ctx.db.orm): Promise<number[]> {
+    const rows = await q
       .select({ id: builds.id })
       .from(builds)
-      .where(and(eq(builds.pullRequestId, pullRequestId), eq(builds.status, 'ready')))
-      .all()
-      .map((b) => b.id);
+      .where(and(eq(builds.pullRequestId, pullRequestId), eq(builds.status, 'ready')));
+    return rows.map((b) => b.id);
   }
 
   /**
    * `site:` of the settings: a free site is taken (a `move-site` job renames the folder once no operation on
    * the repository runs); a site held by another repository is refused, and this sentence says why.
    */
-  siteNote(repo: Repository, settings: RepoSettings): string | undefined {
-    const current = this.currentRepo(repo);
+  async siteNote(repo: Repository, settings: RepoSettings, q: Orm = this.ctx.db.orm): Promise<string | undefined> {
+    const current = await this.currentRepo(repo, q);
     if (!settings.site || settings.site === current.site) return undefined;
-    if (this.ctx.registry.isSiteTaken(settings.site, repo.id)) {
+    if (await this.ctx.registry.isSiteTaken(settings.site, repo.id, q)) {
       return `the site '${settings.site}' named in .github/preview-gate.yml is used by another repository, so previews stay at '${current.site}'`;
     }
     if (!this.ctx.store.hasSiteFolder(current.site)) {
       // Nothing stored yet (a repository's first upload): the site is taken now, so this upload's build is
       // stored under it and its answer names the URL that serves it (a later move would make that URL 404).
-      this.ctx.db.update(repositories).set({ site: settings.site }).where(eq(repositories.id, repo.id)).run();
+      await q.update(repositories).set({ site: settings.site }).where(eq(repositories.id, repo.id));
       return undefined;
     }
-    this.ctx.queue.enqueue('move-site', `repo:${repo.id}`, { repositoryId: repo.id, site: settings.site });
+    await this.ctx.queue.enqueue('move-site', `repo:${repo.id}`, { repositoryId: repo.id, site: settings.site });
     return undefined;
   }
 
   /** A `move-site` job: one rename of the repository's folder; every open PR's feedback shows the new URLs. */
   async moveSite(data: Record<string, unknown>): Promise<void> {
     const wanted = String(data.site);
+    const { db } = this.ctx;
+    const lockName = `repository:${Number(data.repositoryId)}`;
     const moved = await withRepository(this.ctx, Number(data.repositoryId), async () => {
-      const repo = this.ctx.db.select().from(repositories).where(eq(repositories.id, Number(data.repositoryId))).get();
-      if (!repo || repo.site === wanted || this.ctx.registry.isSiteTaken(wanted, repo.id)) return undefined;
+      const repo = await db.transaction(async (tx) => {
+        await db.lockName(tx, lockName, 'exclusive');
+        const repo = await first(tx.select().from(repositories).where(eq(repositories.id, Number(data.repositoryId))).limit(1));
+        if (!repo || repo.site === wanted || (await this.ctx.registry.isSiteTaken(wanted, repo.id, tx))) return undefined;
+        return repo;
+      });
+      if (!repo) return undefined;
       await this.ctx.store.moveSite(repo.site, wanted);
       this.ctx.log.info({ repo: repo.fullName, from: repo.site, to: wanted }, 'moved the previews to the site named in the settings');
-      return this.ctx.db.update(repositories).set({ site: wanted }).where(eq(repositories.id, repo.id)).returning().get();
+      return db.transaction(async (tx) => {
+        await db.lockName(tx, lockName, 'exclusive');
+        return only(tx.update(repositories).set({ site: wanted }).where(eq(repositories.id, repo.id)).returning());
+      });
     });
     if (!moved) return;
-    for (const { pr } of this.ctx.registry.openPullRequests([moved])) this.enqueueFeedback(moved, pr, this.readyBuildIds(pr.id));
+    await db.transaction(async (tx) => {
+      for (const { pr } of await this.ctx.registry.openPullRequests([moved], undefined, tx)) await this.enqueueFeedback(moved, pr, await this.readyBuildIds(pr.id, tx));
+    });
   }
 
   /** The settings last read from GitHub, kept so a revocation can be judged when GitHub cannot be asked. */
@@ -251,26 +282,29 @@ export class Decisions {
     return parsed.success ? parsed.data : undefined;
   }
 
-  private rememberSettings(repo: Repository, settings: RepoSettings): void {
+  private async rememberSettings(repo: Repository, settings: RepoSettings, tx: Orm): Promise<void> {
     if (JSON.stringify(repo.settings) !== JSON.stringify(settings)) {
-      this.ctx.db.update(repositories).set({ settings }).where(eq(repositories.id, repo.id)).run();
+      await tx.update(repositories).set({ settings }).where(eq(repositories.id, repo.id));
     }
   }
 
   /**
    * Moves the PR folder to `to` (one rename), repairing first a PR found in both folders after a crash.
-   * Records the change; returns whether the visibility changed.
+   * Returns whether the visibility changed (then `recordMove` records it, in the transaction that follows).
    */
-  private async moveTo(repo: Repository, pr: PullRequest, to: Visibility, reason: string, cause: Cause): Promise<boolean> {
-    const site = this.currentRepo(repo).site;
+  private async moveFolder(repo: Repository, pr: PullRequest, to: Visibility): Promise<boolean> {
+    const site = (await this.currentRepo(repo)).site;
     await this.ctx.store.repairBothFolders(site, pr.number, pr.visibility);
     if (pr.visibility === to) return false;
     await this.ctx.store.setVisibility(site, pr.number, pr.visibility, to);
-    const actorUserId = cause.actor ? this.ctx.registry.upsertUser(cause.actor.id, cause.actor.login) : undefined;
-    this.ctx.db.insert(visibilityChanges).values({ pullRequestId: pr.id, from: pr.visibility, to, reason, cause: cause.event, actorUserId }).run();
+    return true;
+  }
+
+  private async recordMove(tx: Orm, repo: Repository, pr: PullRequest, to: Visibility, reason: string, cause: Cause): Promise<void> {
+    const actorUserId = cause.actor ? await this.ctx.registry.upsertUser(cause.actor.id, cause.actor.login, tx) : undefined;
+    await tx.insert(visibilityChanges).values({ pullRequestId: pr.id, from: pr.visibility, to, reason, cause: cause.event, actorUserId });
     this.ctx.metrics.visibilityChanges.inc({ to });
     this.ctx.log.info({ repo: repo.fullName, pr: pr.number, from: pr.visibility, to, cause: cause.event }, `pull request is now ${to}: ${reason}`);
-    return true;
   }
 
   /**
@@ -278,22 +312,28 @@ export class Decisions {
    * another repository (a rename we have not heard of yet, then a new repository with the old name), the
    * stored previews are not its own.
    */
-  private sameRepository(stale: Repository, facts: PrFacts): Repository {
-    const repo = this.currentRepo(stale);
+  private async sameRepository(stale: Repository, facts: PrFacts): Promise<Repository> {
+    const repo = await this.currentRepo(stale);
     if (facts.repositoryId === undefined || repo.githubId === facts.repositoryId) return repo;
-    if (repo.githubId === null && !this.ctx.registry.findRepositoryById(facts.repositoryId)) {
-      return this.ctx.db.update(repositories).set({ githubId: facts.repositoryId }).where(eq(repositories.id, repo.id)).returning().get();
-    }
+    const githubId = facts.repositoryId;
+    const adopted = await this.ctx.db.transaction(async (tx) => {
+      if (repo.githubId !== null || (await this.ctx.registry.findRepositoryById(githubId, tx))) return undefined;
+      return only(tx.update(repositories).set({ githubId }).where(eq(repositories.id, repo.id)).returning());
+    });
+    if (adopted) return adopted;
     throw forbidden(`${repo.fullName} is now a different repository than the one whose previews are stored under that name.`);
   }
 
   /** The PR row, created hidden (the safe default) the first time the PR is seen. */
-  ensurePr(repo: Repository, number: number, state: 'open' | 'closed', headSha: string | null): PullRequest {
-    this.ctx.db.insert(pullRequests).values({ repositoryId: repo.id, number, state, headSha }).onConflictDoNothing().run();
-    return this.ctx.registry.findPullRequest(repo.id, number)!;
+  ensurePr(repo: Repository, number: number, state: 'open' | 'closed', headSha: string | null): Promise<PullRequest> {
+    // Inside the caller's transaction when there is one (a transaction started in another joins it).
+    return this.ctx.db.transaction(async (tx) => {
+      await tx.insert(pullRequests).values({ repositoryId: repo.id, number, state, headSha }).onConflictDoNothing();
+      return (await this.ctx.registry.findPullRequest(repo.id, number, tx))!;
+    });
   }
 
-  currentRepo(repo: Repository): Repository {
-    return this.ctx.db.select().from(repositories).where(eq(repositories.id, repo.id)).get()!;
+  currentRepo(repo: Repository, q: Orm = this.ctx.db.orm): Promise<Repository> {
+    return only(q.select().from(repositories).where(eq(repositories.id, repo.id)).limit(1));
   }
 }

@@ -2,7 +2,9 @@ import { and, count, eq, isNull, sum } from '../db/orm.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { BuildTarget, ExtractResult } from '../builds/extract.js';
-import { builds, pullRequests, repositories, uploads } from '../db/schema.js';
+import type { Orm } from '../db/database.js';
+import { first, only } from '../db/query.js';
+import { builds, pullRequests, repositories, uploads } from '../db/tables.js';
 import { conflict, HttpError, tooLarge } from '../errors.js';
 import type { PrFacts } from '../github.js';
 import type { PullRequest, Repository } from '../registry.js';
@@ -35,13 +37,13 @@ export class Ingest {
   ): Promise<{ pr: PullRequest; build: Build }> {
     const { config } = this.ctx;
     // The quota counts what is stored: a build whose files the repository holds already costs (almost) nothing.
-    const accountRoom = config.maxAccountBytes - this.accountBytes(repo);
+    const accountRoom = config.maxAccountBytes - (await this.accountBytes(repo));
     const quotaMessage = `The account ${repo.fullName.split('/')[0]} would store more than its ${config.maxAccountBytes} bytes of previews (MAX_ACCOUNT_BYTES); builds of closed PRs are removed after ${config.cleanupAfterHours} h.`;
     if (accountRoom <= 0) throw tooLarge(quotaMessage);
     const limits = { ...config, maxNewBytes: accountRoom, newBytesMessage: quotaMessage };
     let claim: { buildId: number; prId: number };
     try {
-      claim = this.claimBuild(repo, number, sha);
+      claim = await this.claimBuild(repo, number, sha);
     } catch (err) {
       if (err instanceof HttpError && err.status === 409) {
         const answer = await authorize(); // GitHub's refusal, if any, is the answer; otherwise the decision applies
@@ -50,7 +52,7 @@ export class Ingest {
       throw err;
     }
     // The claim is this replica's while the upload runs: renewed, so that no other replica's start removes it.
-    const renewClaim = setInterval(() => this.renewClaim(claim.buildId), Math.max(50, Math.floor(this.ctx.replica.leaseMs / 3))).unref();
+    const renewClaim = setInterval(() => void this.renewClaim(claim.buildId), Math.max(50, Math.floor(this.ctx.replica.leaseMs / 3))).unref();
     // GitHub is asked now, while the body streams into staging (the limits above needed no GitHub).
     const authorized = authorize();
     authorized.catch(() => undefined);
@@ -67,17 +69,18 @@ export class Ingest {
       this.adoptAfterAnswer(current, pr.number, build.sha7, staging, size.fresh);
       staging = undefined;
       this.ctx.metrics.uploadedBytes.inc(size.bytes);
-      this.ctx.db
-        .insert(uploads)
-        .values({ accountId: current.accountId, repositoryId: current.id, pullRequestNumber: pr.number, sha, bytes: size.bytes, files: size.files, source, authorUserId: pr.authorUserId })
-        .run();
-      // One feedback row per upload: every build when the visibility changed, otherwise the new one.
-      this.decisions.enqueueFeedback(current, pr, changed ? this.decisions.readyBuildIds(pr.id) : [build.id]);
+      await this.ctx.db.transaction(async (tx) => {
+        await tx
+          .insert(uploads)
+          .values({ accountId: current.accountId, repositoryId: current.id, pullRequestNumber: pr.number, sha, bytes: size.bytes, files: size.files, source, authorUserId: pr.authorUserId });
+        // One feedback row per upload: every build when the visibility changed, otherwise the new one.
+        await this.decisions.enqueueFeedback(current, pr, changed ? await this.decisions.readyBuildIds(pr.id, tx) : [build.id]);
+      });
       return { pr, build };
     } catch (err) {
       // GitHub's answer is waited for even when the body failed first: no request outlives the upload.
       await authorized.catch(() => undefined);
-      this.releaseClaim(claim.buildId, claim.prId);
+      await this.releaseClaim(claim.buildId, claim.prId);
       throw err;
     } finally {
       clearInterval(renewClaim);
@@ -88,22 +91,24 @@ export class Ingest {
 
   /**
    * Makes the new files of a stored build objects (one link each), right after the answer is written: a link
-   * per new file is not on the upload's critical path. It runs in one synchronous pass, so no rename (a
-   * visibility flip) can happen in the middle; the build's folder is looked up at that moment. A crash before it
-   * only leaves those files as their own copies (their rows go at the next cleanup).
+   * per new file is not on the upload's critical path. It runs under the PR's lock, so no rename (a visibility
+   * flip) can happen in the middle; the build's folder is looked up then. A crash before it only leaves those
+   * files as their own copies (their rows go at the next cleanup).
    */
   private adoptAfterAnswer(repo: Repository, number: number, sha7: string, staging: string, fresh: ExtractResult['fresh']): void {
     if (!fresh.length) return;
     setImmediate(() => {
-      try {
-        const pr = this.ctx.registry.findPullRequest(repo.id, number);
-        if (!pr) return;
-        const dir = this.ctx.store.buildDir(this.decisions.currentRepo(repo).site, number, pr.visibility, sha7);
-        if (!fs.existsSync(dir)) return; // removed meanwhile (cleanup): nothing to adopt
-        this.ctx.store.objects.forRepository(repo.id).adoptAll(fresh.map((f) => ({ path: path.join(dir, path.relative(staging, f.path)), hash: f.hash })));
-      } catch (err) {
-        this.ctx.log.warn({ repo: repo.fullName, pr: number, sha: sha7, err: (err as Error).message }, 'the files of a stored build could not all become objects; they stay as they are');
-      }
+      void withPr(this.ctx, repo.id, number, async () => {
+        try {
+          const pr = await this.ctx.registry.findPullRequest(repo.id, number);
+          if (!pr) return;
+          const dir = this.ctx.store.buildDir((await this.decisions.currentRepo(repo)).site, number, pr.visibility, sha7);
+          if (!fs.existsSync(dir)) return; // removed meanwhile (cleanup): nothing to adopt
+          this.ctx.store.objects.forRepository(repo.id).adoptAll(fresh.map((f) => ({ path: path.join(dir, path.relative(staging, f.path)), hash: f.hash })));
+        } catch (err) {
+          this.ctx.log.warn({ repo: repo.fullName, pr: number, sha: sha7, err: (err as Error).message }, 'the files of a stored build could not all become objects; they stay as they are');
+        }
+      });
     });
   }
 
@@ -112,50 +117,58 @@ export class Ingest {
    * the claim (a unique index decides); the others get 409 without extracting anything. Only stored builds
    * count against MAX_PR_BUILDS. The PR row is made hidden if GitHub was not asked about it yet.
    */
-  private claimBuild(repo: Repository, number: number, sha: string): { buildId: number; prId: number } {
-    const pr = this.decisions.ensurePr(repo, number, 'open', null);
+  private claimBuild(repo: Repository, number: number, sha: string): Promise<{ buildId: number; prId: number }> {
+    const { db } = this.ctx;
+    return db.transaction(async (tx) => {
+    const pr = await this.decisions.ensurePr(repo, number, 'open', null);
+    await db.lockPullRequest(tx, pr.id);
     const sha7 = sha.slice(0, 7);
-    const { n } = this.ctx.db
-      .select({ n: count() })
-      .from(builds)
-      .where(and(eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready')))
-      .get()!;
+    const { n } = await only(
+      tx
+        .select({ n: count() })
+        .from(builds)
+        .where(and(eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready'))),
+    );
     if (n >= this.ctx.config.maxPrBuilds) {
       throw tooLarge(
         `Pull request #${number} already holds ${n} builds, the limit (MAX_PR_BUILDS); they are removed ${this.ctx.config.cleanupAfterHours} h after it closes.`,
       );
     }
-    const claimed = this.ctx.db
-      .insert(builds)
-      .values({ pullRequestId: pr.id, sha, sha7, status: 'pending', claimOwner: this.ctx.replica.id, claimExpiresAt: this.ctx.replica.leaseUntil() })
-      .onConflictDoNothing()
-      .returning({ id: builds.id })
-      .get();
+    const claimed = await first(
+      tx
+        .insert(builds)
+        .values({ pullRequestId: pr.id, sha, sha7, status: 'pending', claimOwner: this.ctx.replica.id, claimExpiresAt: this.ctx.replica.leaseUntil() })
+        .onConflictDoNothing()
+        .returning({ id: builds.id }),
+    );
     if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${number}.`);
     return { buildId: claimed.id, prId: pr.id };
+    });
   }
 
-  private renewClaim(buildId: number): void {
+  private async renewClaim(buildId: number): Promise<void> {
     try {
-      this.ctx.db
+      await this.ctx.db.orm
         .update(builds)
         .set({ claimExpiresAt: this.ctx.replica.leaseUntil() })
-        .where(and(eq(builds.id, buildId), eq(builds.status, 'pending')))
-        .run();
+        .where(and(eq(builds.id, buildId), eq(builds.status, 'pending')));
     } catch {
       // The database is closing; the upload fails on its own.
     }
   }
 
   /** Drops the claim, and the PR row when this claim made it and GitHub never decided anything about it. */
-  private releaseClaim(buildId: number, prId: number): void {
+  private releaseClaim(buildId: number, prId: number): Promise<void> {
     const { db } = this.ctx;
-    db.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending'))).run();
-    const pr = db.select().from(pullRequests).where(eq(pullRequests.id, prId)).get();
-    const left = db.select({ n: count() }).from(builds).where(eq(builds.pullRequestId, prId)).get()!.n;
-    if (pr && pr.factsAt === null && left === 0) {
-      db.delete(pullRequests).where(and(eq(pullRequests.id, prId), isNull(pullRequests.factsAt))).run();
-    }
+    return db.transaction(async (tx) => {
+      await db.lockPullRequest(tx, prId);
+      await tx.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending')));
+      const pr = await first(tx.select().from(pullRequests).where(eq(pullRequests.id, prId)).limit(1));
+      const { n: left } = await only(tx.select({ n: count() }).from(builds).where(eq(builds.pullRequestId, prId)));
+      if (pr && pr.factsAt === null && left === 0) {
+        await tx.delete(pullRequests).where(and(eq(pullRequests.id, prId), isNull(pullRequests.factsAt)));
+      }
+    });
   }
 
   /** Applies the upload's facts, then moves the staging folder into the PR folder with one rename. */
@@ -169,60 +182,69 @@ export class Ingest {
   ): Promise<{ pr: PullRequest; build: Build; changed: boolean }> {
     return withPr(this.ctx, repo.id, facts.number, async () => {
       const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
-      const build = this.ctx.db.select().from(builds).where(eq(builds.id, buildId)).get()!;
+      const { db } = this.ctx;
+      const build = await only(db.orm.select().from(builds).where(eq(builds.id, buildId)).limit(1));
       const contents = encodeContents(size.contents);
-      await this.ctx.store.publish(staging, this.decisions.currentRepo(repo).site, facts.number, pr.visibility, build.sha7);
-      const ready = this.ctx.db.transaction((tx) => {
-        recordObjects(tx, repo.id, size.hashes);
-        recordContents(tx, buildId, contents);
-        return tx
-          .update(builds)
-          .set({ status: 'ready', files: size.files, bytes: size.bytes, contentAddressed: true, claimExpiresAt: null })
-          .where(eq(builds.id, buildId))
-          .returning()
-          .get();
+      await this.ctx.store.publish(staging, (await this.decisions.currentRepo(repo)).site, facts.number, pr.visibility, build.sha7);
+      const ready = await db.transaction(async (tx) => {
+        await db.lockPullRequest(tx, pr.id);
+        await recordObjects(tx, repo.id, size.hashes);
+        await recordContents(tx, buildId, contents);
+        return only(
+          tx
+            .update(builds)
+            .set({ status: 'ready', files: size.files, bytes: size.bytes, contentAddressed: true, claimExpiresAt: null })
+            .where(eq(builds.id, buildId))
+            .returning(),
+        );
       });
       return { pr, build: ready, changed };
     });
   }
 
   /** Whether a build of `sha` (its 7-character prefix) is stored, or being stored, for this PR. */
-  hasBuild(repo: Repository, number: number, sha: string): boolean {
-    const row = this.ctx.db
-      .select({ id: builds.id })
-      .from(builds)
-      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
-      .where(and(eq(pullRequests.repositoryId, repo.id), eq(pullRequests.number, number), eq(builds.sha7, sha.slice(0, 7))))
-      .get();
+  async hasBuild(repo: Repository, number: number, sha: string): Promise<boolean> {
+    const row = await first(
+      this.ctx.db.orm
+        .select({ id: builds.id })
+        .from(builds)
+        .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+        .where(and(eq(pullRequests.repositoryId, repo.id), eq(pullRequests.number, number), eq(builds.sha7, sha.slice(0, 7))))
+        .limit(1),
+    );
     return row !== undefined;
   }
 
   /** Bytes on disk: every object, and the builds stored before objects existed. */
-  storedBytes(): number {
-    const { db } = this.ctx;
-    const inObjects = db.select({ bytes: sum(repositories.objectBytes) }).from(repositories).get();
-    const ownCopies = db
-      .select({ bytes: sum(builds.bytes) })
-      .from(builds)
-      .where(and(eq(builds.status, 'ready'), eq(builds.contentAddressed, false)))
-      .get();
-    return Number(inObjects?.bytes ?? 0) + Number(ownCopies?.bytes ?? 0);
+  storedBytes(): Promise<number> {
+    return this.ctx.db.transaction(async (tx) => {
+      const inObjects = await first(tx.select({ bytes: sum(repositories.objectBytes) }).from(repositories));
+      const ownCopies = await first(
+        tx
+          .select({ bytes: sum(builds.bytes) })
+          .from(builds)
+          .where(and(eq(builds.status, 'ready'), eq(builds.contentAddressed, false))),
+      );
+      return Number(inObjects?.bytes ?? 0) + Number(ownCopies?.bytes ?? 0);
+    });
   }
 
   /**
    * Bytes on disk of the account that owns `repo`: its repositories' objects, plus builds stored before
    * objects existed (their own copies).
    */
-  accountBytes(repo: Repository): number {
-    const { db } = this.ctx;
-    const inObjects = db.select({ bytes: sum(repositories.objectBytes) }).from(repositories).where(eq(repositories.accountId, repo.accountId)).get();
-    const ownCopies = db
-      .select({ bytes: sum(builds.bytes) })
-      .from(builds)
-      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
-      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
-      .where(and(eq(repositories.accountId, repo.accountId), eq(builds.contentAddressed, false)))
-      .get();
-    return Number(inObjects?.bytes ?? 0) + Number(ownCopies?.bytes ?? 0);
+  accountBytes(repo: Repository): Promise<number> {
+    return this.ctx.db.transaction(async (tx: Orm) => {
+      const inObjects = await first(tx.select({ bytes: sum(repositories.objectBytes) }).from(repositories).where(eq(repositories.accountId, repo.accountId)));
+      const ownCopies = await first(
+        tx
+          .select({ bytes: sum(builds.bytes) })
+          .from(builds)
+          .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+          .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+          .where(and(eq(repositories.accountId, repo.accountId), eq(builds.contentAddressed, false))),
+      );
+      return Number(inObjects?.bytes ?? 0) + Number(ownCopies?.bytes ?? 0);
+    });
   }
 }

@@ -2,7 +2,8 @@ import { and, eq, gt, gte, isNull, lt, notInArray, or } from '../db/orm.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { builds, jobs, objects, pullRequests, repositories } from '../db/schema.js';
+import { only } from '../db/query.js';
+import { builds, jobs, objects, pullRequests, repositories } from '../db/tables.js';
 import type { PullRequest, Repository } from '../registry.js';
 import type { Octokit } from '../github.js';
 import { octokitFor, withPr, type PreviewsContext } from './context.js';
@@ -38,16 +39,19 @@ export class Maintenance {
    * What replicas that are not running left behind: their upload claims (and any claim whose lease expired),
    * their staging folders and their queue leases. Claims and staging folders of running replicas stay: their uploads go on.
    */
-  releaseDead(now = new Date()): { pending: number; staging: number } {
+  async releaseDead(now = new Date()): Promise<{ pending: number; staging: number }> {
     const { db, store, replica } = this.ctx;
-    const live = [...replica.liveIds()];
-    const pending = db
-      .delete(builds)
-      .where(and(eq(builds.status, 'pending'), or(isNull(builds.claimOwner), notInArray(builds.claimOwner, live), isNull(builds.claimExpiresAt), lt(builds.claimExpiresAt, now))))
-      .run().changes;
-    // Their queue jobs run again now, not when their leases expire.
-    db.update(jobs).set({ leaseOwner: null, leaseUntil: null }).where(notInArray(jobs.leaseOwner, live)).run();
-    return { pending, staging: store.removeStaging(new Set(live)) };
+    const live = [...(await replica.liveIds())];
+    const released = await db.transaction(async (tx) => {
+      const pending = await tx
+        .delete(builds)
+        .where(and(eq(builds.status, 'pending'), or(isNull(builds.claimOwner), notInArray(builds.claimOwner, live), isNull(builds.claimExpiresAt), lt(builds.claimExpiresAt, now))))
+        .returning({ id: builds.id });
+      // Their queue jobs run again now, not when their leases expire.
+      await tx.update(jobs).set({ leaseOwner: null, leaseUntil: null }).where(notInArray(jobs.leaseOwner, live));
+      return pending.length;
+    });
+    return { pending: released, staging: store.removeStaging(new Set(live)) };
   }
 
   /**
@@ -61,17 +65,16 @@ export class Maintenance {
    */
   async recoverAfterRestart(options: { unclean?: boolean; now?: Date } = {}): Promise<void> {
     const { db, store } = this.ctx;
-    const { pending, staging } = this.releaseDead(options.now);
-    if (this.ctx.replica.liveIds().size > 1) {
+    const { pending, staging } = await this.releaseDead(options.now);
+    if ((await this.ctx.replica.liveIds()).size > 1) {
       if (pending || staging) this.ctx.log.warn({ pending, staging }, 'released the uploads of replicas that stopped uncleanly');
       return;
     }
-    const rows = db
+    const rows = await db.orm
       .select({ build: builds, pr: pullRequests, repo: repositories })
       .from(builds)
       .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
-      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
-      .all();
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id));
     const repaired = new Set<number>();
     for (const { pr, repo } of rows) {
       if (repaired.has(pr.id)) continue;
@@ -84,7 +87,7 @@ export class Maintenance {
       const dir = store.buildDir(repo.site, pr.number, pr.visibility, build.sha7);
       if (fs.existsSync(dir)) known.add(dir);
       else {
-        db.delete(builds).where(eq(builds.id, build.id)).run();
+        await db.orm.delete(builds).where(eq(builds.id, build.id));
         missing++;
       }
     }
@@ -96,7 +99,7 @@ export class Maintenance {
     if (options.unclean) {
       const now = options.now ?? new Date();
       await this.checkRecentBuilds(now);
-      this.checkRecentObjects(now);
+      await this.checkRecentObjects(now);
       await this.removeUnreferencedObjects();
     }
   }
@@ -106,15 +109,15 @@ export class Maintenance {
    * it was dropped above, but the object must not serve the next upload of that content. Objects recorded in
    * the last RECENT_BUILD_MS are hashed again; one that differs is removed with its row.
    */
-  private checkRecentObjects(now: Date): void {
+  private async checkRecentObjects(now: Date): Promise<void> {
     const { db, store } = this.ctx;
     const since = new Date(now.getTime() - RECENT_BUILD_MS);
-    for (const row of db.select().from(objects).where(gt(objects.createdAt, since)).all()) {
+    for (const row of await db.orm.select().from(objects).where(gt(objects.createdAt, since))) {
       const file = store.objects.forRepository(row.repositoryId).pathOf(row.sha256);
       const content = fs.existsSync(file) ? fs.readFileSync(file) : undefined;
       if (content && crypto.createHash('sha256').update(content).digest('hex') === row.sha256) continue;
       fs.rmSync(file, { force: true });
-      forgetObjects(db, row.repositoryId, [row]);
+      await forgetObjects(db, row.repositoryId, [row]);
       this.ctx.log.warn({ repositoryId: row.repositoryId, sha256: row.sha256 }, 'an object stored just before an unclean stop is damaged on disk; removed');
     }
   }
@@ -134,13 +137,12 @@ export class Maintenance {
       for await (const fan of store.objects.forRepository(repositoryId).removeUnreferenced()) {
         count += fan.removed.length;
         bytes += fan.bytes;
-        const rows = db
+        const rows = await db.orm
           .select({ sha256: objects.sha256, size: objects.size })
           .from(objects)
           // The hashes starting with this prefix: hex digits sort before "g".
-          .where(and(eq(objects.repositoryId, repositoryId), gte(objects.sha256, fan.prefix), lt(objects.sha256, `${fan.prefix}g`), settled))
-          .all();
-        forgetObjects(db, repositoryId, rows.filter((row) => !fan.kept.has(row.sha256)));
+          .where(and(eq(objects.repositoryId, repositoryId), gte(objects.sha256, fan.prefix), lt(objects.sha256, `${fan.prefix}g`), settled));
+        await forgetObjects(db, repositoryId, rows.filter((row) => !fan.kept.has(row.sha256)));
       }
     }
     if (count) this.ctx.log.info({ objects: count, bytes }, 'removed objects that no build links any more');
@@ -156,20 +158,19 @@ export class Maintenance {
   private async checkRecentBuilds(now: Date): Promise<void> {
     const { db, store } = this.ctx;
     const since = new Date(now.getTime() - RECENT_BUILD_MS);
-    const recent = db
+    const recent = await db.orm
       .select({ build: builds, pr: pullRequests, repo: repositories })
       .from(builds)
       .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
       .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
-      .where(and(eq(builds.status, 'ready'), gt(builds.createdAt, since)))
-      .all();
+      .where(and(eq(builds.status, 'ready'), gt(builds.createdAt, since)));
     for (const { build, pr, repo } of recent) {
       const dir = store.buildDir(repo.site, pr.number, pr.visibility, build.sha7);
       const found = filesAndBytes(dir);
       if (found.files === build.files && found.bytes === build.bytes) continue;
       await withPr(this.ctx, repo.id, pr.number, async () => {
         removeTreeSync(dir);
-        db.delete(builds).where(eq(builds.id, build.id)).run();
+        await db.orm.delete(builds).where(eq(builds.id, build.id));
       });
       this.ctx.log.warn(
         { repo: repo.fullName, pr: pr.number, sha: build.sha7, recorded: { files: build.files, bytes: build.bytes }, found },
@@ -187,14 +188,13 @@ export class Maintenance {
     let removedPrs = 0;
     let skipped = 0;
     const why: string[] = [];
-    const candidates = this.ctx.db
+    const candidates = await this.ctx.db.orm
       .select({ pr: pullRequests, repo: repositories })
       .from(pullRequests)
       .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
-      .where(or(and(eq(pullRequests.state, 'closed'), lt(pullRequests.closedAt, cutoff)), lt(repositories.uninstalledAt, cutoff)))
-      .all();
+      .where(or(and(eq(pullRequests.state, 'closed'), lt(pullRequests.closedAt, cutoff)), lt(repositories.uninstalledAt, cutoff)));
     for (const { pr, repo } of candidates) {
-      if (!this.decisions.readyBuildIds(pr.id).length && !this.ctx.store.hasPrFolder(repo.site, pr.number)) continue;
+      if (!(await this.decisions.readyBuildIds(pr.id)).length && !this.ctx.store.hasPrFolder(repo.site, pr.number)) continue;
       try {
         if (!(await this.stillGone(repo, pr))) {
           skipped++;
@@ -209,7 +209,7 @@ export class Maintenance {
       }
       await withPr(this.ctx, repo.id, pr.number, async () => {
         await this.ctx.store.removePr(repo.site, pr.number);
-        this.ctx.db.delete(builds).where(eq(builds.pullRequestId, pr.id)).run();
+        await this.ctx.db.orm.delete(builds).where(eq(builds.pullRequestId, pr.id));
       });
       removedPrs++;
       this.ctx.log.info({ repo: repo.fullName, pr: pr.number }, 'removed the builds of a closed pull request');
@@ -232,7 +232,7 @@ export class Maintenance {
       throw err;
     }
     const current = repo.uninstalledAt
-      ? this.ctx.db.update(repositories).set({ installed: true, uninstalledAt: null }).where(eq(repositories.id, repo.id)).returning().get()
+      ? await only(this.ctx.db.orm.update(repositories).set({ installed: true, uninstalledAt: null }).where(eq(repositories.id, repo.id)).returning())
       : repo;
     const { facts } = await this.decisions.reconcile(current, pr.number, { event: 'cleanup' }, { octokit });
     if (facts.state === 'open') return false;

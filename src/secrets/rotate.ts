@@ -1,6 +1,7 @@
 import { and, count, eq, isNotNull, ne } from '../db/orm.js';
-import type { Db } from '../db/client.js';
-import { accounts, users } from '../db/schema.js';
+import type { Database } from '../db/database.js';
+import { only } from '../db/query.js';
+import { accounts, users } from '../db/tables.js';
 import { LocalKeyService, type KeyRing } from './key-service.js';
 
 export interface RotationResult {
@@ -22,36 +23,37 @@ export interface RotationResult {
  * new master key is made first (the old one kept as `master.key.retired-…` until every account and user has moved). Moving from local to Azure is
  * the same command with KEY_PROVIDER=azure.
  */
-export async function rotateKeys(db: Db, keys: KeyRing): Promise<RotationResult> {
+export async function rotateKeys(database: Database, keys: KeyRing): Promise<RotationResult> {
+  const db = database.orm;
   const local = keys.current instanceof LocalKeyService ? keys.current : undefined;
   let newLocalKey = false;
-  if (local && local.retiredKeyIds().length === 0 && behind(db, keys.currentKeyId) === 0) {
+  if (local && local.retiredKeyIds().length === 0 && (await behind(database, keys.currentKeyId)) === 0) {
     local.startRotation();
     newLocalKey = true;
   }
   const keyId = keys.currentKeyId;
-  const total = db.select({ n: count() }).from(accounts).get()!.n;
+  const { n: total } = await only(db.select({ n: count() }).from(accounts));
   let rewrapped = 0;
-  for (const account of db.select().from(accounts).where(ne(accounts.dekKeyId, keyId)).all()) {
+  for (const account of await db.select().from(accounts).where(ne(accounts.dekKeyId, keyId))) {
     const moved = await rewrap(keys, account.wrappedDek, account.dekKeyId);
     // Compare-and-set: a row changed meanwhile (another rotation) is left to that one.
-    db.update(accounts)
+    await db
+      .update(accounts)
       .set(moved)
-      .where(and(eq(accounts.id, account.id), eq(accounts.dekKeyId, account.dekKeyId)))
-      .run();
+      .where(and(eq(accounts.id, account.id), eq(accounts.dekKeyId, account.dekKeyId)));
     rewrapped++;
   }
   let rewrappedUsers = 0;
-  for (const user of db.select().from(users).where(and(isNotNull(users.dekKeyId), ne(users.dekKeyId, keyId))).all()) {
+  for (const user of await db.select().from(users).where(and(isNotNull(users.dekKeyId), ne(users.dekKeyId, keyId)))) {
     const moved = await rewrap(keys, user.wrappedDek!, user.dekKeyId!);
-    db.update(users)
+    await db
+      .update(users)
       .set(moved)
-      .where(and(eq(users.id, user.id), eq(users.dekKeyId, user.dekKeyId!)))
-      .run();
+      .where(and(eq(users.id, user.id), eq(users.dekKeyId, user.dekKeyId!)));
     rewrappedUsers++;
   }
   const removedKeys: string[] = [];
-  if (local && behind(db, keyId) === 0) {
+  if (local && (await behind(database, keyId)) === 0) {
     for (const retired of local.retiredKeyIds()) {
       local.removeRetired(retired);
       removedKeys.push(retired);
@@ -72,6 +74,11 @@ async function rewrap(keys: KeyRing, wrapped: Buffer, keyId: string): Promise<{ 
 }
 
 /** Accounts and users whose DEK is not yet wrapped by `keyId`: a retired key is deleted only at 0. */
-const behind = (db: Db, keyId: string) =>
-  db.select({ n: count() }).from(accounts).where(ne(accounts.dekKeyId, keyId)).get()!.n +
-  db.select({ n: count() }).from(users).where(and(isNotNull(users.dekKeyId), ne(users.dekKeyId, keyId))).get()!.n;
+async function behind(db: Database, keyId: string): Promise<number> {
+  // One transaction: both counts from the same moment.
+  return db.transaction(async (tx) => {
+    const inAccounts = await only(tx.select({ n: count() }).from(accounts).where(ne(accounts.dekKeyId, keyId)));
+    const inUsers = await only(tx.select({ n: count() }).from(users).where(and(isNotNull(users.dekKeyId), ne(users.dekKeyId, keyId))));
+    return inAccounts.n + inUsers.n;
+  });
+}

@@ -1,6 +1,7 @@
 import { and, eq } from '../db/orm.js';
-import type { Db } from '../db/client.js';
-import { accounts, secrets } from '../db/schema.js';
+import type { Database } from '../db/database.js';
+import { first } from '../db/query.js';
+import { accounts, secrets } from '../db/tables.js';
 import { newDataKey, open, seal } from './envelope.js';
 import type { KeyService } from './key-service.js';
 
@@ -16,7 +17,7 @@ export class SecretStore {
   private readonly accountKeys = new Map<number, { key: Buffer; expires: number }>();
 
   constructor(
-    private readonly db: Db,
+    private readonly db: Database,
     private readonly keys: KeyService,
   ) {}
 
@@ -34,23 +35,24 @@ export class SecretStore {
     const ciphertext = seal(secretKey, value, valueAad(accountId, repositoryId, name));
     const wrappedDek = seal(accountKey, secretKey, dekAad(accountId, repositoryId, name));
     secretKey.fill(0);
-    this.db
+    await this.db.orm
       .insert(secrets)
       .values({ accountId, repositoryId, name, ciphertext, wrappedDek })
       .onConflictDoUpdate({
         target: [secrets.repositoryId, secrets.name],
         set: { accountId, ciphertext, wrappedDek, createdAt: new Date() },
-      })
-      .run();
+      });
   }
 
   /** The decrypted value, or undefined when no such secret is stored. Throws DecryptError on tampering. */
   async get(repositoryId: number, name: string): Promise<Buffer | undefined> {
-    const row = this.db
-      .select()
-      .from(secrets)
-      .where(and(eq(secrets.repositoryId, repositoryId), eq(secrets.name, name)))
-      .get();
+    const row = await first(
+      this.db.orm
+        .select()
+        .from(secrets)
+        .where(and(eq(secrets.repositoryId, repositoryId), eq(secrets.name, name)))
+        .limit(1),
+    );
     if (!row) return undefined;
     const accountKey = await this.accountKey(row.accountId);
     const secretKey = open(accountKey, row.wrappedDek, dekAad(row.accountId, repositoryId, name));
@@ -64,7 +66,7 @@ export class SecretStore {
   private async accountKey(accountId: number): Promise<Buffer> {
     const cached = this.accountKeys.get(accountId);
     if (cached && cached.expires > Date.now()) return cached.key;
-    const account = this.db.select().from(accounts).where(eq(accounts.id, accountId)).get();
+    const account = await first(this.db.orm.select().from(accounts).where(eq(accounts.id, accountId)).limit(1));
     if (!account) throw new Error(`Account ${accountId} does not exist.`);
     const key = await this.keys.unwrapKey(account.wrappedDek, account.dekKeyId);
     if (this.accountKeys.size >= CACHE_MAX) {

@@ -3,8 +3,9 @@ import path from 'node:path';
 import { and, desc, eq, inArray, lt } from '../db/orm.js';
 import type { Request } from 'express';
 import { isSha256 } from '../builds/objects.js';
-import type { Db } from '../db/client.js';
-import { manifests } from '../db/schema.js';
+import type { Database } from '../db/database.js';
+import { first } from '../db/query.js';
+import { manifests } from '../db/tables.js';
 import { badRequest, tooLarge } from '../errors.js';
 import { ManifestList } from './manifest-list.js';
 import { SHAPE } from './manifest-parse.js';
@@ -26,7 +27,7 @@ export const MANIFESTS_KEPT_PER_REPOSITORY = 8;
  */
 export class Manifests {
   constructor(
-    private readonly db: Db,
+    private readonly db: Database,
     readonly listsDir: string,
   ) {}
 
@@ -34,31 +35,35 @@ export class Manifests {
    * Keeps the manifest (its digest and list file) for its upload, dropping expired ones and the repository's
    * oldest beyond MANIFESTS_KEPT_PER_REPOSITORY, with their files.
    */
-  remember(repositoryId: number, pullRequestNumber: number, sha: string, digest: string, list: string): void {
-    const expired = this.db.delete(manifests).where(lt(manifests.createdAt, new Date(Date.now() - MANIFEST_KEPT_MS))).returning({ body: manifests.body }).all();
-    const same = and(eq(manifests.repositoryId, repositoryId), eq(manifests.pullRequestNumber, pullRequestNumber), eq(manifests.sha, sha), eq(manifests.digest, digest));
-    const replaced = this.db.delete(manifests).where(same).returning({ body: manifests.body }).all();
-    this.db.insert(manifests).values({ repositoryId, pullRequestNumber, sha, digest, body: list }).run();
-    const beyond = this.db
-      .select({ id: manifests.id })
-      .from(manifests)
-      .where(eq(manifests.repositoryId, repositoryId))
-      .orderBy(desc(manifests.createdAt), desc(manifests.id))
-      .all()
-      .slice(MANIFESTS_KEPT_PER_REPOSITORY)
-      .map((r) => r.id);
-    const dropped = beyond.length ? this.db.delete(manifests).where(inArray(manifests.id, beyond)).returning({ body: manifests.body }).all() : [];
-    for (const gone of [...expired, ...replaced, ...dropped]) this.removeList(gone.body);
+  async remember(repositoryId: number, pullRequestNumber: number, sha: string, digest: string, list: string): Promise<void> {
+    const gone = await this.db.transaction(async (tx) => {
+      const expired = await tx.delete(manifests).where(lt(manifests.createdAt, new Date(Date.now() - MANIFEST_KEPT_MS))).returning({ body: manifests.body });
+      const same = and(eq(manifests.repositoryId, repositoryId), eq(manifests.pullRequestNumber, pullRequestNumber), eq(manifests.sha, sha), eq(manifests.digest, digest));
+      const replaced = await tx.delete(manifests).where(same).returning({ body: manifests.body });
+      await tx.insert(manifests).values({ repositoryId, pullRequestNumber, sha, digest, body: list });
+      const kept = await tx
+        .select({ id: manifests.id })
+        .from(manifests)
+        .where(eq(manifests.repositoryId, repositoryId))
+        .orderBy(desc(manifests.createdAt), desc(manifests.id));
+      const beyond = kept.slice(MANIFESTS_KEPT_PER_REPOSITORY).map((r) => r.id);
+      const dropped = beyond.length ? await tx.delete(manifests).where(inArray(manifests.id, beyond)).returning({ body: manifests.body }) : [];
+      return [...expired, ...replaced, ...dropped];
+    });
+    // The files after the commit: a rolled back transaction leaves every row's file in place.
+    for (const row of gone) this.removeList(row.body);
   }
 
   /** The manifest a digest upload names, or a 400 that says what to do. */
   async find(repositoryId: number, pullRequestNumber: number, sha: string, digest: string): Promise<{ id: number; files: ManifestList; asked: ManifestList['asked'] }> {
     if (!isSha256(digest)) throw badRequest('The Preview-Gate-Manifest header must be the sha256 (64 lower-case hex) of the manifest sent before.');
-    const row = this.db
-      .select()
-      .from(manifests)
-      .where(and(eq(manifests.repositoryId, repositoryId), eq(manifests.pullRequestNumber, pullRequestNumber), eq(manifests.sha, sha), eq(manifests.digest, digest)))
-      .get();
+    const row = await first(
+      this.db.orm
+        .select()
+        .from(manifests)
+        .where(and(eq(manifests.repositoryId, repositoryId), eq(manifests.pullRequestNumber, pullRequestNumber), eq(manifests.sha, sha), eq(manifests.digest, digest)))
+        .limit(1),
+    );
     const notSent = () =>
       badRequest(`The Preview-Gate-Manifest header names no manifest sent for this commit in the last hour; POST the manifest to /create-build/${pullRequestNumber}/${sha}/manifest first.`);
     if (!row || row.createdAt.getTime() < Date.now() - MANIFEST_KEPT_MS) throw notSent();
@@ -73,8 +78,8 @@ export class Manifests {
     return { id: row.id, files, asked: files.asked };
   }
 
-  forget(id: number): void {
-    for (const gone of this.db.delete(manifests).where(eq(manifests.id, id)).returning({ body: manifests.body }).all()) this.removeList(gone.body);
+  async forget(id: number): Promise<void> {
+    for (const gone of await this.db.orm.delete(manifests).where(eq(manifests.id, id)).returning({ body: manifests.body })) this.removeList(gone.body);
   }
 
   /**

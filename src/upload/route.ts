@@ -6,7 +6,7 @@ import multer from 'multer';
 import { BuildTree, extractTarGz, type BuildTarget, type ExtractResult } from '../builds/extract.js';
 import type { BuildStore } from '../builds/store.js';
 import type { Config } from '../config.js';
-import type { Db } from '../db/client.js';
+import type { Database } from '../db/database.js';
 import { badRequest, forbidden, tooLarge, unavailable } from '../errors.js';
 import type { GitHub, Octokit } from '../github.js';
 import type { Metrics } from '../metrics.js';
@@ -27,7 +27,7 @@ const MANIFEST_RETRY_AFTER_S = 2;
 
 export interface UploadDeps {
   config: Config;
-  db: Db;
+  db: Database;
   registry: Registry;
   secrets: SecretStore;
   store: BuildStore;
@@ -68,7 +68,7 @@ export function uploadRouter(deps: UploadDeps): Router {
         const body = isMultipart(req) ? fs.createReadStream((tempFile = await receiveMultipart(multipart, req, res))) : req;
         return extractTarGz(body as Readable, { ...target, manifest: manifest?.files, asked: manifest?.asked });
       });
-      if (manifest) manifests.forget(manifest.id);
+      if (manifest) await manifests.forget(manifest.id);
     } finally {
       // Removed before answering, so a client that sees the answer never sees a leftover.
       if (tempFile) await fs.promises.rm(tempFile, { force: true });
@@ -107,14 +107,14 @@ export function uploadRouter(deps: UploadDeps): Router {
       leave();
     }
     // A SHA already stored is answered now (409), not after the client sent what is missing.
-    if (read.allStored || deps.previews.hasBuild(authenticated, pr, sha)) {
+    if (read.allStored || (await deps.previews.hasBuild(authenticated, pr, sha))) {
       const files = ManifestList.from(await fs.promises.readFile(path.join(manifests.listsDir, read.list)));
       await fs.promises.rm(path.join(manifests.listsDir, read.list), { force: true });
       const answer = await storeUpload(deps, req, res, authenticated, pr, sha, async (target) => new BuildTree({ ...target, manifest: files }).finish());
       res.status(answer.status).json(answer.body);
       return;
     }
-    manifests.remember(authenticated.id, pr, sha, read.digest, read.list);
+    await manifests.remember(authenticated.id, pr, sha, read.digest, read.list);
     res.status(200).type('json').send(read.answer);
   });
 
@@ -164,9 +164,9 @@ async function storeUpload(
   }
   const { repo: current, facts } = await authorized!;
   const { visibility } = stored.pr;
-  const warning = deps.previews.decisions.siteNote(current, facts.settings);
+  const warning = await deps.previews.decisions.siteNote(current, facts.settings);
   return visibility === 'public'
-    ? { status: 201, body: { url: buildUrl(config, deps.previews.decisions.currentRepo(current).site, pr, stored.build.sha7), visibility, ...(warning ? { warning } : {}) } }
+    ? { status: 201, body: { url: buildUrl(config, (await deps.previews.decisions.currentRepo(current)).site, pr, stored.build.sha7), visibility, ...(warning ? { warning } : {}) } }
     : { status: 202, body: { visibility, reason: stored.pr.reason ?? facts.decision.reason } };
 }
 
@@ -196,12 +196,12 @@ async function authorizeWithGitHub(deps: UploadDeps, github: GitHub, repo: Repos
   // The installation is asked every time (an app removed without a delivery must answer 403), but the PR and
   // the commit are asked at once with the remembered installation's token: one GitHub round trip, not two.
   // When GitHub names another installation, they are asked again with its token.
-  const remembered = deps.registry.accountOf(repo).installationId;
+  const remembered = (await deps.registry.accountOf(repo)).installationId;
   const early = remembered ? github.forInstallation(remembered).then(ask) : undefined;
   let answers;
   try {
     const octokit = await deps.previews.octokitFor(repo, { askGitHub: true });
-    answers = early && deps.registry.accountOf(repo).installationId === remembered ? await early : await ask(octokit);
+    answers = early && (await deps.registry.accountOf(repo)).installationId === remembered ? await early : await ask(octokit);
   } finally {
     await early?.catch(() => undefined);
   }
@@ -210,7 +210,7 @@ async function authorizeWithGitHub(deps: UploadDeps, github: GitHub, repo: Repos
   // A closed PR is the answer whatever the commit question gave.
   if (read.value.facts.state !== 'open') {
     // A PR we hold builds of is brought in line (hidden, retention starts); an unknown one gets no row.
-    if (deps.registry.findPullRequest(read.value.repo.id, pr)?.factsAt) await deps.previews.decisions.apply(read.value.repo, read.value.facts, { event: 'upload' });
+    if ((await deps.registry.findPullRequest(read.value.repo.id, pr))?.factsAt) await deps.previews.decisions.apply(read.value.repo, read.value.facts, { event: 'upload' });
     throw forbidden(`Pull request #${pr} is closed.`);
   }
   if (commit.status === 'rejected') throw commit.reason;
@@ -228,20 +228,20 @@ export async function authenticate(deps: UploadDeps, token: string, pr: number):
     const { config } = deps;
     const claims = await verifyOidcToken(token, { issuer: config.oidcIssuer, audience: config.publicUrl, pr });
     // By id when the token carries one: a repository that took a freed name is not the one stored under it.
-    const byId = claims.repositoryId === undefined ? undefined : deps.registry.findRepositoryById(claims.repositoryId);
-    const repo = byId ?? deps.registry.findRepository(claims.repository);
+    const byId = claims.repositoryId === undefined ? undefined : await deps.registry.findRepositoryById(claims.repositoryId);
+    const repo = byId ?? (await deps.registry.findRepository(claims.repository));
     if (!repo || !repo.installed) throw forbidden(`The preview-gate app is not installed on ${claims.repository}.`);
     if (repo.githubId !== null && claims.repositoryId !== undefined && repo.githubId !== claims.repositoryId) {
       throw forbidden(`The token's repository_id does not match ${claims.repository}.`);
     }
-    const account = deps.registry.accountOf(repo);
+    const account = await deps.registry.accountOf(repo);
     if (account.githubId !== null && claims.repositoryOwnerId !== undefined && account.githubId !== claims.repositoryOwnerId) {
       throw forbidden(`The token's repository_owner_id does not match the owner of ${claims.repository}.`);
     }
     return repo;
   }
   const slug = claimedSlug(token);
-  const repo = deps.registry.findRepository(slug);
+  const repo = await deps.registry.findRepository(slug);
   const secret = repo && (await deps.secrets.get(repo.id, UPLOAD_SECRET_NAME));
   if (!repo || !secret) {
     throw forbidden(`No upload secret is set for ${slug}; run "preview-gate secret set ${slug} upload-key".`);
