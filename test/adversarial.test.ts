@@ -7,6 +7,8 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { SignJWT } from 'jose';
 import nock from 'nock';
+import { eq } from '../src/db/orm.js';
+import { builds } from '../src/db/tables.js';
 import { API, commitsOf, githubFor, OWNER, pullRequestJson, REPO } from './helpers/github.js';
 import { listTree, sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
 import { gzip, rawTar, tarEntry, type RawEntry } from './helpers/tarballs.js';
@@ -103,7 +105,7 @@ describe('malicious archives', () => {
     commitsOf(pr);
     await expectNoTrace(status, () => server.upload(PR, SHA, body));
     // A refused upload also releases its claim: the same SHA can be uploaded again.
-    expect(server.core.db.$client.prepare("select count(*) n from builds where sha = ?").get(SHA)).toEqual({ n: 0 });
+    expect(await server.core.db.orm.select({ id: builds.id }).from(builds).where(eq(builds.sha, SHA))).toEqual([]);
   });
 });
 
@@ -167,28 +169,28 @@ describe('webhook attacks', () => {
   const event = () => pullRequestEvent('labeled', { number: 61, labels: [LABEL] }, { label: { name: LABEL } });
   const post = (headers: Record<string, string>, body: string) =>
     fetch(`${server.url}/api/github/webhooks`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-github-event': 'pull_request', 'x-github-delivery': 'd-1', ...headers }, body });
-  const noChange = () => expect(server.core.registry.findPullRequest(server.core.registry.findRepository(SLUG)!.id, 61)).toBeUndefined();
+  const noChange = async () => expect(await server.core.registry.findPullRequest((await server.core.registry.findRepository(SLUG))!.id, 61)).toBeUndefined();
 
   test('no signature → rejected', async () => {
     expect((await post({}, JSON.stringify(event()))).status).toBe(400);
-    noChange();
+    await noChange();
   });
   test('signed with another secret → rejected', async () => {
     expect((await sendWebhook(server.url, 'pull_request', event(), 'not-the-secret')).status).toBe(400);
-    noChange();
+    await noChange();
   });
   test('a valid signature of another body → rejected', async () => {
     const crypto = await import('node:crypto');
     const sig = `sha256=${crypto.createHmac('sha256', 'test-webhook-secret').update('{}').digest('hex')}`;
     expect((await post({ 'x-hub-signature-256': sig }, JSON.stringify(event()))).status).toBe(400);
-    noChange();
+    await noChange();
   });
   test('only the legacy SHA-1 signature → rejected', async () => {
     const crypto = await import('node:crypto');
     const body = JSON.stringify(event());
     const sig = `sha1=${crypto.createHmac('sha1', 'test-webhook-secret').update(body).digest('hex')}`;
     expect((await post({ 'x-hub-signature': sig }, body)).status).toBe(400);
-    noChange();
+    await noChange();
   });
   test('a signed delivery naming another installation asks GitHub nothing and changes nothing', async () => {
     const tokens = nock(API).post('/app/installations/666/access_tokens').reply(404, { message: 'Not Found' });
@@ -196,19 +198,19 @@ describe('webhook attacks', () => {
     expect(res.status).toBe(200);
     await server.previews.settled();
     expect(tokens.isDone()).toBe(false);
-    noChange();
+    await noChange();
   });
   test('a replayed labeled delivery publishes nothing: GitHub says the label is gone', async () => {
     nock(API).persist().post('/app/installations/42/access_tokens').reply(201, { token: 't', expires_at: new Date(Date.now() + 3600e3).toISOString() });
     nock(API).persist().get(/\/contents\//).reply(404, { message: 'Not Found' });
     nock(API).persist().get(`/repos/${OWNER}/${REPO}/pulls/62`).reply(200, () => pullRequestJson({ number: 62, labels: [] }));
-    const repo = server.core.registry.findRepository(SLUG)!;
-    server.previews.decisions.ensurePr(repo, 62, 'open', 'f'.repeat(40));
+    const repo = (await server.core.registry.findRepository(SLUG))!;
+    await server.previews.decisions.ensurePr(repo, 62, 'open', 'f'.repeat(40));
     const payload = pullRequestEvent('labeled', { number: 62, labels: [LABEL] }, { label: { name: LABEL } });
     expect((await sendWebhook(server.url, 'pull_request', payload)).status).toBe(200);
     expect((await sendWebhook(server.url, 'pull_request', payload)).status).toBe(200);
     await server.previews.settled();
-    const pr = server.core.registry.findPullRequest(repo.id, 62)!;
+    const pr = (await server.core.registry.findPullRequest(repo.id, 62))!;
     expect(pr).toMatchObject({ visibility: 'hidden', trusted: false });
   });
 });

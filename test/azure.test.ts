@@ -6,7 +6,7 @@ import { PassThrough } from 'node:stream';
 import { openCore, type Core } from '../src/app.js';
 import { runCli } from '../src/cli.js';
 import { ConfigError, loadConfig } from '../src/config.js';
-import { accounts, secrets as secretsTable } from '../src/db/schema.js';
+import { accounts, secrets as secretsTable } from '../src/db/tables.js';
 import { open as openSealed } from '../src/secrets/envelope.js';
 import { LocalKeyService } from '../src/secrets/key-service.js';
 import { dekAad } from '../src/secrets/secrets.js';
@@ -16,7 +16,7 @@ import { eq } from '../src/db/orm.js';
 import nock from 'nock';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { startFakeKeyVault } from './helpers/key-vault.js';
-import { databaseBytes, sha, startTestServer } from './helpers/server.js';
+import { databaseBytes, sha, sqliteOf, startTestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 
 let tmp: string;
@@ -28,7 +28,7 @@ beforeEach(async () => {
   vault = await startFakeKeyVault(['v1', 'v2']);
 });
 afterEach(async () => {
-  for (const core of opened.splice(0)) core.db.$client.close();
+  for (const core of opened.splice(0)) await core.db.close();
   await vault.close();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
@@ -43,8 +43,8 @@ async function open(env: Record<string, string>): Promise<Core> {
   return core;
 }
 
-function close(core: Core) {
-  core.db.$client.close();
+async function close(core: Core) {
+  await core.db.close();
   opened.splice(opened.indexOf(core), 1);
 }
 
@@ -69,9 +69,9 @@ async function seed(core: Core) {
   return { a, b };
 }
 
-const secretRows = (core: Core) => core.db.select().from(secretsTable).orderBy(secretsTable.id).all();
+const secretRows = (core: Core) => core.db.orm.select().from(secretsTable).orderBy(secretsTable.id);
 const sessionsOf = (core: Core) => new Sessions(core.db, core.keys, {} as GitHubUserApi, 3600_000);
-const accountKeyIds = (core: Core) => core.db.select({ k: accounts.dekKeyId }).from(accounts).orderBy(accounts.id).all().map((r) => r.k);
+const accountKeyIds = async (core: Core) => (await core.db.orm.select({ k: accounts.dekKeyId }).from(accounts).orderBy(accounts.id)).map((r) => r.k);
 
 describe('KEY_PROVIDER=azure with the real Key Vault client', () => {
   test('account keys are wrapped by the vault with RSA-OAEP-256 after the Bearer challenge; secrets read back', async () => {
@@ -79,7 +79,7 @@ describe('KEY_PROVIDER=azure with the real Key Vault client', () => {
     const { a, b } = await seed(core);
     expect(await core.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
     expect(await core.secrets.get(b.id, 'upload-key')).toEqual(VALUE_B);
-    expect(accountKeyIds(core)).toEqual([vault.keyId('v1'), vault.keyId('v1')]);
+    expect(await accountKeyIds(core)).toEqual([vault.keyId('v1'), vault.keyId('v1')]);
     const ops = vault.state.calls.filter((c) => c.op === 'wrapkey' || c.op === 'unwrapkey');
     expect(ops.length).toBeGreaterThan(0);
     expect(ops.every((c) => c.alg === 'RSA-OAEP-256' && c.authorized && c.version === 'v1')).toBe(true);
@@ -88,7 +88,7 @@ describe('KEY_PROVIDER=azure with the real Key Vault client', () => {
   test('unwrapped account keys are cached: reading a secret again asks the vault nothing', async () => {
     const core = await open(azureEnv());
     const { a } = await seed(core);
-    close(core);
+    await close(core);
     const restarted = await open(azureEnv());
     const before = vault.state.calls.filter((c) => c.op === 'unwrapkey').length;
     await restarted.secrets.get(a.id, 'upload-key');
@@ -99,13 +99,13 @@ describe('KEY_PROVIDER=azure with the real Key Vault client', () => {
   test('no plaintext secret and no unwrapped key is in the SQLite file or its WAL', async () => {
     const core = await open(azureEnv());
     const { a } = await seed(core);
-    core.db.$client.pragma('wal_checkpoint(PASSIVE)'); // some pages in the file, the rest still in the WAL
+    sqliteOf(core.db).pragma('wal_checkpoint(PASSIVE)'); // some pages in the file, the rest still in the WAL
     const raw = databaseBytes(dataDir());
     expect(raw.length).toBeGreaterThan(0);
     expect(raw.includes(VALUE_A)).toBe(false);
     expect(raw.includes(VALUE_B)).toBe(false);
-    for (const secret of secretRows(core)) {
-      const account = core.db.select().from(accounts).where(eq(accounts.id, secret.accountId)).get()!;
+    for (const secret of await secretRows(core)) {
+      const account = (await core.db.orm.select().from(accounts).where(eq(accounts.id, secret.accountId)))[0]!;
       const accountDek = await core.keys.unwrapKey(account.wrappedDek, account.dekKeyId);
       const secretDek = openSealed(accountDek, secret.wrappedDek, dekAad(secret.accountId, secret.repositoryId, secret.name));
       expect(secretDek).toHaveLength(32);
@@ -182,8 +182,8 @@ describe('preview-gate keys rotate', () => {
     // A maintainer signed in to the dashboard: their GitHub token is sealed with a DEK of their own.
     const cookie = await sessionsOf(core).open({ id: 42, login: 'maintainer' }, { accessToken: 'ghu_maintainer' });
     const oldKeyId = core.keys.currentKeyId;
-    const before = secretRows(core);
-    close(core);
+    const before = await secretRows(core);
+    await close(core);
 
     const res = await cli(['keys', 'rotate'], localEnv());
     expect(res.code).toBe(0);
@@ -192,20 +192,20 @@ describe('preview-gate keys rotate', () => {
 
     const after = await open(localEnv());
     expect(after.keys.currentKeyId).not.toBe(oldKeyId);
-    expect(accountKeyIds(after)).toEqual([after.keys.currentKeyId, after.keys.currentKeyId]);
-    expect(secretRows(after).map((r) => [r.ciphertext, r.wrappedDek])).toEqual(before.map((r) => [r.ciphertext, r.wrappedDek]));
+    expect(await accountKeyIds(after)).toEqual([after.keys.currentKeyId, after.keys.currentKeyId]);
+    expect((await secretRows(after)).map((r) => [r.ciphertext, r.wrappedDek])).toEqual(before.map((r) => [r.ciphertext, r.wrappedDek]));
     expect(await after.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
     expect(await after.secrets.get(b.id, 'upload-key')).toEqual(VALUE_B);
     expect(fs.readdirSync(dataDir()).filter((f) => f.startsWith('master.key'))).toEqual(['master.key']);
     // The old key is gone, and the maintainer's session still reads their token.
     const sessions = sessionsOf(after);
-    expect(await sessions.accessToken(sessions.find(cookie)!)).toBe('ghu_maintainer');
+    expect(await sessions.accessToken((await sessions.find(cookie))!)).toBe('ghu_maintainer');
   });
 
   test('local: interrupted after the new key was made, it is run again and finishes without a third key', async () => {
     const core = await open(localEnv());
     const { a } = await seed(core);
-    close(core);
+    await close(core);
     // What an interrupted run leaves: the old key retired, a new master key, no account moved yet.
     LocalKeyService.open(path.join(dataDir(), 'master.key'))!.startRotation();
     const newKeyId = LocalKeyService.open(path.join(dataDir(), 'master.key'))!.currentKeyId;
@@ -214,7 +214,7 @@ describe('preview-gate keys rotate', () => {
     expect(res.code).toBe(0);
     expect(res.stdout).toBe(`Re-wrapped 2 account key(s) and 0 user key(s) under ${newKeyId}; 0 account key(s) already were.\n`);
     const after = await open(localEnv());
-    expect(accountKeyIds(after)).toEqual([newKeyId, newKeyId]);
+    expect(await accountKeyIds(after)).toEqual([newKeyId, newKeyId]);
     expect(await after.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
   });
 
@@ -224,15 +224,15 @@ describe('preview-gate keys rotate', () => {
     expect((await cli(['keys', 'rotate'], localEnv())).code).toBe(0);
     const late = await server.registry.ensureRepository('late-org/new');
     await server.secrets.set(late.accountId, late.id, 'upload-key', VALUE_B);
-    expect(accountKeyIds(server)[2]).toBe(accountKeyIds(server)[0]); // the new account uses the new master key
+    expect((await accountKeyIds(server))[2]).toBe((await accountKeyIds(server))[0]); // the new account uses the new master key
     expect(await server.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
   });
 
   test('azure: a new key version (AZURE_KEY_ID) re-wraps every account key, resumably', async () => {
     const core = await open(azureEnv('v1'));
     const { a, b } = await seed(core);
-    const before = secretRows(core);
-    close(core);
+    const before = await secretRows(core);
+    await close(core);
 
     vault.state.wrapsLeft = 2; // the start-up probe, then one account: the vault fails halfway
     const interrupted = await cli(['keys', 'rotate'], azureEnv('v2'));
@@ -244,8 +244,8 @@ describe('preview-gate keys rotate', () => {
     expect(resumed).toMatchObject({ code: 0, stdout: `Re-wrapped 1 account key(s) and 0 user key(s) under ${vault.keyId('v2')}; 1 account key(s) already were.\n` });
 
     const after = await open(azureEnv('v2'));
-    expect(accountKeyIds(after)).toEqual([vault.keyId('v2'), vault.keyId('v2')]);
-    expect(secretRows(after).map((r) => r.ciphertext)).toEqual(before.map((r) => r.ciphertext));
+    expect(await accountKeyIds(after)).toEqual([vault.keyId('v2'), vault.keyId('v2')]);
+    expect((await secretRows(after)).map((r) => r.ciphertext)).toEqual(before.map((r) => r.ciphertext));
     expect(await after.secrets.get(a.id, 'upload-key')).toEqual(VALUE_A);
     expect(await after.secrets.get(b.id, 'upload-key')).toEqual(VALUE_B);
   });
@@ -253,7 +253,7 @@ describe('preview-gate keys rotate', () => {
   test('azure → local: with AZURE_KEY_ID kept for unwrapping, every account moves to the local master key', async () => {
     const core = await open(azureEnv());
     const { a, b } = await seed(core);
-    close(core);
+    await close(core);
 
     const res = await cli(['keys', 'rotate'], { DATA_DIR: dataDir(), AZURE_KEY_ID: vault.keyId('v1') });
     expect(res.code).toBe(0);
@@ -268,7 +268,7 @@ describe('preview-gate keys rotate', () => {
   test('local → azure migration is the same command; afterwards the local master key is not needed', async () => {
     const core = await open(localEnv());
     const { a, b } = await seed(core);
-    close(core);
+    await close(core);
 
     const res = await cli(['keys', 'rotate'], azureEnv());
     expect(res.code).toBe(0);

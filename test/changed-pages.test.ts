@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import nock from 'nock';
 import { eq } from '../src/db/orm.js';
-import { buildContents, builds } from '../src/db/schema.js';
+import { buildContents, builds } from '../src/db/tables.js';
 import { changesOfBuilds, compareContents, decodeContents, encodeContents, fileUrl } from '../src/previews/changed-pages.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
@@ -87,8 +87,8 @@ test('a build or its predecessor without a stored file list: "not known", never 
   await server.previews.settled();
   // As if A had been stored before builds kept their file lists.
   const { db } = server.core;
-  const stored = db.select().from(builds).all().filter((b) => b.sha === A).at(-1)!;
-  expect(db.delete(buildContents).where(eq(buildContents.buildId, stored.id)).run().changes).toBe(1);
+  const stored = (await db.orm.select().from(builds)).filter((b) => b.sha === A).at(-1)!;
+  expect(await db.orm.delete(buildContents).where(eq(buildContents.buildId, stored.id)).returning({ id: buildContents.buildId })).toHaveLength(1);
   fake.change(DOCS, 3, { commits: [A, C] });
   expect((await server.upload(3, C, tarball({ 'index.html': page('c'), 'x.html': page('x') }))).status).toBe(201);
   await server.previews.settled();
@@ -98,7 +98,7 @@ test('a build or its predecessor without a stored file list: "not known", never 
   expect(comment).not.toMatch(/added: /);
 });
 
-test('links are percent-encoded, index.html is its folder; the comparison splits pages from other files', () => {
+test('links are percent-encoded, index.html is its folder; the comparison splits pages from other files', async () => {
   expect(fileUrl('https://h.test/', 'a/index.html')).toBe('https://h.test/a/');
   expect(fileUrl('https://h.test/', 'index.html')).toBe('https://h.test/');
   expect(fileUrl('https://h.test/', 'x)(y [z].html')).toBe('https://h.test/x%29%28y%20%5Bz%5D.html');
@@ -113,5 +113,5 @@ test('links are percent-encoded, index.html is its folder; the comparison splits
   // Too long to list (MAX_BUILD_FILES paths of 1,024 characters would be 50 MB to decode at each comment edit): not kept.
   const huge = new Map(Array.from({ length: 4200 }, (_, i) => [`${String(i).padStart(1000, 'x')}.html`, h('1')]));
   expect(encodeContents(huge)).toBeUndefined();
-  expect(changesOfBuilds(server.core.db, server.config, 'docs', 9, []).size).toBe(0);
+  expect((await changesOfBuilds(server.core.db.orm, server.config, 'docs', 9, [])).size).toBe(0);
 });

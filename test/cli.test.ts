@@ -9,7 +9,7 @@ import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { openCore } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
-import { builds, pullRequests } from '../src/db/schema.js';
+import { builds, pullRequests } from '../src/db/tables.js';
 import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
@@ -193,14 +193,14 @@ test('`backup` under upload load, restored into a fresh data directory with the 
       fs.copyFileSync(server.config.masterKeyFile, path.join(restored, 'master.key'));
       const core = await openCore(loadConfig({ DATA_DIR: restored }));
       try {
-        const repo = core.registry.findRepository('octo-org/docs')!;
+        const repo = (await core.registry.findRepository('octo-org/docs'))!;
         expect((await core.secrets.get(repo.id, UPLOAD_SECRET_NAME))!.toString()).toBe(UPLOAD_SECRET);
-        const prs = core.db.select().from(pullRequests).all();
-        const ready = core.db.select().from(builds).all().filter((b) => b.status === 'ready');
+        const prs = await core.db.orm.select().from(pullRequests);
+        const ready = (await core.db.orm.select().from(builds)).filter((b) => b.status === 'ready');
         if (expectAll) expect([prs.length, ready.length]).toEqual([5, 5]);
         expect(ready.every((b) => prs.some((p) => p.id === b.pullRequestId))).toBe(true);
       } finally {
-        core.db.$client.close();
+        await core.db.close();
       }
     }
   } finally {

@@ -8,6 +8,8 @@ import { jest } from '@jest/globals';
 import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { auditTrail } from '../src/dashboard/sessions.js';
+import { count, eq } from '../src/db/orm.js';
+import { auditEvents, previewGrants, previewTickets, sessions, users } from '../src/db/tables.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball, tarball } from './helpers/tarballs.js';
@@ -118,9 +120,10 @@ test('a maintainer signs in with GitHub; the session cookie is __Host-, HttpOnly
   // The PR comment of a hidden PR sends maintainers here.
   expect(fake.commentText()).toContain('on the [preview-gate dashboard](https://uploads.previews-gate.test/)');
   // The user is ("github", id), the token sealed: neither token nor login-only identity in the database.
-  const row = server.core.db.$client.prepare("select provider, provider_id, wrapped_dek is not null as sealed from users where login = 'maintainer'").get();
+  const user = (await server.core.db.orm.select().from(users).where(eq(users.login, 'maintainer')))[0];
+  const row = user && { provider: user.provider, provider_id: user.providerId, sealed: user.wrappedDek !== null ? 1 : 0 };
   expect(row).toEqual({ provider: 'github', provider_id: '1001', sealed: 1 });
-  expect(JSON.stringify(server.core.db.$client.prepare('select * from sessions').all())).not.toMatch(/ghu_/);
+  expect(JSON.stringify(await server.core.db.orm.select().from(sessions))).not.toMatch(/ghu_/);
 });
 
 test('without a session the dashboard offers sign-in; a forged or revoked session is no session', async () => {
@@ -256,11 +259,11 @@ test('an expired preview cookie, or one outliving its session, gets nothing', as
   const { cookie } = await signIn('maintainer');
   const { viewCookie } = await openHidden(cookie!);
   expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(204);
-  server.core.db.$client.prepare('update preview_grants set expires_at = ?').run(Date.now() - 1000);
+  await server.core.db.orm.update(previewGrants).set({ expiresAt: new Date(Date.now() - 1000) });
   expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
   const second = (await openHidden(cookie!)).viewCookie;
   expect((await auth(HOST, cookiePair(second))).status).toBe(204);
-  server.core.db.$client.prepare('update sessions set expires_at = ?').run(Date.now() - 1000);
+  await server.core.db.orm.update(sessions).set({ expiresAt: new Date(Date.now() - 1000) });
   expect((await auth(HOST, cookiePair(second))).status).toBe(403);
 });
 
@@ -324,7 +327,7 @@ test('publish and hide from the dashboard add and remove the label as the signed
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
   // The label was added with the user's token, not the app's.
   expect(fake.writes.find((w) => w.method === 'POST' && /\/issues\/1\/labels$/.test(w.path))?.body).toEqual({ labels: ['safe for preview'] });
-  expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('public');
+  expect((await server.core.registry.findPullRequest(1, 1))!.visibility).toBe('public');
   let page = await (await get('/?done=published-1', { cookie })).text();
   expect(page).toContain('<p role="status" class="flash">Published #1: the label was added on GitHub.</p>');
   expect(page).toMatch(/hidden → public \(dashboard.publish, by maintainer\)/);
@@ -338,7 +341,7 @@ test('publish and hide from the dashboard add and remove the label as the signed
   expect(hidden.status).toBe(303);
   expect(hidden.headers.get('location')).toBe('/?done=hidden-1#pr-7001-1');
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
-  expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
+  expect((await server.core.registry.findPullRequest(1, 1))!.visibility).toBe('hidden');
   page = await (await get('/?done=hidden-1', { cookie })).text();
   expect(page).toContain('Hidden #1: the label was removed on GitHub.');
   expect(page).toMatch(/public → hidden \(dashboard.hide, by triager\)/);
@@ -363,10 +366,10 @@ test('an expired user token is refreshed with the refresh token (GitHub App user
 
 test('audit events are kept 90 days', async () => {
   await signIn('maintainer');
-  server.sessions.prune(new Date(Date.now() + 89 * 86_400_000));
-  expect(server.core.db.$client.prepare('select count(*) as n from audit_events').get()).toEqual({ n: 1 });
-  server.sessions.prune(new Date(Date.now() + 91 * 86_400_000));
-  expect(server.core.db.$client.prepare('select count(*) as n from audit_events').get()).toEqual({ n: 0 });
+  await server.sessions.prune(new Date(Date.now() + 89 * 86_400_000));
+  expect(await server.core.db.orm.select({ n: count() }).from(auditEvents)).toEqual([{ n: 1 }]);
+  await server.sessions.prune(new Date(Date.now() + 91 * 86_400_000));
+  expect(await server.core.db.orm.select({ n: count() }).from(auditEvents)).toEqual([{ n: 0 }]);
 });
 
 test('preview-gate audit prints who signed in, looked at a hidden preview, published and hid', async () => {
@@ -403,7 +406,7 @@ test('preview-gate sessions revoke signs a user out everywhere: dashboard and hi
   });
   for (const c of [cookie!, other]) expect(await (await get('/', { cookie: c })).text()).toContain('Sign in with GitHub');
   expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
-  expect(auditTrail(server.core.db)[0]).toMatchObject({ action: 'revoke', subject: 'maintainer', detail: '2 session(s), by the operator' });
+  expect((await auditTrail(server.core.db))[0]).toMatchObject({ action: 'revoke', subject: 'maintainer', detail: '2 session(s), by the operator' });
   // Nobody of that name, and wrong arguments.
   expect(await cli('sessions', 'revoke', 'nobody')).toMatchObject({ code: 1, stderr: 'No user "nobody" has signed in to the dashboard.\n' });
   expect((await cli('sessions', 'list')).code).toBe(2);
@@ -461,17 +464,17 @@ test('a hidden-preview ticket is a row: another replica (another Sessions on the
   const { Sessions } = await import('../src/dashboard/sessions.js');
   const internals = server.sessions as unknown as { keys: never; api: never };
   const replica = new Sessions(server.core.db, internals.keys, internals.api, server.config.sessionMs);
-  expect(replica.redeemTicket(ticket, 'pr1--docs.previews.test')).toBeUndefined(); // another host: refused, and used up
+  expect(await replica.redeemTicket(ticket, 'pr1--docs.previews.test')).toBeUndefined(); // another host: refused, and used up
   const again = new URL((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie })).headers.get('location')!).searchParams.get('t')!;
-  expect(replica.redeemTicket(again, HOST)).toMatchObject({ maxAgeSeconds: 3600 });
-  expect(replica.redeemTicket(again, HOST)).toBeUndefined();
-  expect(server.sessions.redeemTicket(again, HOST)).toBeUndefined();
+  expect(await replica.redeemTicket(again, HOST)).toMatchObject({ maxAgeSeconds: 3600 });
+  expect(await replica.redeemTicket(again, HOST)).toBeUndefined();
+  expect(await server.sessions.redeemTicket(again, HOST)).toBeUndefined();
   expect((await get(`/.preview-gate/ticket?t=${again}`, { host: HOST })).status).toBe(404);
   // Only the ticket's sha256 is stored, and expired tickets are pruned.
-  expect(JSON.stringify(server.core.db.$client.prepare('select * from preview_tickets').all())).not.toContain(again);
+  expect(JSON.stringify(await server.core.db.orm.select().from(previewTickets))).not.toContain(again);
   await get(`/view/1/1/${A.slice(0, 7)}`, { cookie });
-  server.sessions.prune(new Date(Date.now() + 61_000));
-  expect(server.core.db.$client.prepare('select count(*) as n from preview_tickets').get()).toEqual({ n: 0 });
+  await server.sessions.prune(new Date(Date.now() + 61_000));
+  expect(await server.core.db.orm.select({ n: count() }).from(previewTickets)).toEqual([{ n: 0 }]);
 });
 
 test('Publish is bound to the build shown: a head moved since (labelTrustsNewCommits: false) publishes nothing and says so', async () => {
@@ -490,7 +493,7 @@ test('Publish is bound to the build shown: a head moved since (labelTrustsNewCom
   expect(text).toContain(`now ends at ${B.slice(0, 7)}, not at ${A.slice(0, 7)} that this page showed: nothing was published`);
   expect(fake.pull(DOCS, 1).labels).toEqual([]);
   expect(fake.writes.filter((w) => /\/labels/.test(w.path))).toEqual([]);
-  expect(server.core.registry.findPullRequest(1, 1)!.visibility).toBe('hidden');
+  expect((await server.core.registry.findPullRequest(1, 1))!.visibility).toBe('hidden');
   // Without the commit shown: refused.
   expect((await post('/pulls/1/1/publish', { csrf }, { cookie })).status).toBe(400);
   // B built and shown, published: the label is bound to B.
@@ -499,7 +502,7 @@ test('Publish is bound to the build shown: a head moved since (labelTrustsNewCom
   expect(await shownShaOf(cookie)).toBe(B);
   expect((await post('/pulls/1/1/publish', { csrf, sha: B }, { cookie })).status).toBe(303);
   expect(fake.pull(DOCS, 1).labels).toEqual(['safe for preview']);
-  expect(server.core.registry.findPullRequest(1, 1)).toMatchObject({ visibility: 'public', labelSha: B });
+  expect(await server.core.registry.findPullRequest(1, 1)).toMatchObject({ visibility: 'public', labelSha: B });
 });
 
 test('roles come from one request per installation with the user\'s token (paged), not one per repository', async () => {
@@ -530,7 +533,7 @@ test.each([
   fake.addRepo({ id: 7002, owner: { id: 9002, login: 'other-org' }, name: 'site' }, 43);
   fake.collaborators.set('7002:maintainer', 'write');
   const site = await server.core.registry.ensureRepository('other-org/site');
-  server.core.registry.setInstallation(site.accountId, 43);
+  await server.core.registry.setInstallation(site.accountId, 43);
   const cookie = (await signIn('maintainer')).cookie!;
   fake.userFaults.set(43, fault);
   const failing = await get('/', { cookie });
@@ -567,7 +570,7 @@ test('an expired token is refreshed once for a page that asks about several inst
   fake.addRepo({ id: 7002, owner: { id: 9002, login: 'other-org' }, name: 'site' }, 43);
   fake.collaborators.set('7002:maintainer', 'write');
   const site = await server.core.registry.ensureRepository('other-org/site');
-  server.core.registry.setInstallation(site.accountId, 43);
+  await server.core.registry.setInstallation(site.accountId, 43);
   const cookie = (await signIn('maintainer')).cookie!;
   jest.spyOn(Date, 'now').mockReturnValue(Date.now() + 9 * 3600_000);
   const page = await (await get('/', { cookie })).text();

@@ -8,7 +8,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import nock from 'nock';
 import { eq } from '../src/db/orm.js';
-import { buildContents, builds, objects, repositories } from '../src/db/schema.js';
+import { buildContents, builds, objects, repositories } from '../src/db/tables.js';
 import { compareContents, decodeContents } from '../src/previews/changed-pages.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { forgetCleanStop, sha, startTestServer, type TestServer } from './helpers/server.js';
@@ -66,10 +66,10 @@ const sendMissing = (pr: number, commit: string, manifest: string, send: Record<
 const buildDir = (pr: number, commit: string, visibility: 'public' | 'hidden' = 'public') =>
   path.join(server.config.buildsDir, 'docs', visibility === 'public' ? String(pr) : `hidden--${pr}`, commit.slice(0, 7));
 /** The stored bytes the quota reads (the repositories' counters) and the sum of the object rows: always equal. */
-function objectBytes(): { counted: number; rows: number } {
+async function objectBytes(): Promise<{ counted: number; rows: number }> {
   const { db } = server.core;
-  const counted = db.select({ bytes: repositories.objectBytes }).from(repositories).all().reduce((sum, r) => sum + r.bytes, 0);
-  const rows = db.select({ size: objects.size }).from(objects).all().reduce((sum, r) => sum + r.size, 0);
+  const counted = (await db.orm.select({ bytes: repositories.objectBytes }).from(repositories)).reduce((sum, r) => sum + r.bytes, 0);
+  const rows = (await db.orm.select({ size: objects.size }).from(objects)).reduce((sum, r) => sum + r.size, 0);
   return { counted, rows };
 }
 /** Bytes of the distinct contents of `files`: what storing them adds. */
@@ -101,17 +101,17 @@ test('a second commit sends only the changed file; the build is whole and shares
   }
   // 51 distinct contents of the first build plus the changed page: each stored once.
   expect(objectFiles()).toHaveLength(52);
-  expect(server.core.db.select().from(objects).all()).toHaveLength(52);
-  const row = server.core.db.select().from(builds).all().find((b) => b.sha === B)!;
+  expect(await server.core.db.orm.select().from(objects)).toHaveLength(52);
+  const row = (await server.core.db.orm.select().from(builds)).find((b) => b.sha === B)!;
   expect({ files: row.files, bytes: row.bytes }).toEqual({ files: 51, bytes: Object.values(second).reduce((n, c) => n + c.length, 0) });
   expect(staging()).toEqual([]);
   // The file list kept for the changed pages names every file, sent or linked from the store: only page-7 changed.
-  const listOf = (commit: string) => {
-    const build = server.core.db.select().from(builds).all().find((b) => b.sha === commit)!;
-    return decodeContents(server.core.db.select().from(buildContents).where(eq(buildContents.buildId, build.id)).get()!);
+  const listOf = async (commit: string) => {
+    const build = (await server.core.db.orm.select().from(builds)).find((b) => b.sha === commit)!;
+    return decodeContents((await server.core.db.orm.select().from(buildContents).where(eq(buildContents.buildId, build.id)))[0]!);
   };
-  expect(listOf(B).paths).toEqual(Object.keys(second).sort());
-  expect(compareContents(listOf(A), listOf(B))).toEqual({
+  expect((await listOf(B)).paths).toEqual(Object.keys(second).sort());
+  expect(compareContents(await listOf(A), await listOf(B))).toEqual({
     pages: { added: [], changed: ['page-7.html'], removed: [] },
     assets: { added: [], changed: [], removed: [] },
   });
@@ -209,9 +209,9 @@ describe('bad manifests and digest uploads: a clear error, nothing stored', () =
     await start({ MAX_BUILD_FILES: '20', MAX_BUILD_BYTES: String(64 * 1024) });
     fake.addPull(DOCS, { number: pr, user: CONTRIBUTOR, commits: [A, B], labels: [LABEL] });
   });
-  const nothingStored = () => {
+  const nothingStored = async () => {
     expect(fs.existsSync(buildDir(pr, B))).toBe(false);
-    expect(server.core.db.select().from(builds).all()).toEqual([]);
+    expect(await server.core.db.orm.select().from(builds)).toEqual([]);
     expect(objectFiles()).toEqual([]);
     expect(staging()).toEqual([]);
   };
@@ -232,13 +232,13 @@ describe('bad manifests and digest uploads: a clear error, nothing stored', () =
     const answer = await postManifest(pr, B, body);
     expect(answer.status).toBe(status);
     expect(answer.body.error).toMatch(message);
-    nothingStored();
+    await nothingStored();
   });
 
   test('a manifest over 16 MiB → 413 before it is read whole', async () => {
     const answer = await postManifest(pr, B, ' '.repeat(17 * 1024 * 1024));
     expect(answer.status).toBe(413);
-    nothingStored();
+    await nothingStored();
   });
 
   test('without a valid token → 401/403, the manifest is not kept', async () => {
@@ -254,7 +254,7 @@ describe('bad manifests and digest uploads: a clear error, nothing stored', () =
     const res = await sendMissing(pr, B, manifest, { ...files, 'page-1.html': Buffer.from('<h1>page X</h1>') });
     expect(res.status).toBe(400);
     expect((await res.json()).error).toMatch(/"page-1.html" does not match the manifest/);
-    nothingStored();
+    await nothingStored();
   });
 
   test('a file named in the manifest neither sent nor stored → 400', async () => {
@@ -265,7 +265,7 @@ describe('bad manifests and digest uploads: a clear error, nothing stored', () =
     const res = await sendMissing(pr, B, manifest, sent);
     expect(res.status).toBe(400);
     expect((await res.json()).error).toMatch(/names "page-2.html" .* neither sent nor stored; send the manifest again/);
-    nothingStored();
+    await nothingStored();
   });
 
   test('a file the manifest does not name → 400', async () => {
@@ -275,7 +275,7 @@ describe('bad manifests and digest uploads: a clear error, nothing stored', () =
     const res = await sendMissing(pr, B, manifest, { ...files, 'extra.html': Buffer.from('x') });
     expect(res.status).toBe(400);
     expect((await res.json()).error).toMatch(/"extra.html", which the manifest does not name/);
-    nothingStored();
+    await nothingStored();
   });
 
   test('a Preview-Gate-Manifest header that matches no manifest → 400; a malformed one → 400', async () => {
@@ -292,7 +292,7 @@ describe('bad manifests and digest uploads: a clear error, nothing stored', () =
     res = await server.upload(pr, B, tarball(files), { headers: { 'preview-gate-manifest': 'not-a-hash' } });
     expect(res.status).toBe(400);
     expect((await res.json()).error).toMatch(/must be the sha256/);
-    nothingStored();
+    await nothingStored();
   });
 });
 
@@ -334,12 +334,12 @@ test('an object removed by cleanup after the manifest named it: the upload says 
   expect((await postManifest(7, B, manifest)).body.missing).toEqual([hashOf(next['page-0.html']!)]);
   // PR 6 closes and its builds are removed: the objects PR 7's manifest relied on go with them.
   fake.change(DOCS, 6, { state: 'closed' });
-  await server.previews.reconcile(server.core.registry.findRepositoryById(DOCS)!, 6, { event: 'test' });
-  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
+  await server.previews.reconcile((await server.core.registry.findRepositoryById(DOCS))!, 6, { event: 'test' });
+  expect(await objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
   const result = await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000));
   expect(result).toMatchObject({ removedPrs: 1, freed: { objects: 5 } });
   // Cleanup took the objects' bytes off the count with their rows.
-  expect(objectBytes()).toEqual({ counted: 0, rows: 0 });
+  expect(await objectBytes()).toEqual({ counted: 0, rows: 0 });
 
   const res = await sendMissing(7, B, manifest, { 'page-0.html': next['page-0.html']! });
   expect(res.status).toBe(400);
@@ -356,7 +356,7 @@ test('an object damaged by a power loss is dropped at the next start and never s
   fake.addPull(DOCS, { number: 8, user: CONTRIBUTOR, commits: [A, B], labels: [LABEL] });
   const files = site(3);
   expect((await server.upload(8, A, tarball(files))).status).toBe(201);
-  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
+  expect(await objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
   await server.stop();
   // What a power loss leaves: no clean-stop marker, one file (and so its object) empty.
   forgetCleanStop(server.config.databaseFile);
@@ -368,7 +368,7 @@ test('an object damaged by a power loss is dropped at the next start and never s
   expect(server.logs.some((l) => /object stored just before an unclean stop is damaged/.test(l.msg))).toBe(true);
   expect(fs.existsSync(buildDir(8, A))).toBe(false);
   // The damaged object went with its row and bytes; the build that linked the others was dropped, so they went too.
-  expect(objectBytes()).toEqual({ counted: 0, rows: 0 });
+  expect(await objectBytes()).toEqual({ counted: 0, rows: 0 });
   // The same content again, by manifest: the damaged object is reported missing, not trusted.
   const manifest = manifestOf(files);
   expect((await postManifest(8, B, manifest)).body.missing).toEqual(Object.values(files).map(hashOf));
@@ -377,7 +377,7 @@ test('an object damaged by a power loss is dropped at the next start and never s
   // And by full upload of the first SHA.
   expect((await server.upload(8, A, tarball(files))).status).toBe(201);
   expect(fs.readFileSync(path.join(buildDir(8, A), 'page-1.html'), 'utf8')).toBe('<h1>page 1</h1>');
-  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
+  expect(await objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
 });
 
 test('cleanup forgets the rows of objects gone from the store, except rows of the last minute (their objects are linked just after the answer)', async () => {
@@ -391,11 +391,11 @@ test('cleanup forgets the rows of objects gone from the store, except rows of th
   fs.rmSync(path.join(server.config.dataDir, 'objects', objectFiles().find((p) => p.endsWith(hashOf(gone)))!));
 
   expect((await server.previews.cleanup()).freed).toEqual({ objects: 0, bytes: 0 });
-  expect(objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
+  expect(await objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
   // Two minutes on, its row and bytes go; the others stay.
   await server.previews.cleanup(new Date(Date.now() + 120_000));
-  expect(objectBytes()).toEqual({ counted: bytesOf(files) - gone.length, rows: bytesOf(files) - gone.length });
-  expect(server.core.db.select({ sha256: objects.sha256 }).from(objects).all().map((r) => r.sha256).sort()).toEqual(
+  expect(await objectBytes()).toEqual({ counted: bytesOf(files) - gone.length, rows: bytesOf(files) - gone.length });
+  expect((await server.core.db.orm.select({ sha256: objects.sha256 }).from(objects)).map((r) => r.sha256).sort()).toEqual(
     Object.values(files).filter((c) => c !== gone).map(hashOf).sort(),
   );
 });

@@ -8,7 +8,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import nock from 'nock';
-import { builds } from '../src/db/schema.js';
+import { builds } from '../src/db/tables.js';
 import { startServerProcess } from '../bench/server-process.mjs';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { appPrivateKey } from './helpers/github.js';
@@ -37,7 +37,7 @@ afterEach(async () => {
 const start = async (env: Record<string, string> = {}) => (server = await startTestServer({ ...fake.env, ...env }));
 const port = () => Number(new URL(server.url).port);
 const staging = () => fs.readdirSync(path.join(server.config.buildsDir, '.staging'));
-const pendingRows = () => server.core.db.select().from(builds).all().filter((b) => b.status === 'pending');
+const pendingRows = async () => (await server.core.db.orm.select().from(builds)).filter((b) => b.status === 'pending');
 const healthy = async () => expect((await fetch(`${server.url}/health`)).status).toBe(200);
 
 async function travisToken(pr: number) {
@@ -78,7 +78,7 @@ test('20 uploads cut at random points (reset or FIN, before or after GitHub answ
   await Promise.all(
     commits.map(async (commit, i) => abortedUpload(100 + i, commit, await travisToken(100 + i), body, Math.floor(Math.random() * (body.length - 1)), i % 2 ? 'reset' : 'fin')),
   );
-  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
+  await eventually(async () => (await pendingRows()).length === 0 && staging().length === 0, 5000);
   for (const [i, commit] of commits.entries()) {
     const res = await server.upload(100 + i, commit, body);
     expect(res.status).toBe(201);
@@ -95,7 +95,7 @@ test('a client that goes away while GitHub is being asked releases its claim at 
   await abortedUpload(7, commit, await travisToken(7), body, 1000, 'reset');
   fake.fault = undefined;
   await new Promise((r) => setTimeout(r, 1500)); // GitHub's hung answer times out after the client left
-  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
+  await eventually(async () => (await pendingRows()).length === 0 && staging().length === 0, 5000);
   expect((await server.upload(7, commit, body)).status).toBe(202);
 });
 
@@ -117,7 +117,7 @@ test('a malformed chunked body (a bad chunk size) releases the claim and removes
     socket.on('close', () => resolve());
     setTimeout(() => socket.destroy(), 3000);
   });
-  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
+  await eventually(async () => (await pendingRows()).length === 0 && staging().length === 0, 5000);
   expect((await server.upload(8, commit, body)).status).toBe(202);
   await healthy();
 });
@@ -137,7 +137,7 @@ test('a body that stops coming is cut after UPLOAD_IDLE_SECONDS, and its claim r
   });
   expect(Date.now() - started).toBeLessThan(5000);
   expect([408, undefined]).toContain(status);
-  await eventually(() => pendingRows().length === 0 && staging().length === 0, 5000);
+  await eventually(async () => (await pendingRows()).length === 0 && staging().length === 0, 5000);
   expect((await server.upload(9, commit, body)).status).toBe(202);
 });
 
@@ -160,7 +160,7 @@ test('a client that sends its whole body before reading still reads the refusal 
   });
   res = await fetch(`${server.url}/create-build/10/${commit}`, { method: 'POST', headers: { authorization: `Token ${await travisToken(10)}` }, body: chunked, duplex: 'half' } as RequestInit);
   expect(res.status).toBe(413);
-  expect(pendingRows()).toEqual([]);
+  expect(await pendingRows()).toEqual([]);
   expect(staging()).toEqual([]);
   await healthy();
 });

@@ -9,6 +9,7 @@ import { FakeGitHub } from './helpers/fake-github.js';
 import { request, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
+import { sessions } from '../src/db/tables.js';
 
 const MAIN_HOST = 'uploads.test';
 const DOCS = 7001;
@@ -149,7 +150,7 @@ test("nginx keeps Node's yes for 5 s at most (a page's files ask once) and never
   expect((await viaNginx(HOST, '/', cookie)).status).toBe(200);
   // nginx stored the yes before this moment: no request sent 5 s after it may be served from it.
   const yesKeptBy = Date.now();
-  server.core.db.$client.prepare('update sessions set revoked_at = ?').run(Date.now());
+  await server.core.db.orm.update(sessions).set({ revokedAt: new Date() });
   // The session is revoked: the kept yes still serves (unless a busy machine took 4 s to get here) ...
   const first = await viaNginx(HOST, '/app.js', cookie);
   expect(first.status === 200 || Date.now() - yesKeptBy >= 4000).toBe(true);
@@ -164,7 +165,7 @@ test("nginx keeps Node's yes for 5 s at most (a page's files ask once) and never
     await new Promise((r) => setTimeout(r, 100));
   }
   // That no was not kept: the session back, the next request is served.
-  server.core.db.$client.prepare('update sessions set revoked_at = null').run();
+  await server.core.db.orm.update(sessions).set({ revokedAt: null });
   expect((await viaNginx(HOST, '/app.js', cookie)).status).toBe(200);
 });
 

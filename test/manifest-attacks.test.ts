@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import nock from 'nock';
-import { builds, objects, repositories } from '../src/db/schema.js';
+import { builds, objects, repositories } from '../src/db/tables.js';
 import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
@@ -47,10 +47,10 @@ async function postManifest(pr: number, commit: string, body: string) {
 const sendMissing = (pr: number, commit: string, manifest: string, send: Record<string, Buffer>) =>
   server.upload(pr, commit, tarball(send), { headers: { 'preview-gate-manifest': hashOf(Buffer.from(manifest)) } });
 
-function objectBytes(): { counted: number; rows: number } {
+async function objectBytes(): Promise<{ counted: number; rows: number }> {
   const { db } = server.core;
-  const counted = db.select({ bytes: repositories.objectBytes }).from(repositories).all().reduce((sum, r) => sum + r.bytes, 0);
-  const rows = db.select({ size: objects.size }).from(objects).all().reduce((sum, r) => sum + r.size, 0);
+  const counted = (await db.orm.select({ bytes: repositories.objectBytes }).from(repositories)).reduce((sum, r) => sum + r.bytes, 0);
+  const rows = (await db.orm.select({ size: objects.size }).from(objects)).reduce((sum, r) => sum + r.size, 0);
   return { counted, rows };
 }
 
@@ -76,10 +76,10 @@ test('a content sent once and listed again at an unsent path with size 0 counts 
   }
   // 5 MiB hold at most one 3 MiB content: the rest are refused, and the stored bytes are the real ones.
   expect(refused).toBeGreaterThanOrEqual(commits.length - 2);
-  const stored = objectBytes();
+  const stored = await objectBytes();
   expect(stored.counted).toBe(stored.rows);
   expect(stored.rows).toBeLessThanOrEqual(2 * 3 * MiB);
-  for (const row of server.core.db.select().from(objects).all()) expect(row.size).toBe(3 * MiB);
+  for (const row of (await server.core.db.orm.select().from(objects))) expect(row.size).toBe(3 * MiB);
 });
 
 test('a stored content listed 400 times with size 0 is a build of its real size: MAX_BUILD_BYTES holds, usage shows the truth', async () => {
@@ -92,12 +92,12 @@ test('a stored content listed 400 times with size 0 is a build of its real size:
   const answer = await postManifest(2, B, JSON.stringify({ files }));
   expect(answer.status).toBe(413);
   expect(answer.body.error).toMatch(/larger than 10485760 bytes/);
-  expect(server.core.db.select().from(builds).all().map((b) => b.sha)).toEqual([A]);
+  expect((await server.core.db.orm.select().from(builds)).map((b) => b.sha)).toEqual([A]);
   // Four copies fit: the build's bytes are the real ones.
   const four: Record<string, { sha256: string; size: number }> = {};
   for (let i = 0; i < 4; i++) four[`copy-${i}.bin`] = { sha256: hashOf(content), size: 0 };
   expect((await postManifest(2, B, JSON.stringify({ files: four }))).status).toBe(201);
-  const row = server.core.db.select().from(builds).all().find((b) => b.sha === B)!;
+  const row = (await server.core.db.orm.select().from(builds)).find((b) => b.sha === B)!;
   expect(row.bytes).toBe(4 * content.length);
 });
 
@@ -119,7 +119,7 @@ test("the 201 of a repository's first upload names the site the settings chose, 
   const body = (await res.json()) as { url: string };
   expect(res.status).toBe(201);
   await server.previews.settled();
-  const site = server.core.registry.findRepositoryById(DOCS)!.site;
+  const site = (await server.core.registry.findRepositoryById(DOCS))!.site;
   expect(site).toBe('handbook');
   expect(body.url).toBe(`https://pr4-${A.slice(0, 7)}--handbook.previews.test/`);
   expect(fs.existsSync(path.join(server.config.buildsDir, 'handbook', '4', A.slice(0, 7), 'index.html'))).toBe(true);
@@ -139,12 +139,12 @@ test('an upload of a SHA another upload is storing is answered 409 once; the sta
     first.on('error', (err) => resolve((err as NodeJS.ErrnoException).code ?? err.message));
   });
   first.write(body.subarray(0, body.length / 2));
-  await eventually(() => server.core.db.select().from(builds).all().length === 1);
+  await eventually(async () => (await server.core.db.orm.select().from(builds)).length === 1);
   const second = await server.upload(5, A, body);
   expect(second.status).toBe(409);
   expect(((await second.json()) as { error: string }).error).toMatch(/already exists/);
   expect(await firstAnswer).toBe(408);
-  await eventually(() => server.core.db.select().from(builds).all().length === 0);
+  await eventually(async () => (await server.core.db.orm.select().from(builds)).length === 0);
   await server.previews.settled();
   expect(server.logs.filter((l) => JSON.stringify(l).includes('ERR_HTTP_HEADERS_SENT'))).toEqual([]);
   expect(server.logs.filter((l) => l.level >= 50)).toEqual([]);

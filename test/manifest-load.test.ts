@@ -10,7 +10,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import zlib from 'node:zlib';
 import { SignJWT } from 'jose';
 import nock from 'nock';
-import { manifests } from '../src/db/schema.js';
+import { manifests } from '../src/db/tables.js';
 import { manifestReader } from '../src/upload/manifest-reader.js';
 import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { eventually } from './helpers/eventually.js';
@@ -112,12 +112,12 @@ test("what a manifest leaves is its parsed list, not the body as sent, and a rep
   const listed = { 'index.html': { sha256: hashOf('x'), size: 1 } };
   const padded = Buffer.from(`{"files": ${JSON.stringify(listed)}${' '.repeat(4 * 2 ** 20)}}`);
   for (const commit of commits) expect(await postManifest(2, commit, zlib.gzipSync(padded), { 'content-encoding': 'gzip' })).toBe(200);
-  const rows = server.core.db.select().from(manifests).all().filter((r) => r.pullRequestNumber === 2);
+  const rows = (await server.core.db.orm.select().from(manifests)).filter((r) => r.pullRequestNumber === 2);
   expect(rows.length).toBeLessThanOrEqual(8);
   // Each row names its parsed list's file: a few dozen bytes, not the 4 MiB sent; no other list is left.
   for (const row of rows) expect(fs.statSync(path.join(server.config.dataDir, 'manifests', row.body)).size).toBeLessThan(1000);
   // The lists of the manifests dropped (this repository's older ones) are removed too.
-  const all = server.core.db.select().from(manifests).all();
+  const all = await server.core.db.orm.select().from(manifests);
   expect(all.length).toBeLessThanOrEqual(8);
   const listFiles = () => fs.readdirSync(path.join(server.config.dataDir, 'manifests'));
   await eventually(() => listFiles().every((name) => all.some((r) => r.body === name)));
@@ -158,7 +158,7 @@ test('uploads naming the worst manifest do not stall the main thread (its list i
 test("one repository's flood of manifests is capped (503 + Retry-After) and another repository's is read in its turn", async () => {
   const commits = Array.from({ length: 12 }, (_, i) => sha((0x60 + i).toString(16)));
   const { gzipped } = worstManifest();
-  const docs = server.core.registry.findRepository('octo-org/docs')!;
+  const docs = (await server.core.registry.findRepository('octo-org/docs'))!;
   const other = await server.core.registry.ensureRepository('octo-org/other');
   const secret = 'other-secret-of-more-than-32-bytes-0123456789';
   await server.core.secrets.set(other.accountId, other.id, UPLOAD_SECRET_NAME, Buffer.from(secret));

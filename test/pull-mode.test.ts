@@ -115,7 +115,7 @@ test("a fork PR's artifact is found through the API, downloaded across the redir
   expect((fs.statSync(path.join(buildDir(60, 'hidden'), 'index.html')).mode & 0o777).toString(8)).toBe('444');
   // Stored into the repository's objects like an upload: the build's file is a link to its content's object.
   const hash = crypto.createHash('sha256').update('<h1>from a fork</h1>').digest('hex');
-  const repo = server.core.registry.findRepository('octo-org/docs')!;
+  const repo = (await server.core.registry.findRepository('octo-org/docs'))!;
   const object = path.join(server.config.dataDir, 'objects', String(repo.id), hash.slice(0, 2), hash);
   expect(fs.statSync(object).ino).toBe(fs.statSync(path.join(buildDir(60, 'hidden'), 'index.html')).ino);
   expect(calls.statuses).toEqual([expect.objectContaining({ state: 'pending', context: 'preview-gate' })]);

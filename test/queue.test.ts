@@ -3,25 +3,26 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { openDb, type Db } from '../src/db/client.js';
-import { jobs } from '../src/db/schema.js';
+import type { Database } from '../src/db/database.js';
+import { openSqlite } from '../src/db/sqlite.js';
+import { jobs } from '../src/db/tables.js';
 import { forbidden } from '../src/errors.js';
 import { SharedLock } from '../src/lock.js';
 import { backoffMs, retryAfterMs, WorkQueue } from '../src/queue.js';
 
 let tmp: string;
-let db: Db;
+let db: Database;
 let queue: WorkQueue;
 const log = pino({ level: 'silent' });
 
 beforeEach(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-queue-'));
-  db = openDb(path.join(tmp, 'q.sqlite'));
+  db = openSqlite(path.join(tmp, 'q.sqlite'));
   queue = new WorkQueue(db, log);
 });
 afterEach(async () => {
   await queue.stop(1000);
-  db.$client.close();
+  await db.close();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -32,12 +33,12 @@ test('requests for one key are coalesced into one row; the merge decides the dat
     run: async (data) => void seen.push(data.ids),
     merge: (a, b) => ({ ids: [...(a.ids as number[]), ...(b.ids as number[])] }),
   });
-  for (const id of [1, 2, 3]) queue.enqueue('feedback', 'pr:1#5', { ids: [id] });
-  expect(db.select().from(jobs).all()).toHaveLength(1);
+  for (const id of [1, 2, 3]) await queue.enqueue('feedback', 'pr:1#5', { ids: [id] });
+  expect(await db.orm.select().from(jobs)).toHaveLength(1);
   queue.start();
   await queue.settled();
   expect(seen).toEqual([[1, 2, 3]]);
-  expect(db.select().from(jobs).all()).toEqual([]);
+  expect(await db.orm.select().from(jobs)).toEqual([]);
 });
 
 test('a request arriving while its row runs is not lost: the row runs once more', async () => {
@@ -51,9 +52,9 @@ test('a request arriving while its row runs is not lost: the row runs once more'
     },
   });
   queue.start();
-  queue.enqueue('decide', 'pr:1#1', {});
+  await queue.enqueue('decide', 'pr:1#1', {});
   while (!release) await new Promise((r) => setTimeout(r, 5));
-  queue.enqueue('decide', 'pr:1#1', {});
+  await queue.enqueue('decide', 'pr:1#1', {});
   release();
   await queue.settled();
   expect(runs).toBe(2);
@@ -63,16 +64,16 @@ test('a failure is kept with its error and retried after a backoff; a 4xx senten
   queue.register('decide', { lane: 'reads', run: async () => Promise.reject(Object.assign(new Error('GitHub is down'), { status: 502 })) });
   queue.register('gone', { lane: 'reads', run: async () => Promise.reject(forbidden('Pull request #9 does not exist.')) });
   queue.start();
-  queue.enqueue('decide', 'pr:1#1', {});
-  queue.enqueue('gone', 'pr:1#9', {});
+  await queue.enqueue('decide', 'pr:1#1', {});
+  await queue.enqueue('gone', 'pr:1#9', {});
   await queue.settled();
-  const rows = db.select().from(jobs).all();
+  const rows = await db.orm.select().from(jobs);
   expect(rows).toEqual([expect.objectContaining({ kind: 'decide', attempts: 1, lastError: 'GitHub is down' })]);
   expect(rows[0]!.dueAt.getTime()).toBeGreaterThan(Date.now() + 500);
 });
 
 test('rows survive a restart and run at the next start', async () => {
-  queue.enqueue('decide', 'pr:1#1', { n: 1 });
+  await queue.enqueue('decide', 'pr:1#1', { n: 1 });
   await queue.stop();
   const again = new WorkQueue(db, log);
   const seen: unknown[] = [];
@@ -88,9 +89,9 @@ test('one key runs in order; a slow write of one PR does not hold the decision o
   let releaseWrite!: () => void;
   queue.register('feedback', { lane: 'writes', run: async (d) => { order.push(`write ${d.pr}`); await new Promise<void>((r) => (releaseWrite = r)); } });
   queue.register('decide', { lane: 'reads', run: async (d) => void order.push(`decide ${d.pr}`) });
-  queue.enqueue('feedback', 'pr:1#1', { pr: 1 });
-  queue.enqueue('decide', 'pr:1#1', { pr: 1 });
-  queue.enqueue('decide', 'pr:1#2', { pr: 2 });
+  await queue.enqueue('feedback', 'pr:1#1', { pr: 1 });
+  await queue.enqueue('decide', 'pr:1#1', { pr: 1 });
+  await queue.enqueue('decide', 'pr:1#2', { pr: 2 });
   queue.start();
   while (order.length < 2) await new Promise((r) => setTimeout(r, 5));
   expect(order).toEqual(['write 1', 'decide 2']); // PR 1's decision waits for PR 1's write, PR 2's does not
@@ -135,7 +136,7 @@ describe('two replicas on one database file', () => {
   let overlaps: string[];
   let runsBy: Record<string, number>;
   const replicaQueue = (name: string, leaseMs = 30_000) => {
-    const q = new WorkQueue(openDb(path.join(tmp, 'q.sqlite')), log, Date.now, name, leaseMs);
+    const q = new WorkQueue(openSqlite(path.join(tmp, 'q.sqlite')), log, Date.now, name, leaseMs);
     for (const kind of ['decide', 'feedback']) {
       q.register(kind, {
         lane: kind === 'decide' ? 'reads' : 'writes',
@@ -160,14 +161,14 @@ describe('two replicas on one database file', () => {
     const a = replicaQueue('replica-a');
     const b = replicaQueue('replica-b');
     for (let pr = 1; pr <= 6; pr++) {
-      a.enqueue('decide', `pr:1#${pr}`, {});
-      b.enqueue('feedback', `pr:1#${pr}`, {});
+      await a.enqueue('decide', `pr:1#${pr}`, {});
+      await b.enqueue('feedback', `pr:1#${pr}`, {});
     }
     a.start();
     b.start();
     // Asked again while they run: each such row runs once more, still one at a time per key.
-    for (let pr = 1; pr <= 6; pr++) b.enqueue('decide', `pr:1#${pr}`, { again: true });
-    while (db.select().from(jobs).all().length) await new Promise((r) => setTimeout(r, 5));
+    for (let pr = 1; pr <= 6; pr++) await b.enqueue('decide', `pr:1#${pr}`, { again: true });
+    while ((await db.orm.select().from(jobs)).length) await new Promise((r) => setTimeout(r, 5));
     await Promise.all([a.stop(), b.stop()]);
     expect(overlaps).toEqual([]);
     expect((runsBy['replica-a'] ?? 0) + (runsBy['replica-b'] ?? 0)).toBeGreaterThanOrEqual(12);
@@ -175,21 +176,21 @@ describe('two replicas on one database file', () => {
 
   test("a job whose replica died is taken over by another once its lease expires, not before", async () => {
     const seen: string[] = [];
-    const dead = new WorkQueue(openDb(path.join(tmp, 'q.sqlite')), log, Date.now, 'dead', 200);
+    const dead = new WorkQueue(openSqlite(path.join(tmp, 'q.sqlite')), log, Date.now, 'dead', 200);
     dead.register('decide', { lane: 'reads', run: () => new Promise<void>(() => seen.push('dead started')) }); // never ends
-    dead.enqueue('decide', 'pr:1#1', {});
+    await dead.enqueue('decide', 'pr:1#1', {});
     dead.start();
     while (!seen.length) await new Promise((r) => setTimeout(r, 5));
     void dead.stop(0); // stops renewing only once its job ends: never; what a SIGKILL leaves is a lease not renewed
     (dead as unknown as { renewTimer: NodeJS.Timeout }).renewTimer.close();
-    const other = new WorkQueue(openDb(path.join(tmp, 'q.sqlite')), log, Date.now, 'alive', 200);
+    const other = new WorkQueue(openSqlite(path.join(tmp, 'q.sqlite')), log, Date.now, 'alive', 200);
     other.register('decide', { lane: 'reads', run: async () => void seen.push('taken over') });
     other.start();
-    expect(db.select().from(jobs).get()!.leaseOwner).toBe('dead');
+    expect((await db.orm.select().from(jobs))[0]!.leaseOwner).toBe('dead');
     while (seen.length < 2) await new Promise((r) => setTimeout(r, 5));
-    expect(Date.now()).toBeGreaterThanOrEqual(db.select().from(jobs).get()?.leaseUntil?.getTime() ?? 0);
+    expect(Date.now()).toBeGreaterThanOrEqual((await db.orm.select().from(jobs))[0]?.leaseUntil?.getTime() ?? 0);
     await other.stop();
     expect(seen).toEqual(['dead started', 'taken over']);
-    expect(db.select().from(jobs).all()).toEqual([]);
+    expect(await db.orm.select().from(jobs)).toEqual([]);
   });
 });

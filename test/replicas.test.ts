@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import nock from 'nock';
-import { builds, replicas, schedules } from '../src/db/schema.js';
+import { builds, replicas, schedules } from '../src/db/tables.js';
 import { eq } from '../src/db/orm.js';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { crash, sha, startTestServer, type TestServer } from './helpers/server.js';
@@ -15,8 +15,8 @@ import { siteTarball } from './helpers/tarballs.js';
 
 const LABEL = 'safe for preview';
 let servers: TestServer[] = [];
-const waitFor = async (check: () => boolean) => {
-  while (!check()) await new Promise((r) => setTimeout(r, 10));
+const waitFor = async (check: () => boolean | Promise<boolean>) => {
+  while (!(await check())) await new Promise((r) => setTimeout(r, 10));
 };
 
 beforeEach(() => {
@@ -64,16 +64,16 @@ test("a replica starting while another holds an upload claim leaves the claim an
   githubFor({ number: 1, commits: [commit], labels: [LABEL] });
   commitsOf({ number: 1, commits: [commit], labels: [LABEL] });
   const upload = await uploadInTwoHalves(a, 1, commit, siteTarball('in flight'));
-  const claim = () => a.core.db.select().from(builds).where(eq(builds.status, 'pending')).get();
-  await waitFor(() => claim() !== undefined && fs.readdirSync(a.core.store.stagingDir).length > 0);
-  expect(claim()!.claimOwner).toBe(a.replica.id);
+  const claim = async () => (await a.core.db.orm.select().from(builds).where(eq(builds.status, 'pending')))[0];
+  await waitFor(async () => (await claim()) !== undefined && fs.readdirSync(a.core.store.stagingDir).length > 0);
+  expect((await claim())!.claimOwner).toBe(a.replica.id);
 
   const b = await start(a.tmp);
-  expect(claim()).toMatchObject({ claimOwner: a.replica.id, status: 'pending' });
+  expect(await claim()).toMatchObject({ claimOwner: a.replica.id, status: 'pending' });
   expect(fs.readdirSync(a.core.store.stagingDir).every((f) => f.startsWith(`${a.replica.id}.`))).toBe(true);
   upload.finish();
   expect((await upload.answered).status).toBe(201);
-  expect(b.core.db.select().from(builds).get()).toMatchObject({ sha7: commit.slice(0, 7), status: 'ready' });
+  expect((await b.core.db.orm.select().from(builds))[0]).toMatchObject({ sha7: commit.slice(0, 7), status: 'ready' });
   expect(fs.readFileSync(path.join(a.config.buildsDir, 'docs', '1', commit.slice(0, 7), 'index.html'), 'utf8')).toContain('in flight');
 });
 
@@ -83,8 +83,8 @@ test("the claim and staging of a replica that died (heartbeat expired, no clean 
   githubFor({ number: 2, commits: [commit], labels: [LABEL] });
   commitsOf({ number: 2, commits: [commit], labels: [LABEL] });
   const upload = await uploadInTwoHalves(a, 2, commit, siteTarball('never finished'));
-  const pending = () => a.core.db.$client.prepare("select count(*) as n from builds where status = 'pending'").get() as { n: number };
-  await waitFor(() => pending().n === 1);
+  const pending = async () => (await a.core.db.orm.select({ id: builds.id }).from(builds).where(eq(builds.status, 'pending'))).length;
+  await waitFor(async () => (await pending()) === 1);
   const deadId = a.replica.id;
   await crash(a);
   servers = servers.filter((s) => s !== a);
@@ -97,9 +97,9 @@ test("the claim and staging of a replica that died (heartbeat expired, no clean 
   await waitFor(() => Date.now() > expiredAt);
 
   const b = await start(a.tmp, { leaseMs: 300 });
-  expect(b.core.db.select().from(builds).all()).toEqual([]);
+  expect(await b.core.db.orm.select().from(builds)).toEqual([]);
   expect(fs.readdirSync(b.core.store.stagingDir).filter((f) => f.startsWith(deadId))).toEqual([]);
-  expect(b.core.db.select().from(replicas).all().map((r) => r.id)).toEqual([b.replica.id]);
+  expect((await b.core.db.orm.select().from(replicas)).map((r) => r.id)).toEqual([b.replica.id]);
 });
 
 test('two replicas sweep once per interval in all; when the holder of the sweep dies, the other takes it over after its lease', async () => {
@@ -116,7 +116,7 @@ test('two replicas sweep once per interval in all; when the holder of the sweep 
   const a = await start(undefined, timing);
   const b = await start(a.tmp, timing);
   await waitFor(() => sweeps.length >= 4);
-  const runs = a.core.db.select().from(schedules).where(eq(schedules.name, 'sweep')).get()!;
+  const runs = (await a.core.db.orm.select().from(schedules).where(eq(schedules.name, 'sweep')))[0]!;
   expect(runs.lastRunAt).not.toBeNull();
   // Each sweep starts at least an interval after the previous one ended (so after it started): never two at once.
   for (let i = 1; i < sweeps.length; i++) expect(sweeps[i]! - sweeps[i - 1]!).toBeGreaterThanOrEqual(200 - 5);
@@ -126,7 +126,7 @@ test('two replicas sweep once per interval in all; when the holder of the sweep 
   servers = servers.filter((s) => s !== a);
   await b.schedules.stop(0);
   const leaseUntil = Date.now() + 400;
-  b.core.db.update(schedules).set({ leaseOwner: a.replica.id, leaseUntil: new Date(leaseUntil), nextRunAt: new Date() }).where(eq(schedules.name, 'sweep')).run();
+  await b.core.db.orm.update(schedules).set({ leaseOwner: a.replica.id, leaseUntil: new Date(leaseUntil), nextRunAt: new Date() }).where(eq(schedules.name, 'sweep'));
   const before = sweeps.length;
   b.schedules.start(10);
   await waitFor(() => sweeps.length > before);
@@ -154,17 +154,17 @@ test("one replica's clean stop does not hide another's crash: the next start rep
   const c = await start(a.tmp, { leaseMs: 300 });
   expect(fs.readdirSync(c.core.store.stagingDir)).toEqual([]);
   expect(c.logs.some((l) => /repaired|released/.test(l.msg))).toBe(true);
-  expect(c.core.db.select().from(replicas).all().map((r) => r.id)).toEqual([c.replica.id]);
+  expect((await c.core.db.orm.select().from(replicas)).map((r) => r.id)).toEqual([c.replica.id]);
 });
 
 test("a live replica that shares this host name but not its processes (host networking, a pod) is not taken for dead", async () => {
   const a = await start();
   const insert = (id: string, host: string) =>
-    a.core.db.insert(replicas).values({ id, host, pid: 2 ** 22 + 17, heartbeatAt: new Date() }).run(); // a pid no process here has
+    a.core.db.orm.insert(replicas).values({ id, host, pid: 2 ** 22 + 17, heartbeatAt: new Date() }); // a pid no process here has
   // Same host name, another pid namespace: its pid means nothing here, only its heartbeat counts.
-  insert('neighbour', a.replica.host.replace(/pid:\[\d+\]$/, 'pid:[1]'));
+  await insert('neighbour', a.replica.host.replace(/pid:\[\d+\]$/, 'pid:[1]'));
   // This very scope with a pid that is gone: a crash on this machine, repaired at once as before.
-  insert('crashed-here', a.replica.host);
-  expect(a.replica.takeOverDead()).toEqual(['crashed-here']);
-  expect(a.core.db.select().from(replicas).all().map((r) => r.id).sort()).toEqual([a.replica.id, 'neighbour'].sort());
+  await insert('crashed-here', a.replica.host);
+  expect(await a.replica.takeOverDead()).toEqual(['crashed-here']);
+  expect((await a.core.db.orm.select().from(replicas)).map((r) => r.id).sort()).toEqual([a.replica.id, 'neighbour'].sort());
 });

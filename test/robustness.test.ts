@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import nock from 'nock';
-import { builds, pullRequests } from '../src/db/schema.js';
+import { builds, pullRequests } from '../src/db/tables.js';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball, tarball } from './helpers/tarballs.js';
@@ -40,7 +40,7 @@ test('50 concurrent uploads of one SHA: exactly one stored, 49 × 409, content e
   const index = fs.readFileSync(path.join(s.config.buildsDir, 'docs', '1', commit.slice(0, 7), 'index.html'), 'utf8');
   const winner = /racer-(\d+)/.exec(index)![1];
   expect(index).toBe(`<!doctype html><title>racer-${winner}</title><h1>racer-${winner}</h1>`);
-  expect(s.core.db.select().from(builds).all()).toHaveLength(1);
+  expect(await s.core.db.orm.select().from(builds)).toHaveLength(1);
 });
 
 test('an upload racing a label webhook of the same PR ends consistent', async () => {
@@ -56,7 +56,7 @@ test('an upload racing a label webhook of the same PR ends consistent', async ()
   ]);
   expect([201, 202]).toContain(upload.status);
   expect(hook.status).toBe(200);
-  const pr = s.core.db.select().from(pullRequests).get()!;
+  const pr = (await s.core.db.orm.select().from(pullRequests))[0]!;
   expect(pr.visibility).toBe('public');
   expect(fs.existsSync(path.join(s.config.buildsDir, 'docs', '2', commit.slice(0, 7), 'index.html'))).toBe(true);
   expect(fs.existsSync(path.join(s.config.buildsDir, 'docs', 'hidden--2'))).toBe(false);
@@ -68,20 +68,20 @@ test('a restart after an unclean stop sweeps staging, drops half-made builds and
   github(3, [commit], [LABEL]);
   expect((await first.upload(3, commit, siteTarball('survivor'))).status).toBe(201);
   const { buildsDir, dataDir } = first.config;
-  const pr = first.core.db.select().from(pullRequests).get()!;
+  const pr = (await first.core.db.orm.select().from(pullRequests))[0]!;
   // What a SIGKILL in the middle of uploads leaves behind:
   fs.mkdirSync(path.join(buildsDir, '.staging', 'half-extracted', 'assets'), { recursive: true });
   fs.writeFileSync(path.join(buildsDir, '.staging', 'half-extracted', 'assets', 'a.js'), 'partial');
-  first.core.db.insert(builds).values({ pullRequestId: pr.id, sha: sha('93'), sha7: sha('93').slice(0, 7), status: 'pending' }).run();
+  await first.core.db.orm.insert(builds).values({ pullRequestId: pr.id, sha: sha('93'), sha7: sha('93').slice(0, 7), status: 'pending' });
   fs.mkdirSync(path.join(buildsDir, 'docs', '3', 'abcdef0'));
   fs.writeFileSync(path.join(buildsDir, 'docs', '3', 'abcdef0', 'index.html'), 'renamed but never recorded');
-  first.core.db.insert(builds).values({ pullRequestId: pr.id, sha: sha('94'), sha7: sha('94').slice(0, 7), status: 'ready' }).run();
+  await first.core.db.orm.insert(builds).values({ pullRequestId: pr.id, sha: sha('94'), sha7: sha('94').slice(0, 7), status: 'ready' });
   await first.stop();
 
   server = await startTestServer({ DATA_DIR: dataDir }, first.tmp);
   expect(fs.readdirSync(path.join(buildsDir, '.staging'))).toEqual([]);
   expect(fs.existsSync(path.join(buildsDir, 'docs', '3', 'abcdef0'))).toBe(false);
-  const rows = server.core.db.select().from(builds).all();
+  const rows = await server.core.db.orm.select().from(builds);
   expect(rows.map((r) => [r.sha7, r.status])).toEqual([[commit.slice(0, 7), 'ready']]);
   expect(fs.readFileSync(path.join(buildsDir, 'docs', '3', commit.slice(0, 7), 'index.html'), 'utf8')).toContain('survivor');
 });

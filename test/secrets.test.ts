@@ -6,9 +6,9 @@ import { eq } from '../src/db/orm.js';
 import { openCore, type Core } from '../src/app.js';
 import { runCli } from '../src/cli.js';
 import { loadConfig } from '../src/config.js';
-import { secrets as secretsTable } from '../src/db/schema.js';
+import { secrets as secretsTable } from '../src/db/tables.js';
 import { DecryptError } from '../src/secrets/envelope.js';
-import { databaseBytes } from './helpers/server.js';
+import { databaseBytes, sqliteOf } from './helpers/server.js';
 
 let tmp: string;
 let env: Record<string, string>;
@@ -19,8 +19,8 @@ beforeEach(async () => {
   env = { DATA_DIR: path.join(tmp, 'data') };
   core = await openCore(loadConfig(env));
 });
-afterEach(() => {
-  core.db.$client.close();
+afterEach(async () => {
+  await core.db.close();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -38,7 +38,7 @@ describe('envelope encryption', () => {
     const repo = await core.registry.ensureRepository('octo-org/docs');
     await core.secrets.set(repo.accountId, repo.id, 'upload-key', VALUE_A);
     expect(await core.secrets.get(repo.id, 'upload-key')).toEqual(VALUE_A);
-    core.db.$client.pragma('wal_checkpoint(TRUNCATE)');
+    sqliteOf(core.db).pragma('wal_checkpoint(TRUNCATE)');
     const raw = databaseBytes(path.join(tmp, 'data'));
     expect(raw.includes(VALUE_A)).toBe(false);
     expect(raw.includes(fs.readFileSync(path.join(tmp, 'data', 'master.key')))).toBe(false);
@@ -49,7 +49,7 @@ describe('envelope encryption', () => {
     const b = await core.registry.ensureRepository('octo-org/b');
     await core.secrets.set(a.accountId, a.id, 'upload-key', VALUE_A);
     await core.secrets.set(b.accountId, b.id, 'upload-key', VALUE_A);
-    const rows = core.db.select().from(secretsTable).all();
+    const rows = await core.db.orm.select().from(secretsTable);
     expect(rows[0]!.ciphertext.equals(rows[1]!.ciphertext)).toBe(false);
     expect(rows[0]!.wrappedDek.equals(rows[1]!.wrappedDek)).toBe(false);
   });
@@ -59,8 +59,8 @@ describe('envelope encryption', () => {
     const b = await core.registry.ensureRepository('octo-org/b');
     await core.secrets.set(a.accountId, a.id, 'upload-key', VALUE_A);
     await core.secrets.set(b.accountId, b.id, 'upload-key', VALUE_B);
-    const [rowA, rowB] = core.db.select().from(secretsTable).all();
-    core.db.update(secretsTable).set({ ciphertext: rowB!.ciphertext, wrappedDek: rowB!.wrappedDek }).where(eq(secretsTable.id, rowA!.id)).run();
+    const [rowA, rowB] = await core.db.orm.select().from(secretsTable);
+    await core.db.orm.update(secretsTable).set({ ciphertext: rowB!.ciphertext, wrappedDek: rowB!.wrappedDek }).where(eq(secretsTable.id, rowA!.id));
     await expect(core.secrets.get(a.id, 'upload-key')).rejects.toThrow(DecryptError);
   });
 
@@ -68,15 +68,15 @@ describe('envelope encryption', () => {
     const a = await core.registry.ensureRepository('octo-org/a');
     const other = await core.registry.ensureRepository('someone-else/a');
     await core.secrets.set(a.accountId, a.id, 'upload-key', VALUE_A);
-    core.db.update(secretsTable).set({ accountId: other.accountId }).where(eq(secretsTable.repositoryId, a.id)).run();
+    await core.db.orm.update(secretsTable).set({ accountId: other.accountId }).where(eq(secretsTable.repositoryId, a.id));
     await expect(core.secrets.get(a.id, 'upload-key')).rejects.toThrow(/failed authentication/);
   });
 
   test('a truncated tag is refused', async () => {
     const a = await core.registry.ensureRepository('octo-org/a');
     await core.secrets.set(a.accountId, a.id, 'upload-key', VALUE_A);
-    const row = core.db.select().from(secretsTable).get()!;
-    core.db.update(secretsTable).set({ ciphertext: row.ciphertext.subarray(0, row.ciphertext.length - 4) }).run();
+    const row = (await core.db.orm.select().from(secretsTable))[0]!;
+    await core.db.orm.update(secretsTable).set({ ciphertext: row.ciphertext.subarray(0, row.ciphertext.length - 4) });
     await expect(core.secrets.get(a.id, 'upload-key')).rejects.toThrow(DecryptError);
   });
 });
@@ -94,7 +94,7 @@ describe('preview-gate secret set', () => {
   test('a piped value of at least 32 bytes is stored (one trailing newline dropped)', async () => {
     const { io: cli } = io(`${VALUE_A.toString()}\n`);
     expect(await runCli(['secret', 'set', 'octo-org/docs', 'upload-key'], cli)).toBe(0);
-    const repo = core.registry.findRepository('octo-org/docs')!;
+    const repo = (await core.registry.findRepository('octo-org/docs'))!;
     expect(await core.secrets.get(repo.id, 'upload-key')).toEqual(VALUE_A);
   });
 
@@ -102,7 +102,7 @@ describe('preview-gate secret set', () => {
     const { io: cli, out } = io('too-short');
     expect(await runCli(['secret', 'set', 'octo-org/docs', 'upload-key'], cli)).toBe(1);
     expect(out.stderr).toMatch(/at least 32 bytes/);
-    expect(core.registry.findRepository('octo-org/docs')).toBeUndefined();
+    expect(await core.registry.findRepository('octo-org/docs')).toBeUndefined();
   });
 
   test('on a terminal, 32 random bytes are generated, stored and printed once', async () => {
@@ -110,7 +110,7 @@ describe('preview-gate secret set', () => {
     expect(await runCli(['secret', 'set', 'octo-org/docs', 'upload-key'], cli)).toBe(0);
     const printed = out.stdout.trim();
     expect(Buffer.from(printed, 'base64url')).toHaveLength(32);
-    const repo = core.registry.findRepository('octo-org/docs')!;
+    const repo = (await core.registry.findRepository('octo-org/docs'))!;
     expect((await core.secrets.get(repo.id, 'upload-key'))!.toString()).toBe(printed);
   });
 

@@ -8,7 +8,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { eq } from '../src/db/orm.js';
 import nock from 'nock';
-import { jobs, pullRequests } from '../src/db/schema.js';
+import { jobs, pullRequests } from '../src/db/tables.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { startServerProcess } from '../bench/server-process.mjs';
 import { appPrivateKey } from './helpers/github.js';
@@ -41,12 +41,11 @@ afterEach(async () => {
   await fake.close();
 });
 
-const prRow = (number: number, repositoryId?: number) =>
-  server.core.db
+const prRow = async (number: number, repositoryId?: number) =>
+  (await server.core.db.orm
     .select()
     .from(pullRequests)
-    .where(eq(pullRequests.number, number))
-    .all()
+    .where(eq(pullRequests.number, number)))
     .find((p) => repositoryId === undefined || p.repositoryId === repositoryId)!;
 const prDir = (site: string, number: number, visibility: 'public' | 'hidden') =>
   path.join(server.config.buildsDir, site, visibility === 'public' ? String(number) : `hidden--${number}`);
@@ -66,7 +65,7 @@ async function deliver(event: string, payload: object) {
   await server.previews.settled();
 }
 
-const queued = () => server.core.db.select().from(jobs).all();
+const queued = () => server.core.db.orm.select().from(jobs);
 
 describe('deliveries replayed, late or out of order never publish on payload evidence', () => {
   test('a replayed labeled delivery after the label was removed publishes nothing, not even a commit uploaded since', async () => {
@@ -74,17 +73,17 @@ describe('deliveries replayed, late or out of order never publish on payload evi
     fake.change(DOCS, 1, { labels: [LABEL] });
     const labeled = fake.pullRequestEvent(DOCS, 1, 'labeled', { label: { name: LABEL } });
     await deliver('pull_request', labeled);
-    expect(prRow(1).visibility).toBe('public');
+    expect((await prRow(1)).visibility).toBe('public');
 
     fake.change(DOCS, 1, { labels: [] });
     await deliver('pull_request', fake.pullRequestEvent(DOCS, 1, 'unlabeled', { label: { name: LABEL } }));
-    expect(prRow(1).visibility).toBe('hidden');
+    expect((await prRow(1)).visibility).toBe('hidden');
 
     fake.change(DOCS, 1, { commits: [A, B] });
     expect((await server.upload(1, B, siteTarball('unreviewed'))).status).toBe(202);
 
     await deliver('pull_request', labeled); // the same delivery again, hours later
-    expect(prRow(1)).toMatchObject({ visibility: 'hidden', trusted: false });
+    expect((await prRow(1))).toMatchObject({ visibility: 'hidden', trusted: false });
     expect(fs.existsSync(path.join(prDir('docs', 1, 'hidden'), B.slice(0, 7), 'index.html'))).toBe(true);
     expect(fs.existsSync(prDir('docs', 1, 'public'))).toBe(false);
   });
@@ -97,20 +96,20 @@ describe('deliveries replayed, late or out of order never publish on payload evi
     const unlabeled = fake.pullRequestEvent(DOCS, 2, 'unlabeled', { label: { name: LABEL } });
     await deliver('pull_request', unlabeled);
     await deliver('pull_request', labeled);
-    expect(prRow(2).visibility).toBe('hidden');
+    expect((await prRow(2)).visibility).toBe('hidden');
     expect(fs.existsSync(prDir('docs', 2, 'public'))).toBe(false);
   });
 
   test('stale synchronize and reopened carrying the old label: GitHub, which no longer has it, decides', async () => {
     await openAndUpload(3, [A], [LABEL]);
-    expect(prRow(3).visibility).toBe('public');
+    expect((await prRow(3)).visibility).toBe('public');
     const oldSynchronize = fake.pullRequestEvent(DOCS, 3, 'synchronize');
     const oldReopened = fake.pullRequestEvent(DOCS, 3, 'reopened');
     fake.change(DOCS, 3, { labels: [] }); // its unlabeled delivery is lost
     await deliver('pull_request', oldSynchronize);
-    expect(prRow(3).visibility).toBe('hidden');
+    expect((await prRow(3)).visibility).toBe('hidden');
     await deliver('pull_request', oldReopened);
-    expect(prRow(3)).toMatchObject({ visibility: 'hidden', trusted: false });
+    expect((await prRow(3))).toMatchObject({ visibility: 'hidden', trusted: false });
   });
 });
 
@@ -120,8 +119,8 @@ describe('ids, not names', () => {
     fake.rename(DOCS, 'handbook'); // the repository.renamed delivery never arrives
     fake.change(DOCS, 4, { labels: [] });
     await deliver('pull_request', fake.pullRequestEvent(DOCS, 4, 'unlabeled', { label: { name: LABEL } }));
-    expect(prRow(4).visibility).toBe('hidden');
-    const repo = server.core.registry.findRepositoryById(DOCS)!;
+    expect((await prRow(4)).visibility).toBe('hidden');
+    const repo = (await server.core.registry.findRepositoryById(DOCS))!;
     expect(repo).toMatchObject({ fullName: 'octo-org/handbook', site: 'docs' });
     expect(fs.existsSync(path.join(prDir('docs', 4, 'hidden'), A.slice(0, 7)))).toBe(true);
   });
@@ -130,7 +129,7 @@ describe('ids, not names', () => {
     await openAndUpload(5, [A]); // hidden, never approved
     fake.rename(DOCS, 'handbook');
     await deliver('repository', { action: 'renamed', changes: { repository: { name: { from: 'docs' } } }, repository: fake.repositoryPayload(DOCS), installation: { id: 42 }, sender: { id: 1001, login: 'maintainer' } });
-    expect(server.core.registry.findRepositoryById(DOCS)!.fullName).toBe('octo-org/handbook');
+    expect((await server.core.registry.findRepositoryById(DOCS))!.fullName).toBe('octo-org/handbook');
 
     const NEW = 7002;
     fake.addRepo({ id: NEW, owner: OWNER, name: 'docs' });
@@ -141,13 +140,13 @@ describe('ids, not names', () => {
       repositories_removed: [],
       sender: { id: 1001, login: 'maintainer' },
     });
-    const newRow = server.core.registry.findRepositoryById(NEW)!;
+    const newRow = (await server.core.registry.findRepositoryById(NEW))!;
     expect(newRow.site).toBe(`docs-${NEW}`);
 
     // Labelling the new repository's PR #5 touches nothing of the old one.
     fake.addPull(NEW, { number: 5, user: CONTRIBUTOR, commits: [B], labels: [LABEL] });
     await deliver('pull_request', fake.pullRequestEvent(NEW, 5, 'labeled', { label: { name: LABEL } }));
-    expect(prRow(5, server.core.registry.findRepositoryById(DOCS)!.id).visibility).toBe('hidden');
+    expect((await prRow(5, (await server.core.registry.findRepositoryById(DOCS))!.id)).visibility).toBe('hidden');
     expect(fs.existsSync(path.join(prDir('docs', 5, 'hidden'), A.slice(0, 7)))).toBe(true);
     expect(fs.existsSync(prDir('docs', 5, 'public'))).toBe(false);
 
@@ -170,12 +169,12 @@ describe('revocations fail closed; grants wait for GitHub, without any redeliver
 
   test.each(faults)('GitHub answering %s during unlabeled: hidden at once', async (_name, fault) => {
     await openAndUpload(6, [A], [LABEL]);
-    expect(prRow(6).visibility).toBe('public');
+    expect((await prRow(6)).visibility).toBe('public');
     fake.fault = fault;
     fake.change(DOCS, 6, { labels: [] });
     const res = await sendWebhook(server.url, 'pull_request', fake.pullRequestEvent(DOCS, 6, 'unlabeled', { label: { name: LABEL } }));
     expect(res.status).toBe(200);
-    expect(prRow(6).visibility).toBe('hidden');
+    expect((await prRow(6)).visibility).toBe('hidden');
     expect(fs.existsSync(prDir('docs', 6, 'public'))).toBe(false);
   });
 
@@ -184,12 +183,12 @@ describe('revocations fail closed; grants wait for GitHub, without any redeliver
     fake.fault = fault;
     fake.change(DOCS, 7, { labels: [LABEL] });
     await deliver('pull_request', fake.pullRequestEvent(DOCS, 7, 'labeled', { label: { name: LABEL } }));
-    await eventually(() => queued().some((j) => j.kind === 'decide' && j.attempts >= 1));
-    expect(prRow(7).visibility).toBe('hidden');
+    await eventually(async () => (await queued()).some((j) => j.kind === 'decide' && j.attempts >= 1));
+    expect((await prRow(7)).visibility).toBe('hidden');
     fake.fault = undefined;
-    await eventually(() => prRow(7).visibility === 'public');
+    await eventually(async () => (await prRow(7)).visibility === 'public');
     expect(fs.existsSync(path.join(prDir('docs', 7, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
-    await eventually(() => queued().length === 0);
+    await eventually(async () => (await queued()).length === 0);
   });
 
   test('a server stopped with queued work does it after the restart', async () => {
@@ -201,7 +200,7 @@ describe('revocations fail closed; grants wait for GitHub, without any redeliver
     fake.fault = undefined;
     server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
     servers.push(server);
-    await eventually(() => prRow(8).visibility === 'public');
+    await eventually(async () => (await prRow(8)).visibility === 'public');
     await eventually(() => fake.commentText()?.includes(`https://pr8-${A.slice(0, 7)}--docs.previews.test/`) === true);
   });
 });
@@ -251,7 +250,7 @@ describe('the sweep catches what no webhook said', () => {
     fake.change(DOCS, 9, { state: 'closed' });
     const report = await server.sweep!.run();
     expect(report).toMatchObject({ installations: 1, pullRequests: 1, changed: 1 });
-    expect(prRow(9)).toMatchObject({ state: 'closed', visibility: 'hidden' });
+    expect((await prRow(9))).toMatchObject({ state: 'closed', visibility: 'hidden' });
     expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toMatchObject({ removedPrs: 1, skipped: 0, why: [] });
     expect(fs.existsSync(prDir('docs', 9, 'hidden'))).toBe(false);
   });
@@ -259,21 +258,21 @@ describe('the sweep catches what no webhook said', () => {
   test("a change of the organization's .github settings (no webhook reaches us) re-decides the PR", async () => {
     fake.addRepo({ id: 7100, owner: OWNER, name: '.github', files: { '.github/preview-gate.yml': 'trustedLabel: first\n' } }, null);
     await openAndUpload(10, [A], ['reviewed']);
-    expect(prRow(10).visibility).toBe('hidden');
+    expect((await prRow(10)).visibility).toBe('hidden');
     fake.repos.get(7100)!.files['.github/preview-gate.yml'] = 'trustedLabel: reviewed\n';
     await server.sweep!.run();
-    expect(prRow(10).visibility).toBe('public');
+    expect((await prRow(10)).visibility).toBe('public');
   });
 
   test('a rename and a removal from the installation are caught by id', async () => {
     await openAndUpload(11, [A], [LABEL]);
     fake.rename(DOCS, 'handbook');
     await server.sweep!.run();
-    expect(server.core.registry.findRepositoryById(DOCS)!.fullName).toBe('octo-org/handbook');
+    expect((await server.core.registry.findRepositoryById(DOCS))!.fullName).toBe('octo-org/handbook');
     fake.installations.get(42)!.repoIds = [];
     await server.sweep!.run();
-    expect(server.core.registry.findRepositoryById(DOCS)!.installed).toBe(false);
-    expect(prRow(11).visibility).toBe('hidden');
+    expect((await server.core.registry.findRepositoryById(DOCS))!.installed).toBe(false);
+    expect((await prRow(11)).visibility).toBe('hidden');
   });
 
   test('100 open PRs with builds and nothing changed: the sweep costs at most 5 requests against the rate limit', async () => {
@@ -298,7 +297,7 @@ describe('labelTrustsNewCommits: false binds the label to the commit it was give
     expect(res.status).toBe(202);
     expect((await res.json()).reason).toMatch(/commit b2b2b2b came after the 'safe for preview' label/);
     await server.previews.settled();
-    expect(prRow(12).visibility).toBe('hidden');
+    expect((await prRow(12)).visibility).toBe('hidden');
     expect(fake.pull(DOCS, 12).labels).toEqual([]);
     expect(fs.existsSync(prDir('docs', 12, 'public'))).toBe(false);
   });
@@ -309,7 +308,7 @@ test('an upload answered 409 still applies the current decision (its label webho
   fake.change(DOCS, 13, { labels: [LABEL] });
   const res = await server.upload(13, A, siteTarball('again'));
   expect(res.status).toBe(409);
-  expect(prRow(13).visibility).toBe('public');
+  expect((await prRow(13)).visibility).toBe('public');
   expect(fs.readFileSync(path.join(prDir('docs', 13, 'public'), A.slice(0, 7), 'index.html'), 'utf8')).toContain('pr 13');
 });
 
@@ -320,7 +319,7 @@ test('a PR found in both folders after a crash is repaired into the one the deci
   fs.writeFileSync(path.join(stray, 'index.html'), 'stray');
   fake.change(DOCS, 14, { labels: [] });
   await deliver('pull_request', fake.pullRequestEvent(DOCS, 14, 'unlabeled', { label: { name: LABEL } }));
-  expect(prRow(14).visibility).toBe('hidden');
+  expect((await prRow(14)).visibility).toBe('hidden');
   expect(fs.existsSync(prDir('docs', 14, 'public'))).toBe(false);
   expect(fs.readdirSync(prDir('docs', 14, 'hidden')).sort()).toEqual(['.latest', B.slice(0, 7), 'c0ffee0']);
 });
@@ -342,7 +341,7 @@ describe('site: in the settings', () => {
     fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'site: handbook\n';
     await server.sweep!.run();
     await server.previews.settled();
-    expect(server.core.registry.findRepositoryById(DOCS)!.site).toBe('handbook');
+    expect((await server.core.registry.findRepositoryById(DOCS))!.site).toBe('handbook');
     expect(fs.existsSync(path.join(prDir('handbook', 17, 'public'), A.slice(0, 7), 'index.html'))).toBe(true);
     expect(fs.existsSync(path.join(server.config.buildsDir, 'docs'))).toBe(false);
     expect(fake.commentText()).toContain(`https://pr17-${A.slice(0, 7)}--handbook.previews.test/`);
@@ -356,7 +355,7 @@ describe('site: in the settings', () => {
     expect(res.status).toBe(202);
     expect((await res.json()).reason).toMatch(/the site 'angular' named in .github\/preview-gate.yml is used by another repository, so previews stay at 'docs'/);
     await server.previews.settled();
-    expect(server.core.registry.findRepositoryById(DOCS)!.site).toBe('docs');
+    expect((await server.core.registry.findRepositoryById(DOCS))!.site).toBe('docs');
     expect(fs.existsSync(path.join(prDir('docs', 18, 'hidden'), A.slice(0, 7)))).toBe(true);
   });
 });
@@ -421,7 +420,7 @@ test('a repository removed from the installation has its builds removed after th
     repositories_added: [],
     sender: { id: 1001, login: 'maintainer' },
   });
-  expect(prRow(23).visibility).toBe('hidden');
+  expect((await prRow(23)).visibility).toBe('hidden');
   expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toMatchObject({ removedPrs: 1, skipped: 0, why: [] });
   expect(fs.existsSync(prDir('docs', 23, 'hidden'))).toBe(false);
 });

@@ -6,9 +6,9 @@ import path from 'node:path';
 import { sqliteAddonProblem } from '../bin/sqlite-addon.mjs';
 import Database from 'better-sqlite3';
 import { safeEntryPath } from '../src/builds/extract.js';
-import { openDb } from '../src/db/client.js';
+import { openSqlite } from '../src/db/sqlite.js';
 import { drizzle, migrate } from '../src/db/orm.js';
-import { repositories } from '../src/db/schema.js';
+import { repositories } from '../src/db/tables.js';
 import { loadConfig } from '../src/config.js';
 import { decideTrust, defaultSite, settingsSchema } from '../src/trust.js';
 import { tokenFromHeader } from '../src/upload/tokens.js';
@@ -157,7 +157,7 @@ test('the upload CLI hashes a large build on two threads: every file once, each 
   expect(hashed).toEqual(written.map(({ sha256, size }) => ({ sha256, size })));
 });
 
-test('upgrading a database that holds objects counts their bytes per repository (migration 0007)', () => {
+test('upgrading a database that holds objects counts their bytes per repository (migration 0007)', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pg-migrate-'));
   try {
     // The database as the release before this migration left it: every migration up to 0006 applied.
@@ -177,13 +177,13 @@ test('upgrading a database that holds objects counts their bytes per repository 
     for (const [repo, size] of [[1, 100], [1, 250], [2, 7]]) addObject.run(repo, crypto.randomBytes(32).toString('hex'), size);
     sqlite.close();
 
-    const db = openDb(file);
-    expect(db.select({ id: repositories.id, objectBytes: repositories.objectBytes }).from(repositories).orderBy(repositories.id).all()).toEqual([
+    const db = openSqlite(file);
+    expect(await db.orm.select({ id: repositories.id, objectBytes: repositories.objectBytes }).from(repositories).orderBy(repositories.id)).toEqual([
       { id: 1, objectBytes: 350 },
       { id: 2, objectBytes: 7 },
       { id: 3, objectBytes: 0 },
     ]);
-    db.$client.close();
+    await db.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import nock from 'nock';
 import { runCli } from '../src/cli.js';
-import { users } from '../src/db/schema.js';
+import { users } from '../src/db/tables.js';
 import { commitsOf, githubFor, type FakePr } from './helpers/github.js';
 import { serverPerTest, sha, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
@@ -57,7 +57,7 @@ test('usage counts per account what is stored now and what was uploaded this mon
   });
   expect(report.accounts[0].bytesUploadedThisMonth).toBe(report.accounts[0].bytesLogical);
   // Authors are users keyed by GitHub's numeric id, not by login.
-  expect(server.core.db.select({ provider: users.provider, providerId: users.providerId }).from(users).all()).toEqual(
+  expect(await server.core.db.orm.select({ provider: users.provider, providerId: users.providerId }).from(users)).toEqual(
     expect.arrayContaining([
       { provider: 'github', providerId: '4242' },
       { provider: 'github', providerId: '4343' },

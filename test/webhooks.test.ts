@@ -4,10 +4,10 @@ import { eq } from '../src/db/orm.js';
 import { PassThrough } from 'node:stream';
 import nock from 'nock';
 import { runCli } from '../src/cli.js';
-import { pullRequests, users, visibilityChanges } from '../src/db/schema.js';
+import { pullRequests, users, visibilityChanges } from '../src/db/tables.js';
 import { COMMENT_MARKER } from '../src/notify.js';
 import { API, appPrivateKey, commitsOf, githubFor, OWNER, prRead, REPO } from './helpers/github.js';
-import { jobs } from '../src/db/schema.js';
+import { jobs } from '../src/db/tables.js';
 import { serverPerTest, sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { CONTRIBUTOR, feedback, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
@@ -19,7 +19,7 @@ serverPerTest((s) => (server = s));
 
 const prFolder = (pr: number, visibility: 'public' | 'hidden') =>
   path.join(server.config.buildsDir, 'docs', visibility === 'public' ? String(pr) : `hidden--${pr}`);
-const prRow = (number: number) => server.core.db.select().from(pullRequests).where(eq(pullRequests.number, number)).get()!;
+const prRow = async (number: number) => (await server.core.db.orm.select().from(pullRequests).where(eq(pullRequests.number, number)))[0]!;
 
 /** A signed webhook, answered, and everything it made preview-gate tell GitHub sent. */
 async function send(event: string, payload: object, secret?: string) {
@@ -60,7 +60,7 @@ test('the full story: hidden upload → labelled → public with comment → unl
   expect(res.status).toBe(200);
   expect(fs.existsSync(prFolder(30, 'hidden'))).toBe(false);
   expect(fs.readFileSync(path.join(prFolder(30, 'public'), SHA1.slice(0, 7), 'index.html'), 'utf8')).toContain('pr 30');
-  expect(prRow(30)).toMatchObject({ visibility: 'public', trusted: true });
+  expect((await prRow(30))).toMatchObject({ visibility: 'public', trusted: true });
   const url = `https://pr30-${SHA1.slice(0, 7)}--docs.previews.test/`;
   expect(calls.statuses[1]).toMatchObject({ state: 'success', target_url: url });
   expect(calls.deployments[0]).toMatchObject({ ref: SHA1, environment: 'preview/pr-30' });
@@ -69,7 +69,7 @@ test('the full story: hidden upload → labelled → public with comment → unl
   expect(calls.commentEdits[0].uri).toMatch(/\/issues\/comments\/9001$/);
   expect(calls.commentEdits[0].body).toContain(url);
   expect(calls.commentEdits[0].body).toContain('https://pr30--docs.previews.test/');
-  const change = server.core.db.select().from(visibilityChanges).innerJoin(users, eq(visibilityChanges.actorUserId, users.id)).all().at(-1)!;
+  const change = (await server.core.db.orm.select().from(visibilityChanges).innerJoin(users, eq(visibilityChanges.actorUserId, users.id))).at(-1)!;
   expect(change.visibility_changes).toMatchObject({ from: 'hidden', to: 'public', cause: 'pull_request.labeled' });
   expect(change.users).toMatchObject({ provider: 'github', providerId: String(MAINTAINER.id) });
 
@@ -97,7 +97,7 @@ test('the full story: hidden upload → labelled → public with comment → unl
   prRead({ number: 30, state: 'closed', commits: [SHA1] });
   res = await send('pull_request', pullRequestEvent('closed', { number: 30, state: 'closed', head: SHA1 }));
   expect(res.status).toBe(200);
-  expect(prRow(30).state).toBe('closed');
+  expect((await prRow(30)).state).toBe('closed');
   expect(await server.previews.cleanup()).toMatchObject({ removedPrs: 0, skipped: 0, why: [] });
   expect(fs.existsSync(prFolder(30, 'hidden'))).toBe(true);
 
@@ -127,7 +127,7 @@ test('a webhook with a wrong signature is rejected and changes nothing', async (
   const res = await send('pull_request', pullRequestEvent('labeled', { number: 32, labels: [LABEL] }, { label: { name: LABEL } }), 'wrong-secret');
   expect(res.status).toBe(400);
   expect(fs.existsSync(prFolder(32, 'hidden'))).toBe(true);
-  expect(prRow(32).visibility).toBe('hidden');
+  expect((await prRow(32)).visibility).toBe('hidden');
 });
 
 test('labels other than the trusted one, unknown actions and unknown repositories change nothing', async () => {
@@ -147,7 +147,7 @@ test('labels other than the trusted one, unknown actions and unknown repositorie
     pullRequestEvent('labeled', { number: 33, labels: [LABEL] }, { label: { name: LABEL }, repository: { ...repositoryJson, full_name: 'stranger/repo', name: 'repo' } }),
   );
   expect(res.status).toBe(200);
-  expect(prRow(33).visibility).toBe('hidden');
+  expect((await prRow(33)).visibility).toBe('hidden');
   expect(fs.existsSync(prFolder(33, 'hidden'))).toBe(true);
   expect(calls.statuses.length).toBe(told);
 });
@@ -157,7 +157,7 @@ test('a label on a PR without builds yet asks GitHub nothing; its first upload l
   installationToken();
   const res = await send('pull_request', pullRequestEvent('labeled', { number: 34, labels: [LABEL] }, { label: { name: LABEL } }));
   expect(res.status).toBe(200);
-  expect(server.core.db.select().from(jobs).all()).toEqual([]);
+  expect(await server.core.db.orm.select().from(jobs)).toEqual([]);
   expect((await upload(34, SHA1, [LABEL])).status).toBe(201);
 });
 
@@ -168,10 +168,10 @@ test('unlabeled while GitHub fails hides the PR at once, answers 200 and keeps t
   nock(API).get(`/repos/${OWNER}/${REPO}/contents/${encodeURIComponent('.github/preview-gate.yml')}`).reply(502, 'Bad Gateway');
   const res = await send('pull_request', pullRequestEvent('unlabeled', { number: 35, labels: [] }, { label: { name: LABEL } }));
   expect(res.status).toBe(200);
-  expect(prRow(35).visibility).toBe('hidden');
+  expect((await prRow(35)).visibility).toBe('hidden');
   expect(fs.existsSync(path.join(prFolder(35, 'hidden'), SHA1.slice(0, 7)))).toBe(true);
   expect(fs.existsSync(prFolder(35, 'public'))).toBe(false);
-  const decide = server.core.db.select().from(jobs).all().find((j) => j.kind === 'decide');
+  const decide = (await server.core.db.orm.select().from(jobs)).find((j) => j.kind === 'decide');
   expect(decide).toMatchObject({ attempts: 1, lastError: expect.stringMatching(/GitHub could not be asked/) });
 });
 
@@ -190,7 +190,7 @@ test('labelTrustsNewCommits: false — a push after the label removes it and hid
   const res = await send('pull_request', pullRequestEvent('synchronize', { number: 36, labels: [LABEL], head: sha('d4') }, { sender: CONTRIBUTOR }));
   expect(res.status).toBe(200);
   expect(removed.isDone()).toBe(true);
-  expect(prRow(36)).toMatchObject({ visibility: 'hidden', headSha: sha('d4') });
+  expect((await prRow(36))).toMatchObject({ visibility: 'hidden', headSha: sha('d4') });
   expect(calls.commentEdits.at(-1).body).toMatch(/commit d4d4d4d came after the 'safe for preview' label was given at c3c3c3c, so the label was removed/);
 });
 
@@ -202,7 +202,7 @@ test('with the default labelTrustsNewCommits a push keeps a labelled PR public',
   prRead({ number: 37, labels: [LABEL], commits: [SHA1, sha('d4')] });
   const res = await send('pull_request', pullRequestEvent('synchronize', { number: 37, labels: [LABEL], head: sha('d4') }));
   expect(res.status).toBe(200);
-  expect(prRow(37)).toMatchObject({ visibility: 'public', headSha: sha('d4') });
+  expect((await prRow(37))).toMatchObject({ visibility: 'public', headSha: sha('d4') });
 });
 
 test('membership.removed from a trusted team hides the open PRs of that user', async () => {
@@ -227,7 +227,7 @@ test('membership.removed from a trusted team hides the open PRs of that user', a
     installation: { id: 42 },
   });
   expect(res.status).toBe(200);
-  expect(prRow(38).visibility).toBe('hidden');
+  expect((await prRow(38)).visibility).toBe('hidden');
   expect(fs.existsSync(prFolder(38, 'hidden'))).toBe(true);
 });
 
@@ -243,14 +243,14 @@ test('installation_repositories.removed hides every preview at once', async () =
     sender: MAINTAINER,
   });
   expect(res.status).toBe(200);
-  expect(prRow(39).visibility).toBe('hidden');
+  expect((await prRow(39)).visibility).toBe('hidden');
   expect(fs.existsSync(prFolder(39, 'public'))).toBe(false);
   expect(fs.existsSync(prFolder(39, 'hidden'))).toBe(true);
 });
 
 test('GET /can-have-public-preview tells CI whether a build would be public, from a decision at most 60 s old', async () => {
   installationToken();
-  const repo = server.core.registry.findRepository(`${OWNER}/${REPO}`)!;
+  const repo = (await server.core.registry.findRepository(`${OWNER}/${REPO}`))!;
   await server.core.registry.resolveRepository({ id: 7001, fullName: repo.fullName, private: false });
   githubFor({ number: 40, labels: [] });
   let res = await fetch(`${server.url}/can-have-public-preview/${OWNER}/${REPO}/40`);
@@ -269,7 +269,7 @@ test('`preview-gate cleanup` removes builds of PRs closed longer than the retent
   settingsFile();
   prRead({ number: 41, state: 'closed', labels: [LABEL], commits: [SHA1] });
   await send('pull_request', pullRequestEvent('closed', { number: 41, state: 'closed', labels: [LABEL], head: SHA1 }));
-  server.core.db.update(pullRequests).set({ closedAt: new Date(Date.now() - 25 * 3600_000) }).where(eq(pullRequests.number, 41)).run();
+  await server.core.db.orm.update(pullRequests).set({ closedAt: new Date(Date.now() - 25 * 3600_000) }).where(eq(pullRequests.number, 41));
 
   githubFor({ number: 41, state: 'closed', labels: [LABEL], commits: [SHA1] });
   const out: string[] = [];

@@ -33,6 +33,14 @@ export function checkSqliteAddon(): void {
 
 type Method = 'run' | 'all' | 'values' | 'get';
 
+/**
+ * One mutex per database file for the whole process, shared by every connection to it (tests open replicas as two
+ * connections in one process): a connection waiting for SQLite's write lock blocks the thread (busy_timeout), so it
+ * must never wait for a transaction of this same process, which could then never finish. Between processes,
+ * SQLite's own lock and busy_timeout serialise them as before.
+ */
+const fileLocks = new KeyedLock();
+
 /** The transaction a piece of async code runs in; `open` turns false at commit or rollback. */
 interface Scope {
   open: boolean;
@@ -51,12 +59,14 @@ export class SqliteDatabase implements Database {
   readonly kind = 'sqlite' as const;
   readonly orm: Orm;
   private readonly client: BetterSqlite3.Database;
-  private readonly mutex = new KeyedLock();
+  /** This file's key in `fileLocks`. */
+  private readonly lockKey: string;
   private readonly scope = new AsyncLocalStorage<Scope>();
   private readonly notices = new EventEmitter();
 
-  constructor(client: BetterSqlite3.Database) {
+  constructor(client: BetterSqlite3.Database, file: string) {
     this.client = client;
+    this.lockKey = path.resolve(file);
     // Listeners are per channel and few, but one per waiting queue worker is not a leak.
     this.notices.setMaxListeners(0);
     // Typed as the interface's Orm: the builders are the same sqlite-core ones; only awaiting them is allowed.
@@ -69,7 +79,7 @@ export class SqliteDatabase implements Database {
 
   private statement(sql: string, params: unknown[], method: Method): Promise<{ rows: any[] }> {
     if (this.inTransaction()) return Promise.resolve(this.execute(sql, params, method));
-    return this.mutex.run('connection', async () => this.execute(sql, params, method));
+    return fileLocks.run(this.lockKey, async () => this.execute(sql, params, method));
   }
 
   /** Rows as arrays of column values, as drizzle's proxy driver maps them (what better-sqlite3's driver does too). */
@@ -87,7 +97,7 @@ export class SqliteDatabase implements Database {
   async transaction<T>(fn: (tx: Orm) => Promise<T>): Promise<T> {
     // Started inside another transaction: part of it (waiting for the mutex it holds would never end).
     if (this.inTransaction()) return fn(this.orm);
-    return this.mutex.run('connection', async () => {
+    return fileLocks.run(this.lockKey, async () => {
       const scope: Scope = { open: true };
       this.client.exec('BEGIN IMMEDIATE');
       try {
@@ -141,7 +151,7 @@ export class SqliteDatabase implements Database {
 
   /** Waits for the transaction in progress, if any, then closes the connection (again: nothing happens). */
   async close(): Promise<void> {
-    await this.mutex.run('connection', async () => {
+    await fileLocks.run(this.lockKey, async () => {
       if (this.client.open) this.client.close();
     });
   }
@@ -158,5 +168,5 @@ export function openSqlite(file: string): SqliteDatabase {
   migrate(drizzle(client, { schema }), { migrationsFolder: migrationsFolder() });
   // The database holds wrapped keys and encrypted secrets: readable by the server's user only.
   for (const f of [file, `${file}-wal`, `${file}-shm`]) if (fs.existsSync(f)) fs.chmodSync(f, 0o600);
-  return new SqliteDatabase(client);
+  return new SqliteDatabase(client, file);
 }

@@ -9,6 +9,8 @@ import { probotFromEnv, startServer, type RunningServer } from '../../src/app.js
 import { loadConfig, type Config } from '../../src/config.js';
 import { requestLogFields } from '../../src/request-context.js';
 import type { AzureKeyOptions } from '../../src/secrets/azure.js';
+import type { Database as AppDatabase } from '../../src/db/database.js';
+import { SqliteDatabase } from '../../src/db/sqlite.js';
 import { UPLOAD_SECRET_NAME } from '../../src/upload/route.js';
 import { appPrivateKey, OWNER, REPO } from './github.js';
 
@@ -153,5 +155,11 @@ export async function crash(server: RunningServer): Promise<void> {
   await server.previews.stop(0);
   server.server.closeAllConnections();
   await new Promise<void>((resolve) => server.server.close(() => resolve()));
-  server.core.db.$client.close();
+  await server.core.db.close();
+}
+
+/** The SQLite connection behind a test's database, for raw SQL about SQLite itself (pragmas, file layout). */
+export function sqliteOf(db: AppDatabase): Database.Database {
+  if (!(db instanceof SqliteDatabase)) throw new Error('this test reads SQLite itself');
+  return db.sqliteClient();
 }
