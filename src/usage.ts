@@ -30,51 +30,51 @@ export interface UsageReport {
 export function usageReport(database: Database, now = new Date()): Promise<UsageReport> {
   // One transaction: every figure from the same moment.
   return database.transaction(async (db) => {
-  const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
-  const repos = await db
-    .select({ accountId: repositories.accountId, n: count() })
-    .from(repositories)
-    // Installed as GitHub says (an installation event or the sweep gave its id), not merely named by `secret set`.
-    .where(and(eq(repositories.installed, true), isNotNull(repositories.githubId)))
-    .groupBy(repositories.accountId);
-  const stored = await db
-    .select({
-      accountId: repositories.accountId,
-      n: count(),
-      bytes: sum(builds.bytes),
-      // Builds stored before objects existed are their own copies.
-      ownCopies: sum(sql<number>`case when ${builds.contentAddressed} then 0 else ${builds.bytes} end`),
-    })
-    .from(builds)
-    .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
-    .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
-    .where(eq(builds.status, 'ready'))
-    .groupBy(repositories.accountId);
-  const inObjects = await db
-    .select({ accountId: repositories.accountId, bytes: sum(repositories.objectBytes) })
-    .from(repositories)
-    .groupBy(repositories.accountId);
-  const month = await db
-    .select({ accountId: uploads.accountId, n: count(), bytes: sum(uploads.bytes), authors: countDistinct(uploads.authorUserId) })
-    .from(uploads)
-    .where(and(gte(uploads.createdAt, monthStart)))
-    .groupBy(uploads.accountId);
-  const byAccount = <T extends { accountId: number }>(rows: T[]) => new Map(rows.map((r) => [r.accountId, r]));
-  const [repoRows, storedRows, monthRows, objectRows] = [byAccount(repos), byAccount(stored), byAccount(month), byAccount(inObjects)];
-  return {
-    month: monthStart.toISOString().slice(0, 7),
-    accounts: (await db.select().from(accounts).orderBy(accounts.login)).map((a) => ({
-        account: a.login,
-        githubId: a.githubId,
-        repositories: repoRows.get(a.id)?.n ?? 0,
-        builds: storedRows.get(a.id)?.n ?? 0,
-        bytesLogical: Number(storedRows.get(a.id)?.bytes ?? 0),
-        bytesStored: Number(objectRows.get(a.id)?.bytes ?? 0) + Number(storedRows.get(a.id)?.ownCopies ?? 0),
-        uploadsThisMonth: monthRows.get(a.id)?.n ?? 0,
-        bytesUploadedThisMonth: Number(monthRows.get(a.id)?.bytes ?? 0),
-        authorsThisMonth: monthRows.get(a.id)?.authors ?? 0,
-      })),
-  };
+    const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+    const repos = await db
+      .select({ accountId: repositories.accountId, n: count() })
+      .from(repositories)
+      // Installed as GitHub says (an installation event or the sweep gave its id), not merely named by `secret set`.
+      .where(and(eq(repositories.installed, true), isNotNull(repositories.githubId)))
+      .groupBy(repositories.accountId);
+    const stored = await db
+      .select({
+        accountId: repositories.accountId,
+        n: count(),
+        bytes: sum(builds.bytes),
+        // Builds stored before objects existed are their own copies.
+        ownCopies: sum(sql<number>`case when ${builds.contentAddressed} then 0 else ${builds.bytes} end`),
+      })
+      .from(builds)
+      .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+      .innerJoin(repositories, eq(pullRequests.repositoryId, repositories.id))
+      .where(eq(builds.status, 'ready'))
+      .groupBy(repositories.accountId);
+    const inObjects = await db
+      .select({ accountId: repositories.accountId, bytes: sum(repositories.objectBytes) })
+      .from(repositories)
+      .groupBy(repositories.accountId);
+    const month = await db
+      .select({ accountId: uploads.accountId, n: count(), bytes: sum(uploads.bytes), authors: countDistinct(uploads.authorUserId) })
+      .from(uploads)
+      .where(and(gte(uploads.createdAt, monthStart)))
+      .groupBy(uploads.accountId);
+    const byAccount = <T extends { accountId: number }>(rows: T[]) => new Map(rows.map((r) => [r.accountId, r]));
+    const [repoRows, storedRows, monthRows, objectRows] = [byAccount(repos), byAccount(stored), byAccount(month), byAccount(inObjects)];
+    return {
+      month: monthStart.toISOString().slice(0, 7),
+      accounts: (await db.select().from(accounts).orderBy(accounts.login)).map((a) => ({
+          account: a.login,
+          githubId: a.githubId,
+          repositories: repoRows.get(a.id)?.n ?? 0,
+          builds: storedRows.get(a.id)?.n ?? 0,
+          bytesLogical: Number(storedRows.get(a.id)?.bytes ?? 0),
+          bytesStored: Number(objectRows.get(a.id)?.bytes ?? 0) + Number(storedRows.get(a.id)?.ownCopies ?? 0),
+          uploadsThisMonth: monthRows.get(a.id)?.n ?? 0,
+          bytesUploadedThisMonth: Number(monthRows.get(a.id)?.bytes ?? 0),
+          authorsThisMonth: monthRows.get(a.id)?.authors ?? 0,
+        })),
+    };
   });
 }
 

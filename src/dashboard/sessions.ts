@@ -237,20 +237,20 @@ export function revokeUserSessions(
   who: string,
 ): Promise<{ login: string; githubId: string; revoked: number } | { ambiguous: string[] } | undefined> {
   return db.transaction(async (tx) => {
-  const matches = /^[0-9]+$/.test(who)
-    ? await tx.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who)))
-    : await tx.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`);
-  // After a GitHub rename two people can have been seen with one login: only the id says which one is meant.
-  if (matches.length > 1) return { ambiguous: matches.map((u) => u.providerId) };
-  const user = matches[0];
-  if (!user) return undefined;
-  const { length: revoked } = await tx
-    .update(sessions)
-    .set({ revokedAt: new Date() })
-    .where(and(eq(sessions.userId, user.id), isNull(sessions.revokedAt), gt(sessions.expiresAt, new Date())))
-    .returning({ id: sessions.id });
-  const login = user.login ?? user.providerId;
-  await tx.insert(auditEvents).values({ userId: null, action: 'revoke', subject: login, detail: `${revoked} session(s), by the operator` });
-  return { login, githubId: user.providerId, revoked };
+    const matches = /^[0-9]+$/.test(who)
+      ? await tx.select().from(users).where(and(eq(users.provider, 'github'), eq(users.providerId, who)))
+      : await tx.select().from(users).where(sql`lower(${users.login}) = ${who.toLowerCase()}`);
+    // After a GitHub rename two people can have been seen with one login: only the id says which one is meant.
+    if (matches.length > 1) return { ambiguous: matches.map((u) => u.providerId) };
+    const user = matches[0];
+    if (!user) return undefined;
+    const { length: revoked } = await tx
+      .update(sessions)
+      .set({ revokedAt: new Date() })
+      .where(and(eq(sessions.userId, user.id), isNull(sessions.revokedAt), gt(sessions.expiresAt, new Date())))
+      .returning({ id: sessions.id });
+    const login = user.login ?? user.providerId;
+    await tx.insert(auditEvents).values({ userId: null, action: 'revoke', subject: login, detail: `${revoked} session(s), by the operator` });
+    return { login, githubId: user.providerId, revoked };
   });
 }

@@ -114,21 +114,21 @@ export class Decisions {
       const authorUserId = await this.ctx.registry.upsertUser(facts.author.id, facts.author.login, tx);
       return only(
         tx
-      .update(pullRequests)
-      .set({
-        authorUserId,
-        state: facts.state,
-        headSha: facts.headSha,
-        trusted: decision.trusted,
-        visibility,
-        reason: decision.reason,
-        labelSha,
-        factsAt: stale ? pr.factsAt : facts.at,
-        ...(facts.context && !stale ? facts.context : {}),
-        closedAt: facts.state === 'closed' ? (pr.closedAt ?? new Date()) : null,
-        updatedAt: new Date(),
-      })
-      .where(eq(pullRequests.id, pr.id))
+          .update(pullRequests)
+          .set({
+            authorUserId,
+            state: facts.state,
+            headSha: facts.headSha,
+            trusted: decision.trusted,
+            visibility,
+            reason: decision.reason,
+            labelSha,
+            factsAt: stale ? pr.factsAt : facts.at,
+            ...(facts.context && !stale ? facts.context : {}),
+            closedAt: facts.state === 'closed' ? (pr.closedAt ?? new Date()) : null,
+            updatedAt: new Date(),
+          })
+          .where(eq(pullRequests.id, pr.id))
           .returning(),
       );
     });
@@ -182,16 +182,16 @@ export class Decisions {
         await db.lockPullRequest(tx, pr.id);
         if (changed) await this.recordMove(tx, repo, pr, 'hidden', revocation.reason, cause);
         await tx
-        .update(pullRequests)
-        .set({
-          visibility: 'hidden',
-          trusted: false,
-          ...(changed || revocation.closed ? { reason: revocation.reason } : {}),
-          ...(newer ? { factsAt: revocation.at } : {}),
-          ...(revocation.closed ? { state: 'closed' as const, closedAt: pr.closedAt ?? new Date() } : {}),
-          updatedAt: new Date(),
-        })
-        .where(eq(pullRequests.id, pr.id));
+          .update(pullRequests)
+          .set({
+            visibility: 'hidden',
+            trusted: false,
+            ...(changed || revocation.closed ? { reason: revocation.reason } : {}),
+            ...(newer ? { factsAt: revocation.at } : {}),
+            ...(revocation.closed ? { state: 'closed' as const, closedAt: pr.closedAt ?? new Date() } : {}),
+            updatedAt: new Date(),
+          })
+          .where(eq(pullRequests.id, pr.id));
         // Told to GitHub a little later, so the decision queued now coalesces into one comment edit.
         if (changed) await this.enqueueFeedback(repo, pr, await this.readyBuildIds(pr.id, tx), REVOCATION_FEEDBACK_DELAY_MS);
       });

@@ -120,29 +120,29 @@ export class Ingest {
   private claimBuild(repo: Repository, number: number, sha: string): Promise<{ buildId: number; prId: number }> {
     const { db } = this.ctx;
     return db.transaction(async (tx) => {
-    const pr = await this.decisions.ensurePr(repo, number, 'open', null);
-    await db.lockPullRequest(tx, pr.id);
-    const sha7 = sha.slice(0, 7);
-    const { n } = await only(
-      tx
-        .select({ n: count() })
-        .from(builds)
-        .where(and(eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready'))),
-    );
-    if (n >= this.ctx.config.maxPrBuilds) {
-      throw tooLarge(
-        `Pull request #${number} already holds ${n} builds, the limit (MAX_PR_BUILDS); they are removed ${this.ctx.config.cleanupAfterHours} h after it closes.`,
+      const pr = await this.decisions.ensurePr(repo, number, 'open', null);
+      await db.lockPullRequest(tx, pr.id);
+      const sha7 = sha.slice(0, 7);
+      const { n } = await only(
+        tx
+          .select({ n: count() })
+          .from(builds)
+          .where(and(eq(builds.pullRequestId, pr.id), eq(builds.status, 'ready'))),
       );
-    }
-    const claimed = await first(
-      tx
-        .insert(builds)
-        .values({ pullRequestId: pr.id, sha, sha7, status: 'pending', claimOwner: this.ctx.replica.id, claimExpiresAt: this.ctx.replica.leaseUntil() })
-        .onConflictDoNothing()
-        .returning({ id: builds.id }),
-    );
-    if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${number}.`);
-    return { buildId: claimed.id, prId: pr.id };
+      if (n >= this.ctx.config.maxPrBuilds) {
+        throw tooLarge(
+          `Pull request #${number} already holds ${n} builds, the limit (MAX_PR_BUILDS); they are removed ${this.ctx.config.cleanupAfterHours} h after it closes.`,
+        );
+      }
+      const claimed = await first(
+        tx
+          .insert(builds)
+          .values({ pullRequestId: pr.id, sha, sha7, status: 'pending', claimOwner: this.ctx.replica.id, claimExpiresAt: this.ctx.replica.leaseUntil() })
+          .onConflictDoNothing()
+          .returning({ id: builds.id }),
+      );
+      if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${number}.`);
+      return { buildId: claimed.id, prId: pr.id };
     });
   }
 
