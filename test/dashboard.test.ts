@@ -291,6 +291,19 @@ test('a reader (no push access) sees no hidden preview and cannot publish; a col
   expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
 });
 
+test("a role is matched by GitHub's repository id only: another repository that took the name grants nothing on the stored one", async () => {
+  // docs (7001) was deleted on GitHub, the deletion's delivery never came, and a new repository of another id
+  // took the name octo-org/docs in the same installation, where the reader is a maintainer.
+  const inst = fake.installations.get(42)!;
+  inst.repoIds.splice(inst.repoIds.indexOf(DOCS), 1);
+  fake.repos.delete(DOCS);
+  fake.addRepo({ id: DOCS + 1, owner: OWNER, name: 'docs' });
+  fake.collaborators.set(`${DOCS + 1}:reader`, 'maintain');
+  const reader = (await signIn('reader')).cookie!;
+  expect((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie: reader })).status).toBe(403);
+  expect(await (await get('/', { cookie: reader })).text()).not.toContain('/view/');
+});
+
 test('GitHub down: a hidden preview stays hidden for a grant whose role must be asked again', async () => {
   const { viewCookie } = await openHidden((await signIn('maintainer')).cookie!);
   const now = Date.now();

@@ -250,7 +250,10 @@ class RoleCache {
   /** `installationId`: the repository's, when the caller already knows it (undefined: read it). */
   async role(session: Session, repo: Repository, installationId = this.registry.accountOf(repo).installationId): Promise<Role> {
     const roles = await this.rolesOf(session, installationId, repo);
-    return (repo.githubId !== null ? roles.byId.get(repo.githubId) : undefined) ?? roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
+    // By GitHub's id only: a name GitHub lists under another id is another repository (this one was deleted or
+    // renamed and the name taken). A repository whose id is not known yet has only its name to go by.
+    if (repo.githubId !== null) return roles.byId.get(repo.githubId) ?? 'none';
+    return roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
   }
 
   private rolesOf(session: Session, installationId: number | null, repo: Repository): Promise<RepoRoles> {
