@@ -33,6 +33,8 @@ export interface CliIo {
   azure?: AzureKeyOptions;
   /** Where `.env` is looked for (default: the working directory). */
   cwd?: string;
+  /** Called by `backup` once its file is created and open, before a byte is copied (tests swap the name there). */
+  backupCreated?: (file: string) => Promise<void> | void;
 }
 
 /** The settings, read as the server reads them: the environment, then .env, then DATA_DIR/app.env. */
@@ -222,6 +224,7 @@ async function backup(file: string, io: CliIo): Promise<number> {
   const target = await createPrivateFile(file);
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-backup-'));
   try {
+    await io.backupCreated?.(file);
     const copy = path.join(scratch, 'backup.sqlite');
     const db = openDb(config.databaseFile);
     try {
