@@ -17,7 +17,7 @@ async function main(): Promise<void> {
   } catch (err) {
     // A relative DATA_DIR (the ./data of a .env written for npm start) in the image is /app/data: say what to do.
     const given = process.env.DATA_DIR;
-    if (err instanceof ConfigError && given && !path.isAbsolute(given)) throw new ConfigError(dataDirAdvice('?', '?'));
+    if (err instanceof ConfigError && given && !path.isAbsolute(given)) throw new ConfigError(relativeDataDirAdvice(given));
     throw err;
   }
   // JSON lines for log collectors; one readable line per event on a terminal.
@@ -47,9 +47,7 @@ main().catch((err: unknown) => {
   if (err instanceof ConfigError) {
     console.error(`preview-gate: configuration error: ${err.message}`);
   } else if ((code === 'EACCES' || code === 'EPERM' || code === 'EROFS') && (err as NodeJS.ErrnoException).path) {
-    const uid = process.getuid?.() ?? '?';
-    const gid = process.getgid?.() ?? '?';
-    console.error(`preview-gate: cannot write ${(err as NodeJS.ErrnoException).path} as uid ${uid}: ${dataDirAdvice(uid, gid)}`);
+    console.error(`preview-gate: cannot write ${(err as NodeJS.ErrnoException).path} as uid ${process.getuid?.() ?? '?'}: ${unwritableDataDirAdvice()}`);
   } else if (code === 'EADDRINUSE' || code === 'EACCES') {
     const { address, port } = err as { address?: string; port?: number };
     console.error(
@@ -63,12 +61,15 @@ main().catch((err: unknown) => {
   process.exit(1);
 });
 
-/** What to do about an unwritable DATA_DIR; a relative one (`./data` from a copied .env) is not a bind mount. */
-function dataDirAdvice(uid: number | string, gid: number | string): string {
+/** A relative DATA_DIR (the `./data` of a .env copied for npm start) is relative to the working directory, not a mount. */
+function relativeDataDirAdvice(dataDir: string): string {
+  const unset = inContainer() ? 'remove DATA_DIR from the environment (.env) to use the image\'s volume /data, or ' : '';
+  return `DATA_DIR=${dataDir} is relative to the working directory ${process.cwd()}: ${unset}set DATA_DIR to a directory this user can write.`;
+}
+
+/** What to do about a DATA_DIR this user cannot write. */
+function unwritableDataDirAdvice(): string {
   const dataDir = process.env.DATA_DIR;
-  if (dataDir && !path.isAbsolute(dataDir)) {
-    const unset = inContainer() ? 'remove DATA_DIR from the environment (.env) to use the image\'s volume /data, or ' : '';
-    return `DATA_DIR=${dataDir} is relative to the working directory ${process.cwd()}: ${unset}set DATA_DIR to a directory this user can write.`;
-  }
-  return `DATA_DIR must belong to the server's user (for a bind mount: chown -R ${uid}:${gid} <host directory>).`;
+  if (dataDir && !path.isAbsolute(dataDir)) return relativeDataDirAdvice(dataDir);
+  return `DATA_DIR must belong to the server's user (for a bind mount: chown -R ${process.getuid?.() ?? '?'}:${process.getgid?.() ?? '?'} <host directory>).`;
 }
