@@ -9,7 +9,8 @@ import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { auditTrail } from '../src/dashboard/sessions.js';
 import { FakeGitHub } from './helpers/fake-github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { sha, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { siteTarball, tarball } from './helpers/tarballs.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
@@ -652,6 +653,25 @@ test('each PR shows its title (escaped), author with avatar, branch, fork marker
   // Needs review (hidden, with builds) first, although #2 is newer.
   expect(text.indexOf('id="pr-7001-1"')).toBeLessThan(text.indexOf('id="pr-7001-2"'));
   expect(text).toMatch(/<span class="hidden">hidden, needs review<\/span>/);
+});
+
+test('needs review comes first across repositories, not per repository', async () => {
+  // octo-org/api sorts before octo-org/docs: it has a public PR (#3, labelled) and a hidden one (#4); docs has hidden #1.
+  fake.addRepo({ id: 7003, owner: OWNER, name: 'api' });
+  fake.collaborators.set('7003:maintainer', 'write');
+  const api = await server.core.registry.ensureRepository('octo-org/api');
+  await server.core.secrets.set(api.accountId, api.id, UPLOAD_SECRET_NAME, Buffer.from(UPLOAD_SECRET));
+  fake.addPull(7003, { number: 3, user: CONTRIBUTOR, commits: [sha('b3')], labels: ['safe for preview'] });
+  fake.addPull(7003, { number: 4, user: CONTRIBUTOR, commits: [sha('b4')] });
+  for (const n of [3, 4]) {
+    const token = await server.token({ slug: 'octo-org/api', 'pull-request': n });
+    expect([201, 202]).toContain((await server.upload(n, sha(`b${n}`), siteTarball(`api ${n}`), { token })).status);
+  }
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const text = await (await get('/', { cookie })).text();
+  const order = [...text.matchAll(/<h2>([^<]+)<\/h2>|<h3 id="pr-(\d+)-(\d+)">/g)].map((m) => m[1] ?? `${m[2]}#${m[3]}`);
+  expect(order).toEqual(['octo-org/api', '7003#4', 'octo-org/docs', '7001#1', 'octo-org/api', '7003#3']);
 });
 
 test('search and filters are a GET form (title, author, number, repository, visibility, needs review, mine), paged 20 at a time with the query kept', async () => {

@@ -403,13 +403,11 @@ function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; role: R
   for (const b of readyBuilds) buildsOf.set(b.pullRequestId, [...(buildsOf.get(b.pullRequestId) ?? []), b]);
   const withBuilds = visible.map(({ repo, role }) => ({ repo, role, prs: openPrs.filter((pr) => pr.repositoryId === repo.id && buildsOf.has(pr.id)) }));
   const empty = withBuilds.filter((r) => !r.prs.length).map((r) => r.repo);
-  // Repository by name, then needs review (hidden, with a build) first, newest first within each.
-  const found = withBuilds.flatMap(({ repo, role, prs }) =>
-    prs
-      .filter((pr) => matches(query, repo, pr, session.user.login))
-      .sort((a, b) => Number(needsReview(b)) - Number(needsReview(a)) || b.number - a.number)
-      .map((pr) => ({ repo, role, pr })),
-  );
+  // Needs review (hidden, with a build) first across all repositories, then by repository name, newest first.
+  // withBuilds is in name order: a repository's heading can appear once in each group.
+  const found = withBuilds
+    .flatMap(({ repo, role, prs }, order) => prs.filter((pr) => matches(query, repo, pr, session.user.login)).map((pr) => ({ repo, role, pr, order })))
+    .sort((a, b) => Number(needsReview(b.pr)) - Number(needsReview(a.pr)) || a.order - b.order || b.pr.number - a.pr.number);
   const pages = Math.max(1, Math.ceil(found.length / PRS_PER_PAGE));
   const current = Math.min(query.page, pages);
   const shown = found.slice((current - 1) * PRS_PER_PAGE, current * PRS_PER_PAGE);
