@@ -12,6 +12,7 @@ import { FakeGitHub } from './helpers/fake-github.js';
 import { sha, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
 import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { siteTarball, tarball } from './helpers/tarballs.js';
+import { sendWebhook } from './helpers/webhooks.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
 const DOCS = 7001;
@@ -653,6 +654,29 @@ test('each PR shows its title (escaped), author with avatar, branch, fork marker
   // Needs review (hidden, with builds) first, although #2 is newer.
   expect(text.indexOf('id="pr-7001-1"')).toBeLessThan(text.indexOf('id="pr-7001-2"'));
   expect(text).toMatch(/<span class="hidden">hidden, needs review<\/span>/);
+});
+
+test('each PR shows its head commit\'s own age (from the facts already read), and says when the head has no build yet; a page load asks GitHub nothing about PRs', async () => {
+  // PR 2's head was pushed 3 hours ago; its build is stored now.
+  const X = sha('c1');
+  fake.addPull(DOCS, { number: 2, user: CONTRIBUTOR, commits: [X], title: 'Old head' }).updatedAt = new Date(Date.now() - 3 * 3600_000);
+  expect((await server.upload(2, X, siteTarball('old head'))).status).toBe(202);
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const before = fake.requests.length;
+  const section = (text: string) => text.slice(text.indexOf('id="pr-7001-2"'), text.indexOf('</section>', text.indexOf('id="pr-7001-2"')));
+  const first = section(await (await get('/', { cookie })).text());
+  expect(first).toMatch(/head <code>c1c1c1c<\/code> pushed <time datetime="[^"]+">3 hours ago<\/time>/);
+  expect(first).not.toContain('not built yet');
+  expect(fake.requests.slice(before).filter((r) => r.includes('/pulls') || r.includes('/commits'))).toEqual([]);
+
+  // A push: GitHub's synchronize delivery; the head is now Y, pushed just now, and has no build yet.
+  const Y = sha('c2');
+  fake.change(DOCS, 2, { commits: [X, Y] });
+  expect((await sendWebhook(server.url, 'pull_request', fake.pullRequestEvent(DOCS, 2, 'synchronize'))).status).toBe(200);
+  await server.previews.settled();
+  const second = section(await (await get('/', { cookie })).text());
+  expect(second).toMatch(/head <code>c2c2c2c<\/code> pushed <time datetime="[^"]+">less than a minute ago<\/time> \(not built yet\)/);
 });
 
 test('needs review comes first across repositories, not per repository', async () => {

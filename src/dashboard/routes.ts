@@ -499,15 +499,17 @@ function flashOf(done: unknown): Html | '' {
   return html`<p role="status" class="flash">${m[1] === 'published' ? `Published #${m[2]}: the label was added on GitHub.` : `Hidden #${m[2]}: the label was removed on GitHub.`}</p>`;
 }
 
-/** Who opened the PR, from which branch (and whether from a fork), and how old its newest build is. */
-function prContext(pr: { author: string | null; authorAvatarUrl: string | null; headRef: string | null; fork: boolean | null }, newest: { createdAt: Date } | undefined) {
+/** Who opened the PR, from which branch (and whether from a fork), and how old its head commit is (and whether it is built). */
+function prContext(pr: { author: string | null; authorAvatarUrl: string | null; headRef: string | null; fork: boolean | null; headSha: string | null; headAt: Date | null }, newest: { sha: string } | undefined) {
   // The avatar is decorative: the login follows it (alt="" keeps screen readers from reading a URL).
   const avatar = pr.authorAvatarUrl ? html`<img src="${pr.authorAvatarUrl}" alt="" width="20" height="20" class="avatar" referrerpolicy="no-referrer"> ` : '';
   const parts = [
     pr.author ? html`<span>by ${avatar}${pr.author}</span>` : '',
     pr.headRef ? html`<span>from <code>${pr.headRef}</code></span>` : '',
     pr.fork ? html`<span class="fork">fork</span>` : '',
-    newest ? html`<span>newest build <time datetime="${newest.createdAt.toISOString()}">${age(newest.createdAt)}</time></span>` : '',
+    pr.headSha && pr.headAt
+      ? html`<span>head <code>${pr.headSha.slice(0, 7)}</code> pushed <time datetime="${pr.headAt.toISOString()}">${age(pr.headAt)}</time>${newest && newest.sha !== pr.headSha ? ' (not built yet)' : ''}</span>`
+      : '',
   ].filter((p) => p !== '');
   return parts.length ? html`<p class="pr-context">${parts.map((p, i) => html`${i ? ' · ' : ''}${p}`)}</p>` : '';
 }

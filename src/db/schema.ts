@@ -182,6 +182,12 @@ export const pullRequests = sqliteTable(
     headRef: text('head_ref'),
     fork: integer('fork', { mode: 'boolean' }),
     authorAvatarUrl: text('author_avatar_url'),
+    /**
+     * Shown on the dashboard as the head commit's age: GitHub's `updated_at` of the PR in the first facts that
+     * carried this head (a push's own time when it came from its synchronize delivery; for a PR first seen later,
+     * its last update, so never older than the truth). No extra request: the facts were read for a decision.
+     */
+    headAt: integer('head_at', { mode: 'timestamp_ms' }),
     updatedAt: integer('updated_at', { mode: 'timestamp_ms' }),
     createdAt: createdAt(),
   },

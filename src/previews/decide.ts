@@ -115,6 +115,8 @@ export class Decisions {
         labelSha,
         factsAt: stale ? pr.factsAt : facts.at,
         ...(facts.context && !stale ? facts.context : {}),
+        // The dashboard's head age: kept while the head stays, renewed when facts bring another one.
+        headAt: !stale && (pr.headSha !== facts.headSha || pr.headAt === null) ? facts.at : pr.headAt,
         closedAt: facts.state === 'closed' ? (pr.closedAt ?? new Date()) : null,
         updatedAt: new Date(),
       })
