@@ -637,7 +637,7 @@ describe('the pages each build changed (issue 27, item 4)', () => {
   });
 });
 
-test('each PR shows its title (escaped), author with avatar, branch, fork marker, link on GitHub and the head build\'s age; needs-review first', async () => {
+test('each PR shows its title (escaped), author with avatar, branch, fork marker, link on GitHub and its builds\' ages; needs-review first', async () => {
   // PR 2: from a fork, a title that is markup, public (labelled); PR 1 (beforeEach) is hidden with a build: it needs review.
   fake.addPull(DOCS, { number: 2, user: { id: 777, login: 'forker' }, commits: [sha('f2')], title: '<img src=x onerror=alert(1)> & "fix"', headRef: 'patch-1', fork: true, labels: ['safe for preview'] });
   expect((await server.upload(2, sha('f2'), siteTarball('fork'))).status).toBe(201);
@@ -677,6 +677,15 @@ test('each PR shows its head commit\'s own age (from the facts already read), an
   await server.previews.settled();
   const second = section(await (await get('/', { cookie })).text());
   expect(second).toMatch(/head <code>c2c2c2c<\/code> pushed <time datetime="[^"]+">less than a minute ago<\/time> \(not built yet\)/);
+
+  // A lagging answer (older than the facts applied) naming another head: that head's age is not known, not guessed.
+  Object.assign(fake.pull(DOCS, 2), { commits: [X] });
+  fake.pull(DOCS, 2).updatedAt = new Date(Date.now() - 3600_000);
+  expect((await sendWebhook(server.url, 'pull_request', fake.pullRequestEvent(DOCS, 2, 'edited'))).status).toBe(200);
+  await server.previews.settled();
+  const third = section(await (await get('/', { cookie })).text());
+  expect(third).not.toContain('pushed');
+  expect(server.core.registry.findPullRequest(1, 2)).toMatchObject({ headSha: X, headAt: null });
 });
 
 test('needs review comes first across repositories, not per repository', async () => {
