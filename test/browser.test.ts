@@ -270,10 +270,11 @@ test('axe-core finds no violation on any dashboard page, nor on the hidden previ
   const docsPage = (title: string, text: string) =>
     `<!doctype html><html lang="en"><head><title>${title}</title><link rel="stylesheet" href="/site.css"></head><body><main><h1>${title}</h1><p>${text}</p></main></body></html>`;
   expect((await server.upload(3, F, tarball({ 'index.html': docsPage('Docs', 'From a fork.') }))).status).toBe(201);
-  expect((await server.upload(4, D1, tarball({ 'index.html': docsPage('Docs', 'Before.'), 'old.html': docsPage('Old', 'Gone soon.'), 'site.css': 'body{margin:0}' }))).status).toBe(202);
+  const kept = docsPage('Kept', 'The same bytes in both builds, restyled by the new site.css.');
+  expect((await server.upload(4, D1, tarball({ 'index.html': docsPage('Docs', 'Before.'), 'kept.html': kept, 'old.html': docsPage('Old', 'Gone soon.'), 'site.css': 'body{margin:0}' }))).status).toBe(202);
   await server.previews.settled();
   fake.change(DOCS, 4, { commits: [D1, D2] });
-  expect((await server.upload(4, D2, tarball({ 'index.html': docsPage('Docs', 'After.'), 'guide/start.html': docsPage('Start', 'New.'), 'site.css': 'body{margin:1rem}' }))).status).toBe(202);
+  expect((await server.upload(4, D2, tarball({ 'index.html': docsPage('Docs', 'After.'), 'kept.html': kept, 'guide/start.html': docsPage('Start', 'New.'), 'site.css': 'body{margin:1rem}' }))).status).toBe(202);
   fake.addRepo({ id: 7002, owner: { id: 9001, login: 'octo-org' }, name: 'empty' });
   fake.collaborators.set('7002:maintainer', 'write');
   await server.core.registry.ensureRepository('octo-org/empty');
@@ -294,7 +295,8 @@ test('axe-core finds no violation on any dashboard page, nor on the hidden previ
   );
   const page = await signedIn(context, 'maintainer');
   await page.getByRole('heading', { name: /#4 A new guide/ }).waitFor();
-  expect(await page.getByRole('cell', { name: /pages 1 changed, 1 added, 1 removed/ }).count()).toBe(1);
+  const changed = page.getByRole('cell', { name: /pages 1 changed, 1 loading changed files, 1 added, 1 removed/ });
+  expect(await changed.getByRole('listitem').filter({ hasText: /^loading changed files:/ }).getByRole('link').textContent()).toBe('kept.html');
   await expectNoViolations(page, 'dashboard (fork PR, hidden builds, changed pages, a repository folded)');
   // The README's screenshot: UPDATE_DOCS_SCREENSHOT=1 writes it into docs/ (other runs leave the tree clean).
   await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard-walk.png') });

@@ -12,7 +12,7 @@ import { buildUrl, latestUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import { atLeast, type GitHubUserApi, type RepoRoles, type Role } from './github-user.js';
-import { changesOfBuilds, describeChanges, type BuildChanges, type ChangedFile } from '../previews/changed-pages.js';
+import { changesOfBuilds, describeChanges, type BuildChanges, type ChangedFile, type LoadsChanged } from '../previews/changed-pages.js';
 import { html, page, problemPage, signInPage, type Html } from './pages.js';
 import type { Session, Sessions } from './sessions.js';
 
@@ -535,6 +535,12 @@ function changesCell(entry: BuildChanges | undefined, sha7: string, open: (file:
       ? [html`<li>${kind}: <ul>${files.slice(0, PAGES_LISTED).map((f) => html`<li>${open(f, at)}</li>`)}${files.length > PAGES_LISTED ? html`<li>and ${files.length - PAGES_LISTED} more ${kind} pages</li>` : ''}</ul></li>`]
       : [],
   );
+  // Pages whose bytes are the same but whose stylesheets, scripts or images changed: each with what it loads that changed.
+  const loads = entry.loadsChanged;
+  if (loads.length) {
+    const through = (f: LoadsChanged) => html` (${f.through.slice(0, 3).map((t, i) => html`${i ? ', ' : ''}<code>${t}</code>`)}${f.through.length > 3 ? ` and ${f.through.length - 3} more` : ''})`;
+    lists.splice(entry.pages.changed.length ? 1 : 0, 0, html`<li>loading changed files: <ul>${loads.slice(0, PAGES_LISTED).map((f) => html`<li>${open(f, sha7)}${through(f)}</li>`)}${loads.length > PAGES_LISTED ? html`<li>and ${loads.length - PAGES_LISTED} more pages loading changed files</li>` : ''}</ul></li>`);
+  }
   return html`${sentence}${lists.length ? html`<ul class="changes">${lists}</ul>` : ''}`;
 }
 

@@ -234,6 +234,8 @@ export const buildContents = sqliteTable('build_contents', {
     .references(() => builds.id, { onDelete: 'cascade' }),
   paths: blob('paths', { mode: 'buffer' }).notNull(),
   hashes: blob('hashes', { mode: 'buffer' }).notNull(),
+  /** Per page, the files of this build it loads (src/previews/changed-pages.ts); null when none is known. */
+  loads: blob('loads', { mode: 'buffer' }),
 });
 
 /**
@@ -249,6 +251,11 @@ export const objects = sqliteTable(
       .references(() => repositories.id),
     sha256: text('sha256').notNull(),
     size: integer('size').notNull(),
+    /**
+     * For an HTML content: the files it loads, as written in it, `\n`-separated (src/previews/changed-pages.ts),
+     * read when its bytes came through an upload; null when never read (stored before, or larger than 1 MB).
+     */
+    pageRefs: blob('page_refs', { mode: 'buffer' }),
     createdAt: createdAt(),
   },
   (t) => [primaryKey({ columns: [t.repositoryId, t.sha256] })],
