@@ -115,6 +115,11 @@ test('links are percent-encoded, index.html is its folder; the comparison splits
     differingAssets: new Set([2]),
   });
   expect(decodeContents(encodeContents(new Map())!).paths).toEqual([]);
+  // Which files each page loads: kept per build up to MAX_LOAD_PAIRS pairs; past it, not kept ("not known").
+  const site = new Map([...Array.from({ length: 500 }, (_, i) => [`a${i}.css`, h('2')] as const), ...Array.from({ length: 1000 }, (_, i) => [`p${i}.html`, h('1')] as const)]);
+  const loadsAll = new Map([[h('1'), Array.from({ length: 500 }, (_, i) => `a${i}.css`)]]);
+  expect(encodeContents(new Map([...site].slice(0, 600)), loadsAll)!.loads).not.toBeNull(); // 100 pages × 500
+  expect(encodeContents(site, loadsAll)!.loads).toBeNull(); // 1,000 pages × 500 > MAX_LOAD_PAIRS
   // Too long to list (MAX_BUILD_FILES paths of 1,024 characters would be 50 MB to decode at each comment edit): not kept.
   const huge = new Map(Array.from({ length: 4200 }, (_, i) => [`${String(i).padStart(1000, 'x')}.html`, h('1')]));
   expect(encodeContents(huge)).toBeUndefined();
@@ -128,6 +133,12 @@ test('the files a page loads: scripts, stylesheets, images (srcset too), media, 
     <video poster="poster.jpg"><source src="v.webm"></video><iframe src="javascript:void(0)"></iframe><object data="o.svg"></object></body></html>`;
   expect(loadedReferences(Buffer.from(html)).sort()).toEqual(['../app.js', '/favicon.ico', 'img/a.png', 'img/b%20c.png', 'o.svg', 'poster.jpg', 'style.css', 'v.webm']);
   expect(loadedReferences(Buffer.from('<p>no loads</p>'))).toEqual([]);
+  // A page made to be slow to scan (tags that never close) is one pass; a page naming too many files keeps the first ones.
+  const started = performance.now();
+  expect(loadedReferences(Buffer.from('<img src=a.png '.repeat(65_000)))).toEqual([]);
+  expect(performance.now() - started).toBeLessThan(1000);
+  expect(loadedReferences(Buffer.from(Array.from({ length: 900 }, (_, i) => `<img src="f${i}.png">`).join('')))).toHaveLength(500);
+  expect(loadedReferences(Buffer.from(Array.from({ length: 100 }, (_, i) => `<img src="${String(i).padStart(1000, 'x')}.png">`).join(''))).length).toBeLessThan(70);
   // Resolved against the page's own path, in the build: a folder is its index.html, escapes are decoded.
   expect(resolveReference('guide/a b.html', 'img/b%20c.png')).toBe('guide/img/b c.png');
   expect(resolveReference('guide/index.html', '../')).toBe('index.html');

@@ -55,10 +55,19 @@ export type BuildChanges =
 
 export const isPage = (path: string) => /\.x?html?$/i.test(path);
 
-/** Per page, at most this many loaded files are kept (a page loading more is rare; the rest are not followed). */
+/** Per page, at most this many loaded files, of this many characters together, are kept (the rest are not followed). */
 const MAX_REFERENCES = 500;
-/** The elements that make a browser load another file, and the attributes naming it. */
-const LOADING_TAGS = /<(script|link|img|source|video|audio|track|iframe|embed|object|input)\b([^>]*)>/gi;
+const MAX_REFERENCE_CHARS = 64 * 1024;
+/**
+ * Per build, at most this many (page, loaded file) pairs are kept (1.6 MB before gzip): past it, which pages load
+ * changed files is "not known" for the build, as MAX_LISTED_PATH_CHARS does for its paths.
+ */
+export const MAX_LOAD_PAIRS = 400_000;
+/**
+ * The elements that make a browser load another file, and the attributes naming it. `[^<>]*`, not `[^>]*`: a tag
+ * that never closes ends at the next `<`, so 1 MB of `<img<img…` is one pass, not one pass per `<img`.
+ */
+const LOADING_TAGS = /<(script|link|img|source|video|audio|track|iframe|embed|object|input)\b([^<>]*)>/gi;
 const LOADING_ATTRIBUTES = /\s(src|href|srcset|poster|data)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))/gi;
 
 /**
@@ -70,6 +79,7 @@ const LOADING_ATTRIBUTES = /\s(src|href|srcset|poster|data)\s*=\s*(?:"([^"]*)"|'
 export function loadedReferences(html: Buffer): string[] {
   const text = html.toString('utf8');
   const found = new Set<string>();
+  let chars = 0;
   for (const tag of text.matchAll(LOADING_TAGS)) {
     for (const attribute of tag[2]!.matchAll(LOADING_ATTRIBUTES)) {
       const name = attribute[1]!.toLowerCase();
@@ -80,6 +90,8 @@ export function loadedReferences(html: Buffer): string[] {
         const local = url.replace(/[?#].*$/, '');
         // Not another host (`//cdn`, `https:`), not `data:`/`javascript:`, nothing a path cannot hold.
         if (!local || local.length > 1024 || /^[a-z][a-z0-9+.-]*:|^\/\/|[\s\\]/i.test(local)) continue;
+        if (!found.has(local)) chars += local.length + 1;
+        if (chars > MAX_REFERENCE_CHARS) return [...found];
         found.add(local);
         if (found.size >= MAX_REFERENCES) return [...found];
       }
@@ -176,10 +188,11 @@ function encodeLoads(paths: string[], contents: Contents, references: Map<string
   paths.forEach((path, i) => {
     const refs = isPage(path) ? references.get(contents.get(path)!) : undefined;
     if (!refs) return;
+    if (runs.length > MAX_LOAD_PAIRS) return;
     const loaded = [...new Set(refs.flatMap((ref) => indexOf.get(resolveReference(path, ref) ?? '') ?? []))].filter((j) => j !== i);
     if (loaded.length) runs.push(i, loaded.length, ...loaded);
   });
-  if (!runs.length) return null;
+  if (!runs.length || runs.length > MAX_LOAD_PAIRS) return null;
   const raw = Buffer.allocUnsafe(runs.length * 4);
   runs.forEach((n, k) => raw.writeUInt32LE(n, k * 4));
   return zlib.gzipSync(raw, { level: 1 });
