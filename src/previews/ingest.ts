@@ -9,7 +9,7 @@ import type { PullRequest, Repository } from '../registry.js';
 import { withPr, type Build, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 import { recordObjects } from './object-rows.js';
-import { encodeContents, recordContents } from './changed-pages.js';
+import { encodeContents, pageReferences, recordContents, recordPageReferences } from './changed-pages.js';
 
 /** Storing one build of a PR: quota → claim of the SHA → staging → one rename → feedback queued. */
 export class Ingest {
@@ -170,10 +170,11 @@ export class Ingest {
     return withPr(this.ctx, repo.id, facts.number, async () => {
       const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
       const build = this.ctx.db.select().from(builds).where(eq(builds.id, buildId)).get()!;
-      const contents = encodeContents(size.contents);
+      const contents = encodeContents(size.contents, pageReferences(this.ctx.db, repo.id, size.contents, size.pageReferences));
       await this.ctx.store.publish(staging, this.decisions.currentRepo(repo).site, facts.number, pr.visibility, build.sha7);
       const ready = this.ctx.db.transaction((tx) => {
         recordObjects(tx, repo.id, size.hashes);
+        recordPageReferences(tx, repo.id, size.pageReferences);
         recordContents(tx, buildId, contents);
         return tx
           .update(builds)
