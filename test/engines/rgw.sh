@@ -145,8 +145,14 @@ await s3.send(new CreateBucketCommand({ Bucket: process.env.S3_BUCKET }));
 echo "S3_ENDPOINT=$S3_ENDPOINT S3_BUCKET=$S3_BUCKET (RGW up in $(echo "$(date +%s.%N) - $started_at" | bc) s)" >&2
 
 if [[ $# -gt 0 ]]; then
+  # In the background, waited for: a TERM or INT for this script (a CI time-out) then stops the command and
+  # the daemons at once, instead of after the command ends on its own (bash runs traps between commands).
+  "$@" <&0 &
+  command_pid=$!
+  trap 'kill -TERM "$command_pid" 2>/dev/null; wait "$command_pid" 2>/dev/null; exit 143' TERM
+  trap 'kill -INT "$command_pid" 2>/dev/null; wait "$command_pid" 2>/dev/null; exit 130' INT
   set +e
-  "$@"
+  wait "$command_pid"
   status=$?
   set -e
   exit "$status"
