@@ -104,11 +104,10 @@ ceph-mon "${ceph_args[@]}" --id a --mkfs --monmap "$rgw_dir/monmap" --keyring "$
 ceph-mon "${ceph_args[@]}" --id a -f >"$rgw_dir/log/mon.out" 2>&1 &
 daemon_pids+=($!)
 
-# The OSD: an id from the monitor, mkfs of its in-memory store, the daemon, and a place in the CRUSH map.
+# The OSD: an id from the monitor, mkfs of its in-memory store, the daemon (it puts itself in the CRUSH map).
 osd_id=$(ceph "${ceph_args[@]}" --connect-timeout 30 osd create) || fail "the monitor did not answer"
 mkdir -p "$rgw_dir/osd/osd.$osd_id"
 ceph-osd "${ceph_args[@]}" --id "$osd_id" --mkfs >"$rgw_dir/log/osd-mkfs.out" 2>&1 || fail "ceph-osd --mkfs failed"
-ceph "${ceph_args[@]}" osd crush add "osd.$osd_id" 1.0 host=localhost root=default >/dev/null 2>&1 || true
 ceph-osd "${ceph_args[@]}" --id "$osd_id" -f >"$rgw_dir/log/osd.out" 2>&1 &
 daemon_pids+=($!)
 
