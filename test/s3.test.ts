@@ -6,6 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -66,6 +67,25 @@ describe('configuration', () => {
     expect(res.stderr.trim()).toBe(
       'preview-gate: configuration error: STORAGE=s3 is not served by this version yet: keep STORAGE=filesystem (preview-gate migrate-storage copies the stored files into S3_BUCKET ahead of the switch)',
     );
+  });
+
+  test('migrate-storage against an engine that does not answer: one line, exit 1, no secret', async () => {
+    const closed = await new Promise<number>((resolve) => {
+      const server = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as net.AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+    let stderr = '';
+    const code = await runCli(['migrate-storage'], {
+      stdin: new PassThrough(),
+      stdout: new PassThrough(),
+      stderr: new PassThrough().on('data', (d: Buffer) => (stderr += d.toString())),
+      env: { DATA_DIR: tmp, S3_BUCKET: 'previews', S3_ENDPOINT: `http://127.0.0.1:${closed}`, AWS_ACCESS_KEY_ID: 'AKIA1', AWS_SECRET_ACCESS_KEY: 'secret-value-123' },
+    });
+    expect(code).toBe(1);
+    expect(stderr).toMatch(new RegExp(`^preview-gate: s3://previews at http://127\\.0\\.0\\.1:${closed} cannot be used: no answer \\(.*ECONNREFUSED.*\\)\\.\n$`));
+    expect(stderr).not.toContain('secret-value-123');
   });
 
   test('an object key is objects/<repository id>/<sha256>; anything else is refused before a request is made', () => {
@@ -235,6 +255,23 @@ describeEngine(engineName, () => {
 
       expect(await migrateStorage(store, bucket)).toMatchObject({ copied: 1, verified: 1, alreadyThere: 0, failed: [] });
       expect(await read(await bucket.get(repo, sha256(content)))).toEqual(content);
+    });
+
+    test('a file removed from DATA_DIR while the copy runs (the server cleaned it up) is counted as gone, not as a failure', async () => {
+      const repo = freshRepository();
+      const content = Buffer.from('removed meanwhile');
+      const { store } = filesystemStore({ [repo]: [content] });
+      const file = store.forRepository(repo).pathOf(sha256(content));
+      // The file goes between the look at the bucket and the read: the moment the cleanup could take it.
+      const racing = Object.assign(Object.create(bucket) as S3Objects, {
+        head: async (id: number, hash: string) => {
+          fs.rmSync(file);
+          return bucket.head(id, hash);
+        },
+      });
+
+      expect(await migrateStorage(store, racing)).toEqual({ copied: 0, copiedBytes: 0, alreadyThere: 0, verified: 0, gone: 1, failed: [] });
+      expect(await bucket.head(repo, sha256(content))).toBeUndefined();
     });
 
     test('an object that reads back as other bytes is removed from the bucket again and reported', async () => {

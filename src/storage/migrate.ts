@@ -40,7 +40,7 @@ export async function migrateStorage(local: ObjectStore, bucket: S3Objects, opti
       try {
         await migrateOne(next.value, bucket, counts);
       } catch (err) {
-        counts.failed.push(`${objectKey(next.value.repositoryId, next.value.sha256)}: ${describe(err)}`);
+        counts.failed.push(`${objectKey(next.value.repositoryId, next.value.sha256)}: ${sentenceOf(err)}`);
       }
     }
   };
@@ -107,7 +107,7 @@ function ignoreMissing(err: unknown): undefined {
   throw err;
 }
 
-function describe(err: unknown): string {
+function sentenceOf(err: unknown): string {
   const status = statusOf(err);
   const message = (err as Error).message || (err as { name?: string }).name || 'error';
   return status ? `the bucket answered ${status} (${(err as { name?: string }).name ?? 'error'})` : message;
