@@ -1,6 +1,6 @@
 /**
  * Object storage on S3 (issue 29): the configuration, the object store against a real engine (Ceph RGW, started
- * by `bash test/engines/rgw.sh npx jest test/s3.test.ts`), and `migrate-storage` from a filesystem deployment.
+ * by `npm run test:engines`, which runs `bash test/engines/rgw.sh npx jest test/s3.test.ts`), and `migrate-storage` from a filesystem deployment.
  * Without S3_ENDPOINT the engine's tests are skipped, and the skipped block's name says why.
  */
 import { spawnSync } from 'node:child_process';
@@ -109,7 +109,7 @@ const engine: S3Settings | undefined = process.env.S3_ENDPOINT
 const describeEngine = engine ? describe : describe.skip;
 const engineName = engine
   ? `against the S3 engine at ${engine.endpoint}`
-  : 'against a real S3 engine (skipped: S3_ENDPOINT is unset; run `bash test/engines/rgw.sh npx jest test/s3.test.ts`)';
+  : 'against a real S3 engine (skipped: S3_ENDPOINT is unset; run `npm run test:engines`)';
 
 describeEngine(engineName, () => {
   let bucket: S3Objects;
