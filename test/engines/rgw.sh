@@ -12,22 +12,27 @@
 # cephx with one keyring holding every entity's key (the monitor's mkfs imports them all): the gateway does not
 # get past its monitor session with `auth none` in Ceph 16. No manager daemon: placement groups are created by the
 # monitor, and nothing here needs its modules.
-# Ceph's daemons take more than 2 s to exit on SIGTERM: the trap waits for every pid before removing the folder.
+# Ceph's daemons can take seconds to exit on SIGTERM: the trap waits for every pid before removing the folder.
 set -euo pipefail
 
-if ! command -v radosgw >/dev/null || ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
-  echo "rgw.sh: installing radosgw ceph-mon ceph-osd" >&2
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq radosgw ceph-mon ceph-osd >&2
+if ! command -v radosgw >/dev/null || ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null || ! command -v curl >/dev/null; then
+  echo "rgw.sh: installing radosgw ceph-mon ceph-osd curl" >&2
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq radosgw ceph-mon ceph-osd curl >&2
 fi
 
-started_at=$(date +%s.%N)
+# Seconds since `since` (nanoseconds from date +%s%N), with two decimals.
+seconds_since() {
+  local ms=$((($(date +%s%N) - $1) / 1000000))
+  printf '%d.%02d' $((ms / 1000)) $((ms % 1000 / 10))
+}
+started_at=$(date +%s%N)
 rgw_dir=$(mktemp -d "${TMPDIR:-/tmp}/preview-gate-rgw.XXXXXX")
 chmod 700 "$rgw_dir"
 daemon_pids=()
 
 stop_rgw() {
   local pid stopping_at
-  stopping_at=$(date +%s.%N)
+  stopping_at=$(date +%s%N)
   # The gateway first (it holds sessions to the OSD and the monitor), then the OSD, then the monitor.
   for ((i = ${#daemon_pids[@]} - 1; i >= 0; i--)); do
     pid=${daemon_pids[i]}
@@ -38,7 +43,7 @@ stop_rgw() {
     wait "$pid" 2>/dev/null || true
   done
   rm -rf "$rgw_dir"
-  if ((${#daemon_pids[@]})); then echo "rgw.sh: RGW stopped in $(echo "$(date +%s.%N) - $stopping_at" | bc) s" >&2; fi
+  if ((${#daemon_pids[@]})); then echo "rgw.sh: RGW stopped in $(seconds_since "$stopping_at") s" >&2; fi
 }
 trap stop_rgw EXIT
 
@@ -134,14 +139,15 @@ export S3_REGION=us-east-1
 export AWS_ACCESS_KEY_ID="$access_key"
 export AWS_SECRET_ACCESS_KEY="$secret_key"
 
-# The bucket, made through S3 itself with the SDK the app uses (no other S3 client is installed).
-node --input-type=module -e "
+# The bucket, made through S3 itself with the SDK the app uses (no other S3 client is installed), resolved from
+# this repository whatever the working directory.
+(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && node --input-type=module -e "
 import { S3Client, CreateBucketCommand } from '@aws-sdk/client-s3';
 const s3 = new S3Client({ endpoint: process.env.S3_ENDPOINT, region: process.env.S3_REGION, forcePathStyle: true });
 await s3.send(new CreateBucketCommand({ Bucket: process.env.S3_BUCKET }));
-" 2>"$rgw_dir/log/bucket.err" || fail "creating the bucket failed: $(cat "$rgw_dir/log/bucket.err")"
+") 2>"$rgw_dir/log/bucket.err" || fail "creating the bucket failed: $(cat "$rgw_dir/log/bucket.err")"
 
-echo "S3_ENDPOINT=$S3_ENDPOINT S3_BUCKET=$S3_BUCKET (RGW up in $(echo "$(date +%s.%N) - $started_at" | bc) s)" >&2
+echo "S3_ENDPOINT=$S3_ENDPOINT S3_BUCKET=$S3_BUCKET (RGW up in $(seconds_since "$started_at") s)" >&2
 
 if [[ $# -gt 0 ]]; then
   # In the background, waited for: a TERM or INT for this script (a CI time-out) then stops the command and
