@@ -68,8 +68,8 @@ export interface S3Settings {
   endpoint?: string;
   bucket: string;
   region: string;
-  /** Unset: the AWS SDK's default chain (its environment variables, web identity, the instance's role). */
-  credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** Unset: the AWS SDK's default chain (web identity, the instance's role, ~/.aws). */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 }
 
 export class ConfigError extends Error {}
@@ -149,8 +149,9 @@ const schema = z.object({
     .regex(/^(?=.{3,63}$)[a-z0-9][a-z0-9.-]*[a-z0-9]$/, 'must be an S3 bucket name: 3 to 63 lower-case letters, digits, dots or hyphens')
     .optional().describe("The bucket holding the files of builds (objects/<repository id>/<sha256>); required with STORAGE=s3. Keep it private: nothing in it is meant to be fetched directly."),
   S3_REGION: z.string().regex(/^[a-z0-9-]+$/, 'must be a region name such as us-east-1').default('us-east-1').describe("The bucket's region (what the request signatures name)."),
-  AWS_ACCESS_KEY_ID: z.string().regex(/^[A-Za-z0-9]+$/, 'must be an access key id (letters and digits)').optional().describe("The bucket's access key id (with AWS_SECRET_ACCESS_KEY). Unset: the AWS SDK's default chain (web identity, the instance's role, ~/.aws)."),
+  AWS_ACCESS_KEY_ID: z.string().optional().describe("The bucket's access key id (with AWS_SECRET_ACCESS_KEY). Unset: the AWS SDK's default chain (web identity, the instance's role, ~/.aws)."),
   AWS_SECRET_ACCESS_KEY: z.string().optional().describe("The bucket's secret access key (with AWS_ACCESS_KEY_ID)."),
+  AWS_SESSION_TOKEN: z.string().optional().describe("The session token of temporary credentials (with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)."),
 });
 
 /** The variables of the configuration, each with its zod type, default and description (docs/operations.md). */
@@ -222,7 +223,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
   if (e.KEY_PROVIDER === 'azure' && !e.AZURE_KEY_ID) {
     throw new ConfigError('AZURE_KEY_ID must be set when KEY_PROVIDER is "azure"');
   }
-  if (Boolean(e.AWS_ACCESS_KEY_ID) !== Boolean(e.AWS_SECRET_ACCESS_KEY)) {
+  // Checked only when a bucket is configured: AWS variables a host sets for other programs never stop a filesystem deployment.
+  if (e.S3_BUCKET && Boolean(e.AWS_ACCESS_KEY_ID) !== Boolean(e.AWS_SECRET_ACCESS_KEY)) {
     throw new ConfigError(`${e.AWS_ACCESS_KEY_ID ? 'AWS_SECRET_ACCESS_KEY' : 'AWS_ACCESS_KEY_ID'} must be set too: the bucket's credentials are an access key id and its secret`);
   }
   if (e.STORAGE === 's3' && !e.S3_BUCKET) throw new ConfigError('S3_BUCKET must be set when STORAGE is "s3"');
@@ -269,12 +271,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
   };
 }
 
-function s3Settings(e: { S3_ENDPOINT?: string; S3_BUCKET: string; S3_REGION: string; AWS_ACCESS_KEY_ID?: string; AWS_SECRET_ACCESS_KEY?: string }): S3Settings {
+function s3Settings(e: { S3_ENDPOINT?: string; S3_BUCKET: string; S3_REGION: string; AWS_ACCESS_KEY_ID?: string; AWS_SECRET_ACCESS_KEY?: string; AWS_SESSION_TOKEN?: string }): S3Settings {
   return {
     endpoint: e.S3_ENDPOINT?.replace(/\/+$/, ''),
     bucket: e.S3_BUCKET,
     region: e.S3_REGION,
-    credentials: e.AWS_ACCESS_KEY_ID && e.AWS_SECRET_ACCESS_KEY ? { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY } : undefined,
+    credentials:
+      e.AWS_ACCESS_KEY_ID && e.AWS_SECRET_ACCESS_KEY
+        ? { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY, ...(e.AWS_SESSION_TOKEN ? { sessionToken: e.AWS_SESSION_TOKEN } : {}) }
+        : undefined,
   };
 }
 

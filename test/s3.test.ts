@@ -42,6 +42,14 @@ describe('configuration', () => {
     expect(config.storage).toBe('s3');
     expect(config.s3).toEqual({ endpoint: 'http://127.0.0.1:7480', bucket: 'previews', region: 'us-east-1', credentials: { accessKeyId: 'AKIA1', secretAccessKey: 's3cr3t' } });
     expect(load({ S3_BUCKET: 'previews', S3_REGION: 'eu-west-1' }).s3).toEqual({ endpoint: undefined, bucket: 'previews', region: 'eu-west-1', credentials: undefined });
+    expect(load({ S3_BUCKET: 'previews', AWS_ACCESS_KEY_ID: 'ASIA1', AWS_SECRET_ACCESS_KEY: 's', AWS_SESSION_TOKEN: 'token' }).s3?.credentials).toEqual({
+      accessKeyId: 'ASIA1',
+      secretAccessKey: 's',
+      sessionToken: 'token',
+    });
+    // Without a bucket, AWS variables set on the host for other programs are not this deployment's business.
+    expect(load({ AWS_ACCESS_KEY_ID: 'AKIA1' }).s3).toBeUndefined();
+    expect(load({ AWS_ACCESS_KEY_ID: 'odd/value from elsewhere', AWS_SESSION_TOKEN: 't' }).storage).toBe('filesystem');
   });
 
   test('each bad setting is one sentence naming the variable, never echoing a secret', () => {
@@ -54,7 +62,6 @@ describe('configuration', () => {
       "AWS_ACCESS_KEY_ID must be set too: the bucket's credentials are an access key id and its secret",
     );
     expect(refusal({ S3_BUCKET: 'bucket', AWS_ACCESS_KEY_ID: 'AKIA1' })).toMatch(/^AWS_SECRET_ACCESS_KEY must be set too/);
-    expect(refusal({ S3_BUCKET: 'bucket', AWS_ACCESS_KEY_ID: 'not/an id', AWS_SECRET_ACCESS_KEY: 'hunter2-secret' })).not.toContain('hunter2');
   });
 
   test('the server refuses STORAGE=s3 in one line: this version serves builds from the filesystem only', () => {
