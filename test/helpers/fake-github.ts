@@ -60,6 +60,8 @@ export class FakeGitHub {
   private clock = Date.now();
   private nextCommentId = 1;
   private readonly comments = new Map<number, string>();
+  /** The issue (pull request) each comment was posted on, by comment id. */
+  readonly commentIssues = new Map<number, { repoId: number; number: number }>();
   private readonly hanging = new Set<http.ServerResponse>();
   /** People who can sign in (OAuth), by login. */
   readonly users = new Map<string, { id: number; login: string }>();
@@ -371,10 +373,11 @@ export class FakeGitHub {
       this.change(repo.id, pull.number, { labels: pull.labels.filter((l) => l !== label) });
       return answer(200, []);
     }
-    if (/^\/issues\/\d+\/comments$/.test(rest)) {
+    if ((m = /^\/issues\/(\d+)\/comments$/.exec(rest))) {
       if (method === 'GET') return answer(200, []);
       const id = this.nextCommentId++;
       this.comments.set(id, JSON.parse(body).body);
+      this.commentIssues.set(id, { repoId: repo.id, number: Number(m[1]) });
       return answer(201, { id });
     }
     if ((m = /^\/issues\/comments\/(\d+)$/.exec(rest))) {
