@@ -50,7 +50,8 @@ export class FakeGitHub {
   /** Requests that count against an installation's rate limit (authenticated by an installation token, not 304). */
   counted = 0;
   notModified = 0;
-  readonly writes: { method: string; path: string; body: any }[] = [];
+  /** Every write, with when it arrived (ms). */
+  readonly writes: { method: string; path: string; body: any; at: number }[] = [];
   /** Every request as `METHOD /path` (without /api/v3). */
   readonly requests: string[] = [];
   fault?: Fault;
@@ -243,7 +244,7 @@ export class FakeGitHub {
     };
     // GitHub's "Register GitHub App" form (the setup page posts the manifest here): checked as GitHub checks it.
     if (path === '/settings/apps/new' && method === 'POST') return this.registerFromManifest(res, body, url.searchParams.get('state'));
-    if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined });
+    if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined, at: Date.now() });
 
     let m: RegExpExecArray | null;
     // GitHub's OAuth web flow (user authorization of the GitHub App), with PKCE.
