@@ -14,7 +14,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { SignJWT } from 'jose';
 import { FakeGitHub } from '../helpers/fake-github.js';
 import { freePort, request } from '../helpers/nginx.js';
@@ -71,10 +71,12 @@ interface Upload {
   /** Uploads of one SHA sent at once through nginx (a CI job re-run while the first still uploads). */
   group: string;
   answers: number[];
+  /** What the CLI said when its answer could not be read from it. */
+  cliOutput?: string;
 }
 const deliveries: Delivery[] = [];
 const uploads: Upload[] = [];
-const figures = { deliveriesSent: 0, deliveriesResent: 0, uploadRequests: 0, uploadsResent: 0, kills: 0, restarts: 0 };
+const figures = { cliUploads: 0, deliveriesSent: 0, deliveriesResent: 0, uploadRequests: 0, uploadsResent: 0, kills: 0, restarts: 0 };
 /** What happened around the SIGKILL, printed at the end. */
 const killStory: string[] = [];
 
@@ -217,9 +219,49 @@ async function upload(record: Upload, body: Buffer, firstAnswer?: number): Promi
   }
 }
 
+/** The site's files, as a CI job's build folder. */
+function siteFolder(marker: string): string {
+  const dir = path.join(tmp, 'ci', marker);
+  const files: Record<string, string> = {
+    'index.html': `<!doctype html><title>${marker}</title><h1>${marker}</h1>`,
+    'assets/app.js': `console.log(${JSON.stringify(marker)});`,
+    [`pages/${marker}.html`]: `<p>${marker}</p>`,
+  };
+  for (const [name, body] of Object.entries(files)) {
+    fs.mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
+    fs.writeFileSync(path.join(dir, name), body);
+  }
+  return dir;
+}
+
+/**
+ * An upload by the real CLI (`preview-gate upload <folder>`: the digest protocol, a manifest then the missing
+ * files, two requests that nginx may send to two replicas), with its own retries. Its answer read from what it says.
+ */
+async function uploadWithCli(record: Upload): Promise<void> {
+  const dir = siteFolder(record.marker);
+  const args = ['bin/preview-gate.js', 'upload', dir, '--pr', String(record.pr), '--sha', record.sha, '--url', `http://${publicHost}`, '--repo', SLUG];
+  figures.uploadRequests++;
+  figures.cliUploads++;
+  const child = spawn('node', args, { env: { PATH: process.env.PATH, PREVIEW_GATE_SECRET: UPLOAD_SECRET }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d));
+  child.stderr.on('data', (d: Buffer) => (out += d));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  figures.uploadsResent += (out.match(/retrying in/g) ?? []).length;
+  const status = /already stored/.test(out) ? 409 : /stored, not public yet/.test(out) ? 202 : code === 0 && /^https?:\/\//m.test(out) ? 201 : Number(/HTTP (\d{3})/.exec(out)?.[1] ?? 0);
+  record.answers.push(status);
+  if (!status) record.cliOutput = out.trim();
+}
+
 /** Uploads a commit's build `copies` times at once (one group: one of them stores it, the others get 409). */
 async function uploadCommit(pr: number, sha: string, copies: number): Promise<void> {
   const marker = `pr${pr}-${sha.slice(0, 7)}`;
+  if (copies === 1 && pr % 5 === 2) {
+    const record: Upload = { pr, sha, marker, group: `${pr}/${sha}`, answers: [] };
+    uploads.push(record);
+    return uploadWithCli(record);
+  }
   const body = siteOf(marker);
   const group = `${pr}/${sha}`;
   await Promise.all(
@@ -489,7 +531,7 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     count: uploads.length,
     violations: uploads.flatMap((u) => {
       const last = u.answers.at(-1);
-      if (![201, 202, 409].includes(last ?? 0)) return [`PR ${u.pr} ${u.sha.slice(0, 7)}: answers ${u.answers.join(',')}`];
+      if (![201, 202, 409].includes(last ?? 0)) return [`PR ${u.pr} ${u.sha.slice(0, 7)}: answers ${u.answers.join(',')}${u.cliOutput ? ` (the CLI said: ${u.cliOutput})` : ''}`];
       const [dir] = storedBuilds(u.pr, u.sha);
       const index = dir && fs.existsSync(path.join(dir, 'index.html')) ? fs.readFileSync(path.join(dir, 'index.html'), 'utf8') : '';
       return index.includes(u.marker) ? [] : [`PR ${u.pr} ${u.sha.slice(0, 7)}: answered ${u.answers.join(',')} but no build with its index.html is stored`];
@@ -579,7 +621,7 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     table(checks),
     '',
     `deliveries: ${deliveries.length} (${figures.deliveriesSent} sent, ${figures.deliveriesResent} re-sent after a non-2xx answer)`,
-    `uploads: ${uploads.length} in ${groups.size} SHAs (${figures.uploadRequests} requests, ${figures.uploadsResent} re-sent as the CLI retries); answers ${JSON.stringify(countBy(uploads.map((u) => u.answers.at(-1))))}`,
+    `uploads: ${uploads.length} in ${groups.size} SHAs (${figures.cliUploads} by the CLI; ${figures.uploadRequests} sent, ${figures.uploadsResent} re-sent as the CLI retries); answers ${JSON.stringify(countBy(uploads.map((u) => u.answers.at(-1))))}`,
     `kills: ${figures.kills} (restarts ${figures.restarts}); sweeps: ${sweeps.length}; PR operations: ${prWork.length}; queue runs: ${jobRuns.length} (feedback done ${feedbackDone}); comment writes: ${writes.length}`,
     ...killStory.map((k) => `kill: ${k}`),
     `duration: traffic ${(traffic / 1000).toFixed(1)} s, until the queue drained ${((settled - started) / 1000).toFixed(1)} s, total ${((Date.now() - started) / 1000).toFixed(1)} s`,
