@@ -528,6 +528,20 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     count: deliveries.length,
     violations: deliveries.filter((d) => !d.answers.some((s) => s >= 200 && s < 300)).map((d) => `${d.event}.${d.action} PR ${d.pr}: answers ${d.answers.join(',')}`),
   });
+  // A 500 is a replica's own failure (the kill's answers come from nginx, 502/503): an answer GitHub never
+  // redelivers and a CI job fails on.
+  const answered = cluster.logs.filter((l) => l.msg === 'request');
+  checks.push({
+    invariant: 'no request answered 500 by a replica',
+    count: answered.length,
+    violations: answered
+      .filter((l) => Number(l.status) >= 500 && Number(l.status) !== 503)
+      .map((l) => {
+        const why = cluster.logs.find((e) => e.level >= 50 && e.node === l.node && Math.abs(e.time - l.time) < 1000 && (e.requestId === l.requestId || e.name === 'event'));
+        const err = (why?.err as { message?: string } | undefined)?.message ?? '?';
+        return `replica ${l.node}.${l.incarnation} ${iso(l.time)} ${String(l.route)} ${String(l.status)}: ${err}`;
+      }),
+  });
   checks.push({
     invariant: 'every upload answered 201/202/409 has its build stored',
     count: uploads.length,
