@@ -125,9 +125,9 @@ const schema = z.object({
   UPLOAD_IDLE_SECONDS: positiveInt(' of seconds').default(30).describe("An upload body that sends nothing for this long is cut (408)."),
   RECONCILE_INTERVAL_MINUTES: z
     .string()
-    .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of minutes (0 turns the periodic sweep off)')
+    .regex(/^(0|[1-9][0-9]*|[0-9]+\.[0-9]+)$/, 'must be a number of minutes, such as 15 or 0.5 (0 turns the periodic sweep off)')
     .transform(Number)
-    .default(15).describe("How often every open pull request is re-decided from GitHub (the sweep); 0 turns it off."),
+    .default(15).describe("How often every open pull request is re-decided from GitHub (the sweep), in minutes (0.5: every 30 s); 0 turns it off."),
   // Loopback by default: nginx on this machine reaches Node, nobody else does (the image sets 0.0.0.0 for its network).
   HOST: z.string().min(1).default('127.0.0.1').describe("Interface the Node process listens on: loopback by default, so only nginx on this host reaches it; 0.0.0.0 is an explicit choice (the image sets it for its network)."),
   APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional().describe("The GitHub App id. Set it with PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET; none of the three: the setup flow runs."),
@@ -255,7 +255,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
     githubRetries: e.GITHUB_RETRIES,
     githubThrottle: e.GITHUB_THROTTLE === 'true',
     settingsCacheMs: e.SETTINGS_CACHE_SECONDS * 1000,
-    reconcileIntervalMs: e.RECONCILE_INTERVAL_MINUTES * 60_000,
+    reconcileIntervalMs: Math.round(e.RECONCILE_INTERVAL_MINUTES * 60_000),
     uploadIdleMs: e.UPLOAD_IDLE_SECONDS * 1000,
     host: e.HOST,
     webhookSecret: e.WEBHOOK_SECRET,
