@@ -19,6 +19,9 @@ import type { AzureKeyOptions } from './secrets/azure.js';
 import { rotateKeys } from './secrets/rotate.js';
 import { formatUsage, usageReport } from './usage.js';
 import { verifyDeployment } from './verify.js';
+import { BuildStore } from './builds/store.js';
+import { migrateStorage } from './storage/migrate.js';
+import { S3Objects, statusOf } from './storage/s3-objects.js';
 import { isGitHubRepositoryName } from './trust.js';
 import { packageVersion } from './version.js';
 import { and, eq, sql } from './db/orm.js';
@@ -35,6 +38,8 @@ export interface CliIo {
   azure?: AzureKeyOptions;
   /** Where `.env` is looked for (default: the working directory). */
   cwd?: string;
+  /** Called by `backup` once its file is created and open, before a byte is copied (tests swap the name there). */
+  backupCreated?: (file: string) => Promise<void> | void;
 }
 
 /** The settings, read as the server reads them: the environment, then .env, then DATA_DIR/app.env. */
@@ -64,6 +69,7 @@ const USAGE = `usage:
   preview-gate usage [--json]                       per account: repositories, builds, bytes, uploads this month
   preview-gate audit [--json]                       who signed in, opened hidden previews, published or hid (90 days)
   preview-gate sessions revoke <login|github id>    sign a user out everywhere: dashboard and hidden previews
+  preview-gate migrate-storage [--concurrency 16]   copy the stored files of builds into S3_BUCKET (resumable, verified)
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
                                                     print the nginx server blocks for this configuration
 ${UPLOAD_USAGE}`;
@@ -104,6 +110,9 @@ example:
   nginx: `  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
 example:
   preview-gate nginx --upstream 127.0.0.1:3000 --tls-cert /etc/ssl/fullchain.pem --tls-key /etc/ssl/privkey.pem > /etc/nginx/conf.d/preview-gate.conf`,
+  'migrate-storage': `  preview-gate migrate-storage [--concurrency 16]   (S3_BUCKET, S3_ENDPOINT, S3_REGION and credentials from the environment)
+example:
+  S3_BUCKET=previews S3_ENDPOINT=https://s3.example.net preview-gate migrate-storage   (again after an interruption: sends what is missing)`,
   upload: `${UPLOAD_USAGE}
 examples:
   preview-gate upload dist --pr 12 --sha \${{ github.event.pull_request.head.sha }} --url https://uploads.example.com   (GitHub Actions, OIDC: the PR's head, not $GITHUB_SHA, the merge commit)
@@ -148,6 +157,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     if (command === 'nginx') return printNginx(argv.slice(1), io);
     if (command === 'usage') return await usage(argv.slice(1), io);
     if (command === 'audit') return await audit(argv.slice(1), io);
+    if (command === 'migrate-storage') return await migrateToBucket(argv.slice(1), io);
     if (command === 'sessions') {
       if (sub !== 'revoke' || rest.length !== 1) throw new ArgumentError(command, 'say "sessions revoke" and one user: a login or a GitHub id.');
       return await revokeSessions(rest[0]!, io);
@@ -224,6 +234,7 @@ async function backup(file: string, io: CliIo): Promise<number> {
   const target = await createPrivateFile(file);
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-backup-'));
   try {
+    await io.backupCreated?.(file);
     const copy = path.join(scratch, 'backup.sqlite');
     const db = await openDatabase(config);
     try {
@@ -399,6 +410,45 @@ function reconcile(io: CliIo): Promise<number> {
     );
     return 0;
   });
+}
+
+/**
+ * `migrate-storage`: the files of this data directory's builds (its content store) into S3_BUCKET; what the
+ * bucket holds already is passed over, so it is run again after an interruption. Exit 1 when any object failed.
+ */
+async function migrateToBucket(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { concurrency: { type: 'string' } }, strict: true });
+  if (positionals.length) throw new ArgumentError('migrate-storage', `"migrate-storage" takes no arguments (got "${positionals[0]}").`);
+  const concurrency = values.concurrency === undefined ? 16 : Number(values.concurrency);
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) throw new ArgumentError('migrate-storage', '--concurrency must be a whole number from 1 to 256.');
+  const config = dataSettings(io);
+  if (!config.s3) throw new ConfigError('S3_BUCKET must be set: migrate-storage copies the stored files into that bucket');
+  const bucket = S3Objects.fromSettings(config.s3);
+  try {
+    const where = `s3://${config.s3.bucket}${config.s3.endpoint ? ` at ${config.s3.endpoint}` : ''}`;
+    await bucket.check().catch((err: unknown) => {
+      throw new Error(`${where} cannot be used: ${bucketProblem(err)}.`);
+    });
+    const counts = await migrateStorage(new BuildStore(config.buildsDir).objects, bucket, { concurrency });
+    io.stdout.write(
+      `Copied ${counts.copied} object(s) (${counts.copiedBytes} bytes) into ${where}, each read back and verified by sha256 (${counts.verified}); ` +
+        `${counts.alreadyThere} already there; ${counts.gone} removed from DATA_DIR meanwhile; ${counts.failed.length} failed.\n`,
+    );
+    for (const line of counts.failed) io.stderr.write(`  ${line}\n`);
+    if (counts.failed.length) io.stderr.write('Run migrate-storage again to retry the failed objects (the copied ones are passed over).\n');
+    return counts.failed.length ? 1 : 0;
+  } finally {
+    bucket.close();
+  }
+}
+
+/** Why a bucket cannot be used, in words (the SDK's errors of HEAD requests carry a status, not a message). */
+function bucketProblem(err: unknown): string {
+  const status = statusOf(err);
+  if (status === 403) return 'the credentials are refused (403)';
+  if (status === 404) return 'there is no such bucket (404)';
+  if (status) return `it answered ${status}`;
+  return `no answer (${(err as Error).message})`;
 }
 
 /** `keys rotate`: every account and user DEK re-wrapped under the current key; run it again if it was interrupted. */

@@ -56,6 +56,20 @@ export interface Config {
   logLevel?: string;
   /** Fixes the setup flow's one-time token (a random one is printed in the log when unset). */
   setupToken?: string;
+  /** Where builds are kept: `filesystem` (DATA_DIR) or `s3` (a bucket; not served by this version yet). */
+  storage: 'filesystem' | 's3';
+  /** The bucket, when S3_BUCKET is set: STORAGE=s3 needs it, and so does `migrate-storage` (run before the switch). */
+  s3?: S3Settings;
+}
+
+/** An S3-compatible bucket (AWS S3, Ceph RGW, MinIO…), always addressed path-style: `<endpoint>/<bucket>/<key>`. */
+export interface S3Settings {
+  /** Unset: AWS S3 of `region`. */
+  endpoint?: string;
+  bucket: string;
+  region: string;
+  /** Unset: the AWS SDK's default chain (web identity, the instance's role, ~/.aws). */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 }
 
 export class ConfigError extends Error {}
@@ -111,9 +125,9 @@ const schema = z.object({
   UPLOAD_IDLE_SECONDS: positiveInt(' of seconds').default(30).describe("An upload body that sends nothing for this long is cut (408)."),
   RECONCILE_INTERVAL_MINUTES: z
     .string()
-    .regex(/^(0|[1-9][0-9]*)$/, 'must be a whole number of minutes (0 turns the periodic sweep off)')
+    .regex(/^(0|[1-9][0-9]*|[0-9]+\.[0-9]+)$/, 'must be a number of minutes, such as 15 or 0.5 (0 turns the periodic sweep off)')
     .transform(Number)
-    .default(15).describe("How often every open pull request is re-decided from GitHub (the sweep); 0 turns it off."),
+    .default(15).describe("How often every open pull request is re-decided from GitHub (the sweep), in minutes (0.5: every 30 s); 0 turns it off."),
   // Loopback by default: nginx on this machine reaches Node, nobody else does (the image sets 0.0.0.0 for its network).
   HOST: z.string().min(1).default('127.0.0.1').describe("Interface the Node process listens on: loopback by default, so only nginx on this host reaches it; 0.0.0.0 is an explicit choice (the image sets it for its network)."),
   APP_ID: z.string().regex(/^[0-9]+$/, 'must be the numeric GitHub App id').optional().describe("The GitHub App id. Set it with PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET; none of the three: the setup flow runs."),
@@ -128,6 +142,16 @@ const schema = z.object({
     .optional()
     .describe('How much is logged. Unset: info for the server, warn for the CLI.'),
   SETUP_TOKEN: z.string().optional().describe("Fixes the setup flow's one-time token (a random one is printed in the log when unset)."),
+  STORAGE: z.enum(['filesystem', 's3'], { message: 'must be "filesystem" or "s3"' }).default('filesystem').describe("Where builds are kept: filesystem (DATA_DIR/builds) or s3 (S3_BUCKET). This version serves filesystem only; `preview-gate migrate-storage` copies the stored files into the bucket ahead of the switch."),
+  S3_ENDPOINT: absoluteUrl.optional().describe("URL of an S3-compatible engine (Ceph RGW, MinIO…), addressed path-style: <S3_ENDPOINT>/<S3_BUCKET>/<key>. Unset: AWS S3 of S3_REGION."),
+  S3_BUCKET: z
+    .string()
+    .regex(/^(?=.{3,63}$)[a-z0-9][a-z0-9.-]*[a-z0-9]$/, 'must be an S3 bucket name: 3 to 63 lower-case letters, digits, dots or hyphens')
+    .optional().describe("The bucket holding the files of builds (objects/<repository id>/<sha256>); required with STORAGE=s3. Keep it private: nothing in it is meant to be fetched directly."),
+  S3_REGION: z.string().regex(/^[a-z0-9-]+$/, 'must be a region name such as us-east-1').default('us-east-1').describe("The bucket's region (what the request signatures name)."),
+  AWS_ACCESS_KEY_ID: z.string().optional().describe("The bucket's access key id (with AWS_SECRET_ACCESS_KEY). Unset: the AWS SDK's default chain (web identity, the instance's role, ~/.aws)."),
+  AWS_SECRET_ACCESS_KEY: z.string().optional().describe("The bucket's secret access key (with AWS_ACCESS_KEY_ID)."),
+  AWS_SESSION_TOKEN: z.string().optional().describe("The session token of temporary credentials (with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)."),
 });
 
 /** The variables of the configuration, each with its zod type, default and description (docs/operations.md). */
@@ -199,6 +223,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
   if (e.KEY_PROVIDER === 'azure' && !e.AZURE_KEY_ID) {
     throw new ConfigError('AZURE_KEY_ID must be set when KEY_PROVIDER is "azure"');
   }
+  // Checked only when a bucket is configured: AWS variables a host sets for other programs never stop a filesystem deployment.
+  if (e.S3_BUCKET && Boolean(e.AWS_ACCESS_KEY_ID) !== Boolean(e.AWS_SECRET_ACCESS_KEY)) {
+    throw new ConfigError(`${e.AWS_ACCESS_KEY_ID ? 'AWS_SECRET_ACCESS_KEY' : 'AWS_ACCESS_KEY_ID'} must be set too: the bucket's credentials are an access key id and its secret`);
+  }
+  if (e.STORAGE === 's3' && !e.S3_BUCKET) throw new ConfigError('S3_BUCKET must be set when STORAGE is "s3"');
   if (options.partialCredentials !== true) checkCredentialsComplete(e);
   checkPrivateKey(e.PRIVATE_KEY, e.PRIVATE_KEY_PATH);
   const dataDir = path.resolve(e.DATA_DIR);
@@ -226,7 +255,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
     githubRetries: e.GITHUB_RETRIES,
     githubThrottle: e.GITHUB_THROTTLE === 'true',
     settingsCacheMs: e.SETTINGS_CACHE_SECONDS * 1000,
-    reconcileIntervalMs: e.RECONCILE_INTERVAL_MINUTES * 60_000,
+    reconcileIntervalMs: Math.round(e.RECONCILE_INTERVAL_MINUTES * 60_000),
     uploadIdleMs: e.UPLOAD_IDLE_SECONDS * 1000,
     host: e.HOST,
     webhookSecret: e.WEBHOOK_SECRET,
@@ -237,6 +266,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
     sessionMs: e.SESSION_HOURS * 3600_000,
     logLevel: e.LOG_LEVEL,
     setupToken: e.SETUP_TOKEN,
+    storage: e.STORAGE,
+    s3: e.S3_BUCKET ? s3Settings({ ...e, S3_BUCKET: e.S3_BUCKET }) : undefined,
+  };
+}
+
+function s3Settings(e: { S3_ENDPOINT?: string; S3_BUCKET: string; S3_REGION: string; AWS_ACCESS_KEY_ID?: string; AWS_SECRET_ACCESS_KEY?: string; AWS_SESSION_TOKEN?: string }): S3Settings {
+  return {
+    endpoint: e.S3_ENDPOINT?.replace(/\/+$/, ''),
+    bucket: e.S3_BUCKET,
+    region: e.S3_REGION,
+    credentials:
+      e.AWS_ACCESS_KEY_ID && e.AWS_SECRET_ACCESS_KEY
+        ? { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY, ...(e.AWS_SESSION_TOKEN ? { sessionToken: e.AWS_SESSION_TOKEN } : {}) }
+        : undefined,
   };
 }
 

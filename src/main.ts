@@ -12,12 +12,15 @@ async function main(): Promise<void> {
   // The environment, then .env, then DATA_DIR/app.env (the setup flow's credentials): as every CLI command reads them.
   const env = gatherEnvironment();
   const config = loadConfig(env);
+  if (config.storage === 's3') {
+    throw new ConfigError('STORAGE=s3 is not served by this version yet: keep STORAGE=filesystem (preview-gate migrate-storage copies the stored files into S3_BUCKET ahead of the switch)');
+  }
   try {
     ensureDataDir(config.dataDir);
   } catch (err) {
     // A relative DATA_DIR (the ./data of a .env written for npm start) in the image is /app/data: say what to do.
     const given = process.env.DATA_DIR;
-    if (err instanceof ConfigError && given && !path.isAbsolute(given)) throw new ConfigError(dataDirAdvice('?', '?'));
+    if (err instanceof ConfigError && given && !path.isAbsolute(given)) throw new ConfigError(relativeDataDirAdvice(given));
     throw err;
   }
   // JSON lines for log collectors; one readable line per event on a terminal.
@@ -31,7 +34,7 @@ async function main(): Promise<void> {
   const setupHandler = probot ? undefined : await createSetupHandler(config, log);
   const running = await startServer(config, log, { probot, setupHandler, host: config.host });
   log.info(
-    { url: running.url.replace('127.0.0.1', config.host), dataDir: config.dataDir, previews: `*.${config.previewDomain}` },
+    { url: running.url.replace('127.0.0.1', config.host), dataDir: config.dataDir, previews: `*.${config.previewDomain}`, replica: running.replica.id },
     probot ? 'preview-gate is listening' : 'preview-gate is listening; register the GitHub App with the setup link above',
   );
   const stop = (signal: string) => {
@@ -47,9 +50,7 @@ main().catch((err: unknown) => {
   if (err instanceof ConfigError) {
     console.error(`preview-gate: configuration error: ${err.message}`);
   } else if ((code === 'EACCES' || code === 'EPERM' || code === 'EROFS') && (err as NodeJS.ErrnoException).path) {
-    const uid = process.getuid?.() ?? '?';
-    const gid = process.getgid?.() ?? '?';
-    console.error(`preview-gate: cannot write ${(err as NodeJS.ErrnoException).path} as uid ${uid}: ${dataDirAdvice(uid, gid)}`);
+    console.error(`preview-gate: cannot write ${(err as NodeJS.ErrnoException).path} as uid ${process.getuid?.() ?? '?'}: ${unwritableDataDirAdvice()}`);
   } else if (code === 'EADDRINUSE' || code === 'EACCES') {
     const { address, port } = err as { address?: string; port?: number };
     console.error(
@@ -63,12 +64,15 @@ main().catch((err: unknown) => {
   process.exit(1);
 });
 
-/** What to do about an unwritable DATA_DIR; a relative one (`./data` from a copied .env) is not a bind mount. */
-function dataDirAdvice(uid: number | string, gid: number | string): string {
+/** A relative DATA_DIR (the `./data` of a .env copied for npm start) is relative to the working directory, not a mount. */
+function relativeDataDirAdvice(dataDir: string): string {
+  const unset = inContainer() ? 'remove DATA_DIR from the environment (.env) to use the image\'s volume /data, or ' : '';
+  return `DATA_DIR=${dataDir} is relative to the working directory ${process.cwd()}: ${unset}set DATA_DIR to a directory this user can write.`;
+}
+
+/** What to do about a DATA_DIR this user cannot write. */
+function unwritableDataDirAdvice(): string {
   const dataDir = process.env.DATA_DIR;
-  if (dataDir && !path.isAbsolute(dataDir)) {
-    const unset = inContainer() ? 'remove DATA_DIR from the environment (.env) to use the image\'s volume /data, or ' : '';
-    return `DATA_DIR=${dataDir} is relative to the working directory ${process.cwd()}: ${unset}set DATA_DIR to a directory this user can write.`;
-  }
-  return `DATA_DIR must belong to the server's user (for a bind mount: chown -R ${uid}:${gid} <host directory>).`;
+  if (dataDir && !path.isAbsolute(dataDir)) return relativeDataDirAdvice(dataDir);
+  return `DATA_DIR must belong to the server's user (for a bind mount: chown -R ${process.getuid?.() ?? '?'}:${process.getgid?.() ?? '?'} <host directory>).`;
 }

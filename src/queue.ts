@@ -267,12 +267,18 @@ export class WorkQueue {
   }
 
   private async runOne(job: Job, kind: JobKind): Promise<void> {
+    // Start and end of every run, per replica: the replica simulation checks from them that no two runs of one
+    // key overlapped. The end is logged before the row is let go, so it comes before any other replica's start.
+    const run = { job: job.kind, key: job.key, id: job.id, generation: job.generation, replica: this.owner };
+    this.log.debug(run, 'job started');
     try {
       await kind.run(job.data, job);
+      this.log.debug({ ...run, outcome: 'done' }, 'job finished');
       // Done, unless it was asked for again while it ran: then the row stays and runs once more.
       await this.finish(job);
     } catch (err) {
       const message = (err as Error).message;
+      this.log.debug({ ...run, outcome: isFinal(err) ? 'dropped' : 'retry' }, 'job finished');
       if (isFinal(err)) {
         this.log.warn({ job: job.kind, key: job.key }, `dropped: ${message}`);
         await this.finish(job);

@@ -205,12 +205,15 @@ export class Schedules {
         .where(mine)
         .catch(() => undefined);
     }, Math.max(50, Math.floor(this.replica.leaseMs / 3))).unref();
+    // Start and end of each run (the replica simulation checks that runs of all replicas never overlap).
+    this.log.debug({ schedule: name, replica: this.replica.id }, 'schedule started');
     try {
       await task.run();
     } catch (err) {
       this.log.warn({ job: name, err: (err as Error).message }, `${name} failed; it runs again at the next interval`);
     } finally {
       clearInterval(renew);
+      this.log.debug({ schedule: name, replica: this.replica.id }, 'schedule finished');
       try {
         const now = this.now();
         await this.db.orm

@@ -6,10 +6,11 @@
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import nock from 'nock';
-import { chromium, type Browser } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { freePort, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
@@ -21,6 +22,7 @@ const DOCS = 7001;
 const A = sha('a1');
 const HIDDEN_URL = `https://pr1-${A.slice(0, 7)}--docs.previews.test/`;
 const SCREENSHOTS = path.resolve('test-artifacts', 'screenshots');
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 
 let fake: FakeGitHub;
 let server: TestServer;
@@ -259,6 +261,123 @@ test('at 320 px the dashboard does not scroll sideways; the focus ring on the da
   expect(contrast(ring!, background!)).toBeGreaterThanOrEqual(3);
   await context.close();
 }, 60_000);
+
+test('axe-core finds no violation on any dashboard page, nor on the hidden preview\'s banner (open or collapsed)', async () => {
+  // A fork PR (public), a hidden PR with two builds (so its changed pages are listed), a repository with nothing to show.
+  const [D1, D2, F] = [sha('d1'), sha('d2'), sha('f3')];
+  fake.addPull(DOCS, { number: 3, user: { id: 777, login: 'forker' }, commits: [F], title: 'Fix the <nav> & "footer"', headRef: 'patch-1', fork: true, labels: ['safe for preview'] });
+  fake.addPull(DOCS, { number: 4, user: { id: 1001, login: 'maintainer' }, commits: [D1], title: 'A new guide', headRef: 'guide' });
+  const docsPage = (title: string, text: string) =>
+    `<!doctype html><html lang="en"><head><title>${title}</title><link rel="stylesheet" href="/site.css"></head><body><main><h1>${title}</h1><p>${text}</p></main></body></html>`;
+  expect((await server.upload(3, F, tarball({ 'index.html': docsPage('Docs', 'From a fork.') }))).status).toBe(201);
+  const kept = docsPage('Kept', 'The same bytes in both builds, restyled by the new site.css.');
+  expect((await server.upload(4, D1, tarball({ 'index.html': docsPage('Docs', 'Before.'), 'kept.html': kept, 'old.html': docsPage('Old', 'Gone soon.'), 'site.css': 'body{margin:0}' }))).status).toBe(202);
+  await server.previews.settled();
+  fake.change(DOCS, 4, { commits: [D1, D2] });
+  expect((await server.upload(4, D2, tarball({ 'index.html': docsPage('Docs', 'After.'), 'kept.html': kept, 'guide/start.html': docsPage('Start', 'New.'), 'site.css': 'body{margin:1rem}' }))).status).toBe(202);
+  fake.addRepo({ id: 7002, owner: { id: 9001, login: 'octo-org' }, name: 'empty' });
+  fake.collaborators.set('7002:maintainer', 'write');
+  await server.core.registry.ensureRepository('octo-org/empty');
+  await server.previews.settled();
+
+  const signedOut = await browser.newContext({ ignoreHTTPSErrors: true, bypassCSP: true });
+  const visitor = await signedOut.newPage();
+  // The check itself can fail: an image without a text alternative and a page without a language are found.
+  await visitor.setContent('<!doctype html><html><head><title>x</title></head><body><main><img src="data:,"></main></body></html>');
+  expect((await axeViolations(visitor)).map((v) => v.split(' ')[0])).toEqual(expect.arrayContaining(['html-has-lang', 'image-alt']));
+  await expectNoViolations(visitor, 'sign-in page', `https://${MAIN_HOST}/`);
+  await expectNoViolations(visitor, 'sign-in cancelled on GitHub', `https://${MAIN_HOST}/login/callback?error=access_denied`);
+
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, bypassCSP: true, viewport: { width: 1280, height: 1000 } });
+  // The stand-in's avatar URLs lead nowhere: a plain disc instead of a broken image in the screenshot.
+  await context.route('https://avatars.githubusercontent.test/**', (route) =>
+    route.fulfill({ contentType: 'image/svg+xml', body: '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 20 20"><circle cx="10" cy="10" r="10" fill="#8c959f"/></svg>' }),
+  );
+  const page = await signedIn(context, 'maintainer');
+  await page.getByRole('heading', { name: /#4 A new guide/ }).waitFor();
+  const changed = page.getByRole('cell', { name: /pages 1 changed, 1 loading changed files, 1 added, 1 removed/ });
+  expect(await changed.getByRole('listitem').filter({ hasText: /^loading changed files:/ }).getByRole('link').textContent()).toBe('kept.html');
+  await expectNoViolations(page, 'dashboard (fork PR, hidden builds, changed pages, a repository folded)');
+  // The README's screenshot: UPDATE_DOCS_SCREENSHOT=1 writes it into docs/ (other runs leave the tree clean).
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard-walk.png') });
+  if (process.env.UPDATE_DOCS_SCREENSHOT) fs.copyFileSync(path.join(SCREENSHOTS, 'dashboard-walk.png'), path.resolve('docs', 'dashboard.png'));
+  await expectNoViolations(page, 'search results', `https://${MAIN_HOST}/?q=guide`);
+  await expectNoViolations(page, 'filters matching nothing', `https://${MAIN_HOST}/?visibility=public&mine=1`);
+  await expectNoViolations(page, 'an error page', `https://${MAIN_HOST}/repos/${DOCS}/pulls/99/commits/${D2}/view`);
+
+  // Publish and Hide from the keyboard: each confirmation page.
+  await page.goto(`https://${MAIN_HOST}/?q=%234`);
+  await page.getByRole('button', { name: 'Publish #4 (add the label)' }).focus();
+  await Promise.all([page.waitForURL(/done=published-4/), page.keyboard.press('Enter')]);
+  await expectNoViolations(page, 'confirmation after Publish');
+  await page.getByRole('button', { name: 'Hide #4 (remove the label)' }).focus();
+  await Promise.all([page.waitForURL(/done=hidden-4/), page.keyboard.press('Enter')]);
+  await expectNoViolations(page, 'confirmation after Hide');
+
+  // The hidden preview: only the banner is preview-gate's (the rest of the page is the PR author's).
+  await page.goto(`https://${MAIN_HOST}/?q=%234`);
+  await Promise.all([page.waitForURL(`https://pr4-${D2.slice(0, 7)}--docs.previews.test/`), page.getByRole('link', { name: 'open the hidden preview' }).first().click()]);
+  const banner = page.getByRole('note', { name: 'preview-gate' });
+  await expectNoViolations(page, 'hidden preview, banner open', undefined, '[aria-label="preview-gate"]');
+  await banner.locator('summary').click();
+  await page.waitForFunction(() => sessionStorage.getItem('preview-gate-banner') === 'closed');
+  await expectNoViolations(page, 'hidden preview, banner collapsed', undefined, '[aria-label="preview-gate"]');
+
+  // Paging: more than 20 pull requests with builds.
+  for (let n = 5; n <= 22; n++) {
+    fake.addPull(DOCS, { number: n, user: { id: 555, login: 'contributor' }, commits: [sha(`e${n}`)], title: `Docs change ${n}` });
+    expect((await server.upload(n, sha(`e${n}`), tarball({ 'index.html': docsPage('Docs', `Change ${n}.`) }))).status).toBe(202);
+  }
+  await server.previews.settled();
+  await expectNoViolations(page, 'first of two pages', `https://${MAIN_HOST}/`);
+  await page.getByRole('link', { name: 'Next page' }).waitFor();
+  await expectNoViolations(page, 'second page', `https://${MAIN_HOST}/?page=2`);
+  await page.getByRole('link', { name: 'Previous page' }).waitFor();
+  await context.close();
+
+  // Someone who collaborates on no installed repository: the empty dashboard.
+  fake.addUser({ id: 1009, login: 'newcomer' });
+  const empty = await browser.newContext({ ignoreHTTPSErrors: true, bypassCSP: true });
+  const newcomer = await signedIn(empty, 'newcomer');
+  await newcomer.getByText('No repository with the app installed is one you collaborate on.').waitFor();
+  await expectNoViolations(newcomer, 'empty dashboard');
+  fake.signInAs = 'maintainer';
+  await Promise.all([signedOut.close(), empty.close()]);
+}, 120_000);
+
+/** A page of `context` signed in on the dashboard as `login` (through the stand-in's OAuth flow). */
+async function signedIn(context: BrowserContext, login: string): Promise<Page> {
+  fake.signInAs = login;
+  const page = await context.newPage();
+  await page.goto(`https://${MAIN_HOST}/`);
+  await page.getByRole('link', { name: 'Sign in with GitHub' }).click();
+  await page.waitForURL(`https://${MAIN_HOST}/`);
+  return page;
+}
+
+/**
+ * axe-core (every rule it runs by default — WCAG 2.0–2.2 A and AA, and its best practices — and target-size) on the page as it is,
+ * or after going to `url`; `include`: only that part of the page. The failure names the page and each rule broken.
+ */
+async function expectNoViolations(page: Page, name: string, url?: string, include?: string): Promise<void> {
+  if (url) await page.goto(url);
+  expect({ page: name, violations: await axeViolations(page, include) }).toEqual({ page: name, violations: [] });
+}
+
+/** axe-core's violations on `page` (or the part `include` selects), one line each: rule, impact, help, the elements. */
+async function axeViolations(page: Page, include?: string): Promise<string[]> {
+  await page.addScriptTag({ path: AXE });
+  return page.evaluate(async (selector) => {
+    const axe = (window as unknown as { axe: { run: (context: unknown, options: unknown) => Promise<AxeResults> } }).axe;
+    // target-size is WCAG 2.2 AA (2.5.8) but off in axe by default.
+    const results = await axe.run(selector ? { include: [selector] } : document, { resultTypes: ['violations'], rules: { 'target-size': { enabled: true } } });
+    return results.violations.map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => `${n.target.join(' ')}: ${n.failureSummary}`).join(' | ')}`);
+  }, include);
+}
+
+interface AxeResults {
+  violations: { id: string; impact: string; help: string; nodes: { target: string[]; failureSummary: string }[] }[];
+}
 
 /** WCAG's contrast ratio of two CSS rgb() colours. */
 function contrast(a: string, b: string): number {

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import nock from 'nock';
-import { runCli } from '../src/cli.js';
+import { runCli, type CliIo } from '../src/cli.js';
 import { openCore } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { builds, pullRequests } from '../src/db/tables.js';
@@ -22,12 +22,12 @@ let tmp: string;
 beforeEach(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-cli-'))));
 afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-async function cli(args: string[], env: Record<string, string> = {}) {
+async function cli(args: string[], env: Record<string, string> = {}, seams: Pick<CliIo, 'backupCreated'> = {}) {
   let stdout = '';
   let stderr = '';
   const out = new PassThrough().on('data', (d: Buffer) => (stdout += d.toString()));
   const err = new PassThrough().on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await runCli(args, { stdin: Object.assign(new PassThrough(), { isTTY: true }), stdout: out, stderr: err, env: { DATA_DIR: path.join(tmp, 'data'), ...env } });
+  const code = await runCli(args, { stdin: Object.assign(new PassThrough(), { isTTY: true }), stdout: out, stderr: err, env: { DATA_DIR: path.join(tmp, 'data'), ...env }, ...seams });
   return { code, stdout, stderr };
 }
 
@@ -37,7 +37,7 @@ test('--help, and --help of every command, print the usage and exit 0', async ()
     expect([args, res.code]).toEqual([args, 0]);
     expect(res.stdout).toMatch(/preview-gate secret set/);
   }
-  for (const command of ['secret', 'backup', 'cleanup', 'reconcile', 'keys', 'usage', 'audit', 'sessions', 'nginx', 'upload', 'verify']) {
+  for (const command of ['secret', 'backup', 'cleanup', 'reconcile', 'keys', 'usage', 'audit', 'sessions', 'nginx', 'upload', 'verify', 'migrate-storage']) {
     const res = await cli([command, '--help']);
     expect([command, res.code, res.stderr]).toEqual([command, 0, '']);
     expect(res.stdout).toContain(`preview-gate ${command}`);
@@ -166,6 +166,27 @@ test('`backup` refuses a planted dangling symlink (nothing is written where it p
     process.umask(old);
   }
   expect(new Set(modes)).toEqual(new Set(['600']));
+});
+
+test('`backup` writes only through the descriptor it created: a symlink swapped in at the name before the copy is never written through', async () => {
+  const env = { DATA_DIR: path.join(tmp, 'data') };
+  expect((await cli(['reconcile'], env)).code).not.toBe(2); // a database to back up
+  const file = path.join(tmp, 'backup.sqlite');
+  const moved = path.join(tmp, 'moved-away.sqlite');
+  const victim = path.join(tmp, 'victim');
+  fs.writeFileSync(victim, 'untouched');
+  // Between creation and the first byte: another local user moves the new file away and plants a link at its name.
+  const swap = () => {
+    fs.renameSync(file, moved);
+    fs.symlinkSync(victim, file);
+  };
+  expect((await cli(['backup', file], env, { backupCreated: swap })).code).toBe(0);
+  expect(fs.readFileSync(victim, 'utf8')).toBe('untouched');
+  expect(fs.lstatSync(file).isSymbolicLink()).toBe(true);
+  // The copy went into the file created (wherever it now is): a whole SQLite database, 0600.
+  expect(fs.readFileSync(moved).subarray(0, 16).toString('latin1')).toBe('SQLite format 3\0');
+  expect(fs.statSync(moved).size).toBeGreaterThan(4096);
+  expect((fs.statSync(moved).mode & 0o777).toString(8)).toBe('600');
 });
 
 test('`backup` under upload load, restored into a fresh data directory with the master key: secrets decrypt, PRs and builds listed', async () => {

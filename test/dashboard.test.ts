@@ -11,8 +11,10 @@ import { auditTrail } from '../src/dashboard/sessions.js';
 import { count, eq } from '../src/db/orm.js';
 import { auditEvents, previewGrants, previewTickets, sessions, users } from '../src/db/tables.js';
 import { FakeGitHub } from './helpers/fake-github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { sha, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { siteTarball, tarball } from './helpers/tarballs.js';
+import { sendWebhook } from './helpers/webhooks.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
 const DOCS = 7001;
@@ -292,6 +294,19 @@ test('a reader (no push access) sees no hidden preview and cannot publish; a col
   const now = Date.now();
   jest.spyOn(Date, 'now').mockReturnValue(now + 5 * 60_000 + 1000);
   expect((await auth(HOST, cookiePair(viewCookie))).status).toBe(403);
+});
+
+test("a role is matched by GitHub's repository id only: another repository that took the name grants nothing on the stored one", async () => {
+  // docs (7001) was deleted on GitHub, the deletion's delivery never came, and a new repository of another id
+  // took the name octo-org/docs in the same installation, where the reader is a maintainer.
+  const inst = fake.installations.get(42)!;
+  inst.repoIds.splice(inst.repoIds.indexOf(DOCS), 1);
+  fake.repos.delete(DOCS);
+  fake.addRepo({ id: DOCS + 1, owner: OWNER, name: 'docs' });
+  fake.collaborators.set(`${DOCS + 1}:reader`, 'maintain');
+  const reader = (await signIn('reader')).cookie!;
+  expect((await get(`/view/1/1/${A.slice(0, 7)}`, { cookie: reader })).status).toBe(403);
+  expect(await (await get('/', { cookie: reader })).text()).not.toContain('/view/');
 });
 
 test('GitHub down: a hidden preview stays hidden for a grant whose role must be asked again', async () => {
@@ -638,7 +653,7 @@ describe('the pages each build changed (issue 27, item 4)', () => {
   });
 });
 
-test('each PR shows its title (escaped), author with avatar, branch, fork marker, link on GitHub and the head build\'s age; needs-review first', async () => {
+test('each PR shows its title (escaped), author with avatar, branch, fork marker, link on GitHub and its builds\' ages; needs-review first', async () => {
   // PR 2: from a fork, a title that is markup, public (labelled); PR 1 (beforeEach) is hidden with a build: it needs review.
   fake.addPull(DOCS, { number: 2, user: { id: 777, login: 'forker' }, commits: [sha('f2')], title: '<img src=x onerror=alert(1)> & "fix"', headRef: 'patch-1', fork: true, labels: ['safe for preview'] });
   expect((await server.upload(2, sha('f2'), siteTarball('fork'))).status).toBe(201);
@@ -655,6 +670,57 @@ test('each PR shows its title (escaped), author with avatar, branch, fork marker
   // Needs review (hidden, with builds) first, although #2 is newer.
   expect(text.indexOf('id="pr-7001-1"')).toBeLessThan(text.indexOf('id="pr-7001-2"'));
   expect(text).toMatch(/<span class="hidden">hidden, needs review<\/span>/);
+});
+
+test('each PR shows its head commit\'s own age (from the facts already read), and says when the head has no build yet; a page load asks GitHub nothing about PRs', async () => {
+  // PR 2's head was pushed 3 hours ago; its build is stored now.
+  const X = sha('c1');
+  fake.addPull(DOCS, { number: 2, user: CONTRIBUTOR, commits: [X], title: 'Old head' }).updatedAt = new Date(Date.now() - 3 * 3600_000);
+  expect((await server.upload(2, X, siteTarball('old head'))).status).toBe(202);
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const before = fake.requests.length;
+  const section = (text: string) => text.slice(text.indexOf('id="pr-7001-2"'), text.indexOf('</section>', text.indexOf('id="pr-7001-2"')));
+  const first = section(await (await get('/', { cookie })).text());
+  expect(first).toMatch(/head <code>c1c1c1c<\/code> pushed <time datetime="[^"]+">3 hours ago<\/time>/);
+  expect(first).not.toContain('not built yet');
+  expect(fake.requests.slice(before).filter((r) => r.includes('/pulls') || r.includes('/commits'))).toEqual([]);
+
+  // A push: GitHub's synchronize delivery; the head is now Y, pushed just now, and has no build yet.
+  const Y = sha('c2');
+  fake.change(DOCS, 2, { commits: [X, Y] });
+  expect((await sendWebhook(server.url, 'pull_request', fake.pullRequestEvent(DOCS, 2, 'synchronize'))).status).toBe(200);
+  await server.previews.settled();
+  const second = section(await (await get('/', { cookie })).text());
+  expect(second).toMatch(/head <code>c2c2c2c<\/code> pushed <time datetime="[^"]+">less than a minute ago<\/time> \(not built yet\)/);
+
+  // A lagging answer (older than the facts applied) naming another head: that head's age is not known, not guessed.
+  Object.assign(fake.pull(DOCS, 2), { commits: [X] });
+  fake.pull(DOCS, 2).updatedAt = new Date(Date.now() - 3600_000);
+  expect((await sendWebhook(server.url, 'pull_request', fake.pullRequestEvent(DOCS, 2, 'edited'))).status).toBe(200);
+  await server.previews.settled();
+  const third = section(await (await get('/', { cookie })).text());
+  expect(third).not.toContain('pushed');
+  expect(await server.core.registry.findPullRequest(1, 2)).toMatchObject({ headSha: X, headAt: null });
+});
+
+test('needs review comes first across repositories, not per repository', async () => {
+  // octo-org/api sorts before octo-org/docs: it has a public PR (#3, labelled) and a hidden one (#4); docs has hidden #1.
+  fake.addRepo({ id: 7003, owner: OWNER, name: 'api' });
+  fake.collaborators.set('7003:maintainer', 'write');
+  const api = await server.core.registry.ensureRepository('octo-org/api');
+  await server.core.secrets.set(api.accountId, api.id, UPLOAD_SECRET_NAME, Buffer.from(UPLOAD_SECRET));
+  fake.addPull(7003, { number: 3, user: CONTRIBUTOR, commits: [sha('b3')], labels: ['safe for preview'] });
+  fake.addPull(7003, { number: 4, user: CONTRIBUTOR, commits: [sha('b4')] });
+  for (const n of [3, 4]) {
+    const token = await server.token({ slug: 'octo-org/api', 'pull-request': n });
+    expect([201, 202]).toContain((await server.upload(n, sha(`b${n}`), siteTarball(`api ${n}`), { token })).status);
+  }
+  await server.previews.settled();
+  const cookie = (await signIn('maintainer')).cookie!;
+  const text = await (await get('/', { cookie })).text();
+  const order = [...text.matchAll(/<h2>([^<]+)<\/h2>|<h3 id="pr-(\d+)-(\d+)">/g)].map((m) => m[1] ?? `${m[2]}#${m[3]}`);
+  expect(order).toEqual(['octo-org/api', '7003#4', 'octo-org/docs', '7001#1', 'octo-org/api', '7003#3']);
 });
 
 test('search and filters are a GET form (title, author, number, repository, visibility, needs review, mine), paged 20 at a time with the query kept', async () => {

@@ -305,6 +305,18 @@ test('sign-in starts are rate-limited per address with a JSON 429', async () => 
   expect(JSON.parse(refused!.body.toString()).error).toMatch(/Too many requests/);
 });
 
+test('sign-in callbacks are rate-limited per address with a JSON 429 (a sealed state cookie is replayable for its 10 minutes)', async () => {
+  // Each callback with a state makes Node ask GitHub's token endpoint: a replayed cookie must not turn this host
+  // into an unlimited client of it.
+  const answers = [];
+  for (let i = 0; i < 20; i++) answers.push(await request(nginx.port, MAIN_HOST, `/login/callback?code=c${i}&state=s${i}`));
+  expect(answers.slice(0, 5).map((a) => a.status)).not.toContain(429);
+  const refused = answers.find((a) => a.status === 429);
+  expect(refused).toBeDefined();
+  expect(refused!.headers['content-type']).toMatch(/application\/json/);
+  expect(JSON.parse(refused!.body.toString()).error).toMatch(/Too many requests/);
+});
+
 /** Every folder and file below `dir`, with its permission bits in octal. */
 function modesBelow(dir: string): Map<string, string> {
   const modes = new Map<string, string>();

@@ -99,7 +99,14 @@ describe('configuration', () => {
     expect(loadConfig({ GHE_HOST: 'ghe.example.com' }).githubApiUrl).toBe('https://ghe.example.com/api/v3');
     expect(loadConfig({ GHE_HOST: '127.0.0.1:8080', GHE_PROTOCOL: 'http' }).githubApiUrl).toBe('http://127.0.0.1:8080/api/v3');
   });
+  test('RECONCILE_INTERVAL_MINUTES takes fractions of a minute (a short sweep for a test cluster), 0 turns it off', () => {
+    expect(loadConfig({ RECONCILE_INTERVAL_MINUTES: '0.1' }).reconcileIntervalMs).toBe(6000);
+    expect(loadConfig({ RECONCILE_INTERVAL_MINUTES: '15' }).reconcileIntervalMs).toBe(15 * 60_000);
+    expect(loadConfig({ RECONCILE_INTERVAL_MINUTES: '0' }).reconcileIntervalMs).toBe(0);
+  });
   test.each([
+    [{ RECONCILE_INTERVAL_MINUTES: '-1' }, /^RECONCILE_INTERVAL_MINUTES /],
+    [{ RECONCILE_INTERVAL_MINUTES: '.5' }, /^RECONCILE_INTERVAL_MINUTES /],
     [{ PORT: 'eighty' }, /^PORT /],
     [{ PORT: '70000' }, /^PORT /],
     [{ MAX_UPLOAD_BYTES: '-1' }, /^MAX_UPLOAD_BYTES /],

@@ -8,6 +8,7 @@ import { Parser, type ReadEntry } from 'tar';
 import { badRequest, HttpError, tooLarge } from '../errors.js';
 import { replaceWithLink, sha256, type RepositoryObjects } from './objects.js';
 import { fileWriter, LINKED, NOT_LINKED, type FileWriter } from './writer.js';
+import { isPage, loadedReferences } from '../previews/changed-pages.js';
 
 export interface ExtractLimits {
   /** Compressed bytes read from the source. */
@@ -60,6 +61,8 @@ export interface ExtractResult {
   contents: Map<string, string>;
   /** The files holding those new contents, in staging: they become objects when the build is published. */
   fresh: { path: string; hash: string }[];
+  /** For each HTML content whose bytes came through this upload (≤ 1 MB): sha256 → the local files it loads, as written. */
+  pageReferences: Map<string, string[]>;
 }
 
 const MAX_DEPTH = 64;
@@ -240,7 +243,7 @@ export async function extractTarGz(source: Readable, target: BuildTarget): Promi
  * becomes a link into the repository's objects (and, for a digest upload, matches its manifest).
  */
 export class BuildTree {
-  readonly result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0, newBytes: 0, hashes: new Map(), contents: new Map(), fresh: [] };
+  readonly result: ExtractResult = { files: 0, bytes: 0, compressedBytes: 0, newBytes: 0, hashes: new Map(), contents: new Map(), fresh: [], pageReferences: new Map() };
   private entries = 0;
   private readonly knownDirs: Set<string>;
   private readonly dest: string;
@@ -362,14 +365,19 @@ export class BuildTree {
     // Sent although stored (stored since the manifest's answer, or sent anyway): it replaces the early link.
     const replace = this.linkingEarly.has(file.rel);
     let hash: string;
+    // A page's loaded files are read while its bytes are here (before the writer thread takes the buffer).
+    let references: string[] | undefined;
     if (size <= SMALL_FILE_BYTES && this.writer) {
-      const written = await this.writer.write(this.writerBuild!, file.target, await readSmall(content, signal), this.target.objects.dir, replace);
+      const buffer = await readSmall(content, signal);
+      if (isPage(file.rel)) references = loadedReferences(buffer);
+      const written = await this.writer.write(this.writerBuild!, file.target, buffer, this.target.objects.dir, replace);
       hash = written.hash;
       // Checked once written: a file that does not match fails the upload, and its staging goes with it.
       check(hash);
       if (!written.linked) this.addFresh(file.target, hash, size);
     } else if (size <= SMALL_FILE_BYTES) {
       const buffer = await readSmall(content, signal);
+      if (isPage(file.rel)) references = loadedReferences(buffer);
       hash = sha256(buffer);
       check(hash);
       if (!this.linkKnown(hash, file.target)) {
@@ -389,6 +397,7 @@ export class BuildTree {
     }
     this.result.hashes.set(hash, size);
     this.result.contents.set(file.rel, hash);
+    if (references) this.result.pageReferences.set(hash, references);
   }
 
   /**

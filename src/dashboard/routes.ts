@@ -12,7 +12,7 @@ import { buildUrl, latestUrl } from '../notify.js';
 import type { Previews } from '../previews.js';
 import type { Registry, Repository } from '../registry.js';
 import { atLeast, type GitHubUserApi, type RepoRoles, type Role } from './github-user.js';
-import { changesOfBuilds, describeChanges, type BuildChanges, type ChangedFile } from '../previews/changed-pages.js';
+import { changesOfBuilds, describeChanges, type BuildChanges, type ChangedFile, type LoadsChanged } from '../previews/changed-pages.js';
 import { html, page, problemPage, signInPage, type Html } from './pages.js';
 import type { Session, Sessions } from './sessions.js';
 
@@ -252,7 +252,10 @@ class RoleCache {
   async role(session: Session, repo: Repository, known?: number | null): Promise<Role> {
     const installationId = known !== undefined ? known : (await this.registry.accountOf(repo)).installationId;
     const roles = await this.rolesOf(session, installationId, repo);
-    return (repo.githubId !== null ? roles.byId.get(repo.githubId) : undefined) ?? roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
+    // By GitHub's id only: a name GitHub lists under another id is another repository (this one was deleted or
+    // renamed and the name taken). A repository whose id is not known yet has only its name to go by.
+    if (repo.githubId !== null) return roles.byId.get(repo.githubId) ?? 'none';
+    return roles.byName.get(repo.fullName.toLowerCase()) ?? 'none';
   }
 
   private rolesOf(session: Session, installationId: number | null, repo: Repository): Promise<RepoRoles> {
@@ -405,13 +408,11 @@ async function dashboardBody(deps: DashboardDeps, visible: { repo: Repository; r
   for (const b of readyBuilds) buildsOf.set(b.pullRequestId, [...(buildsOf.get(b.pullRequestId) ?? []), b]);
   const withBuilds = visible.map(({ repo, role }) => ({ repo, role, prs: openPrs.filter((pr) => pr.repositoryId === repo.id && buildsOf.has(pr.id)) }));
   const empty = withBuilds.filter((r) => !r.prs.length).map((r) => r.repo);
-  // Repository by name, then needs review (hidden, with a build) first, newest first within each.
-  const found = withBuilds.flatMap(({ repo, role, prs }) =>
-    prs
-      .filter((pr) => matches(query, repo, pr, session.user.login))
-      .sort((a, b) => Number(needsReview(b)) - Number(needsReview(a)) || b.number - a.number)
-      .map((pr) => ({ repo, role, pr })),
-  );
+  // Needs review (hidden, with a build) first across all repositories, then by repository name, newest first.
+  // withBuilds is in name order: a repository's heading can appear once in each group.
+  const found = withBuilds
+    .flatMap(({ repo, role, prs }, order) => prs.filter((pr) => matches(query, repo, pr, session.user.login)).map((pr) => ({ repo, role, pr, order })))
+    .sort((a, b) => Number(needsReview(b.pr)) - Number(needsReview(a.pr)) || a.order - b.order || b.pr.number - a.pr.number);
   const pages = Math.max(1, Math.ceil(found.length / PRS_PER_PAGE));
   const current = Math.min(query.page, pages);
   const shown = found.slice((current - 1) * PRS_PER_PAGE, current * PRS_PER_PAGE);
@@ -503,15 +504,17 @@ function flashOf(done: unknown): Html | '' {
   return html`<p role="status" class="flash">${m[1] === 'published' ? `Published #${m[2]}: the label was added on GitHub.` : `Hidden #${m[2]}: the label was removed on GitHub.`}</p>`;
 }
 
-/** Who opened the PR, from which branch (and whether from a fork), and how old its newest build is. */
-function prContext(pr: { author: string | null; authorAvatarUrl: string | null; headRef: string | null; fork: boolean | null }, newest: { createdAt: Date } | undefined) {
+/** Who opened the PR, from which branch (and whether from a fork), and how old its head commit is (and whether it is built). */
+function prContext(pr: { author: string | null; authorAvatarUrl: string | null; headRef: string | null; fork: boolean | null; headSha: string | null; headAt: Date | null }, newest: { sha: string } | undefined) {
   // The avatar is decorative: the login follows it (alt="" keeps screen readers from reading a URL).
   const avatar = pr.authorAvatarUrl ? html`<img src="${pr.authorAvatarUrl}" alt="" width="20" height="20" class="avatar" referrerpolicy="no-referrer"> ` : '';
   const parts = [
     pr.author ? html`<span>by ${avatar}${pr.author}</span>` : '',
     pr.headRef ? html`<span>from <code>${pr.headRef}</code></span>` : '',
     pr.fork ? html`<span class="fork">fork</span>` : '',
-    newest ? html`<span>newest build <time datetime="${newest.createdAt.toISOString()}">${age(newest.createdAt)}</time></span>` : '',
+    pr.headSha && pr.headAt
+      ? html`<span>head <code>${pr.headSha.slice(0, 7)}</code> pushed <time datetime="${pr.headAt.toISOString()}">${age(pr.headAt)}</time>${newest && newest.sha !== pr.headSha ? ' (not built yet)' : ''}</span>`
+      : '',
   ].filter((p) => p !== '');
   return parts.length ? html`<p class="pr-context">${parts.map((p, i) => html`${i ? ' · ' : ''}${p}`)}</p>` : '';
 }
@@ -537,6 +540,12 @@ function changesCell(entry: BuildChanges | undefined, sha7: string, open: (file:
       ? [html`<li>${kind}: <ul>${files.slice(0, PAGES_LISTED).map((f) => html`<li>${open(f, at)}</li>`)}${files.length > PAGES_LISTED ? html`<li>and ${files.length - PAGES_LISTED} more ${kind} pages</li>` : ''}</ul></li>`]
       : [],
   );
+  // Pages whose bytes are the same but whose stylesheets, scripts or images changed: each with what it loads that changed.
+  const loads = entry.loadsChanged;
+  if (loads.length) {
+    const through = (f: LoadsChanged) => html` (${f.through.slice(0, 3).map((t, i) => html`${i ? ', ' : ''}<code>${t}</code>`)}${f.through.length > 3 ? ` and ${f.through.length - 3} more` : ''})`;
+    lists.splice(entry.pages.changed.length ? 1 : 0, 0, html`<li>loading changed files: <ul>${loads.slice(0, PAGES_LISTED).map((f) => html`<li>${open(f, sha7)}${through(f)}</li>`)}${loads.length > PAGES_LISTED ? html`<li>and ${loads.length - PAGES_LISTED} more pages loading changed files</li>` : ''}</ul></li>`);
+  }
   return html`${sentence}${lists.length ? html`<ul class="changes">${lists}</ul>` : ''}`;
 }
 

@@ -182,6 +182,12 @@ export const pullRequests = sqliteTable(
     headRef: text('head_ref'),
     fork: integer('fork', { mode: 'boolean' }),
     authorAvatarUrl: text('author_avatar_url'),
+    /**
+     * Shown on the dashboard as the head commit's age: GitHub's `updated_at` of the PR in the first facts that
+     * carried this head (a push's own time when it came from its synchronize delivery; for a PR first seen later,
+     * its last update, so never older than the truth). No extra request: the facts were read for a decision.
+     */
+    headAt: integer('head_at', { mode: 'timestamp_ms' }),
     updatedAt: integer('updated_at', { mode: 'timestamp_ms' }),
     createdAt: createdAt(),
   },
@@ -228,6 +234,8 @@ export const buildContents = sqliteTable('build_contents', {
     .references(() => builds.id, { onDelete: 'cascade' }),
   paths: blob('paths', { mode: 'buffer' }).notNull(),
   hashes: blob('hashes', { mode: 'buffer' }).notNull(),
+  /** Per page, the files of this build it loads (src/previews/changed-pages.ts); null when none is known. */
+  loads: blob('loads', { mode: 'buffer' }),
 });
 
 /**
@@ -243,6 +251,11 @@ export const objects = sqliteTable(
       .references(() => repositories.id),
     sha256: text('sha256').notNull(),
     size: integer('size').notNull(),
+    /**
+     * For an HTML content: the files it loads, as written in it, `\n`-separated (src/previews/changed-pages.ts),
+     * read when its bytes came through an upload; null when never read (stored before, or larger than 1 MB).
+     */
+    pageRefs: blob('page_refs', { mode: 'buffer' }),
     createdAt: createdAt(),
   },
   (t) => [primaryKey({ columns: [t.repositoryId, t.sha256] })],

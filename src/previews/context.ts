@@ -42,7 +42,18 @@ export interface PreviewsContext {
 
 /** Runs `task` as the one operation on this PR now (and while the repository's site folder stays put). */
 export function withPr<T>(ctx: PreviewsContext, repositoryId: number, number: number, task: () => Promise<T>): Promise<T> {
-  return ctx.repoLock.shared(`repo:${repositoryId}`, () => ctx.lock.run(prKey(repositoryId, number), task));
+  const key = prKey(repositoryId, number);
+  return ctx.repoLock.shared(`repo:${repositoryId}`, () =>
+    ctx.lock.run(key, async () => {
+      // Logged while the lock is held (the replica simulation checks that no two replicas held one PR at once).
+      ctx.log.debug({ key, replica: ctx.replica.id }, 'pr work started');
+      try {
+        return await task();
+      } finally {
+        ctx.log.debug({ key, replica: ctx.replica.id }, 'pr work finished');
+      }
+    }),
+  );
 }
 
 /** Runs `task` while no operation on any PR of the repository runs (moving its site folder). */

@@ -125,6 +125,9 @@ export class Decisions {
             labelSha,
             factsAt: stale ? pr.factsAt : facts.at,
             ...(facts.context && !stale ? facts.context : {}),
+            // The dashboard's head age: kept while the head stays, renewed when facts bring another one (unknown
+            // when that head came in stale facts: their time belongs to an older state of the PR).
+            headAt: pr.headSha !== facts.headSha || pr.headAt === null ? (stale ? null : facts.at) : pr.headAt,
             closedAt: facts.state === 'closed' ? (pr.closedAt ?? new Date()) : null,
             updatedAt: new Date(),
           })

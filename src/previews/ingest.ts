@@ -11,7 +11,7 @@ import type { PullRequest, Repository } from '../registry.js';
 import { withPr, type Build, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 import { recordObjects } from './object-rows.js';
-import { encodeContents, recordContents } from './changed-pages.js';
+import { encodeContents, pageReferences, recordContents, recordPageReferences } from './changed-pages.js';
 
 /** Storing one build of a PR: quota → claim of the SHA → staging → one rename → feedback queued. */
 export class Ingest {
@@ -184,11 +184,12 @@ export class Ingest {
       const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
       const { db } = this.ctx;
       const build = await only(db.orm.select().from(builds).where(eq(builds.id, buildId)).limit(1));
-      const contents = encodeContents(size.contents);
+      const contents = encodeContents(size.contents, await pageReferences(db.orm, repo.id, size.contents, size.pageReferences));
       await this.ctx.store.publish(staging, (await this.decisions.currentRepo(repo)).site, facts.number, pr.visibility, build.sha7);
       const ready = await db.transaction(async (tx) => {
         await db.lockPullRequest(tx, pr.id);
         await recordObjects(tx, repo.id, size.hashes);
+        await recordPageReferences(tx, repo.id, size.pageReferences);
         await recordContents(tx, buildId, contents);
         return only(
           tx

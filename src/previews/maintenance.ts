@@ -10,6 +10,7 @@ import { octokitFor, withPr, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 import { forgetObjects } from './object-rows.js';
 import { removeTreeSync } from '../builds/store.js';
+import { manifestListsDir, Manifests } from '../upload/manifests.js';
 
 /** How far back an unclean stop may have lost written files (Linux writes dirty pages back within 30 s). */
 const RECENT_BUILD_MS = 5 * 60_000;
@@ -217,6 +218,8 @@ export class Maintenance {
     // A build's rows are written before its answer and its files become objects right after it: a row that new
     // may name an object about to appear, so it is left to the next cleanup.
     const rowsRecordedBefore = new Date(now.getTime() - ROWS_SETTLE_MS);
+    const lists = await new Manifests(this.ctx.db, manifestListsDir(this.ctx.config.dataDir)).removeStrays(); // by the clock, as every manifest's hour is counted
+    if (lists) this.ctx.log.info({ lists }, 'removed manifest lists no upload can name any more');
     return { removedPrs, skipped, why, freed: await this.removeUnreferencedObjects({ rowsRecordedBefore }) };
   }
 

@@ -30,8 +30,11 @@ export interface ReadManifest {
   list: string;
   /** Whether the repository stores every listed content. */
   allStored: boolean;
-  /** The answer that names the contents the repository lacks ({"missing": […]}, as JSON text). */
-  answer: string;
+  /**
+   * The answer that names the contents the repository lacks ({"missing": […]}, as UTF-8 JSON): up to 3.3 MB,
+   * made on the thread and transferred, so the main thread neither serializes, copies nor hashes it.
+   */
+  answer: Uint8Array;
 }
 
 /** A repository's manifests in the reader at once (their bodies being received, waiting, or read); more → 503. */

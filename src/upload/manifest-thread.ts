@@ -32,7 +32,7 @@ function read(job: ManifestJob): ManifestJobAnswer {
   // Binary, paths sorted: the main thread looks paths up in it as it is, with nothing to parse.
   const list = `${crypto.randomUUID()}.list`;
   fs.writeFileSync(path.join(job.listsDir, list), ManifestList.encode(files, missing), { flag: 'wx', mode: 0o600 });
-  return { id: job.id, digest: sha256(body), list, allStored: missing.length === 0, answer: JSON.stringify({ missing }) };
+  return { id: job.id, digest: sha256(body), list, allStored: missing.length === 0, answer: new TextEncoder().encode(JSON.stringify({ missing })) };
 }
 
 parentPort!.on('message', (job: ManifestJob) => {
@@ -42,5 +42,6 @@ parentPort!.on('message', (job: ManifestJob) => {
   } catch (err) {
     answer = err instanceof HttpError ? { id: job.id, status: err.status, error: err.message } : { id: job.id, status: 500, error: (err as Error).message };
   }
-  parentPort!.postMessage(answer);
+  // The answer's bytes are moved to the main thread, not copied (TextEncoder's array owns its buffer).
+  parentPort!.postMessage(answer, 'answer' in answer ? [answer.answer.buffer as ArrayBuffer] : []);
 });

@@ -12,6 +12,10 @@ import { SHAPE } from './manifest-parse.js';
 
 /** The header of a digest upload: the sha256 of the manifest body it completes. */
 export const MANIFEST_HEADER = 'preview-gate-manifest';
+/** Where the manifest thread writes the parsed lists (files named by the rows of `manifests`). */
+export const manifestListsDir = (dataDir: string): string => path.join(dataDir, 'manifests');
+/** The name of a list file the manifest thread writes (and, one release back, of a JSON list). */
+const LIST_FILE = /^[0-9a-f-]{36}\.(list|json)$/;
 /** How long a manifest waits for its upload. */
 const MANIFEST_KEPT_MS = 60 * 60_000;
 /**
@@ -78,6 +82,30 @@ export class Manifests {
     return { id: row.id, files, asked: files.asked };
   }
 
+  /**
+   * Removes the lists nothing uses: the rows of expired manifests with their files, and files without a row (the
+   * thread wrote the list, the process stopped before its row was inserted). A file is a stray only once older than a
+   * manifest lives: a younger one may be another replica's, its row a moment away.
+   */
+  async removeStrays(now = new Date()): Promise<number> {
+    const expired = await this.db.orm.delete(manifests).where(lt(manifests.createdAt, new Date(now.getTime() - MANIFEST_KEPT_MS))).returning({ body: manifests.body });
+    const named = new Set((await this.db.orm.select({ body: manifests.body }).from(manifests)).map((r) => r.body));
+    let names: string[];
+    try {
+      names = await fs.promises.readdir(this.listsDir);
+    } catch {
+      names = []; // no manifest was ever read here
+    }
+    const strays: string[] = [];
+    for (const name of names) {
+      if (!LIST_FILE.test(name) || named.has(name)) continue;
+      const stat = await fs.promises.stat(path.join(this.listsDir, name)).catch(() => undefined);
+      if (stat && stat.mtimeMs < now.getTime() - MANIFEST_KEPT_MS) strays.push(name);
+    }
+    for (const name of [...expired.map((r) => r.body), ...strays]) await this.removeListNow(name);
+    return expired.length + strays.length;
+  }
+
   async forget(id: number): Promise<void> {
     for (const gone of await this.db.orm.delete(manifests).where(eq(manifests.id, id)).returning({ body: manifests.body })) this.removeList(gone.body);
   }
@@ -92,7 +120,11 @@ export class Manifests {
   }
 
   private removeList(name: string): void {
-    if (/^[0-9a-f-]{36}\.(list|json)$/.test(name)) fs.promises.rm(path.join(this.listsDir, name), { force: true }).catch(() => undefined);
+    this.removeListNow(name).catch(() => undefined);
+  }
+
+  private async removeListNow(name: string): Promise<void> {
+    if (LIST_FILE.test(name)) await fs.promises.rm(path.join(this.listsDir, name), { force: true });
   }
 }
 

@@ -16,7 +16,7 @@ import type { Registry, Repository } from '../registry.js';
 import type { SecretStore } from '../secrets/secrets.js';
 import { manifestReader, MANIFESTS_READ_PER_REPOSITORY } from './manifest-reader.js';
 import { ManifestList } from './manifest-list.js';
-import { MANIFEST_HEADER, Manifests, readManifestBody } from './manifests.js';
+import { MANIFEST_HEADER, manifestListsDir, Manifests, readManifestBody } from './manifests.js';
 import { claimedSlug, tokenAlgorithm, tokenFromHeader, verifyOidcToken, verifyTravisToken } from './tokens.js';
 
 export const UPLOAD_SECRET_NAME = 'upload-key';
@@ -40,7 +40,7 @@ export interface UploadDeps {
 /** POST /create-build/<pr>/<sha>: parse → authenticate → authorize → store → answer. */
 export function uploadRouter(deps: UploadDeps): Router {
   const { config } = deps;
-  const manifests = new Manifests(deps.db, path.join(config.dataDir, 'manifests'));
+  const manifests = new Manifests(deps.db, manifestListsDir(config.dataDir));
   const router = Router({ caseSensitive: true, strict: true }); // as the app's routing (server.ts)
   const multipart = multer({
     // Named as this replica's, so that another replica's start leaves it (see BuildStore.removeStaging).
@@ -115,7 +115,8 @@ export function uploadRouter(deps: UploadDeps): Router {
       return;
     }
     await manifests.remember(authenticated.id, pr, sha, read.digest, read.list);
-    res.status(200).type('json').send(read.answer);
+    // Sent as the thread made it: `send` would hash megabytes for an ETag nobody revalidates.
+    res.status(200).type('json').end(Buffer.from(read.answer.buffer, read.answer.byteOffset, read.answer.byteLength));
   });
 
   router.all('/create-build/{*rest}', (req, res) => {

@@ -50,7 +50,8 @@ export class FakeGitHub {
   /** Requests that count against an installation's rate limit (authenticated by an installation token, not 304). */
   counted = 0;
   notModified = 0;
-  readonly writes: { method: string; path: string; body: any }[] = [];
+  /** Every write, with when it arrived (ms). */
+  readonly writes: { method: string; path: string; body: any; at: number }[] = [];
   /** Every request as `METHOD /path` (without /api/v3). */
   readonly requests: string[] = [];
   fault?: Fault;
@@ -60,6 +61,8 @@ export class FakeGitHub {
   private clock = Date.now();
   private nextCommentId = 1;
   private readonly comments = new Map<number, string>();
+  /** The issue (pull request) each comment was posted on, by comment id. */
+  readonly commentIssues = new Map<number, { repoId: number; number: number }>();
   private readonly hanging = new Set<http.ServerResponse>();
   /** People who can sign in (OAuth), by login. */
   readonly users = new Map<string, { id: number; login: string }>();
@@ -241,7 +244,7 @@ export class FakeGitHub {
     };
     // GitHub's "Register GitHub App" form (the setup page posts the manifest here): checked as GitHub checks it.
     if (path === '/settings/apps/new' && method === 'POST') return this.registerFromManifest(res, body, url.searchParams.get('state'));
-    if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined });
+    if (method !== 'GET') this.writes.push({ method, path, body: body ? JSON.parse(body) : undefined, at: Date.now() });
 
     let m: RegExpExecArray | null;
     // GitHub's OAuth web flow (user authorization of the GitHub App), with PKCE.
@@ -371,10 +374,11 @@ export class FakeGitHub {
       this.change(repo.id, pull.number, { labels: pull.labels.filter((l) => l !== label) });
       return answer(200, []);
     }
-    if (/^\/issues\/\d+\/comments$/.test(rest)) {
+    if ((m = /^\/issues\/(\d+)\/comments$/.exec(rest))) {
       if (method === 'GET') return answer(200, []);
       const id = this.nextCommentId++;
       this.comments.set(id, JSON.parse(body).body);
+      this.commentIssues.set(id, { repoId: repo.id, number: Number(m[1]) });
       return answer(201, { id });
     }
     if ((m = /^\/issues\/comments\/(\d+)$/.exec(rest))) {
