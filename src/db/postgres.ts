@@ -23,6 +23,11 @@ type PgOrm = NodePgDatabase<typeof pgSchema>;
 export interface PostgresOptions {
   /** Connections in the pool (each replica's share of the server's max_connections). */
   poolSize?: number;
+  /**
+   * Points ./tables.js at the PostgreSQL tables (default true: the server's database). False for a second
+   * database in a process that also works on SQLite (the migration command, its tests).
+   */
+  useTables?: boolean;
   /** Told about connections lost in the background (idle pool clients, the LISTEN connection). */
   onError?: (error: Error, where: string) => void;
 }
@@ -193,7 +198,7 @@ export interface PostgresDatabase extends Database {
 
 /**
  * Connects to PostgreSQL, applies every pending migration (one replica at a time) and points ./tables.js at the
- * PostgreSQL tables.
+ * PostgreSQL tables (unless `useTables: false`).
  */
 export async function openPostgres(url: string, options: PostgresOptions = {}): Promise<PostgresDatabase> {
   const onError = options.onError ?? (() => {});
@@ -207,7 +212,7 @@ export async function openPostgres(url: string, options: PostgresOptions = {}): 
     await pool.end().catch(() => {});
     throw error;
   }
-  useTables('postgres');
+  if (options.useTables !== false) useTables('postgres');
 
   const root = drizzle(pool, { schema: pgSchema }) as PgOrm;
   /** The open transaction of this async context; `open` turns false at commit or rollback. */
