@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import { describe, expect, it } from '@jest/globals';
 import * as sqliteSchema from '../src/db/schema.js';
 import * as pgSchema from '../src/db/schema.pg.js';
+import * as tables from '../src/db/tables.js';
 
 const require = createRequire(import.meta.url);
 const { is, Column, Table } = require('drizzle-orm') as typeof import('drizzle-orm');
@@ -119,5 +120,21 @@ describe('schema parity (SQLite and PostgreSQL)', () => {
     expect(found.find((d) => d.startsWith('accounts.columns'))).toContain('"name":"login","notNull":false');
     expect(found.find((d) => d.startsWith('accounts.indexes'))).toContain('accounts_github_id');
     expect(found).toContain('table schedules is only in the SQLite schema');
+  });
+
+  // Query code takes its tables from src/db/tables.ts: a table missing there would be queried with SQLite's
+  // definition on PostgreSQL (wrong SQL dialect at run time).
+  it('tables.ts switches every table of both schemas, and back', () => {
+    const bindings = () => Object.fromEntries(Object.entries(tables).filter(([name]) => name in sqliteSchema));
+    expect(Object.keys(bindings()).sort()).toEqual(Object.keys(sqliteSchema).sort());
+    expect(Object.keys(pgSchema).sort()).toEqual(Object.keys(sqliteSchema).sort());
+    tables.useTables('postgres');
+    try {
+      expect(tables.tablesKind).toBe('postgres');
+      for (const [name, table] of Object.entries(bindings())) expect([name, (table as unknown) === pgSchema[name as keyof typeof pgSchema]]).toEqual([name, true]);
+    } finally {
+      tables.useTables('sqlite');
+    }
+    for (const [name, table] of Object.entries(bindings())) expect([name, table === sqliteSchema[name as keyof typeof sqliteSchema]]).toEqual([name, true]);
   });
 });
