@@ -72,7 +72,7 @@ export async function freshPostgresDatabase(): Promise<TestDatabase> {
   if (!postgresUrl) throw new Error('freshPostgresDatabase needs DATABASE_URL (bash test/engines/postgres.sh <command>)');
   const source = await ensureTemplate();
   const name = `pg_test_${crypto.randomBytes(6).toString('hex')}`;
-  await withAdmin((admin) => admin.query(`create database ${name} template ${source}`));
+  await withAdmin((admin) => admin.query(`create database ${name} template ${source} strategy file_copy`));
   return {
     url: withDatabase(postgresUrl, name),
     drop: () => withAdmin(async (admin) => void (await admin.query(`drop database if exists ${name} with (force)`))),
