@@ -116,6 +116,27 @@ describePostgres(title, () => {
     expect(seen).toEqual({ inner: 1, single: 1 });
   });
 
+  it('work started inside a transaction and still running after its commit runs in a transaction of its own', async () => {
+    const db = await (await database()).open();
+    const later = gate();
+    let straggler: Promise<unknown> | undefined;
+    await db.transaction(async (tx) => {
+      await tx.insert(users).values({ provider: 'github', providerId: '1' });
+      // Not awaited: it outlives the transaction (a wake-up, a timer) and carries its async context along. Had it
+      // joined the ended transaction, its statements would run on a connection back in the pool, one by one,
+      // and its throw would undo nothing.
+      straggler = later.wait.then(() =>
+        db.transaction(async (own) => {
+          await own.insert(users).values({ provider: 'github', providerId: '2' });
+          throw new Error('undone');
+        }),
+      );
+    });
+    later.open();
+    await expect(straggler).rejects.toThrow('undone');
+    expect((await db.orm.select().from(users)).map((u) => u.providerId)).toEqual(['1']);
+  });
+
   it('rolls back everything on a throw, also from a nested transaction', async () => {
     const db = await (await database()).open();
     await expect(
@@ -237,6 +258,19 @@ describePostgres(title, () => {
     await third.notify('marker');
     await until(() => marker === 2, 'the marker after stopping');
     expect(woken).toBe(4);
+  });
+
+  it('survives the server ending its pooled connections: told once, and the next query opens a new one', async () => {
+    const target = await database();
+    const errors: string[] = [];
+    const db = await openPostgres(target.url, { onError: (_error, where) => errors.push(where) });
+    cleanups.push(() => db.close());
+    await db.ping();
+    const other = await target.open();
+    await rows(other, sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`);
+    await until(() => errors.includes('pool'), 'the pool told of its lost connection');
+    await db.ping();
+    expect(await db.orm.select().from(users)).toEqual([]);
   });
 
   it('round-trips the values SQLite gives: Date, boolean, Buffer, JSON, a GitHub id past 2^31, counts as numbers', async () => {
