@@ -70,6 +70,7 @@ const USAGE = `usage:
   preview-gate audit [--json]                       who signed in, opened hidden previews, published or hid (90 days)
   preview-gate sessions revoke <login|github id>    sign a user out everywhere: dashboard and hidden previews
   preview-gate migrate-storage [--concurrency 16]   copy the stored files of builds into S3_BUCKET (resumable, verified)
+  preview-gate migrate-to-postgres <url>            copy the SQLite database into an empty PostgreSQL database
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
                                                     print the nginx server blocks for this configuration
 ${UPLOAD_USAGE}`;
@@ -107,6 +108,10 @@ example:
   sessions: `  preview-gate sessions revoke <login|github id>
 example:
   preview-gate sessions revoke octocat`,
+  'migrate-to-postgres': `  preview-gate migrate-to-postgres <postgres://user@host:5432/database>
+  (stop the server first; the database must be empty; DATA_DIR says which SQLite database is copied)
+example:
+  preview-gate migrate-to-postgres postgres://preview_gate@db.internal:5432/preview_gate`,
   nginx: `  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
 example:
   preview-gate nginx --upstream 127.0.0.1:3000 --tls-cert /etc/ssl/fullchain.pem --tls-key /etc/ssl/privkey.pem > /etc/nginx/conf.d/preview-gate.conf`,
@@ -172,6 +177,12 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       if (sub !== 'rotate' || rest.length) throw new ArgumentError(command, 'the only keys command is "keys rotate".');
       return await rotate(io);
     }
+    if (command === 'migrate-to-postgres') {
+      if (sub === undefined || rest.length || !/^postgres(ql)?:\/\/\S+$/.test(sub)) {
+        throw new ArgumentError(command, 'give one PostgreSQL URL, like postgres://user@host:5432/database.');
+      }
+      return await migrateToPostgresCommand(sub, io);
+    }
     if (command === 'backup') {
       if (sub === undefined || rest.length) throw new ArgumentError(command, 'give one file to write the backup to.');
       return await backup(sub, io);
@@ -191,6 +202,18 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   }
 }
 
+
+/** `migrate-to-postgres <url>`: the SQLite database of DATA_DIR copied into PostgreSQL, rows counted per table. */
+async function migrateToPostgresCommand(url: string, io: CliIo): Promise<number> {
+  const config = settings(io);
+  // Loaded here only: the PostgreSQL driver is no part of an embedded deployment's other commands.
+  const { migrateToPostgres } = await import('./db/migrate-to-postgres.js');
+  const copied = await migrateToPostgres(config.databaseFile, url);
+  for (const { table, rows } of copied) io.stdout.write(`${table}: ${rows} rows\n`);
+  const total = copied.reduce((sum, t) => sum + t.rows, 0);
+  io.stdout.write(`copied ${total} rows into PostgreSQL; start the server with DATABASE_URL set to that database.\n`);
+  return 0;
+}
 
 /** `verify <PUBLIC_URL>`: one line per check of a live deployment; exit 1 when any fails. */
 async function verify(args: string[], io: CliIo): Promise<number> {

@@ -37,7 +37,7 @@ test('--help, and --help of every command, print the usage and exit 0', async ()
     expect([args, res.code]).toEqual([args, 0]);
     expect(res.stdout).toMatch(/preview-gate secret set/);
   }
-  for (const command of ['secret', 'backup', 'cleanup', 'reconcile', 'keys', 'usage', 'audit', 'sessions', 'nginx', 'upload', 'verify', 'migrate-storage']) {
+  for (const command of ['secret', 'backup', 'cleanup', 'reconcile', 'keys', 'usage', 'audit', 'sessions', 'nginx', 'upload', 'verify', 'migrate-storage', 'migrate-to-postgres']) {
     const res = await cli([command, '--help']);
     expect([command, res.code, res.stderr]).toEqual([command, 0, '']);
     expect(res.stdout).toContain(`preview-gate ${command}`);
