@@ -5,6 +5,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import { SignJWT } from 'jose';
+import { Header } from 'tar';
 
 export const BENCH_SLUG = 'bench-org/docs';
 
@@ -52,5 +53,38 @@ export function postUpload(port, urlPath, jwt, body) {
     req.on('error', reject);
     if (Buffer.isBuffer(body)) req.end(body);
     else (typeof body === 'string' ? fs.createReadStream(body) : body).pipe(req);
+  });
+}
+
+/** One tar header block for a regular file. */
+export function tarHeader(name, size) {
+  const h = new Header({ path: name, type: 'File', size, mode: 0o644, mtime: new Date(0) });
+  h.encode();
+  return h.block;
+}
+
+/** A signed `labeled`/`unlabeled` delivery of the trusted label for `pr` of BENCH_SLUG; resolves with the status. */
+export function labelWebhook(port, pr, action) {
+  const label = { name: 'safe for preview' };
+  const body = JSON.stringify({
+    action,
+    number: pr,
+    label,
+    pull_request: { number: pr, state: 'open', user: { id: 7, login: 'bench' }, labels: action === 'labeled' ? [label] : [], head: { sha: '0'.repeat(40) } },
+    repository: { id: 1, name: 'docs', full_name: BENCH_SLUG, owner: { login: 'bench-org' }, default_branch: 'main' },
+    sender: { id: 8, login: 'maintainer' },
+    installation: { id: 1 },
+  });
+  const signature = `sha256=${crypto.createHmac('sha256', 'bench').update(body).digest('hex')}`;
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path: '/api/github/webhooks', method: 'POST', headers: { 'content-type': 'application/json', 'x-github-event': 'pull_request', 'x-github-delivery': crypto.randomUUID(), 'x-hub-signature-256': signature } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
   });
 }

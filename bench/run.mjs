@@ -21,10 +21,9 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { Header } from 'tar';
 import zlib from 'node:zlib';
 import { Readable } from 'node:stream';
-import { BENCH_SLUG, benchServerEnv, postUpload, uploadToken } from './bench-server.mjs';
+import { BENCH_SLUG, benchServerEnv, labelWebhook as webhook, postUpload, tarHeader, uploadToken } from './bench-server.mjs';
 import { startFakeGitHub } from './fake-github.mjs';
 import { startServerProcess, stopServerProcess } from './server-process.mjs';
 import { makeReferenceBuild, packReferenceBuild } from './reference-build.mjs';
@@ -372,12 +371,6 @@ function distinctBytes(dir) {
 }
 
 
-function tarHeader(name, size) {
-  const h = new Header({ path: name, type: 'File', size, mode: 0o644, mtime: new Date(0) });
-  h.encode();
-  return h.block;
-}
-
 /** A gzip (level 0: the generator must not be the bottleneck) tar of `files` incompressible files, streamed. */
 function generatedUpload(files, fileBytes) {
   async function* entries() {
@@ -396,31 +389,6 @@ function generatedUpload(files, fileBytes) {
 function peakRss(pid) {
   const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) : NaN;
-}
-
-function webhook(port, pr, action) {
-  const label = { name: 'safe for preview' };
-  const body = JSON.stringify({
-    action,
-    number: pr,
-    label,
-    pull_request: { number: pr, state: 'open', user: { id: 7, login: 'bench' }, labels: action === 'labeled' ? [label] : [], head: { sha: '0'.repeat(40) } },
-    repository: { id: 1, name: 'docs', full_name: SLUG, owner: { login: 'bench-org' }, default_branch: 'main' },
-    sender: { id: 8, login: 'maintainer' },
-    installation: { id: 1 },
-  });
-  const signature = `sha256=${crypto.createHmac('sha256', 'bench').update(body).digest('hex')}`;
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: '127.0.0.1', port, path: '/api/github/webhooks', method: 'POST', headers: { 'content-type': 'application/json', 'x-github-event': 'pull_request', 'x-github-delivery': crypto.randomUUID(), 'x-hub-signature-256': signature } },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
 }
 
 main().catch((err) => {

@@ -220,9 +220,13 @@ export class Decisions {
     await db.orm.update(repositories).set({ installed: false, uninstalledAt: new Date() }).where(eq(repositories.id, repo.id));
   }
 
-  /** Feedback is a row first (the outbox): coalesced per PR, sent in order, retried until GitHub takes it. */
+  /**
+   * Feedback is a row first (the outbox): coalesced per PR, sent in order, retried until GitHub takes it. Its key is
+   * not the PR's decision key: GitHub's writes are paced (one a second), so a feedback run lasts seconds, and a
+   * label added meanwhile must not wait for the comment of the previous decision before it flips the preview.
+   */
   enqueueFeedback(repo: Repository, pr: PullRequest, buildIds: number[], delayMs = 0): Promise<void> {
-    return this.ctx.queue.enqueue('feedback', prKey(repo.id, pr.number), { repositoryId: repo.id, number: pr.number, buildIds }, delayMs);
+    return this.ctx.queue.enqueue('feedback', `feedback:${prKey(repo.id, pr.number)}`, { repositoryId: repo.id, number: pr.number, buildIds }, delayMs);
   }
 
   async readyBuildIds(pullRequestId: number, q: Orm = this.ctx.db.orm): Promise<number[]> {
