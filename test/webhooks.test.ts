@@ -10,6 +10,7 @@ import { API, appPrivateKey, commitsOf, githubFor, OWNER, prRead, REPO } from '.
 import { jobs } from '../src/db/tables.js';
 import { serverPerTest, sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
+import { eventually } from './helpers/eventually.js';
 import { CONTRIBUTOR, feedback, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
 
 let server: TestServer;
@@ -159,6 +160,39 @@ test('a label on a PR without builds yet asks GitHub nothing; its first upload l
   expect(res.status).toBe(200);
   expect(await server.core.db.orm.select().from(jobs)).toEqual([]);
   expect((await upload(34, SHA1, [LABEL])).status).toBe(201);
+});
+
+test('a label flips the preview while the PR\'s feedback is still being written to GitHub (feedback does not hold the decision)', async () => {
+  // GitHub takes the hidden upload's comment slowly (paced writes, a slow GitHub): it is answered only once the
+  // preview is public, or after 1.4 s (under the tests' 1.5 s GitHub timeout) if it never becomes public.
+  let commentStarted = false;
+  let answeredWhileHidden = false;
+  const scope = nock(API).persist();
+  scope.post(/\/repos\/[^/]+\/[^/]+\/statuses\/[0-9a-f]{40}$/).reply(201, {});
+  scope.get(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments/).reply(200, []);
+  scope.post(/\/repos\/[^/]+\/[^/]+\/issues\/\d+\/comments$/).reply(201, async () => {
+    commentStarted = true;
+    const madePublic = await eventually(() => fs.existsSync(prFolder(38, 'public')), 1400).then(() => true, () => false);
+    answeredWhileHidden = !madePublic;
+    return { id: 9100 };
+  });
+  scope.post(`/repos/${OWNER}/${REPO}/deployments`).reply(201, { id: 701 });
+  scope.post(/\/repos\/[^/]+\/[^/]+\/deployments\/\d+\/statuses$/).reply(201, {});
+  scope.patch(/\/repos\/[^/]+\/[^/]+\/issues\/comments\/\d+$/).reply(200, {});
+  installationToken();
+  githubFor({ number: 38, commits: [SHA1], labels: [] });
+  commitsOf({ number: 38, commits: [SHA1], labels: [] });
+  expect((await server.upload(38, SHA1, siteTarball('pr 38'))).status).toBe(202);
+  await eventually(() => commentStarted);
+
+  settingsFile();
+  prRead({ number: 38, labels: [LABEL], commits: [SHA1] });
+  const res = await sendWebhook(server.url, 'pull_request', pullRequestEvent('labeled', { number: 38, labels: [LABEL], head: SHA1 }, { label: { name: LABEL } }));
+  expect(res.status).toBe(200);
+  await eventually(() => fs.existsSync(prFolder(38, 'public')));
+  // Public while the comment was still being written: before, the decision waited for that feedback run to end.
+  await server.previews.settled();
+  expect(answeredWhileHidden).toBe(false);
 });
 
 test('unlabeled while GitHub fails hides the PR at once, answers 200 and keeps the decision queued', async () => {
