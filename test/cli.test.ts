@@ -168,6 +168,15 @@ test('`backup` refuses a planted dangling symlink (nothing is written where it p
   expect(new Set(modes)).toEqual(new Set(['600']));
 });
 
+test('`backup` with DATABASE_URL set says to use pg_dump, exits 1 and creates no file', async () => {
+  const file = path.join(tmp, 'backup.sqlite');
+  // Refused before any connection is made: the server named here need not exist.
+  const res = await cli(['backup', file], { DATABASE_URL: 'postgres://u:p@127.0.0.1:1/none' });
+  expect([res.code, res.stdout]).toEqual([1, '']);
+  expect(res.stderr).toBe('preview-gate: backup copies the SQLite database; with DATABASE_URL set, back PostgreSQL up with pg_dump (docs/operations.md).\n');
+  expect(fs.existsSync(file)).toBe(false);
+});
+
 test('`backup` writes only through the descriptor it created: a symlink swapped in at the name before the copy is never written through', async () => {
   const env = { DATA_DIR: path.join(tmp, 'data') };
   expect((await cli(['reconcile'], env)).code).not.toBe(2); // a database to back up
@@ -262,6 +271,8 @@ describe('one configuration for the server and the CLI: environment, then .env, 
     [{ LOG_LEVEL: 'verbose' }, /^preview-gate: configuration error: LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent \(got "verbose"\)$/],
     [{ PREVIEW_DOMAIN: '' }, /^preview-gate: configuration error: PREVIEW_DOMAIN is set but empty/],
     [{ DATA_DIR: '/proc/preview-gate-x' }, /^preview-gate: configuration error: DATA_DIR \/proc\/preview-gate-x cannot be created \(ENOENT/],
+    // The refused value is not echoed: a URL can hold a password.
+    [{ DATABASE_URL: 'mysql://admin:hunter2@db/x' }, /^preview-gate: configuration error: DATABASE_URL must be a PostgreSQL URL: postgres:\/\/user:password@host:5432\/database$/],
   ] as [Record<string, string>, RegExp][])('%j: the server and the CLI say one line and exit 1', async (env, message) => {
     const server = spawnSync('node', ['dist/src/main.js'], { env: { ...(process.env as Record<string, string>), NODE_OPTIONS: '', DATA_DIR: path.join(tmp, 'data'), HOST: '127.0.0.1', PORT: String(30000 + Math.floor(Math.random() * 20000)), ...env }, encoding: 'utf8', timeout: 20_000 });
     expect([server.status, server.signal]).toEqual([1, null]);
