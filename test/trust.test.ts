@@ -366,7 +366,7 @@ test('after an unclean stop, a recent build whose files did not all reach the di
   expect((await server.upload(20, B, siteTarball('intact'))).status).toBe(201);
   await server.stop();
   // What a power loss leaves: the clean-stop marker never written, a file of the last build empty.
-  forgetCleanStop(server.config.databaseFile);
+  await forgetCleanStop(server.config);
   const damaged = path.join(prDir('docs', 19, 'public'), A.slice(0, 7), 'assets', 'app.js');
   fs.chmodSync(damaged, 0o644);
   fs.truncateSync(damaged, 0);
@@ -382,7 +382,7 @@ test('after an unclean stop, a recent build whose files did not all reach the di
 test('after a clean stop nothing is re-checked or dropped', async () => {
   await openAndUpload(21, [A], [LABEL]);
   await server.stop();
-  expect(cleanStops(server.config.databaseFile)).toBe(1);
+  expect(await cleanStops(server.config)).toBe(1);
   server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
   servers.push(server);
   expect(server.logs.some((l) => /dropped/.test(l.msg))).toBe(false);

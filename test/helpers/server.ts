@@ -10,7 +10,11 @@ import { loadConfig, type Config } from '../../src/config.js';
 import { requestLogFields } from '../../src/request-context.js';
 import type { AzureKeyOptions } from '../../src/secrets/azure.js';
 import type { Database as AppDatabase } from '../../src/db/database.js';
+import { openDatabase, type DatabaseSettings } from '../../src/db/open.js';
 import { SqliteDatabase } from '../../src/db/sqlite.js';
+import { replicas } from '../../src/db/tables.js';
+import { count, isNotNull } from '../../src/db/orm.js';
+import { testDatabaseEnv } from './postgres.js';
 import { UPLOAD_SECRET_NAME } from '../../src/upload/route.js';
 import { appPrivateKey, OWNER, REPO } from './github.js';
 
@@ -38,7 +42,9 @@ export async function startTestServer(
   options: { azure?: AzureKeyOptions; seedSecret?: boolean; timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number } } = {},
 ): Promise<TestServer> {
   const tmp = reuseTmp ?? fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
+  const database = await databaseOf(tmp);
   const fullEnv = {
+    ...database.env,
     DATA_DIR: path.join(tmp, 'data'),
     PREVIEW_DOMAIN: 'previews.test',
     // Behind TLS, as in production: preview URLs are https.
@@ -94,11 +100,26 @@ export async function startTestServer(
     },
     async close() {
       await running.close();
+      testDatabases.delete(tmp);
+      await database.drop();
       fs.rmSync(tmp, { recursive: true, force: true });
     },
     stop: () => running.close(),
   };
   return server;
+}
+
+/**
+ * The database of a test's `tmp`: with DATABASE_URL in the test process, a fresh PostgreSQL database of its own,
+ * made at its first server and used again by a restart on the same `tmp` (dropped at close); without, nothing
+ * (SQLite in the test's DATA_DIR).
+ */
+const testDatabases = new Map<string, ReturnType<typeof testDatabaseEnv>>();
+
+function databaseOf(tmp: string): ReturnType<typeof testDatabaseEnv> {
+  let database = testDatabases.get(tmp);
+  if (!database) testDatabases.set(tmp, (database = testDatabaseEnv()));
+  return database;
 }
 
 /**
@@ -134,18 +155,24 @@ export function listTree(root: string): string[] {
 export const sha = (c: string) => c.repeat(40).slice(0, 40);
 
 /** What a power loss leaves in the database: no replica's clean stop recorded, every heartbeat long expired. */
-export function forgetCleanStop(databaseFile: string): void {
-  const db = new Database(databaseFile);
-  db.prepare('update replicas set stopped_at = null, heartbeat_at = 0').run();
-  db.close();
+export async function forgetCleanStop(settings: DatabaseSettings): Promise<void> {
+  const db = await openDatabase(settings);
+  try {
+    await db.orm.update(replicas).set({ stoppedAt: null, heartbeatAt: new Date(0) });
+  } finally {
+    await db.close();
+  }
 }
 
 /** How many replicas recorded a clean stop (the per-replica clean-stop marker). */
-export function cleanStops(databaseFile: string): number {
-  const db = new Database(databaseFile, { readonly: true });
-  const { n } = db.prepare('select count(*) as n from replicas where stopped_at is not null').get() as { n: number };
-  db.close();
-  return n;
+export async function cleanStops(settings: DatabaseSettings): Promise<number> {
+  const db = await openDatabase(settings);
+  try {
+    const [row] = await db.orm.select({ n: count() }).from(replicas).where(isNotNull(replicas.stoppedAt));
+    return row?.n ?? 0;
+  } finally {
+    await db.close();
+  }
 }
 
 /** Stops a server as a crash would: no clean-stop marker, heartbeat and schedules simply stop, database closed. */
