@@ -14,7 +14,8 @@ import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { appPrivateKey } from './helpers/github.js';
-import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET } from './helpers/server.js';
+import { sqliteOnly } from './helpers/postgres.js';
+import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, dataEnv } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { signedWebhook } from './helpers/webhooks.js';
 
@@ -198,7 +199,7 @@ test('`backup` writes only through the descriptor it created: a symlink swapped 
   expect((fs.statSync(moved).mode & 0o777).toString(8)).toBe('600');
 });
 
-test('`backup` under upload load, restored into a fresh data directory with the master key: secrets decrypt, PRs and builds listed', async () => {
+sqliteOnly('SQLite\'s online backup; PostgreSQL is backed up with pg_dump')('`backup` under upload load, restored into a fresh data directory with the master key: secrets decrypt, PRs and builds listed', async () => {
   nock.enableNetConnect('127.0.0.1');
   const fake = await new FakeGitHub().start();
   fake.addRepo({ id: 7001, owner: { id: 9001, login: 'octo-org' }, name: 'docs' });
@@ -206,7 +207,7 @@ test('`backup` under upload load, restored into a fresh data directory with the 
   const file = path.join(tmp, 'backup.sqlite');
   try {
     for (let n = 1; n <= 5; n++) fake.addPull(7001, { number: n, user: { id: 5, login: 'c' }, commits: [sha(String(n))], labels: ['safe for preview'] });
-    const env = { DATA_DIR: server.config.dataDir, APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x' };
+    const env = { ...dataEnv(server), APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x' };
     const uploads = [1, 2, 3, 4, 5].map((n) => server.upload(n, sha(String(n)), siteTarball(`b${n}`)));
     const [res] = await Promise.all([cli(['backup', file], env), ...uploads]);
     expect(res.code).toBe(0);

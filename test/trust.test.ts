@@ -12,7 +12,7 @@ import { jobs, pullRequests } from '../src/db/tables.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { startServerProcess } from '../bench/server-process.mjs';
 import { appPrivateKey } from './helpers/github.js';
-import { cleanStops, forgetCleanStop, sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
+import { cleanStops, forgetCleanStop, sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer, dataEnv } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { sendWebhook } from './helpers/webhooks.js';
 import { eventually } from './helpers/eventually.js';
@@ -213,7 +213,7 @@ test('a server process killed (SIGKILL) with a queued decision takes it after th
     ...process.env,
     ...fake.env,
     NODE_OPTIONS: '',
-    DATA_DIR: server.config.dataDir,
+    ...dataEnv(server),
     PORT: String(port),
     HOST: '127.0.0.1',
     APP_ID: '1',

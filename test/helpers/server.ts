@@ -39,10 +39,11 @@ export interface TestServer extends RunningServer {
 export async function startTestServer(
   env: Record<string, string> = {},
   reuseTmp?: string,
-  options: { azure?: AzureKeyOptions; seedSecret?: boolean; timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number } } = {},
+  options: { azure?: AzureKeyOptions; seedSecret?: boolean; sqlite?: boolean; timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number } } = {},
 ): Promise<TestServer> {
   const tmp = reuseTmp ?? fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
-  const database = await databaseOf(tmp);
+  // `sqlite: true`: on SQLite even when the test process has DATABASE_URL (the source of migrate-to-postgres).
+  const database = options.sqlite ? { env: {}, drop: async () => {} } : await databaseOf(tmp);
   const fullEnv = {
     ...database.env,
     DATA_DIR: path.join(tmp, 'data'),
@@ -141,6 +142,11 @@ export function serverPerTest(use: (server: TestServer) => void, env: Record<str
   });
 }
 
+/** What a CLI command run beside a test server needs to open the same database (its DATA_DIR, its DATABASE_URL). */
+export function dataEnv(server: { config: Config }): Record<string, string> {
+  return { DATA_DIR: server.config.dataDir, ...(server.config.databaseUrl ? { DATABASE_URL: server.config.databaseUrl } : {}) };
+}
+
 /** Every byte SQLite keeps on disk for DATA_DIR: the database file and its write-ahead log. */
 export function databaseBytes(dataDir: string): Buffer {
   const files = ['preview-gate.sqlite', 'preview-gate.sqlite-wal'].map((f) => path.join(dataDir, f));
@@ -154,25 +160,27 @@ export function listTree(root: string): string[] {
 
 export const sha = (c: string) => c.repeat(40).slice(0, 40);
 
-/** What a power loss leaves in the database: no replica's clean stop recorded, every heartbeat long expired. */
-export async function forgetCleanStop(settings: DatabaseSettings): Promise<void> {
+/** Runs `fn` on a connection of its own to a (stopped or running) server's database, SQLite or PostgreSQL. */
+export async function withDatabaseOf<T>(settings: DatabaseSettings, fn: (db: AppDatabase) => Promise<T>): Promise<T> {
   const db = await openDatabase(settings);
   try {
-    await db.orm.update(replicas).set({ stoppedAt: null, heartbeatAt: new Date(0) });
+    return await fn(db);
   } finally {
     await db.close();
   }
 }
 
+/** What a power loss leaves in the database: no replica's clean stop recorded, every heartbeat long expired. */
+export function forgetCleanStop(settings: DatabaseSettings): Promise<void> {
+  return withDatabaseOf(settings, async (db) => void (await db.orm.update(replicas).set({ stoppedAt: null, heartbeatAt: new Date(0) })));
+}
+
 /** How many replicas recorded a clean stop (the per-replica clean-stop marker). */
-export async function cleanStops(settings: DatabaseSettings): Promise<number> {
-  const db = await openDatabase(settings);
-  try {
+export function cleanStops(settings: DatabaseSettings): Promise<number> {
+  return withDatabaseOf(settings, async (db) => {
     const [row] = await db.orm.select({ n: count() }).from(replicas).where(isNotNull(replicas.stoppedAt));
     return row?.n ?? 0;
-  } finally {
-    await db.close();
-  }
+  });
 }
 
 /** Stops a server as a crash would: no clean-stop marker, heartbeat and schedules simply stop, database closed. */
