@@ -15,20 +15,23 @@ import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { appPrivateKey } from './helpers/github.js';
 import { sqliteOnly } from './helpers/postgres.js';
-import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, dataEnv } from './helpers/server.js';
+import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, dataEnv, dropTmpDatabase, tmpDatabaseEnv } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { signedWebhook } from './helpers/webhooks.js';
 
 let tmp: string;
 beforeEach(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-cli-'))));
-afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+afterEach(async () => {
+  await dropTmpDatabase(tmp);
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
 
 async function cli(args: string[], env: Record<string, string> = {}, seams: Pick<CliIo, 'backupCreated'> = {}) {
   let stdout = '';
   let stderr = '';
   const out = new PassThrough().on('data', (d: Buffer) => (stdout += d.toString()));
   const err = new PassThrough().on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await runCli(args, { stdin: Object.assign(new PassThrough(), { isTTY: true }), stdout: out, stderr: err, env: { DATA_DIR: path.join(tmp, 'data'), ...env }, ...seams });
+  const code = await runCli(args, { stdin: Object.assign(new PassThrough(), { isTTY: true }), stdout: out, stderr: err, env: { DATA_DIR: path.join(tmp, 'data'), ...(await tmpDatabaseEnv(tmp)), ...env }, ...seams });
   return { code, stdout, stderr };
 }
 
@@ -138,7 +141,7 @@ test('a webhook with a wrong signature is one warn line, without a stack', async
   }
 });
 
-test('`backup` refuses a planted dangling symlink (nothing is written where it points) and creates its file 0600', async () => {
+sqliteOnly('SQLite\'s online backup')('`backup` refuses a planted dangling symlink (nothing is written where it points) and creates its file 0600', async () => {
   const env = { DATA_DIR: path.join(tmp, 'data') };
   expect((await cli(['reconcile'], env)).code).not.toBe(2); // a database to back up
   const target = path.join(tmp, 'where-the-link-points.sqlite');
@@ -178,7 +181,7 @@ test('`backup` with DATABASE_URL set says to use pg_dump, exits 1 and creates no
   expect(fs.existsSync(file)).toBe(false);
 });
 
-test('`backup` writes only through the descriptor it created: a symlink swapped in at the name before the copy is never written through', async () => {
+sqliteOnly('SQLite\'s online backup')('`backup` writes only through the descriptor it created: a symlink swapped in at the name before the copy is never written through', async () => {
   const env = { DATA_DIR: path.join(tmp, 'data') };
   expect((await cli(['reconcile'], env)).code).not.toBe(2); // a database to back up
   const file = path.join(tmp, 'backup.sqlite');
@@ -303,7 +306,7 @@ test('secret list shows names and when they were set, never values; secret delet
     let stderr = '';
     const stdin = new PassThrough();
     stdin.end(value);
-    const code = await runCli(['secret', 'set', slug, 'upload-key'], { stdin, stdout: new PassThrough(), stderr: new PassThrough().on('data', (d: Buffer) => (stderr += d.toString())), env: { DATA_DIR: path.join(tmp, 'data') } });
+    const code = await runCli(['secret', 'set', slug, 'upload-key'], { stdin, stdout: new PassThrough(), stderr: new PassThrough().on('data', (d: Buffer) => (stderr += d.toString())), env: { DATA_DIR: path.join(tmp, 'data'), ...(await tmpDatabaseEnv(tmp)) } });
     expect([code, stderr]).toEqual([0, expect.stringContaining('Stored')]);
   };
   await setOne('octo-org/docs');

@@ -123,6 +123,18 @@ function databaseOf(tmp: string): ReturnType<typeof testDatabaseEnv> {
   return database;
 }
 
+/** The DATABASE_URL of a test's `tmp` ({} on SQLite), for CLI commands run there without a server. */
+export async function tmpDatabaseEnv(tmp: string): Promise<Record<string, string>> {
+  return (await databaseOf(tmp)).env;
+}
+
+/** Drops the database of a test's `tmp` (when no server's close did). */
+export async function dropTmpDatabase(tmp: string): Promise<void> {
+  const database = testDatabases.get(tmp);
+  testDatabases.delete(tmp);
+  await (await database)?.drop();
+}
+
 /**
  * A fresh server for each test of the file, GitHub reachable only through nock; `use` receives it before
  * each test (`let server: TestServer; serverPerTest((s) => (server = s));`).
