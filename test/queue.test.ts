@@ -12,7 +12,8 @@ import { freshPostgresDatabase, postgresUrl, type TestDatabase } from './helpers
 import { jobs } from '../src/db/tables.js';
 import { forbidden } from '../src/errors.js';
 import { SharedLock } from '../src/lock.js';
-import { backoffMs, retryAfterMs, WorkQueue } from '../src/queue.js';
+import pg from 'pg';
+import { backoffMs, retryAfterMs, WorkQueue, type Job } from '../src/queue.js';
 import { eventually } from './helpers/eventually.js';
 
 let tmp: string;
@@ -230,6 +231,36 @@ describe('two replicas on one database file', () => {
     const latencyMs = ranAt[0]! - sentAt;
     console.log(`queue wake-up by NOTIFY: the other replica ran the job ${latencyMs.toFixed(1)} ms after the enqueue began`);
     expect(latencyMs).toBeLessThan(1000);
+  });
+
+  const raceTitle = 'a claim of a key whose other row another replica is claiming waits for that claim, then leaves the key alone';
+  (postgresUrl ? test : test.skip)(postgresUrl ? raceTitle : `${raceTitle} (skipped on SQLite: its write lock serialises every claim)`, async () => {
+    const [a, b] = [await replicaQueue('replica-a'), await replicaQueue('replica-b')];
+    await a.enqueue('decide', 'pr:1#1', {});
+    await a.enqueue('feedback', 'pr:1#1', {});
+    const [decide, feedback] = await db.orm.select().from(jobs).orderBy(jobs.id);
+    const claim = (q: WorkQueue, job: Job) => (q as unknown as { claim(job: Job): Promise<Job | undefined> }).claim(job);
+    const aDb = (a as unknown as { db: Database }).db;
+    let second: Promise<Job | undefined> | undefined;
+    // A's claim of one row is held uncommitted (it joins the transaction around it) while B claims the other row.
+    const first = await aDb.transaction(async () => {
+      const claimed = await claim(a, decide!);
+      second = claim(b, feedback!);
+      // Until B's claim has either ended (it did not wait) or waits for A's advisory lock.
+      const admin = new pg.Client({ connectionString: pgDatabase!.url });
+      await admin.connect();
+      try {
+        let settled = false;
+        void second.finally(() => (settled = true));
+        await eventually(async () => settled || (await admin.query("select 1 from pg_locks where locktype = 'advisory' and not granted")).rowCount! > 0);
+      } finally {
+        await admin.end();
+      }
+      return claimed;
+    });
+    expect(first?.id).toBe(decide!.id);
+    // Two runs of one key at once, had B's claim not seen A's lease.
+    expect(await second).toBeUndefined();
   });
 
   test("a job whose replica died is taken over by another once its lease expires, not before", async () => {
