@@ -37,9 +37,11 @@ export interface Core {
   replica: Replica;
 }
 
-export async function openCore(config: Config, azure?: AzureKeyOptions, leaseMs?: number): Promise<Core> {
+export async function openCore(config: Config, azure?: AzureKeyOptions, leaseMs?: number, log?: Logger): Promise<Core> {
   const keys = await openKeyService(config, azure);
-  const db = await openDatabase(config);
+  // PostgreSQL connections lost in the background (an idle pooled one, the LISTEN one) are made again; said once
+  // each, by pg's message only (it names the host and user, never DATABASE_URL's password).
+  const db = await openDatabase(config, (error, where) => log?.warn({ where, reason: error.message }, 'a PostgreSQL connection was lost; it is made again'));
   const secrets = new SecretStore(db, keys);
   const registry = new Registry(db, secrets);
   const replica = new Replica(db, leaseMs);
@@ -165,7 +167,7 @@ export async function startServer(
     timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number };
   } = {},
 ): Promise<RunningServer> {
-  const core = await openCore(config, options.azure, options.timing?.leaseMs);
+  const core = await openCore(config, options.azure, options.timing?.leaseMs, log);
   const objectsNote = core.store.init();
   if (objectsNote) log.info(objectsNote);
   const metrics = createMetrics();

@@ -252,8 +252,12 @@ async function createPrivateFile(file: string): Promise<fs.promises.FileHandle> 
  * can be uploaded again by CI. SQLite writes its copy by name, so it writes into a folder of this user's own
  * (0700, in the system's sticky temporary folder), and the copy is then poured into the file created above.
  */
+const PG_BACKUP_ADVICE = 'backup copies the SQLite database; with DATABASE_URL set, back PostgreSQL up with pg_dump (docs/operations.md).';
+
 async function backup(file: string, io: CliIo): Promise<number> {
   const config = dataSettings(io);
+  // Refused before the file is created: nothing is left behind.
+  if (config.databaseUrl) throw new Error(PG_BACKUP_ADVICE);
   const target = await createPrivateFile(file);
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-backup-'));
   try {
@@ -262,7 +266,7 @@ async function backup(file: string, io: CliIo): Promise<number> {
     const db = await openDatabase(config);
     try {
       // SQLite's online backup; a PostgreSQL database is backed up with pg_dump (docs/operations.md).
-      if (!(db instanceof SqliteDatabase)) throw new Error('backup copies the SQLite database; back PostgreSQL up with pg_dump.');
+      if (!(db instanceof SqliteDatabase)) throw new Error(PG_BACKUP_ADVICE);
       await db.backup(copy);
     } finally {
       await db.close();

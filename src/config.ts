@@ -14,6 +14,8 @@ export interface Config {
   dataDir: string;
   buildsDir: string;
   databaseFile: string;
+  /** PostgreSQL's connection URL when set (the database then lives there, not in DATA_DIR). Never logged: it can hold a password. */
+  databaseUrl?: string;
   keyProvider: 'local' | 'azure';
   masterKeyFile: string;
   azureKeyId?: string;
@@ -95,6 +97,10 @@ const schema = z.object({
     .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/, 'must be a lower-case DNS name such as previews.example.net')
     .default('localhost').describe("Domain under which previews are served: pr<N>-<sha7>--<site>.<PREVIEW_DOMAIN>. Use a registrable domain of its own."),
   DATA_DIR: z.string().min(1, 'must not be empty').default('./data').describe("Holds builds/, the SQLite database, the local master key and app.env (the setup flow's credentials)."),
+  DATABASE_URL: z
+    .string()
+    .refine((v) => /^postgres(ql)?:\/\/[^/\s]/.test(v) && URL.canParse(v), 'must be a PostgreSQL URL: postgres://user:password@host:5432/database')
+    .optional().describe("PostgreSQL's connection URL (postgres://user:password@host:5432/database): the database of every replica sharing it. Unset: SQLite in DATA_DIR (one process). It can hold a password: it is never logged."),
   KEY_PROVIDER: z.enum(['local', 'azure'], { message: 'must be "local" or "azure"' }).default('local').describe("Who wraps the encryption keys: local (DATA_DIR/master.key) or azure (Azure Key Vault)."),
   AZURE_KEY_ID: z
     .string()
@@ -213,7 +219,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0]);
-    const value = present[name] !== undefined && !/SECRET|KEY$|TOKEN$/.test(name) ? ` (got "${present[name]}")` : '';
+    const value = present[name] !== undefined && !/SECRET|KEY$|TOKEN$|^DATABASE_URL$/.test(name) ? ` (got "${present[name]}")` : '';
     throw new ConfigError(`${name} ${issue.message}${value}`);
   }
   const e = parsed.data;
@@ -240,6 +246,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
     dataDir,
     buildsDir: path.join(dataDir, 'builds'),
     databaseFile: path.join(dataDir, 'preview-gate.sqlite'),
+    databaseUrl: e.DATABASE_URL,
     keyProvider: e.KEY_PROVIDER,
     masterKeyFile: path.join(dataDir, 'master.key'),
     azureKeyId: e.AZURE_KEY_ID,

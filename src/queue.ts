@@ -30,6 +30,13 @@ export class RetryLater extends Error {
 }
 
 const MAX_BACKOFF_MS = 10 * 60_000;
+/** The channel every enqueue notifies: the replicas' queues listen to it instead of waiting for their poll. */
+const JOBS_CHANNEL = 'jobs';
+/**
+ * How often a queue looks at its table unasked: for jobs that become due later (backoff, delays) and, on
+ * PostgreSQL, as the safety net of a wake-up lost while the LISTEN connection was down.
+ */
+export const POLL_MS = { sqlite: 500, postgres: 1000 } as const;
 const LANE_SIZE = { reads: 4, writes: 1 } as const;
 
 /** 1 s, 2 s, 4 s … 10 min, with ±20 % jitter so a recovering GitHub is not hit by every job in one second. */
@@ -50,7 +57,7 @@ export function retryAfterMs(err: unknown, now = Date.now()): number | undefined
 }
 
 /**
- * A durable work queue in SQLite: decisions and GitHub feedback are rows before they are promises. Rows are
+ * A durable work queue in the database (SQLite or PostgreSQL): decisions and GitHub feedback are rows before they are promises. Rows are
  * run when due, one at a time per key (so one PR's work is done in order), retried with backoff up to 10 min
  * apart, and survive restarts. A job whose error is a 4xx HttpError (the PR does not exist, the app is not
  * installed) is dropped with a warning: retrying cannot change GitHub's answer.
@@ -68,6 +75,7 @@ export class WorkQueue {
 
   private readonly kinds: Record<string, JobKind> = {};
   private renewTimer?: NodeJS.Timeout;
+  private unlisten?: Promise<(() => Promise<void>) | undefined>;
 
   /**
    * `owner` names this process among the replicas sharing the database: a job runs under its lease (`leaseMs`,
@@ -79,6 +87,7 @@ export class WorkQueue {
     private readonly now: () => number = Date.now,
     private readonly owner: string = crypto.randomUUID(),
     private readonly leaseMs = 30_000,
+    private readonly pollMs: number = POLL_MS[db.kind],
   ) {}
 
   register(kind: string, handler: JobKind): void {
@@ -102,19 +111,34 @@ export class WorkQueue {
       }
     });
     this.wake();
+    // Every replica's queue (this one's too): inside a caller's transaction the notice goes out at its commit.
+    await this.db.notify(JOBS_CHANNEL);
   }
 
   start(): void {
     this.stopped = false;
-    this.timer = setInterval(() => void this.pump(), 500).unref();
+    this.timer = setInterval(() => void this.pump(), this.pollMs).unref();
+    // Until the LISTEN is in place (or if it cannot be), the poll alone finds the work.
+    this.unlisten = this.db.listen(JOBS_CHANNEL, () => this.wake()).catch((err: unknown) => {
+      this.log.warn({ err }, 'the work queue cannot listen for wake-ups; it polls its table only');
+      return undefined;
+    });
     this.renewTimer = setInterval(() => void this.renewLeases(), Math.max(50, Math.floor(this.leaseMs / 3))).unref();
     this.wake();
+  }
+
+  /** Whether wake-ups from other replicas reach this queue (its LISTEN is in place); false before start. */
+  async listening(): Promise<boolean> {
+    return Boolean(await this.unlisten);
   }
 
   /** Stops taking jobs; waits (at most `waitMs`) for those running. Waiting rows stay for the next start. */
   async stop(waitMs = 10_000): Promise<boolean> {
     this.stopped = true;
     clearInterval(this.timer);
+    const unlisten = this.unlisten;
+    this.unlisten = undefined;
+    void unlisten?.then((stop) => stop?.()).catch(() => {});
     const done = Promise.all(this.running.values()).then(() => true);
     // The leases of jobs still running are renewed until they end (or the process does).
     void done.then(() => clearInterval(this.renewTimer));
@@ -189,7 +213,7 @@ export class WorkQueue {
         const kind = this.kinds[job.kind];
         if (!kind || this.running.has(job.id) || this.busyKeys.has(job.key)) continue;
         if (this.busyLanes[kind.lane] >= LANE_SIZE[kind.lane]) continue;
-        const claimed = await this.claim(job.id);
+        const claimed = await this.claim(job);
         if (claimed) this.launch(claimed, kind);
       }
     }
@@ -203,23 +227,34 @@ export class WorkQueue {
   /**
    * Takes the job's lease in one UPDATE: only when no live lease holds it, nor any other job of its key (one
    * PR's work never runs on two replicas at once). Returns the row as claimed (its data and generation now).
+   *
+   * On PostgreSQL (READ COMMITTED) two replicas claiming two rows of one key could each find no live lease of
+   * that key before the other commits: the key's advisory lock makes the second claim wait for the first to
+   * commit, and its UPDATE (a new snapshot) then sees that lease. `FOR UPDATE SKIP LOCKED` passes over a row
+   * another replica is claiming instead of queueing behind it. On SQLite the write lock serialises claims already.
    */
-  private async claim(id: number): Promise<Job | undefined> {
+  private async claim(job: Job): Promise<Job | undefined> {
     const now = this.now();
-    return first(
-      this.db.orm
-        .update(jobs)
-      .set({ leaseOwner: this.owner, leaseUntil: new Date(now + this.leaseMs) })
-      .where(
-        and(
-          eq(jobs.id, id),
-          or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, new Date(now))),
-          // The time as the column stores it (sql.param maps it like a column value, on either backend).
-          sql`not exists (select 1 from jobs as other where other.key = jobs.key and other.id <> jobs.id and other.lease_until >= ${sql.param(new Date(now), jobs.leaseUntil)})`,
-        ),
-      )
-      .returning(),
-    );
+    return this.db.transaction(async (tx) => {
+      await this.db.lockName(tx, `jobs:key:${job.key}`, 'exclusive');
+      const notClaimedElsewhere =
+        this.db.kind === 'postgres' ? sql`${jobs.id} in (select id from jobs where id = ${job.id} for update skip locked)` : undefined;
+      return first(
+        tx
+          .update(jobs)
+          .set({ leaseOwner: this.owner, leaseUntil: new Date(now + this.leaseMs) })
+          .where(
+            and(
+              eq(jobs.id, job.id),
+              or(isNull(jobs.leaseUntil), lt(jobs.leaseUntil, new Date(now))),
+              // The time as the column stores it (sql.param maps it like a column value, on either backend).
+              sql`not exists (select 1 from jobs as other where other.key = jobs.key and other.id <> jobs.id and other.lease_until >= ${sql.param(new Date(now), jobs.leaseUntil)})`,
+              notClaimedElsewhere,
+            ),
+          )
+          .returning(),
+      );
+    });
   }
 
   /** Keeps the leases of the jobs running here from expiring. */

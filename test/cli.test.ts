@@ -14,20 +14,24 @@ import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { appPrivateKey } from './helpers/github.js';
-import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET } from './helpers/server.js';
+import { sqliteOnly } from './helpers/postgres.js';
+import { sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, dataEnv, dropTmpDatabase, tmpDatabaseEnv } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { signedWebhook } from './helpers/webhooks.js';
 
 let tmp: string;
 beforeEach(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-cli-'))));
-afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+afterEach(async () => {
+  await dropTmpDatabase(tmp);
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
 
 async function cli(args: string[], env: Record<string, string> = {}, seams: Pick<CliIo, 'backupCreated'> = {}) {
   let stdout = '';
   let stderr = '';
   const out = new PassThrough().on('data', (d: Buffer) => (stdout += d.toString()));
   const err = new PassThrough().on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await runCli(args, { stdin: Object.assign(new PassThrough(), { isTTY: true }), stdout: out, stderr: err, env: { DATA_DIR: path.join(tmp, 'data'), ...env }, ...seams });
+  const code = await runCli(args, { stdin: Object.assign(new PassThrough(), { isTTY: true }), stdout: out, stderr: err, env: { DATA_DIR: path.join(tmp, 'data'), ...(await tmpDatabaseEnv(tmp)), ...env }, ...seams });
   return { code, stdout, stderr };
 }
 
@@ -137,7 +141,7 @@ test('a webhook with a wrong signature is one warn line, without a stack', async
   }
 });
 
-test('`backup` refuses a planted dangling symlink (nothing is written where it points) and creates its file 0600', async () => {
+sqliteOnly('SQLite\'s online backup')('`backup` refuses a planted dangling symlink (nothing is written where it points) and creates its file 0600', async () => {
   const env = { DATA_DIR: path.join(tmp, 'data') };
   expect((await cli(['reconcile'], env)).code).not.toBe(2); // a database to back up
   const target = path.join(tmp, 'where-the-link-points.sqlite');
@@ -168,7 +172,16 @@ test('`backup` refuses a planted dangling symlink (nothing is written where it p
   expect(new Set(modes)).toEqual(new Set(['600']));
 });
 
-test('`backup` writes only through the descriptor it created: a symlink swapped in at the name before the copy is never written through', async () => {
+test('`backup` with DATABASE_URL set says to use pg_dump, exits 1 and creates no file', async () => {
+  const file = path.join(tmp, 'backup.sqlite');
+  // Refused before any connection is made: the server named here need not exist.
+  const res = await cli(['backup', file], { DATABASE_URL: 'postgres://u:p@127.0.0.1:1/none' });
+  expect([res.code, res.stdout]).toEqual([1, '']);
+  expect(res.stderr).toBe('preview-gate: backup copies the SQLite database; with DATABASE_URL set, back PostgreSQL up with pg_dump (docs/operations.md).\n');
+  expect(fs.existsSync(file)).toBe(false);
+});
+
+sqliteOnly('SQLite\'s online backup')('`backup` writes only through the descriptor it created: a symlink swapped in at the name before the copy is never written through', async () => {
   const env = { DATA_DIR: path.join(tmp, 'data') };
   expect((await cli(['reconcile'], env)).code).not.toBe(2); // a database to back up
   const file = path.join(tmp, 'backup.sqlite');
@@ -189,7 +202,7 @@ test('`backup` writes only through the descriptor it created: a symlink swapped 
   expect((fs.statSync(moved).mode & 0o777).toString(8)).toBe('600');
 });
 
-test('`backup` under upload load, restored into a fresh data directory with the master key: secrets decrypt, PRs and builds listed', async () => {
+sqliteOnly('SQLite\'s online backup; PostgreSQL is backed up with pg_dump')('`backup` under upload load, restored into a fresh data directory with the master key: secrets decrypt, PRs and builds listed', async () => {
   nock.enableNetConnect('127.0.0.1');
   const fake = await new FakeGitHub().start();
   fake.addRepo({ id: 7001, owner: { id: 9001, login: 'octo-org' }, name: 'docs' });
@@ -197,7 +210,7 @@ test('`backup` under upload load, restored into a fresh data directory with the 
   const file = path.join(tmp, 'backup.sqlite');
   try {
     for (let n = 1; n <= 5; n++) fake.addPull(7001, { number: n, user: { id: 5, login: 'c' }, commits: [sha(String(n))], labels: ['safe for preview'] });
-    const env = { DATA_DIR: server.config.dataDir, APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x' };
+    const env = { ...dataEnv(server), APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x' };
     const uploads = [1, 2, 3, 4, 5].map((n) => server.upload(n, sha(String(n)), siteTarball(`b${n}`)));
     const [res] = await Promise.all([cli(['backup', file], env), ...uploads]);
     expect(res.code).toBe(0);
@@ -262,6 +275,8 @@ describe('one configuration for the server and the CLI: environment, then .env, 
     [{ LOG_LEVEL: 'verbose' }, /^preview-gate: configuration error: LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent \(got "verbose"\)$/],
     [{ PREVIEW_DOMAIN: '' }, /^preview-gate: configuration error: PREVIEW_DOMAIN is set but empty/],
     [{ DATA_DIR: '/proc/preview-gate-x' }, /^preview-gate: configuration error: DATA_DIR \/proc\/preview-gate-x cannot be created \(ENOENT/],
+    // The refused value is not echoed: a URL can hold a password.
+    [{ DATABASE_URL: 'mysql://admin:hunter2@db/x' }, /^preview-gate: configuration error: DATABASE_URL must be a PostgreSQL URL: postgres:\/\/user:password@host:5432\/database$/],
   ] as [Record<string, string>, RegExp][])('%j: the server and the CLI say one line and exit 1', async (env, message) => {
     const server = spawnSync('node', ['dist/src/main.js'], { env: { ...(process.env as Record<string, string>), NODE_OPTIONS: '', DATA_DIR: path.join(tmp, 'data'), HOST: '127.0.0.1', PORT: String(30000 + Math.floor(Math.random() * 20000)), ...env }, encoding: 'utf8', timeout: 20_000 });
     expect([server.status, server.signal]).toEqual([1, null]);
@@ -291,7 +306,7 @@ test('secret list shows names and when they were set, never values; secret delet
     let stderr = '';
     const stdin = new PassThrough();
     stdin.end(value);
-    const code = await runCli(['secret', 'set', slug, 'upload-key'], { stdin, stdout: new PassThrough(), stderr: new PassThrough().on('data', (d: Buffer) => (stderr += d.toString())), env: { DATA_DIR: path.join(tmp, 'data') } });
+    const code = await runCli(['secret', 'set', slug, 'upload-key'], { stdin, stdout: new PassThrough(), stderr: new PassThrough().on('data', (d: Buffer) => (stderr += d.toString())), env: { DATA_DIR: path.join(tmp, 'data'), ...(await tmpDatabaseEnv(tmp)) } });
     expect([code, stderr]).toEqual([0, expect.stringContaining('Stored')]);
   };
   await setOne('octo-org/docs');

@@ -11,7 +11,7 @@ import { auditTrail } from '../src/dashboard/sessions.js';
 import { count, eq } from '../src/db/orm.js';
 import { auditEvents, previewGrants, previewTickets, sessions, users } from '../src/db/tables.js';
 import { FakeGitHub } from './helpers/fake-github.js';
-import { sha, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { sha, startTestServer, UPLOAD_SECRET, type TestServer, dataEnv } from './helpers/server.js';
 import { UPLOAD_SECRET_NAME } from '../src/upload/route.js';
 import { siteTarball, tarball } from './helpers/tarballs.js';
 import { sendWebhook } from './helpers/webhooks.js';
@@ -393,7 +393,7 @@ test('preview-gate audit prints who signed in, looked at a hidden preview, publi
   await post('/pulls/1/1/publish', { csrf: await csrfOf(cookie), sha: A }, { cookie });
   const out: string[] = [];
   const stdout = new PassThrough().on('data', (c) => out.push(String(c)));
-  expect(await runCli(['audit', '--json'], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: { DATA_DIR: server.config.dataDir } })).toBe(0);
+  expect(await runCli(['audit', '--json'], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: dataEnv(server) })).toBe(0);
   const events = JSON.parse(out.join(''));
   expect(events.map((e: { action: string; user: string; subject: string }) => [e.action, e.user, e.subject])).toEqual([
     ['publish', 'maintainer', 'octo-org/docs#1'],
@@ -410,7 +410,7 @@ test('preview-gate sessions revoke signs a user out everywhere: dashboard and hi
   const cli = async (...args: string[]) => {
     const out: string[] = [];
     const err: string[] = [];
-    const io = { stdin: new PassThrough(), stdout: new PassThrough().on('data', (c) => out.push(String(c))), stderr: new PassThrough().on('data', (c) => err.push(String(c))), env: { DATA_DIR: server.config.dataDir } };
+    const io = { stdin: new PassThrough(), stdout: new PassThrough().on('data', (c) => out.push(String(c))), stderr: new PassThrough().on('data', (c) => err.push(String(c))), env: dataEnv(server) };
     return { code: await runCli(args, io), stdout: out.join(''), stderr: err.join('') };
   };
 
@@ -435,7 +435,7 @@ test('sessions revoke refuses a login two accounts have had (a GitHub rename) an
   const cli = async (...args: string[]) => {
     const out: string[] = [];
     const err: string[] = [];
-    const io = { stdin: new PassThrough(), stdout: new PassThrough().on('data', (c) => out.push(String(c))), stderr: new PassThrough().on('data', (c) => err.push(String(c))), env: { DATA_DIR: server.config.dataDir } };
+    const io = { stdin: new PassThrough(), stdout: new PassThrough().on('data', (c) => out.push(String(c))), stderr: new PassThrough().on('data', (c) => err.push(String(c))), env: dataEnv(server) };
     return { code: await runCli(args, io), stdout: out.join(''), stderr: err.join('') };
   };
   expect(await cli('sessions', 'revoke', 'maintainer')).toEqual({

@@ -360,7 +360,7 @@ test('an object damaged by a power loss is dropped at the next start and never s
   expect(await objectBytes()).toEqual({ counted: bytesOf(files), rows: bytesOf(files) });
   await server.stop();
   // What a power loss leaves: no clean-stop marker, one file (and so its object) empty.
-  forgetCleanStop(server.config.databaseFile);
+  await forgetCleanStop(server.config);
   const damaged = path.join(buildDir(8, A), 'page-1.html');
   fs.chmodSync(damaged, 0o644);
   fs.truncateSync(damaged, 0);

@@ -12,7 +12,7 @@ import { builds } from '../src/db/tables.js';
 import { startServerProcess } from '../bench/server-process.mjs';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { appPrivateKey } from './helpers/github.js';
-import { sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer, dataEnv } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
 import { signedWebhook } from './helpers/webhooks.js';
 import { eventually } from './helpers/eventually.js';
@@ -208,7 +208,7 @@ describe('webhook bodies', () => {
   ] as const)('90 MB of chunked body %s raises the server process memory by less than 30 MB', async (kind, extraHeaders, refusal) => {
     await start(); // for the data directory and its settings; the measured server is a process of its own
     const procPort = 30000 + Math.floor(Math.random() * 20000);
-    const env = { ...process.env, ...fake.env, NODE_OPTIONS: '', DATA_DIR: server.config.dataDir, PORT: String(procPort), HOST: '127.0.0.1', APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x', RECONCILE_INTERVAL_MINUTES: '0', LOG_LEVEL: 'silent' as const };
+    const env = { ...process.env, ...fake.env, NODE_OPTIONS: '', ...dataEnv(server), PORT: String(procPort), HOST: '127.0.0.1', APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x', RECONCILE_INTERVAL_MINUTES: '0', LOG_LEVEL: 'silent' as const };
     const child = await startServerProcess(env, procPort, { stdio: 'ignore' });
     const rss = () => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]) / 1024;
     try {

@@ -36,7 +36,7 @@ async function cli(args: string[], dataDir: string) {
 async function sqliteDeployment(): Promise<TestServer> {
   nock.disableNetConnect();
   nock.enableNetConnect('127.0.0.1');
-  const server = await startTestServer();
+  const server = await startTestServer({}, undefined, { sqlite: true });
   // stop() below closes the server; the data directory goes at the end of the test.
   cleanups.push(async () => fs.rmSync(server.tmp, { recursive: true, force: true }));
   feedback();
@@ -149,7 +149,7 @@ describePostgres(title, () => {
   it('refuses while a server still runs on the SQLite database, and touches nothing', async () => {
     nock.disableNetConnect();
     nock.enableNetConnect('127.0.0.1');
-    const server = await startTestServer();
+    const server = await startTestServer({}, undefined, { sqlite: true });
     cleanups.push(() => server.close());
     const target = await emptyPostgresDatabase();
     cleanups.push(() => target.drop());

@@ -4,13 +4,12 @@
  * marker are per replica.
  */
 import fs from 'node:fs';
-import Database from 'better-sqlite3';
 import path from 'node:path';
 import nock from 'nock';
 import { builds, replicas, schedules } from '../src/db/tables.js';
 import { eq } from '../src/db/orm.js';
 import { commitsOf, githubFor } from './helpers/github.js';
-import { crash, sha, startTestServer, type TestServer } from './helpers/server.js';
+import { crash, sha, startTestServer, withDatabaseOf, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 
 const LABEL = 'safe for preview';
@@ -91,9 +90,8 @@ test("the claim and staging of a replica that died (heartbeat expired, no clean 
   upload.finish();
   await upload.answered.catch(() => undefined);
   // A's process stays (this test's), so only the expiry of its heartbeat says it is dead.
-  const peek = new Database(a.config.databaseFile, { readonly: true });
-  const expiredAt = (peek.prepare('select heartbeat_at as t from replicas where id = ?').get(deadId) as { t: number }).t + 300;
-  peek.close();
+  const beat = await withDatabaseOf(a.config, async (db) => (await db.orm.select().from(replicas).where(eq(replicas.id, deadId)))[0]!.heartbeatAt);
+  const expiredAt = beat.getTime() + 300;
   await waitFor(() => Date.now() > expiredAt);
 
   const b = await start(a.tmp, { leaseMs: 300 });
@@ -143,10 +141,9 @@ test("one replica's clean stop does not hide another's crash: the next start rep
   servers = servers.filter((s) => s !== a);
   await b.stop();
   servers = servers.filter((s) => s !== b);
-  const file = a.config.databaseFile;
-  const peek = new Database(file, { readonly: true });
-  const rows = peek.prepare('select id, stopped_at as stopped, heartbeat_at as beat from replicas').all() as { id: string; stopped: number | null; beat: number }[];
-  peek.close();
+  const rows = await withDatabaseOf(a.config, async (db) =>
+    (await db.orm.select().from(replicas)).map((r) => ({ id: r.id, stopped: r.stoppedAt, beat: r.heartbeatAt.getTime() })),
+  );
   expect(rows.find((r) => r.id === aId)!.stopped).toBeNull();
   expect(rows.find((r) => r.id === b.replica.id)!.stopped).not.toBeNull();
   await waitFor(() => Date.now() > rows.find((r) => r.id === aId)!.beat + 300);

@@ -12,7 +12,7 @@ import { jobs, pullRequests } from '../src/db/tables.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { startServerProcess } from '../bench/server-process.mjs';
 import { appPrivateKey } from './helpers/github.js';
-import { cleanStops, forgetCleanStop, sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer } from './helpers/server.js';
+import { cleanStops, forgetCleanStop, sha, startTestServer, UPLOAD_SECRET, WEBHOOK_SECRET, type TestServer, dataEnv } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { sendWebhook } from './helpers/webhooks.js';
 import { eventually } from './helpers/eventually.js';
@@ -213,7 +213,7 @@ test('a server process killed (SIGKILL) with a queued decision takes it after th
     ...process.env,
     ...fake.env,
     NODE_OPTIONS: '',
-    DATA_DIR: server.config.dataDir,
+    ...dataEnv(server),
     PORT: String(port),
     HOST: '127.0.0.1',
     APP_ID: '1',
@@ -366,7 +366,7 @@ test('after an unclean stop, a recent build whose files did not all reach the di
   expect((await server.upload(20, B, siteTarball('intact'))).status).toBe(201);
   await server.stop();
   // What a power loss leaves: the clean-stop marker never written, a file of the last build empty.
-  forgetCleanStop(server.config.databaseFile);
+  await forgetCleanStop(server.config);
   const damaged = path.join(prDir('docs', 19, 'public'), A.slice(0, 7), 'assets', 'app.js');
   fs.chmodSync(damaged, 0o644);
   fs.truncateSync(damaged, 0);
@@ -382,7 +382,7 @@ test('after an unclean stop, a recent build whose files did not all reach the di
 test('after a clean stop nothing is re-checked or dropped', async () => {
   await openAndUpload(21, [A], [LABEL]);
   await server.stop();
-  expect(cleanStops(server.config.databaseFile)).toBe(1);
+  expect(await cleanStops(server.config)).toBe(1);
   server = await startTestServer(fake.env, server.tmp, { seedSecret: false });
   servers.push(server);
   expect(server.logs.some((l) => /dropped/.test(l.msg))).toBe(false);

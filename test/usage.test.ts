@@ -3,7 +3,7 @@ import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { users } from '../src/db/tables.js';
 import { commitsOf, githubFor, type FakePr } from './helpers/github.js';
-import { serverPerTest, sha, type TestServer } from './helpers/server.js';
+import { serverPerTest, sha, type TestServer, dataEnv } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { feedback, installationToken, pullRequestEvent, sendWebhook, settingsFile } from './helpers/webhooks.js';
 
@@ -22,7 +22,7 @@ async function upload(pr: FakePr, commit: string, marker: string) {
 async function usage(args: string[] = []) {
   const out: string[] = [];
   const stdout = new PassThrough().on('data', (c) => out.push(String(c)));
-  const code = await runCli(['usage', ...args], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: { DATA_DIR: server.config.dataDir } });
+  const code = await runCli(['usage', ...args], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: dataEnv(server) });
   return { code, stdout: out.join('') };
 }
 

@@ -8,7 +8,7 @@ import { pullRequests, users, visibilityChanges } from '../src/db/tables.js';
 import { COMMENT_MARKER } from '../src/notify.js';
 import { API, appPrivateKey, commitsOf, githubFor, OWNER, prRead, REPO } from './helpers/github.js';
 import { jobs } from '../src/db/tables.js';
-import { serverPerTest, sha, startTestServer, type TestServer } from './helpers/server.js';
+import { serverPerTest, sha, startTestServer, type TestServer, dataEnv } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { eventually } from './helpers/eventually.js';
 import { CONTRIBUTOR, feedback, installationToken, MAINTAINER, pullRequestEvent, repositoryJson, sendWebhook, settingsFile } from './helpers/webhooks.js';
@@ -308,7 +308,7 @@ test('`preview-gate cleanup` removes builds of PRs closed longer than the retent
   githubFor({ number: 41, state: 'closed', labels: [LABEL], commits: [SHA1] });
   const out: string[] = [];
   const sink = new PassThrough().on('data', (d: Buffer) => out.push(d.toString()));
-  const env = { DATA_DIR: server.config.dataDir, APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x', GITHUB_RETRIES: '0', GITHUB_THROTTLE: 'false', LOG_LEVEL: 'silent' as const };
+  const env = { ...dataEnv(server), APP_ID: '1', PRIVATE_KEY: appPrivateKey, WEBHOOK_SECRET: 'x', GITHUB_RETRIES: '0', GITHUB_THROTTLE: 'false', LOG_LEVEL: 'silent' as const };
   expect(await runCli(['cleanup'], { stdin: new PassThrough(), stdout: sink, stderr: sink, env })).toBe(0);
   expect(out.join('')).toMatch(/Removed the builds of 1 closed pull request/);
   expect(fs.existsSync(prFolder(41, 'public'))).toBe(false);

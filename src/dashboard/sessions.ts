@@ -180,20 +180,18 @@ export class Sessions {
     });
   }
 
-  private ensureUser(githubUser: GitHubUser) {
-    return this.db.transaction(async (tx) => {
-      const existing = await first(
-        tx
-          .select()
-          .from(users)
-          .where(and(eq(users.provider, 'github'), eq(users.providerId, String(githubUser.id))))
-          .limit(1),
-      );
-      if (existing) {
-        return only(tx.update(users).set({ login: githubUser.login }).where(eq(users.id, existing.id)).returning());
-      }
-      return only(tx.insert(users).values({ provider: 'github', providerId: String(githubUser.id), login: githubUser.login }).returning());
-    });
+  /**
+   * The user's row, made at the first sign-in, its login kept up to date. One upsert: two first sign-ins at once
+   * both read "no such user" under PostgreSQL's READ COMMITTED, and the second insert would break the unique index.
+   */
+  private async ensureUser(githubUser: GitHubUser) {
+    return only(
+      this.db.orm
+        .insert(users)
+        .values({ provider: 'github', providerId: String(githubUser.id), login: githubUser.login })
+        .onConflictDoUpdate({ target: [users.provider, users.providerId], set: { login: githubUser.login } })
+        .returning(),
+    );
   }
 
   /**

@@ -1,4 +1,4 @@
-import { and, eq } from '../db/orm.js';
+import { and, eq, isNull } from '../db/orm.js';
 import type { Visibility } from '../builds/store.js';
 import type { Orm } from '../db/database.js';
 import { first, only } from '../db/query.js';
@@ -323,11 +323,13 @@ export class Decisions {
     const repo = await this.currentRepo(stale);
     if (facts.repositoryId === undefined || repo.githubId === facts.repositoryId) return repo;
     const githubId = facts.repositoryId;
-    const adopted = await this.ctx.db.transaction(async (tx) => {
-      if (repo.githubId !== null || (await this.ctx.registry.findRepositoryById(githubId, tx))) return undefined;
-      return only(tx.update(repositories).set({ githubId }).where(eq(repositories.id, repo.id)).returning());
+    await this.ctx.db.transaction(async (tx) => {
+      if (repo.githubId !== null || (await this.ctx.registry.findRepositoryById(githubId, tx))) return;
+      await tx.update(repositories).set({ githubId }).where(and(eq(repositories.id, repo.id), isNull(repositories.githubId)));
     });
-    if (adopted) return adopted;
+    // Read again: uploads racing on PostgreSQL may each have found the id unset, and one of them adopted it first.
+    const now = await this.currentRepo(stale);
+    if (now.githubId === githubId) return now;
     throw forbidden(`${repo.fullName} is now a different repository than the one whose previews are stored under that name.`);
   }
 

@@ -41,6 +41,9 @@ export class Manifests {
    */
   async remember(repositoryId: number, pullRequestNumber: number, sha: string, digest: string, list: string): Promise<void> {
     const gone = await this.db.transaction(async (tx) => {
+      // One repository's manifests are kept one at a time: on PostgreSQL two of the same manifest would each find
+      // no row to replace and the second insert would break the unique index; the "newest 8" count needs it too.
+      await this.db.lockName(tx, `manifests:${repositoryId}`, 'exclusive');
       const expired = await tx.delete(manifests).where(lt(manifests.createdAt, new Date(Date.now() - MANIFEST_KEPT_MS))).returning({ body: manifests.body });
       const same = and(eq(manifests.repositoryId, repositoryId), eq(manifests.pullRequestNumber, pullRequestNumber), eq(manifests.sha, sha), eq(manifests.digest, digest));
       const replaced = await tx.delete(manifests).where(same).returning({ body: manifests.body });

@@ -99,3 +99,13 @@ export async function testDatabaseEnv(): Promise<{ env: Record<string, string>; 
   const database = await freshPostgresDatabase();
   return { env: { DATABASE_URL: database.url }, drop: database.drop };
 }
+
+/**
+ * `test` for a test about SQLite itself (its file, its online backup): on PostgreSQL it is skipped, and its name
+ * says so and why.
+ */
+export function sqliteOnly(reason: string): typeof test {
+  if (!postgresUrl) return test;
+  const skipped = (name: string, fn?: jest.ProvidesCallback, timeout?: number) => test.skip(`${name} (skipped on PostgreSQL: ${reason})`, fn, timeout);
+  return skipped as unknown as typeof test;
+}

@@ -10,7 +10,11 @@ import { loadConfig, type Config } from '../../src/config.js';
 import { requestLogFields } from '../../src/request-context.js';
 import type { AzureKeyOptions } from '../../src/secrets/azure.js';
 import type { Database as AppDatabase } from '../../src/db/database.js';
+import { openDatabase, type DatabaseSettings } from '../../src/db/open.js';
 import { SqliteDatabase } from '../../src/db/sqlite.js';
+import { replicas } from '../../src/db/tables.js';
+import { count, isNotNull } from '../../src/db/orm.js';
+import { testDatabaseEnv } from './postgres.js';
 import { UPLOAD_SECRET_NAME } from '../../src/upload/route.js';
 import { appPrivateKey, OWNER, REPO } from './github.js';
 
@@ -35,10 +39,13 @@ export interface TestServer extends RunningServer {
 export async function startTestServer(
   env: Record<string, string> = {},
   reuseTmp?: string,
-  options: { azure?: AzureKeyOptions; seedSecret?: boolean; timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number } } = {},
+  options: { azure?: AzureKeyOptions; seedSecret?: boolean; sqlite?: boolean; timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number } } = {},
 ): Promise<TestServer> {
   const tmp = reuseTmp ?? fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-test-'));
+  // `sqlite: true`: on SQLite even when the test process has DATABASE_URL (the source of migrate-to-postgres).
+  const database = options.sqlite ? { env: {}, drop: async () => {} } : await databaseOf(tmp);
   const fullEnv = {
+    ...database.env,
     DATA_DIR: path.join(tmp, 'data'),
     PREVIEW_DOMAIN: 'previews.test',
     // Behind TLS, as in production: preview URLs are https.
@@ -94,11 +101,38 @@ export async function startTestServer(
     },
     async close() {
       await running.close();
+      testDatabases.delete(tmp);
+      await database.drop();
       fs.rmSync(tmp, { recursive: true, force: true });
     },
     stop: () => running.close(),
   };
   return server;
+}
+
+/**
+ * The database of a test's `tmp`: with DATABASE_URL in the test process, a fresh PostgreSQL database of its own,
+ * made at its first server and used again by a restart on the same `tmp` (dropped at close); without, nothing
+ * (SQLite in the test's DATA_DIR).
+ */
+const testDatabases = new Map<string, ReturnType<typeof testDatabaseEnv>>();
+
+function databaseOf(tmp: string): ReturnType<typeof testDatabaseEnv> {
+  let database = testDatabases.get(tmp);
+  if (!database) testDatabases.set(tmp, (database = testDatabaseEnv()));
+  return database;
+}
+
+/** The DATABASE_URL of a test's `tmp` ({} on SQLite), for CLI commands run there without a server. */
+export async function tmpDatabaseEnv(tmp: string): Promise<Record<string, string>> {
+  return (await databaseOf(tmp)).env;
+}
+
+/** Drops the database of a test's `tmp` (when no server's close did). */
+export async function dropTmpDatabase(tmp: string): Promise<void> {
+  const database = testDatabases.get(tmp);
+  testDatabases.delete(tmp);
+  await (await database)?.drop();
 }
 
 /**
@@ -120,6 +154,11 @@ export function serverPerTest(use: (server: TestServer) => void, env: Record<str
   });
 }
 
+/** What a CLI command run beside a test server needs to open the same database (its DATA_DIR, its DATABASE_URL). */
+export function dataEnv(server: { config: Config }): Record<string, string> {
+  return { DATA_DIR: server.config.dataDir, ...(server.config.databaseUrl ? { DATABASE_URL: server.config.databaseUrl } : {}) };
+}
+
 /** Every byte SQLite keeps on disk for DATA_DIR: the database file and its write-ahead log. */
 export function databaseBytes(dataDir: string): Buffer {
   const files = ['preview-gate.sqlite', 'preview-gate.sqlite-wal'].map((f) => path.join(dataDir, f));
@@ -133,19 +172,27 @@ export function listTree(root: string): string[] {
 
 export const sha = (c: string) => c.repeat(40).slice(0, 40);
 
+/** Runs `fn` on a connection of its own to a (stopped or running) server's database, SQLite or PostgreSQL. */
+export async function withDatabaseOf<T>(settings: DatabaseSettings, fn: (db: AppDatabase) => Promise<T>): Promise<T> {
+  const db = await openDatabase(settings);
+  try {
+    return await fn(db);
+  } finally {
+    await db.close();
+  }
+}
+
 /** What a power loss leaves in the database: no replica's clean stop recorded, every heartbeat long expired. */
-export function forgetCleanStop(databaseFile: string): void {
-  const db = new Database(databaseFile);
-  db.prepare('update replicas set stopped_at = null, heartbeat_at = 0').run();
-  db.close();
+export function forgetCleanStop(settings: DatabaseSettings): Promise<void> {
+  return withDatabaseOf(settings, async (db) => void (await db.orm.update(replicas).set({ stoppedAt: null, heartbeatAt: new Date(0) })));
 }
 
 /** How many replicas recorded a clean stop (the per-replica clean-stop marker). */
-export function cleanStops(databaseFile: string): number {
-  const db = new Database(databaseFile, { readonly: true });
-  const { n } = db.prepare('select count(*) as n from replicas where stopped_at is not null').get() as { n: number };
-  db.close();
-  return n;
+export function cleanStops(settings: DatabaseSettings): Promise<number> {
+  return withDatabaseOf(settings, async (db) => {
+    const [row] = await db.orm.select({ n: count() }).from(replicas).where(isNotNull(replicas.stoppedAt));
+    return row?.n ?? 0;
+  });
 }
 
 /** Stops a server as a crash would: no clean-stop marker, heartbeat and schedules simply stop, database closed. */
