@@ -175,7 +175,8 @@ export class WorkQueue {
   }
 
   private wake(): void {
-    if (!this.stopped) setImmediate(() => void this.pump());
+    // Outside the caller's transaction (an enqueue is often made inside one): the runner's claims are its own.
+    if (!this.stopped) this.db.detached(() => setImmediate(() => void this.pump()));
   }
 
   /**

@@ -73,3 +73,28 @@ test('returning gives back the rows with their JavaScript values', async () => {
   expect((await db.orm.select().from(accounts).where(eq(accounts.id, row!.id)).limit(1))[0]?.login).toBe('octo');
   await db.ping();
 });
+
+test('work started with detached() inside a transaction is not part of it: a rollback does not take its rows', async () => {
+  let detachedDone!: Promise<void>;
+  let started!: () => void;
+  const detachedStarted = new Promise<void>((resolve) => (started = resolve));
+  await expect(
+    db.transaction(async (tx) => {
+      await tx.insert(accounts).values(account('rolled-back'));
+      // As the queue's runner is woken by an enqueue made inside a transaction.
+      detachedDone = db.detached(
+        () =>
+          new Promise<void>((resolve, reject) =>
+            setImmediate(() => {
+              started();
+              db.orm.insert(accounts).values(account('detached')).then(() => resolve(), reject);
+            }),
+          ),
+      );
+      await detachedStarted; // the detached work runs while this transaction is still open
+      throw new Error('rolled back');
+    }),
+  ).rejects.toThrow('rolled back');
+  await detachedDone;
+  expect(await logins()).toEqual(['detached']);
+});

@@ -39,6 +39,12 @@ export interface Database {
    * `pg_advisory_xact_lock` / `pg_advisory_xact_lock_shared`; nothing more is needed on SQLite).
    */
   lockName(tx: Orm, name: string, mode: LockMode): Promise<void>;
+  /**
+   * Runs `fn` (and everything it starts) outside the transaction of the calling async context: for work that
+   * outlives the caller's transaction, like the queue's runner woken by an enqueue made inside one. Without it, the
+   * runner's statements would join that transaction while it is open (and vanish with a rollback).
+   */
+  detached<T>(fn: () => T): T;
   /** Wakes listeners of `channel` in every process (PostgreSQL NOTIFY; in-process on SQLite). */
   notify(channel: string): Promise<void>;
   /** Calls `onNotice` when `channel` is notified; resolves to a function that stops listening. */

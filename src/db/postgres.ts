@@ -249,6 +249,9 @@ export async function openPostgres(url: string, options: PostgresOptions = {}): 
         }
       });
     },
+    detached<T>(fn: () => T): T {
+      return current.exit(fn);
+    },
     async lockPullRequest(tx, pullRequestId) {
       await inTransaction(tx, 'lockPullRequest').execute(sql`select id from pull_requests where id = ${pullRequestId} for update`);
     },

@@ -113,6 +113,10 @@ export class SqliteDatabase implements Database {
     });
   }
 
+  detached<T>(fn: () => T): T {
+    return this.scope.exit(fn);
+  }
+
   // SQLite's write lock already serialises every transaction (BEGIN IMMEDIATE takes it at the start), across
   // processes too: nothing finer is needed, and SQLite has no row or named locks to take.
   async lockPullRequest(_tx: Orm, _pullRequestId: number): Promise<void> {}
