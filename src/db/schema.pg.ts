@@ -169,6 +169,7 @@ export const pullRequests = pgTable(
     labelSha: text('label_sha'),
     closedAt: epochMs('closed_at'),
     commentId: bigNumber('comment_id'),
+    commentHash: text('comment_hash'),
     title: text('title'),
     headRef: text('head_ref'),
     fork: boolean('fork'),

@@ -177,6 +177,8 @@ export const pullRequests = sqliteTable(
     closedAt: integer('closed_at', { mode: 'timestamp_ms' }),
     /** The one preview comment on the PR, edited in place. */
     commentId: integer('comment_id'),
+    /** The sha256 of the comment body last written there: an edit that would change nothing is not sent. */
+    commentHash: text('comment_hash'),
     /** Shown on the dashboard, from the last facts read (null until a read carried them): never used for a decision. */
     title: text('title'),
     headRef: text('head_ref'),

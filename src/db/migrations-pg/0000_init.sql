@@ -102,6 +102,7 @@ CREATE TABLE "pull_requests" (
 	"label_sha" text,
 	"closed_at" bigint,
 	"comment_id" bigint,
+	"comment_hash" text,
 	"title" text,
 	"head_ref" text,
 	"fork" boolean,
