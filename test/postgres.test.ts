@@ -100,7 +100,7 @@ describePostgres(title, () => {
     cleanups.push(() => a.close(), () => b.close());
     const tables = await rows<{ n: number }>(a, sql`select count(*) as n from information_schema.tables where table_schema = 'public'`);
     const applied = await rows<{ n: number }>(a, sql`select count(*) as n from drizzle.__drizzle_migrations`);
-    expect(tables[0]!.n).toBe(18);
+    expect(tables[0]!.n).toBe(19);
     expect(applied[0]!.n).toBe(1);
   });
 

@@ -8,7 +8,8 @@ import { spawn } from 'node:child_process';
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import nock from 'nock';
-import { builds, replicas, schedules } from '../src/db/tables.js';
+import { builds, prLocks, replicas, schedules } from '../src/db/tables.js';
+import { withPr } from '../src/previews/context.js';
 import { eq } from '../src/db/orm.js';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { crash, sha, startTestServer, type TestServer } from './helpers/server.js';
@@ -232,4 +233,30 @@ test("the claim of a replica killed mid-upload is taken over at once by the retr
   expect(res.status).toBe(201);
   expect(await b.core.db.orm.select({ status: builds.status, claimOwner: builds.claimOwner }).from(builds)).toEqual([{ status: 'ready', claimOwner: b.replica.id }]);
   expect(fs.readFileSync(path.join(b.config.buildsDir, 'docs', '8', commit.slice(0, 7), 'index.html'), 'utf8')).toContain('retried');
+});
+
+test("one PR's work on two replicas is serialised by the database's lease row; another PR's is not held behind it", async () => {
+  const a = await start();
+  const b = await start(a.tmp);
+  const ctxOf = (s: TestServer) => s.previews['ctx'];
+  const events: string[] = [];
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  let aIn!: () => void;
+  const aStarted = new Promise<void>((r) => (aIn = r));
+  const first = withPr(ctxOf(a), 1, 5, async () => {
+    events.push('a in');
+    aIn();
+    await held;
+    events.push('a out');
+  });
+  await aStarted;
+  const second = withPr(ctxOf(b), 1, 5, async () => void events.push('b in'));
+  await waitFor(() => ctxOf(b).prLocks.waiting === 1);
+  await withPr(ctxOf(b), 1, 6, async () => void events.push('b other PR'));
+  expect(events).toEqual(['a in', 'b other PR']);
+  release();
+  await Promise.all([first, second]);
+  expect(events).toEqual(['a in', 'b other PR', 'a out', 'b in']);
+  expect(await a.core.db.orm.select().from(prLocks)).toEqual([]);
 });

@@ -331,3 +331,9 @@ export const schedules = pgTable('schedules', {
   leaseUntil: epochMs('lease_until'),
   lastRunAt: epochMs('last_run_at'),
 });
+
+export const prLocks = pgTable('pr_locks', {
+  key: text('key').primaryKey(),
+  owner: text('owner').notNull(),
+  leaseUntil: epochMs('lease_until').notNull(),
+});

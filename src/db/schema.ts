@@ -402,3 +402,13 @@ export const schedules = sqliteTable('schedules', {
   leaseUntil: integer('lease_until', { mode: 'timestamp_ms' }),
   lastRunAt: integer('last_run_at', { mode: 'timestamp_ms' }),
 });
+
+/**
+ * One PR's work across replicas: the row's owner holds the PR until `lease_until` (renewed while it works). Taken
+ * by an insert, or an update of an expired row; a dead replica's row expires with its lease.
+ */
+export const prLocks = sqliteTable('pr_locks', {
+  key: text('key').primaryKey(),
+  owner: text('owner').notNull(),
+  leaseUntil: integer('lease_until', { mode: 'timestamp_ms' }).notNull(),
+});
