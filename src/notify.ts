@@ -83,7 +83,10 @@ export class Notifier {
     const body = await this.commentBody(r, pr, settings, all);
     const hash = crypto.createHash('sha256').update(body).digest('hex');
     // The same body already written there (another replica's run, a feedback that changed nothing): no edit.
-    if (pr.commentId && pr.commentHash === hash) return;
+    if (pr.commentId && pr.commentHash === hash) {
+      this.log.debug({ repo: r.fullName, pr: pr.number }, 'preview comment unchanged: not edited');
+      return;
+    }
     const existing = pr.commentId ?? (await this.findComment(octokit, owner, repo, pr.number));
     if (existing) {
       try {
