@@ -3,12 +3,15 @@ import type { Logger } from 'pino';
 
 /** An error whose status and one-sentence message may be shown to the client as they are. */
 export class HttpError extends Error {
+  /** Headers sent with the answer (Retry-After on a 409 for an upload still being stored). */
+  readonly headers?: Record<string, string>;
   constructor(
     readonly status: number,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; headers?: Record<string, string> },
   ) {
     super(message, options);
+    this.headers = options?.headers;
     this.name = 'HttpError';
   }
 }
@@ -35,6 +38,7 @@ export function errorHandler(log: Logger): ErrorRequestHandler {
     }
     if (known) {
       log.info({ status: known.status, method: req.method, path: req.path }, known.message);
+      if (known.headers) res.set(known.headers);
       res.status(known.status).json({ error: known.message });
       return;
     }

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import { and, eq } from './db/orm.js';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
@@ -80,11 +81,17 @@ export class Notifier {
 
   private async comment(octokit: Octokit, owner: string, repo: string, r: Repository, pr: PullRequest, settings: RepoSettings, all: Build[]) {
     const body = await this.commentBody(r, pr, settings, all);
+    const hash = crypto.createHash('sha256').update(body).digest('hex');
+    // The same body already written there (another replica's run, a feedback that changed nothing): no edit.
+    if (pr.commentId && pr.commentHash === hash) {
+      this.log.debug({ repo: r.fullName, pr: pr.number }, 'preview comment unchanged: not edited');
+      return;
+    }
     const existing = pr.commentId ?? (await this.findComment(octokit, owner, repo, pr.number));
     if (existing) {
       try {
         await octokit.rest.issues.updateComment({ owner, repo, comment_id: existing, body });
-        if (existing !== pr.commentId) await this.saveCommentId(pr, existing);
+        await this.saveComment(pr, existing, hash);
         return;
       } catch (err) {
         if (!isNotFound(err)) throw err;
@@ -92,7 +99,7 @@ export class Notifier {
       }
     }
     const { data } = await octokit.rest.issues.createComment({ owner, repo, issue_number: pr.number, body });
-    await this.saveCommentId(pr, data.id);
+    await this.saveComment(pr, data.id, hash);
   }
 
   private async findComment(octokit: Octokit, owner: string, repo: string, number: number): Promise<number | undefined> {
@@ -100,8 +107,8 @@ export class Notifier {
     return comments.find((c) => c.body?.includes(COMMENT_MARKER))?.id;
   }
 
-  private async saveCommentId(pr: PullRequest, commentId: number): Promise<void> {
-    await this.db.orm.update(pullRequests).set({ commentId }).where(eq(pullRequests.id, pr.id));
+  private async saveComment(pr: PullRequest, commentId: number, commentHash: string): Promise<void> {
+    await this.db.orm.update(pullRequests).set({ commentId, commentHash }).where(eq(pullRequests.id, pr.id));
   }
 
   async commentBody(repo: Repository, pr: PullRequest, settings: RepoSettings, all: Build[]): Promise<string> {

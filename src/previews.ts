@@ -15,6 +15,7 @@ import { Decisions, type Revocation } from './previews/decide.js';
 import { Ingest } from './previews/ingest.js';
 import { Maintenance } from './previews/maintenance.js';
 import { WorkQueue } from './queue.js';
+import { PrLocks } from './pr-lock.js';
 import { Replica } from './replica.js';
 import type { PullRequest, Registry, Repository } from './registry.js';
 import type { RepoSettings } from './trust.js';
@@ -46,7 +47,7 @@ export class Previews {
     replica: Replica = new Replica(db),
   ) {
     this.queue = new WorkQueue(db, log, Date.now, replica.id, replica.leaseMs);
-    this.ctx = { db, registry, store, github, notifier, config, metrics, log, queue: this.queue, replica, lock: new KeyedLock(), repoLock: new SharedLock() };
+    this.ctx = { db, registry, store, github, notifier, config, metrics, log, queue: this.queue, replica, lock: new KeyedLock(), prLocks: new PrLocks(db, replica.id, replica.leaseMs, log), repoLock: new SharedLock() };
     this.decisions = new Decisions(this.ctx);
     this.ingest = new Ingest(this.ctx, this.decisions);
     this.maintenance = new Maintenance(this.ctx, this.decisions);

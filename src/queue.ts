@@ -98,16 +98,22 @@ export class WorkQueue {
   async enqueue(kind: string, key: string, data: Record<string, unknown>, delayMs = 0): Promise<void> {
     const dueAt = new Date(this.now() + delayMs);
     // Joins the caller's transaction when there is one: the work is recorded with the decision that asked for it.
+    // Insert first, merge on conflict: another replica may insert the same row between a read and an insert
+    // (PostgreSQL), and a UNIQUE violation here would be a 500 on a webhook that GitHub never delivers again.
+    // The merge is in JS, so the update holds only if the row is still the generation read; otherwise read again.
     await this.db.transaction(async (tx) => {
-      const existing = await first(tx.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).limit(1));
-      if (existing) {
+      for (;;) {
+        const inserted = await tx.insert(jobs).values({ kind, key, data, dueAt }).onConflictDoNothing().returning({ id: jobs.id });
+        if (inserted.length) return;
+        const existing = await first(tx.select().from(jobs).where(and(eq(jobs.kind, kind), eq(jobs.key, key))).limit(1));
+        if (!existing) continue; // it ran and was removed in between: insert again
         const merged = this.kinds[kind]?.merge?.(existing.data, data) ?? { ...existing.data, ...data };
-        await tx
+        const updated = await tx
           .update(jobs)
           .set({ data: merged, dueAt: existing.dueAt < dueAt ? existing.dueAt : dueAt, generation: sql`${jobs.generation} + 1` })
-          .where(eq(jobs.id, existing.id));
-      } else {
-        await tx.insert(jobs).values({ kind, key, data, dueAt });
+          .where(and(eq(jobs.id, existing.id), eq(jobs.generation, existing.generation)))
+          .returning({ id: jobs.id });
+        if (updated.length) return;
       }
     });
     this.wake();

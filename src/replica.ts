@@ -112,6 +112,17 @@ export class Replica {
     return (await first(this.db.orm.select({ id: replicas.id }).from(replicas).limit(1))) !== undefined;
   }
 
+  /**
+   * Whether replica `id` still runs: registered, not stopped, its heartbeat within the lease, and, on this machine,
+   * its process there (a SIGKILLed replica is dead at once, not 30 s later). `orm` is the caller's transaction.
+   */
+  async isAlive(id: string, orm: Pick<Database['orm'], 'select'> = this.db.orm): Promise<boolean> {
+    if (id === this.id) return true;
+    const r = await first(orm.select().from(replicas).where(eq(replicas.id, id)).limit(1));
+    if (!r || r.stoppedAt || r.heartbeatAt < new Date(this.now() - this.leaseMs)) return false;
+    return !(r.host === this.host && r.pid !== process.pid && !processAlive(r.pid));
+  }
+
   /** Ids of the replicas running now (this one included), for what may be removed of the others. */
   async liveIds(): Promise<Set<string>> {
     const expired = new Date(this.now() - this.leaseMs);

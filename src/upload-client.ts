@@ -134,6 +134,7 @@ interface Answer {
  */
 async function sendWithRetries(url: string, request: () => UploadRequest, options: UploadOptions, io: UploadIo, say: (line: string) => void): Promise<Answer | number> {
   let delay = io.retryDelayMs ?? 2000;
+  let claimWaitedMs = 0;
   for (let attempt = 0; ; attempt++) {
     const { body, contentType, headers, size, source, note } = request();
     let res: RawAnswer;
@@ -172,9 +173,28 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
       delay *= 2;
       continue;
     }
+    // 409 with Retry-After: another upload of this SHA is being stored (not yet stored). Waited for up to a
+    // claim's lease and a margin (a dead uploader's claim is taken over once its lease ends), not counted as a retry.
+    const claimWait = res.status === 409 ? retryAfterMs(res.retryAfter) : undefined;
+    const stillStoring = (answer.error ?? 'another upload of this commit is being stored').replace(/\.$/, '');
+    if (claimWait !== undefined) {
+      if (claimWaitedMs >= CLAIM_WAIT_LIMIT_MS) {
+        say(`${stillStoring}; gave up after ${claimWaitedMs / 1000} s (it is not stored yet)`);
+        return 1;
+      }
+      const wait = Math.min(Math.max(claimWait, 1000), CLAIM_WAIT_LIMIT_MS - claimWaitedMs);
+      say(`${stillStoring}; asking again in ${wait / 1000} s`);
+      await sleep(wait);
+      claimWaitedMs += wait;
+      attempt--;
+      continue;
+    }
     return { status: res.status, body: answer };
   }
 }
+
+/** How long an upload waits in all for another one of its SHA to finish: the claim lease (30 s) and a margin. */
+const CLAIM_WAIT_LIMIT_MS = 45_000;
 
 interface RawAnswer {
   status: number;

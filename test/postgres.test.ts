@@ -10,7 +10,9 @@ import type { Database } from '../src/db/database.js';
 import { count, eq, sql } from '../src/db/orm.js';
 import type { SQL } from 'drizzle-orm';
 import { openPostgres, type PostgresDatabase } from '../src/db/postgres.js';
-import { accounts, pullRequests, repositories, sessions, users } from '../src/db/tables.js';
+import { accounts, jobs, pullRequests, repositories, sessions, users } from '../src/db/tables.js';
+import { pino } from 'pino';
+import { WorkQueue } from '../src/queue.js';
 import { emptyPostgresDatabase, freshPostgresDatabase, postgresUrl, type TestDatabase } from './helpers/postgres.js';
 
 /** Polls an asynchronous condition until it holds (10 s at most). */
@@ -98,7 +100,7 @@ describePostgres(title, () => {
     cleanups.push(() => a.close(), () => b.close());
     const tables = await rows<{ n: number }>(a, sql`select count(*) as n from information_schema.tables where table_schema = 'public'`);
     const applied = await rows<{ n: number }>(a, sql`select count(*) as n from drizzle.__drizzle_migrations`);
-    expect(tables[0]!.n).toBe(18);
+    expect(tables[0]!.n).toBe(19);
     expect(applied[0]!.n).toBe(1);
   });
 
@@ -313,5 +315,32 @@ describePostgres(title, () => {
     expect(total[0]).toEqual({ bytes: bigId, n: 1 });
     // The unique index on lower(full_name): another spelling is the same repository.
     await expect(db.orm.insert(repositories).values({ accountId: account!.id, fullName: 'octo-org/docs', site: 'docs2' })).rejects.toThrow();
+  });
+
+  it('two replicas enqueueing one key at once: no UNIQUE error, one row, and the merge keeps both sides\' data', async () => {
+    const created = await database();
+    const [a, b] = [await created.open(), await created.open()];
+    const merge = (older: Record<string, unknown>, newer: Record<string, unknown>) => ({ ids: [...(older.ids as number[]), ...(newer.ids as number[])] });
+    const queues = [a, b].map((db, i) => {
+      const q = new WorkQueue(db, pino({ level: 'silent' }), Date.now, `replica-${i}`);
+      q.register('feedback', { lane: 'writes', run: async () => {}, merge });
+      return q;
+    });
+    // A's row is inserted and not yet committed when B reads (nothing) and inserts: B waits on the unique index.
+    const held = gate();
+    const inserted = gate();
+    const first = a.transaction(async () => {
+      await queues[0]!.enqueue('feedback', 'pr:1#1', { ids: [1] });
+      inserted.open();
+      await held.wait;
+    });
+    await inserted.wait;
+    const second = queues[1]!.enqueue('feedback', 'pr:1#1', { ids: [2] });
+    await until(async () => (await waitingOnLocks(created.url, 'transactionid')) > 0, 'B waiting on A\'s row');
+    held.open();
+    await first;
+    await second;
+    const rows = await b.orm.select().from(jobs);
+    expect(rows.map((r) => [r.key, r.data, r.generation])).toEqual([['pr:1#1', { ids: [1, 2] }, 2]]);
   });
 });

@@ -4,9 +4,11 @@
  * marker are per replica.
  */
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import nock from 'nock';
-import { builds, replicas, schedules } from '../src/db/tables.js';
+import { builds, prLocks, replicas, schedules } from '../src/db/tables.js';
+import { withPr } from '../src/previews/context.js';
 import { eq } from '../src/db/orm.js';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { crash, sha, startTestServer, withDatabaseOf, type TestServer } from './helpers/server.js';
@@ -164,4 +166,94 @@ test("a live replica that shares this host name but not its processes (host netw
   await insert('crashed-here', a.replica.host);
   expect(await a.replica.takeOverDead()).toEqual(['crashed-here']);
   expect((await a.core.db.orm.select().from(replicas)).map((r) => r.id).sort()).toEqual([a.replica.id, 'neighbour'].sort());
+});
+
+test("an upload of a SHA another live replica is storing gets 409 with Retry-After, not 'already stored'; the first one is stored", async () => {
+  const a = await start();
+  const b = await start(a.tmp);
+  const commit = sha('c7');
+  githubFor({ number: 7, commits: [commit], labels: [LABEL] });
+  commitsOf({ number: 7, commits: [commit], labels: [LABEL] });
+  const first = await uploadInTwoHalves(a, 7, commit, siteTarball('first'));
+  await waitFor(async () => (await a.core.db.orm.select().from(builds).where(eq(builds.status, 'pending'))).length === 1);
+  const githubAgain = () => {
+    githubFor({ number: 7, commits: [commit], labels: [LABEL] });
+    commitsOf({ number: 7, commits: [commit], labels: [LABEL] });
+  };
+  githubAgain();
+  const res = await fetch(`${b.url}/create-build/7/${commit}`, {
+    method: 'POST',
+    headers: { authorization: `Token ${await b.token({ 'pull-request': 7 })}`, 'content-type': 'application/gzip' },
+    body: new Uint8Array(siteTarball('second')),
+  });
+  expect(res.status).toBe(409);
+  expect(res.headers.get('retry-after')).toMatch(/^[1-9][0-9]*$/);
+  expect(await res.json()).toEqual({ error: `Another upload of ${commit.slice(0, 7)} is being stored for pull request #7; try again shortly.` });
+  first.finish();
+  expect((await first.answered).status).toBe(201);
+  githubAgain();
+  const again = await fetch(`${b.url}/create-build/7/${commit}`, {
+    method: 'POST',
+    headers: { authorization: `Token ${await b.token({ 'pull-request': 7 })}`, 'content-type': 'application/gzip' },
+    body: new Uint8Array(siteTarball('second')),
+  });
+  expect(again.status).toBe(409);
+  expect(again.headers.get('retry-after')).toBeNull();
+});
+
+test("the claim of a replica killed mid-upload is taken over at once by the retry on another replica (not 409), and that build is stored", async () => {
+  const a = await start();
+  const b = await start(a.tmp);
+  const commit = sha('c8');
+  githubFor({ number: 8, commits: [commit], labels: [LABEL] });
+  commitsOf({ number: 8, commits: [commit], labels: [LABEL] });
+  const upload = await uploadInTwoHalves(a, 8, commit, siteTarball('killed'));
+  await waitFor(async () => (await a.core.db.orm.select().from(builds).where(eq(builds.status, 'pending'))).length === 1);
+  const deadId = a.replica.id;
+  await crash(a);
+  servers = servers.filter((s) => s !== a);
+  upload.finish();
+  await upload.answered.catch(() => undefined);
+  // A SIGKILLed replica of this machine: its process is gone (a child that has exited stands for it); its
+  // heartbeat and its claim's lease (30 s) are still fresh.
+  const gone = spawn(process.execPath, ['-e', '0']);
+  await new Promise((r) => gone.once('exit', r));
+  await b.core.db.orm.update(replicas).set({ pid: gone.pid! }).where(eq(replicas.id, deadId));
+  githubFor({ number: 8, commits: [commit], labels: [LABEL] });
+  commitsOf({ number: 8, commits: [commit], labels: [LABEL] });
+
+  const res = await fetch(`${b.url}/create-build/8/${commit}`, {
+    method: 'POST',
+    headers: { authorization: `Token ${await b.token({ 'pull-request': 8 })}`, 'content-type': 'application/gzip' },
+    body: new Uint8Array(siteTarball('retried')),
+  });
+  expect(res.status).toBe(201);
+  expect(await b.core.db.orm.select({ status: builds.status, claimOwner: builds.claimOwner }).from(builds)).toEqual([{ status: 'ready', claimOwner: b.replica.id }]);
+  expect(fs.readFileSync(path.join(b.config.buildsDir, 'docs', '8', commit.slice(0, 7), 'index.html'), 'utf8')).toContain('retried');
+});
+
+test("one PR's work on two replicas is serialised by the database's lease row; another PR's is not held behind it", async () => {
+  const a = await start();
+  const b = await start(a.tmp);
+  const ctxOf = (s: TestServer) => s.previews['ctx'];
+  const events: string[] = [];
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  let aIn!: () => void;
+  const aStarted = new Promise<void>((r) => (aIn = r));
+  const first = withPr(ctxOf(a), 1, 5, async () => {
+    events.push('a in');
+    aIn();
+    await held;
+    events.push('a out');
+  });
+  await aStarted;
+  const second = withPr(ctxOf(b), 1, 5, async () => void events.push('b in'));
+  await waitFor(() => ctxOf(b).prLocks.waiting === 1);
+  await withPr(ctxOf(b), 1, 6, async () => void events.push('b other PR'));
+  expect(events).toEqual(['a in', 'b other PR']);
+  release();
+  await Promise.all([first, second]);
+  expect(events).toEqual(['a in', 'b other PR', 'a out', 'b in']);
+  expect(await a.core.db.orm.select().from(prLocks)).toEqual([]);
 });

@@ -424,3 +424,23 @@ test('a repository removed from the installation has its builds removed after th
   expect(await server.previews.cleanup(new Date(Date.now() + 25 * 3600_000))).toMatchObject({ removedPrs: 1, skipped: 0, why: [] });
   expect(fs.existsSync(prDir('docs', 23, 'hidden'))).toBe(false);
 });
+
+test('a feedback run whose comment body would not change sends no edit; one that changes it does', async () => {
+  await openAndUpload(21, [A]);
+  const edits = () => fake.writes.filter((w) => w.method === 'PATCH' && /\/issues\/comments\/\d+$/.test(w.path)).length;
+  const posted = fake.writes.filter((w) => w.method === 'POST' && /\/issues\/21\/comments$/.test(w.path)).length;
+  expect(posted).toBe(1);
+  const editsBefore = edits();
+  const repo = (await server.core.registry.findRepositoryById(DOCS))!;
+  const pr = await prRow(21);
+  // The same feedback again (another replica's run, a coalesced retry): the comment would read the same.
+  await server.previews.decisions.enqueueFeedback(repo, pr, []);
+  await server.previews.settled();
+  expect(edits()).toBe(editsBefore);
+  // The label makes it public: the comment changes, and is edited once.
+  fake.change(DOCS, 21, { labels: [LABEL] });
+  await server.previews.decisions.enqueue(repo, 21, { event: 'pull_request.labeled' });
+  await server.previews.settled();
+  expect((await prRow(21)).visibility).toBe('public');
+  expect(edits()).toBe(editsBefore + 1);
+});

@@ -381,3 +381,23 @@ test('the "sent N MB" line is printed whenever the server took the upload, even 
   expect(res.code).toBe(0);
   expect(res.stderr).toMatch(/^preview-gate upload: sent \d+\.\d MB in \d+\.\d s\n$/);
 });
+
+test('a 409 with Retry-After (another upload of the SHA still being stored) is asked again until it is stored; a 409 without it is "already stored"', async () => {
+  const fake = await fakeServer([
+    { status: 409, body: { error: `Another upload of ${sha('d9').slice(0, 7)} is being stored for pull request #1; try again shortly.` }, headers: { 'retry-after': '1' } },
+    { status: 201, body: { url: 'https://pr1-d9d9d9d--docs.previews.test/' } },
+  ]);
+  const res = await upload([...args(siteFolder('claimed'), 1, sha('d9'), fake.url), '--full', '--retries', '0'], { PREVIEW_GATE_TOKEN: 'tok' });
+  await fake.close();
+  expect(res.code).toBe(0);
+  expect(res.stdout).toBe('https://pr1-d9d9d9d--docs.previews.test/\n');
+  expect(res.stderr).toContain('is being stored for pull request #1; try again shortly; asking again in 1 s');
+  expect(fake.requests).toHaveLength(2);
+
+  const stored = await fakeServer([{ status: 409, body: { error: 'A build of d9d9d9d already exists for pull request #1.' } }]);
+  const again = await upload([...args(siteFolder('claimed'), 1, sha('d9'), stored.url), '--full'], { PREVIEW_GATE_TOKEN: 'tok' });
+  await stored.close();
+  expect(again.code).toBe(0);
+  expect(again.stderr).toContain('is already stored; nothing to do');
+  expect(stored.requests).toHaveLength(1);
+});

@@ -169,6 +169,7 @@ export const pullRequests = pgTable(
     labelSha: text('label_sha'),
     closedAt: epochMs('closed_at'),
     commentId: bigNumber('comment_id'),
+    commentHash: text('comment_hash'),
     title: text('title'),
     headRef: text('head_ref'),
     fork: boolean('fork'),
@@ -329,4 +330,10 @@ export const schedules = pgTable('schedules', {
   leaseOwner: text('lease_owner'),
   leaseUntil: epochMs('lease_until'),
   lastRunAt: epochMs('last_run_at'),
+});
+
+export const prLocks = pgTable('pr_locks', {
+  key: text('key').primaryKey(),
+  owner: text('owner').notNull(),
+  leaseUntil: epochMs('lease_until').notNull(),
 });

@@ -177,6 +177,8 @@ export const pullRequests = sqliteTable(
     closedAt: integer('closed_at', { mode: 'timestamp_ms' }),
     /** The one preview comment on the PR, edited in place. */
     commentId: integer('comment_id'),
+    /** The sha256 of the comment body last written there: an edit that would change nothing is not sent. */
+    commentHash: text('comment_hash'),
     /** Shown on the dashboard, from the last facts read (null until a read carried them): never used for a decision. */
     title: text('title'),
     headRef: text('head_ref'),
@@ -399,4 +401,14 @@ export const schedules = sqliteTable('schedules', {
   leaseOwner: text('lease_owner'),
   leaseUntil: integer('lease_until', { mode: 'timestamp_ms' }),
   lastRunAt: integer('last_run_at', { mode: 'timestamp_ms' }),
+});
+
+/**
+ * One PR's work across replicas: the row's owner holds the PR until `lease_until` (renewed while it works). Taken
+ * by an insert, or an update of an expired row; a dead replica's row expires with its lease.
+ */
+export const prLocks = sqliteTable('pr_locks', {
+  key: text('key').primaryKey(),
+  owner: text('owner').notNull(),
+  leaseUntil: integer('lease_until', { mode: 'timestamp_ms' }).notNull(),
 });

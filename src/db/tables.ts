@@ -29,6 +29,7 @@ export let uploads = sqlite.uploads;
 export let jobs = sqlite.jobs;
 export let replicas = sqlite.replicas;
 export let schedules = sqlite.schedules;
+export let prLocks = sqlite.prLocks;
 
 /** Which engine's tables the bindings above point at now. */
 export let tablesKind: 'sqlite' | 'postgres' = 'sqlite';
@@ -55,5 +56,6 @@ export function useTables(kind: 'sqlite' | 'postgres'): void {
   jobs = s.jobs;
   replicas = s.replicas;
   schedules = s.schedules;
+  prLocks = s.prLocks;
   tablesKind = kind;
 }

@@ -1,3 +1,4 @@
+import type { PrLocks } from '../pr-lock.js';
 import type { Logger } from 'pino';
 import type { BuildStore } from '../builds/store.js';
 import type { Config } from '../config.js';
@@ -34,6 +35,8 @@ export interface PreviewsContext {
   queue: WorkQueue;
   /** This process among the replicas: the owner of its upload claims and queue leases. */
   replica: Replica;
+  /** The same across replicas: a lease row per PR in the database (src/pr-lock.ts). */
+  prLocks: PrLocks;
   /** All changes to one PR run under its key, so an upload, a webhook and the sweep never interleave renames. */
   lock: KeyedLock;
   /** Held shared by every PR operation of a repository, exclusively while its site folder moves. */
@@ -44,15 +47,17 @@ export interface PreviewsContext {
 export function withPr<T>(ctx: PreviewsContext, repositoryId: number, number: number, task: () => Promise<T>): Promise<T> {
   const key = prKey(repositoryId, number);
   return ctx.repoLock.shared(`repo:${repositoryId}`, () =>
-    ctx.lock.run(key, async () => {
-      // Logged while the lock is held (the replica simulation checks that no two replicas held one PR at once).
-      ctx.log.debug({ key, replica: ctx.replica.id }, 'pr work started');
-      try {
-        return await task();
-      } finally {
-        ctx.log.debug({ key, replica: ctx.replica.id }, 'pr work finished');
-      }
-    }),
+    ctx.lock.run(key, () =>
+      ctx.prLocks.run(key, async () => {
+        // Logged while the lock is held (the replica simulation checks that no two replicas held one PR at once).
+        ctx.log.debug({ key, replica: ctx.replica.id }, 'pr work started');
+        try {
+          return await task();
+        } finally {
+          ctx.log.debug({ key, replica: ctx.replica.id }, 'pr work finished');
+        }
+      }),
+    ),
   );
 }
 

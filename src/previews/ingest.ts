@@ -13,6 +13,9 @@ import type { Decisions } from './decide.js';
 import { recordObjects } from './object-rows.js';
 import { encodeContents, pageReferences, recordContents, recordPageReferences } from './changed-pages.js';
 
+/** Seconds a client is asked to wait before asking again about an upload of the same SHA still being stored. */
+const CLAIM_RETRY_AFTER_S = 2;
+
 /** Storing one build of a PR: quota → claim of the SHA → staging → one rename → feedback queued. */
 export class Ingest {
   constructor(
@@ -141,9 +144,26 @@ export class Ingest {
           .onConflictDoNothing()
           .returning({ id: builds.id }),
       );
-      if (!claimed) throw conflict(`A build of ${sha7} already exists for pull request #${number}.`);
-      return { buildId: claimed.id, prId: pr.id };
+      if (claimed) return { buildId: claimed.id, prId: pr.id };
+      const held = await only(tx.select().from(builds).where(and(eq(builds.pullRequestId, pr.id), eq(builds.sha7, sha7))).limit(1));
+      if (held.status === 'ready') throw conflict(`A build of ${sha7} already exists for pull request #${number}.`);
+      if (!(await this.claimAbandoned(held, tx))) {
+        // Not stored yet: the client asks again (the CLI waits on Retry-After) rather than take it as stored.
+        throw new HttpError(409, `Another upload of ${sha7} is being stored for pull request #${number}; try again shortly.`, {
+          headers: { 'retry-after': String(CLAIM_RETRY_AFTER_S) },
+        });
+      }
+      // The uploader died (its replica was killed) or its lease ended: this upload takes the claim over now.
+      await tx.update(builds).set({ claimOwner: this.ctx.replica.id, claimExpiresAt: this.ctx.replica.leaseUntil() }).where(eq(builds.id, held.id));
+      this.ctx.log.info({ repo: repo.fullName, pr: number, sha: sha7, from: held.claimOwner }, 'an abandoned upload claim was taken over');
+      return { buildId: held.id, prId: pr.id };
     });
+  }
+
+  /** Whether a pending claim's uploader can no longer finish it: its lease ended or its replica is dead. */
+  private async claimAbandoned(held: Build, tx: Orm): Promise<boolean> {
+    if (held.claimExpiresAt === null || held.claimExpiresAt.getTime() < Date.now()) return true;
+    return held.claimOwner === null || !(await this.ctx.replica.isAlive(held.claimOwner, tx));
   }
 
   private async renewClaim(buildId: number): Promise<void> {
@@ -203,17 +223,18 @@ export class Ingest {
     });
   }
 
-  /** Whether a build of `sha` (its 7-character prefix) is stored, or being stored, for this PR. */
+  /** Whether a build of `sha` (its 7-character prefix) is stored, or being stored by a live upload, for this PR. */
   async hasBuild(repo: Repository, number: number, sha: string): Promise<boolean> {
     const row = await first(
       this.ctx.db.orm
-        .select({ id: builds.id })
+        .select({ build: builds })
         .from(builds)
         .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
         .where(and(eq(pullRequests.repositoryId, repo.id), eq(pullRequests.number, number), eq(builds.sha7, sha.slice(0, 7))))
         .limit(1),
     );
-    return row !== undefined;
+    // An abandoned claim is taken over by this upload: its files must come, not be assumed stored.
+    return row !== undefined && (row.build.status === 'ready' || !(await this.claimAbandoned(row.build, this.ctx.db.orm)));
   }
 
   /** Bytes on disk: every object, and the builds stored before objects existed. */

@@ -590,9 +590,11 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     return [];
   });
   const comments = commentWrites(writes);
-  // Each run of a (coalesced) feedback job writes the comment once: every run that finished wrote it, and none
-  // wrote it twice (a run cut by the SIGKILL, or retried after a GitHub error, may have written it or not).
+  // Each run of a (coalesced) feedback job writes the comment once: every run that finished wrote it (or found
+  // the body already there: no edit is sent that changes nothing), and none wrote it twice (a run cut by the
+  // SIGKILL, or retried after a GitHub error, may have written it or not).
   const feedbackOf = (pr: number) => jobRuns.filter((r) => r.job === 'feedback' && r.key.endsWith(`#${pr}`));
+  const unchangedOf = (pr: number) => cluster.logs.filter((l) => l.msg === 'preview comment unchanged: not edited' && l.pr === pr).length;
   checks.push({
     invariant: 'one comment write per coalesced feedback run',
     count: jobRuns.filter((r) => r.job === 'feedback').length,
@@ -600,7 +602,8 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
       const runs = feedbackOf(pr);
       const done = runs.filter((r) => r.outcome === 'done').length;
       const written = comments.perPr.get(pr)?.writes ?? 0;
-      return written >= done && written <= runs.length ? [] : [`PR ${pr}: ${runs.length} feedback runs (${done} done), ${written} comment writes`];
+      const unchanged = unchangedOf(pr);
+      return written + unchanged >= done && written + unchanged <= runs.length ? [] : [`PR ${pr}: ${runs.length} feedback runs (${done} done), ${written} comment writes, ${unchanged} unchanged`];
     }),
   });
   checks.push({ invariant: 'one comment per PR', count: comments.perPr.size, violations: comments.posts });
