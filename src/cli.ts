@@ -211,7 +211,7 @@ async function migrateToPostgresCommand(url: string, io: CliIo): Promise<number>
   const copied = await migrateToPostgres(config.databaseFile, url);
   for (const { table, rows } of copied) io.stdout.write(`${table}: ${rows} rows\n`);
   const total = copied.reduce((sum, t) => sum + t.rows, 0);
-  io.stdout.write(`copied ${total} rows into PostgreSQL; start the server with DATABASE_URL set to that database.\n`);
+  io.stdout.write(`copied ${total} rows into PostgreSQL; set DATABASE_URL to that database for every server and command (DATA_DIR/app.env holds it for all of them): without it they now refuse this DATA_DIR.\n`);
   return 0;
 }
 

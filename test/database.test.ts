@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { openDatabase } from '../src/db/open.js';
+import { movedToPostgresMarker, openDatabase } from '../src/db/open.js';
 import type { Database } from '../src/db/database.js';
 import { eq } from '../src/db/orm.js';
 import { accounts } from '../src/db/tables.js';
@@ -97,4 +97,12 @@ test('work started with detached() inside a transaction is not part of it: a rol
   ).rejects.toThrow('rolled back');
   await detachedDone;
   expect(await logins()).toEqual(['detached']);
+});
+
+test('a DATA_DIR whose database was moved to PostgreSQL is refused without DATABASE_URL, in one sentence', async () => {
+  const file = path.join(dir, 'db.sqlite');
+  fs.writeFileSync(movedToPostgresMarker(file), 'moved to PostgreSQL at 2026-12-04T00:00:00.000Z\n');
+  await expect(openDatabase({ databaseFile: file })).rejects.toThrow(
+    `this DATA_DIR's database was moved to PostgreSQL by migrate-to-postgres: set DATABASE_URL for every server and command (delete ${movedToPostgresMarker(file)} only to go back to the SQLite file).`,
+  );
 });

@@ -142,7 +142,9 @@ test('an upload of a SHA another upload is storing is answered 409 once; the sta
   await eventually(async () => (await server.core.db.orm.select().from(builds)).length === 1);
   const second = await server.upload(5, A, body);
   expect(second.status).toBe(409);
-  expect(((await second.json()) as { error: string }).error).toMatch(/already exists/);
+  // The first is still being stored: the 409 says so and asks the client to come back (it may yet fail).
+  expect(second.headers.get('retry-after')).toBe('2');
+  expect(((await second.json()) as { error: string }).error).toMatch(/is being stored/);
   expect(await firstAnswer).toBe(408);
   await eventually(async () => (await server.core.db.orm.select().from(builds)).length === 0);
   await server.previews.settled();

@@ -109,6 +109,12 @@ describePostgres(title, () => {
       "insert into pull_requests (repository_id, number, state) select repository_id, 92, 'open' from pull_requests limit 1 returning id",
     );
     expect(added!.id).toBe(maxId!.id + 1);
+
+    // The SQLite file is stale now: a command (or a server) without DATABASE_URL refuses this DATA_DIR, instead of
+    // writing where no server reads (or removing the PostgreSQL replicas' build folders as rows it lacks).
+    const stale = await cli(['secret', 'list'], server.config.dataDir);
+    expect(stale.code).toBe(1);
+    expect(stale.stderr).toMatch(/^preview-gate: this DATA_DIR's database was moved to PostgreSQL by migrate-to-postgres: set DATABASE_URL for every server and command/);
   });
 
   it('refuses a database that already has rows, in one sentence, and changes nothing', async () => {

@@ -5,6 +5,7 @@
  * largest id, so the next row the server adds does not collide with a copied one.
  */
 import fs from 'node:fs';
+import { movedToPostgresMarker } from './open.js';
 import { openSqlite } from './sqlite.js';
 import { LEASE_MS } from '../replica.js';
 import { drizzle, isNull, sql } from './orm.js';
@@ -91,7 +92,7 @@ export async function migrateToPostgres(sqliteFile: string, url: string): Promis
     // Its own tables (schema.pg.ts) are used here: the process's table bindings stay as they are.
     const target = await openPostgres(url, { useTables: false });
     try {
-      return await target.transaction(async (orm) => {
+      const copied = await target.transaction(async (orm) => {
         const tx = orm as unknown as NodePgDatabase<typeof pgSchema>;
         const tables = tablesInForeignKeyOrder();
         for (const { name, to } of tables) {
@@ -110,6 +111,9 @@ export async function migrateToPostgres(sqliteFile: string, url: string): Promis
           source.$client.exec('COMMIT');
         }
       });
+      // Committed: the SQLite file is stale from now on, and is refused without DATABASE_URL (open.ts).
+      fs.writeFileSync(movedToPostgresMarker(sqliteFile), `moved to PostgreSQL at ${new Date().toISOString()}\n`, { mode: 0o600 });
+      return copied;
     } finally {
       await target.close();
     }
