@@ -67,7 +67,11 @@ export class Replica {
   startHeartbeat(onBeat?: () => Promise<void>): void {
     this.timer = setInterval(async () => {
       try {
-        await this.db.orm.update(replicas).set({ heartbeatAt: new Date(this.now()) }).where(eq(replicas.id, this.id));
+        const beat = await this.db.orm.update(replicas).set({ heartbeatAt: new Date(this.now()) }).where(eq(replicas.id, this.id)).returning({ id: replicas.id });
+        // No row: another replica took this one for dead while its heartbeat could not be written (a database
+        // outage, a stall longer than the lease). It still serves requests, so it says so again; otherwise every
+        // other replica would go on treating its claims and staging as abandoned.
+        if (beat.length === 0) await this.register();
         await onBeat?.();
       } catch {
         // The database is closing (shutdown): the next start sees the row.

@@ -171,7 +171,8 @@ export class Ingest {
       await this.ctx.db.orm
         .update(builds)
         .set({ claimExpiresAt: this.ctx.replica.leaseUntil() })
-        .where(and(eq(builds.id, buildId), eq(builds.status, 'pending')));
+        // Only while the claim is still this replica's: another may have taken it over (this one looked dead).
+        .where(and(eq(builds.id, buildId), eq(builds.status, 'pending'), eq(builds.claimOwner, this.ctx.replica.id)));
     } catch {
       // The database is closing; the upload fails on its own.
     }
@@ -182,7 +183,8 @@ export class Ingest {
     const { db } = this.ctx;
     return db.transaction(async (tx) => {
       await db.lockPullRequest(tx, prId);
-      await tx.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending')));
+      // A claim another replica took over (this one looked dead) is theirs now: its failure is not ours to undo.
+      await tx.delete(builds).where(and(eq(builds.id, buildId), eq(builds.status, 'pending'), eq(builds.claimOwner, this.ctx.replica.id)));
       const pr = await first(tx.select().from(pullRequests).where(eq(pullRequests.id, prId)).limit(1));
       const { n: left } = await only(tx.select({ n: count() }).from(builds).where(eq(builds.pullRequestId, prId)));
       if (pr && pr.factsAt === null && left === 0) {
