@@ -70,7 +70,7 @@ const USAGE = `usage:
   preview-gate audit [--json]                       who signed in, opened hidden previews, published or hid (90 days)
   preview-gate sessions revoke <login|github id>    sign a user out everywhere: dashboard and hidden previews
   preview-gate migrate-storage [--concurrency 16]   copy the stored files of builds into S3_BUCKET (resumable, verified)
-  preview-gate migrate-to-postgres <url>            copy the SQLite database into an empty PostgreSQL database
+  preview-gate migrate-to-postgres [url]            copy the SQLite database into an empty PostgreSQL database
   preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
                                                     print the nginx server blocks for this configuration
 ${UPLOAD_USAGE}`;
@@ -108,10 +108,12 @@ example:
   sessions: `  preview-gate sessions revoke <login|github id>
 example:
   preview-gate sessions revoke octocat`,
-  'migrate-to-postgres': `  preview-gate migrate-to-postgres <postgres://user@host:5432/database>
-  (stop the server first; the database must be empty; DATA_DIR says which SQLite database is copied)
+  'migrate-to-postgres': `  preview-gate migrate-to-postgres [postgres://user@host:5432/database]
+  (stop the server first; the database must be empty; DATA_DIR says which SQLite database is copied; without the
+  argument the target is DATABASE_URL. Keep the password off the command line, where every local user sees it:
+  set PGPASSWORD, or give the whole URL in DATABASE_URL)
 example:
-  preview-gate migrate-to-postgres postgres://preview_gate@db.internal:5432/preview_gate`,
+  PGPASSWORD=… preview-gate migrate-to-postgres postgres://preview_gate@db.internal:5432/preview_gate`,
   nginx: `  preview-gate nginx [--listen 80] [--upstream 127.0.0.1:3000] [--tls-cert F --tls-key F]
 example:
   preview-gate nginx --upstream 127.0.0.1:3000 --tls-cert /etc/ssl/fullchain.pem --tls-key /etc/ssl/privkey.pem > /etc/nginx/conf.d/preview-gate.conf`,
@@ -178,10 +180,13 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return await rotate(io);
     }
     if (command === 'migrate-to-postgres') {
-      if (sub === undefined || rest.length || !/^postgres(ql)?:\/\/\S+$/.test(sub)) {
-        throw new ArgumentError(command, 'give one PostgreSQL URL, like postgres://user@host:5432/database.');
+      // Without an argument the target is DATABASE_URL: a command line (and its password) is visible to every
+      // local user in `ps` and stays in shell history.
+      const url = sub ?? io.env.DATABASE_URL;
+      if (url === undefined || rest.length || !/^postgres(ql)?:\/\/\S+$/.test(url)) {
+        throw new ArgumentError(command, 'give one PostgreSQL URL, like postgres://user@host:5432/database (or set DATABASE_URL).');
       }
-      return await migrateToPostgresCommand(sub, io);
+      return await migrateToPostgresCommand(url, io);
     }
     if (command === 'backup') {
       if (sub === undefined || rest.length) throw new ArgumentError(command, 'give one file to write the backup to.');
