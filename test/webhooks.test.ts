@@ -363,6 +363,9 @@ describe('settings cache (SETTINGS_CACHE_SECONDS)', () => {
     githubFor(pr, { settings: 'trustedLabel: first\n' });
     commitsOf(pr);
     expect((await cached.upload(41, commit, siteTarball('org'))).status).toBe(202);
+    // The upload's feedback reads the settings too: done before the settings change below (on PostgreSQL it
+    // otherwise ran beside the labeled decision and took the settings answer meant for it).
+    await cached.previews.settled();
 
     const orgGithub = { ...repositoryJson, id: 7002, name: '.github', full_name: `${OWNER}/.github` };
     expect((await sendWebhook(cached.url, 'push', pushOf(orgGithub, ['.github/preview-gate.yml']))).status).toBe(200);

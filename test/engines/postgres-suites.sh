@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 if [[ -z "${DATABASE_URL:-}" ]]; then echo "postgres-suites.sh: run it inside test/engines/postgres.sh" >&2; exit 2; fi
 export NODE_OPTIONS=--experimental-vm-modules
 suites=(
-  postgres schema-parity migrate-to-postgres queue replicas
+  postgres schema-parity migrate-to-postgres queue replicas replica-resume
   webhooks upload digest dashboard trust usage secrets robustness edges manifest-attacks cli
 )
 paths=()
