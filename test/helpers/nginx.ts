@@ -42,7 +42,7 @@ export async function startNginx(
 worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/logs/error.log warn;
-events { worker_connections 256; }
+events { worker_connections 2048; }
 http {
   ${mime}
   default_type application/octet-stream;
