@@ -211,6 +211,22 @@ export const buildContents = pgTable('build_contents', {
   loads: bytea('loads'),
 });
 
+/** See schema.ts: a build's files with `STORAGE=s3`. */
+export const buildFiles = pgTable(
+  'build_files',
+  {
+    buildId: integer('build_id')
+      .notNull()
+      .references(() => builds.id, { onDelete: 'cascade' }),
+    path: text('path').notNull(),
+    repositoryId: integer('repository_id').notNull(),
+    sha256: text('sha256').notNull(),
+    size: bigNumber('size').notNull(),
+    contentType: text('content_type').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.buildId, t.path] }), index('build_files_object').on(t.repositoryId, t.sha256)],
+);
+
 export const objects = pgTable(
   'objects',
   {

@@ -241,6 +241,27 @@ export const buildContents = sqliteTable('build_contents', {
 });
 
 /**
+ * With `STORAGE=s3`, a stored build is these rows: each path of the build and the object
+ * (`objects/<repository id>/<sha256>` in the bucket) it is served from. Written in the transaction that makes the
+ * build ready, after every put was acknowledged; nothing on a disk names a build. `repository_id` is the build's
+ * repository, kept here so that garbage collection finds unreferenced objects without joining through PRs.
+ */
+export const buildFiles = sqliteTable(
+  'build_files',
+  {
+    buildId: integer('build_id')
+      .notNull()
+      .references(() => builds.id, { onDelete: 'cascade' }),
+    path: text('path').notNull(),
+    repositoryId: integer('repository_id').notNull(),
+    sha256: text('sha256').notNull(),
+    size: integer('size').notNull(),
+    contentType: text('content_type').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.buildId, t.path] }), index('build_files_object').on(t.repositoryId, t.sha256)],
+);
+
+/**
  * The repository's content-addressed files (`<objects>/<repository id>/<ab>/<sha256>`) that builds link: what
  * they cost on disk, for quotas and `usage`. A row is added when a build using the object is stored, and removed
  * with the object once no build links it.

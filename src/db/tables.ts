@@ -21,6 +21,7 @@ export let repositories = sqlite.repositories;
 export let pullRequests = sqlite.pullRequests;
 export let builds = sqlite.builds;
 export let buildContents = sqlite.buildContents;
+export let buildFiles = sqlite.buildFiles;
 export let objects = sqlite.objects;
 export let manifests = sqlite.manifests;
 export let secrets = sqlite.secrets;
@@ -48,6 +49,7 @@ export function useTables(kind: 'sqlite' | 'postgres'): void {
   pullRequests = s.pullRequests;
   builds = s.builds;
   buildContents = s.buildContents;
+  buildFiles = s.buildFiles;
   objects = s.objects;
   manifests = s.manifests;
   secrets = s.secrets;
