@@ -12,6 +12,8 @@ import os from 'node:os';
 import nock from 'nock';
 import { and, eq } from '../src/db/orm.js';
 import { buildFiles, builds, pullRequests } from '../src/db/tables.js';
+import { PassThrough } from 'node:stream';
+import { runCli } from '../src/cli.js';
 import { renderNginx } from '../src/nginx.js';
 import { S3Objects } from '../src/storage/s3-objects.js';
 import { answerFor, BuildManifest, normalizedPath, parsePreviewHost, type FileRow } from '../src/storage/s3-serving.js';
@@ -74,6 +76,31 @@ describe('the path rules of preview-site.conf, over a build’s rows', () => {
 
 describe('rendering', () => {
   const options = { previewDomain: 'previews.test', buildsDir: '/srv/builds', upstream: '127.0.0.1:3000', publicHost: 'uploads.test', maxUploadBytes: 1000, listen: '80' };
+
+  test('`preview-gate nginx` renders the S3 mode when STORAGE=s3, the filesystem one otherwise', async () => {
+    const print = async (env: Record<string, string>) => {
+      const stdout = new PassThrough();
+      let text = '';
+      stdout.on('data', (d: Buffer) => (text += d.toString()));
+      const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-s3-cli-'));
+      try {
+        const code = await runCli(['nginx'], { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: { DATA_DIR: tmp, PREVIEW_DOMAIN: 'previews.test', PUBLIC_URL: 'https://uploads.test', ...env } });
+        expect(code).toBe(0);
+      } finally {
+        fs.rmSync(tmp, { recursive: true, force: true });
+      }
+      return text;
+    };
+    const bucket = await print({ STORAGE: 's3', S3_BUCKET: 'previews', S3_ENDPOINT: 'http://10.0.0.5:7480' });
+    expect(bucket).toContain('auth_request /.preview-gate/resolve;');
+    expect(bucket).toContain('upstream preview_gate_bucket {\n    server 10.0.0.5:7480;');
+    expect(bucket).toContain('proxy_set_header Host "10.0.0.5:7480";');
+    // https PUBLIC_URL: the view cookie is the __Host- one Node sets.
+    expect(bucket).toContain('__Host-preview-gate-view=');
+    const disk = await print({ S3_BUCKET: 'previews' });
+    expect(disk).not.toContain('/.preview-gate/resolve');
+    expect(disk).toContain('try_files');
+  });
 
   test('STORAGE=s3 renders preview hosts that hold no build, and nginx accepts it', () => {
     const conf = renderNginx({ ...options, s3: { endpoint: 'https://s3.eu-west-1.amazonaws.com', bucket: 'previews' } });
@@ -217,6 +244,8 @@ engine(engineName, () => {
     expect(noBucketHeaders(page.headers)).toEqual([]);
     const mod = await viaNginx(commitHost, '/mod.mjs');
     expect([mod.status, mod.headers['content-type'], mod.body.toString()]).toEqual([200, 'text/javascript', 'export default 1']);
+    // Only GET and HEAD, as for static files.
+    expect((await request(nginx.port, commitHost, '/app.js', { method: 'POST', body: Buffer.from('x') })).status).toBe(405);
     // A HEAD is the GET's headers (the signature is a GET's).
     const head = await request(nginx.port, commitHost, '/app.js', { method: 'HEAD' });
     expect([head.status, head.headers['content-type'], head.body.length]).toEqual([200, 'text/javascript', 0]);
