@@ -16,7 +16,7 @@ import { PassThrough } from 'node:stream';
 import { runCli } from '../src/cli.js';
 import { renderNginx } from '../src/nginx.js';
 import { S3Objects } from '../src/storage/s3-objects.js';
-import { answerFor, BuildManifest, normalizedPath, parsePreviewHost, type FileRow } from '../src/storage/s3-serving.js';
+import { answerFor, BuildManifest, ManifestCache, normalizedPath, parsePreviewHost, type FileRow } from '../src/storage/s3-serving.js';
 import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
 import { NGINX, rawGet, request, startNginx, type RunningNginx } from './helpers/nginx.js';
@@ -51,6 +51,27 @@ describe('the path rules of preview-site.conf, over a build’s rows', () => {
     expect(served(bare, '/missing.js')).toBe('nothing');
     expect(served(bare, '/route')).toBe('nothing');
     expect(served(bare, '/')).toBe('nothing');
+  });
+
+  test('builds’ file lists are read once each, the least recently used let go past the bound on paths kept', async () => {
+    const reads: number[] = [];
+    const cache = new ManifestCache(async (buildId) => {
+      reads.push(buildId);
+      if (buildId === 9) throw new Error('database down');
+      return manifest(Array.from({ length: 10 }, (_, i) => `${buildId}/${i}.js`));
+    }, 25);
+    await cache.get(1);
+    await cache.get(2);
+    await cache.get(1); // kept; now the most recently used
+    expect(reads).toEqual([1, 2]);
+    await cache.get(3); // 30 paths > 25: build 2 goes
+    await cache.get(1);
+    await cache.get(2);
+    expect(reads).toEqual([1, 2, 3, 2]);
+    // A failed read is not kept: asked again next time.
+    await expect(cache.get(9)).rejects.toThrow('database down');
+    await expect(cache.get(9)).rejects.toThrow('database down');
+    expect(reads).toEqual([1, 2, 3, 2, 9, 9]);
   });
 
   test('the path is read as nginx reads $uri: decoded, dot segments resolved, slashes merged, query dropped', () => {

@@ -28,8 +28,11 @@ export const RESOLVE_MARKER = 'x-preview-gate-resolve';
  * for a slow bucket and clocks a little apart. The URL never leaves nginx.
  */
 export const SIGNED_URL_SECONDS = 60;
-/** Builds whose file lists are kept in memory (a build never changes, so an entry is never stale). */
-const MANIFESTS_KEPT = 256;
+/**
+ * Paths of builds kept in memory, all builds together (~250 bytes each: ~25 MB). A build never changes, so a kept
+ * list is never stale; the least recently used builds go first.
+ */
+const PATHS_KEPT = 100_000;
 
 export interface PreviewHostName {
   name: string;
@@ -150,7 +153,7 @@ async function buildOfHost(db: Database, host: PreviewHostName) {
 /** nginx's sub-request for a preview request on STORAGE=s3; any other request to this path is a plain 404. */
 export function s3ServingRouter(deps: S3ServingDeps): Router {
   const router = Router({ caseSensitive: true, strict: true });
-  const manifests = new ManifestCache(deps.db);
+  const manifests = new ManifestCache((buildId) => manifestOf(deps.db, buildId));
   router.get(PREVIEW_RESOLVE_PATH, async (req, res, next) => {
     const host = parsePreviewHost(deps.config.previewDomain, req.headers.host);
     // Only nginx's sub-request: it sets the marker, and the upload host (which adds X-Forwarded-For) never passes a
@@ -177,6 +180,15 @@ export function s3ServingRouter(deps: S3ServingDeps): Router {
   return router;
 }
 
+/** A build's rows. */
+async function manifestOf(db: Database, buildId: number): Promise<BuildManifest> {
+  const rows = await db.orm
+    .select({ path: buildFiles.path, repositoryId: buildFiles.repositoryId, sha256: buildFiles.sha256, contentType: buildFiles.contentType })
+    .from(buildFiles)
+    .where(eq(buildFiles.buildId, buildId));
+  return new BuildManifest(new Map(rows.map(({ path, ...file }) => [path, file])));
+}
+
 /**
  * The object's GET on the bucket's endpoint, signed for SIGNED_URL_SECONDS: path and query only (nginx sends it to
  * the endpoint it was rendered with, with that Host). The bucket answers with the row's content type.
@@ -188,29 +200,46 @@ async function signedPath(bucket: S3Objects, file: FileRow): Promise<string> {
 }
 
 /** Builds' file lists, read once each (a build's rows never change), the most recently used kept. */
-class ManifestCache {
-  private readonly kept = new Map<number, Promise<BuildManifest>>();
+export class ManifestCache {
+  private readonly kept = new Map<number, { manifest: Promise<BuildManifest>; paths: number }>();
+  private paths = 0;
 
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly load: (buildId: number) => Promise<BuildManifest>,
+    private readonly pathsKept = PATHS_KEPT,
+  ) {}
 
   get(buildId: number): Promise<BuildManifest> {
-    let manifest = this.kept.get(buildId);
-    if (manifest) {
-      this.kept.delete(buildId); // re-inserted below: the Map's order is the use order
-    } else {
-      manifest = this.load(buildId);
-      manifest.catch(() => this.kept.delete(buildId));
+    const entry = this.kept.get(buildId);
+    if (entry) {
+      // Moved to the end: the Map's order is the use order.
+      this.kept.delete(buildId);
+      this.kept.set(buildId, entry);
+      return entry.manifest;
     }
-    this.kept.set(buildId, manifest);
-    if (this.kept.size > MANIFESTS_KEPT) this.kept.delete(this.kept.keys().next().value!);
+    const manifest = this.load(buildId);
+    const added = { manifest, paths: 0 };
+    this.kept.set(buildId, added);
+    manifest.then(
+      (m) => {
+        if (this.kept.get(buildId) !== added) return;
+        added.paths = m.files.size;
+        this.paths += added.paths;
+        this.evict();
+      },
+      () => {
+        if (this.kept.get(buildId) === added) this.kept.delete(buildId);
+      },
+    );
     return manifest;
   }
 
-  private async load(buildId: number): Promise<BuildManifest> {
-    const rows = await this.db.orm
-      .select({ path: buildFiles.path, repositoryId: buildFiles.repositoryId, sha256: buildFiles.sha256, contentType: buildFiles.contentType })
-      .from(buildFiles)
-      .where(eq(buildFiles.buildId, buildId));
-    return new BuildManifest(new Map(rows.map(({ path, ...file }) => [path, file])));
+  private evict(): void {
+    for (const [buildId, entry] of this.kept) {
+      if (this.paths <= this.pathsKept || this.kept.size === 1) return;
+      this.kept.delete(buildId);
+      this.paths -= entry.paths;
+    }
   }
+
 }
