@@ -347,6 +347,30 @@ engine(engineName, () => {
     }
   });
 
+  test('a refusal of the bucket (a Host other than the one signed): the plain 404, no-store, nothing of the bucket’s', async () => {
+    // The same bucket, reached by another name than the one Node signs for: the engine answers 403 to every GET.
+    const endpoint = new URL(process.env.S3_ENDPOINT!);
+    const misnamed = await startNginx(path.join(server.tmp, 'nginx-misnamed'), {
+      previewDomain: 'previews.test',
+      buildsDir: server.config.buildsDir,
+      upstream: new URL(server.url).host,
+      publicHost: MAIN_HOST,
+      maxUploadBytes: server.config.maxUploadBytes,
+      s3: { endpoint: `http://localhost:${endpoint.port}`, bucket: process.env.S3_BUCKET! },
+    });
+    try {
+      const plain = await request(misnamed.port, 'pr9-9999999--docs.previews.test', '/');
+      for (const urlPath of ['/app.js', '/missing.js']) {
+        const answer = await request(misnamed.port, commitHost, urlPath);
+        expect([urlPath, answer.status, answer.headers['cache-control'], answer.body]).toEqual([urlPath, 404, 'no-store', plain.body]);
+        expect(answer.body.toString()).not.toMatch(/<\?xml|SignatureDoesNotMatch|AccessDenied|RequestId/);
+        expect(noBucketHeaders(answer.headers)).toEqual([]);
+      }
+    } finally {
+      await misnamed.stop();
+    }
+  });
+
   test('what Node’s sub-request costs: a page’s files asked for the first time and again (figures with SHOW_FIGURES=1)', async () => {
     const timed = async (paths: string[]) => {
       const started = process.hrtime.bigint();
