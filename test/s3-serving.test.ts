@@ -19,7 +19,7 @@ import { S3Objects } from '../src/storage/s3-objects.js';
 import { answerFor, BuildManifest, ManifestCache, normalizedPath, parsePreviewHost, type FileRow } from '../src/storage/s3-serving.js';
 import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
-import { NGINX, rawGet, request, startNginx, type RunningNginx } from './helpers/nginx.js';
+import { freePort, NGINX, rawGet, request, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
 
@@ -368,6 +368,33 @@ engine(engineName, () => {
       }
     } finally {
       await misnamed.stop();
+    }
+  });
+
+  test('a flood of forged view cookies is limited per address before it becomes work for Node; plain visitors are not counted', async () => {
+    // All at once: nginx counts requests as they arrive, however slowly Node answers the ones let through.
+    const forged = await Promise.all(Array.from({ length: 300 }, (_, i) => viaNginx(hiddenHost, '/', { cookie: `preview-gate-view=junk${i}` })));
+    const statuses = forged.map((a) => a.status);
+    expect(new Set(statuses)).toEqual(new Set([404, 429]));
+    expect(statuses.filter((s) => s === 404).length).toBeLessThan(300);
+    // Without a view cookie, the same address is served at once.
+    expect((await viaNginx(commitHost, '/app.js')).status).toBe(200);
+  });
+
+  test('Node not answering: 503, no-store', async () => {
+    const nowhere = await startNginx(path.join(server.tmp, 'nginx-nowhere'), {
+      previewDomain: 'previews.test',
+      buildsDir: server.config.buildsDir,
+      upstream: `127.0.0.1:${await freePort()}`,
+      publicHost: MAIN_HOST,
+      maxUploadBytes: server.config.maxUploadBytes,
+      s3: { endpoint: process.env.S3_ENDPOINT!, bucket: process.env.S3_BUCKET! },
+    });
+    try {
+      const answer = await request(nowhere.port, commitHost, '/app.js');
+      expect([answer.status, answer.headers['cache-control']]).toEqual([503, 'no-store']);
+    } finally {
+      await nowhere.stop();
     }
   });
 
