@@ -265,6 +265,10 @@ engine(engineName, () => {
     expect(noBucketHeaders(page.headers)).toEqual([]);
     const mod = await viaNginx(commitHost, '/mod.mjs');
     expect([mod.status, mod.headers['content-type'], mod.body.toString()]).toEqual([200, 'text/javascript', 'export default 1']);
+    // A revalidation is the bucket's 304, with the same Cache-Control.
+    expect(mod.headers.etag).toBeDefined();
+    const same = await viaNginx(commitHost, '/mod.mjs', { 'if-none-match': String(mod.headers.etag) });
+    expect([same.status, same.headers['cache-control'], same.body.length]).toEqual([304, 'public, max-age=31536000, immutable', 0]);
     // Only GET and HEAD, as for static files.
     expect((await request(nginx.port, commitHost, '/app.js', { method: 'POST', body: Buffer.from('x') })).status).toBe(405);
     // A HEAD is the GET's headers (the signature is a GET's).
