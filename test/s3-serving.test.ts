@@ -265,6 +265,9 @@ engine(engineName, () => {
     expect(noBucketHeaders(page.headers)).toEqual([]);
     const mod = await viaNginx(commitHost, '/mod.mjs');
     expect([mod.status, mod.headers['content-type'], mod.body.toString()]).toEqual([200, 'text/javascript', 'export default 1']);
+    // Headers a CDN or a visitor adds are not passed to Node's sub-request.
+    const forwarded = await viaNginx(commitHost, '/app.js', { 'x-forwarded-for': '203.0.113.9', 'x-preview-gate-uri': '/mod.mjs' });
+    expect([forwarded.status, forwarded.body.toString()]).toEqual([200, 'console.log("public one")']);
     // A revalidation is the bucket's 304, with the same Cache-Control.
     expect(mod.headers.etag).toBeDefined();
     const same = await viaNginx(commitHost, '/mod.mjs', { 'if-none-match': String(mod.headers.etag) });
