@@ -118,7 +118,7 @@ test('a maintainer sees the hidden build with the banner, private and noindex; a
   // A public build is served as before: no banner, immutable.
   const open = await viaNginx(`pr2-${B.slice(0, 7)}--docs.previews.test`, '/');
   expect(open.body.toString()).toBe('<html><body><h1>public one</h1></body></html>');
-  expect(open.headers['cache-control']).toBe('public, max-age=31536000, immutable');
+  expect(open.headers['cache-control']).toBe('public, max-age=31536000, s-maxage=60, immutable');
 });
 
 test('the auth sub-request adds little to a hidden page (figure printed with PRINT_FIGURES=1)', async () => {
