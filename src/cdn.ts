@@ -20,6 +20,7 @@ import type { Database, Orm } from './db/database.js';
 import { and, eq, inArray } from './db/orm.js';
 import { first } from './db/query.js';
 import { buildFiles, builds, repositories } from './db/tables.js';
+import type { Metrics } from './metrics.js';
 import type { Job, WorkQueue } from './queue.js';
 
 export const PURGE_JOB = 'cdn-purge';
@@ -111,6 +112,7 @@ export class CdnPurger {
     private readonly db: Database,
     private readonly store: BuildStore,
     private readonly log: Logger,
+    private readonly metrics?: Pick<Metrics, 'cdnPurges'>,
   ) {
     const secure = config.cdnPurgeUrl?.startsWith('https:');
     this.agent = secure ? new https.Agent({ keepAlive: true, maxSockets: PURGES_AT_ONCE }) : new http.Agent({ keepAlive: true, maxSockets: PURGES_AT_ONCE });
@@ -126,14 +128,17 @@ export class CdnPurger {
     const failures = [...(await this.sendAll(requests.slice(0, 1))), ...(await this.sendAll(requests.slice(1)))];
     const pr = { repositoryId: data.repositoryId, pr: data.number, key };
     if (!failures.length) {
+      this.metrics?.cdnPurges.inc({ outcome: 'done' });
       this.log.info({ ...pr, purges: requests.length }, 'purged the pull request from the CDN');
       return;
     }
     const message = `the CDN did not take ${failures.length} of ${requests.length} purges (${failures[0]})`;
     if (job.attempts + 1 >= PURGE_ATTEMPTS) {
+      this.metrics?.cdnPurges.inc({ outcome: 'given_up' });
       this.log.error({ ...pr, attempts: job.attempts + 1 }, `gave up purging the pull request from the CDN: ${message}; its copies expire within CDN_MAX_AGE_SECONDS (${this.config.cdnMaxAgeSeconds} s)`);
       return;
     }
+    this.metrics?.cdnPurges.inc({ outcome: 'failed' });
     throw new Error(message);
   }
 

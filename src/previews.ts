@@ -61,7 +61,7 @@ export class Previews {
     });
     this.queue.register('remove-label', { lane: 'writes', run: (data) => this.removeLabel(data) });
     this.queue.register('move-site', { lane: 'reads', run: (data) => this.decisions.moveSite(data) });
-    this.purger = new CdnPurger(config, db, store, log);
+    this.purger = new CdnPurger(config, db, store, log, metrics);
     this.queue.register(PURGE_JOB, { lane: 'purges', run: (data, job) => this.purger.run(data, job), merge: mergePurges });
   }
 

@@ -222,6 +222,9 @@ describe('the purge hook (CDN_PURGE_URL)', () => {
     expect(cdn.seen.length).toBeGreaterThan(tried);
     const logged = JSON.stringify(server.logs);
     expect(logged).toContain('HTTP 503');
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/preview_gate_cdn_purges_total\{outcome="failed"\} [1-9]/);
+    expect(metrics).toMatch(/preview_gate_cdn_purges_total\{outcome="done"\} [1-9]/);
     for (const secret of secrets) expect(logged).not.toContain(secret);
     figures(`unlabeled delivery answered in ${answeredMs} ms while the CDN answered 503`);
   });
