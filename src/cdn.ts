@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { BuildStore } from './builds/store.js';
 import type { Config } from './config.js';
 import type { Database, Orm } from './db/database.js';
-import { and, eq, inArray } from './db/orm.js';
+import { and, eq } from './db/orm.js';
 import { first } from './db/query.js';
 import { buildFiles, builds, repositories } from './db/tables.js';
 import type { Metrics } from './metrics.js';
@@ -169,15 +169,14 @@ export class CdnPurger {
    * under the repository's site now (a site move purges the old site's URLs). A removed build has neither.
    */
   private async filesOf(data: PurgeData, build: { id: number; sha7: string }): Promise<string[]> {
-    const rows = await this.db.orm.select({ path: buildFiles.path }).from(buildFiles).where(inArray(buildFiles.buildId, [build.id]));
+    const rows = await this.db.orm.select({ path: buildFiles.path }).from(buildFiles).where(eq(buildFiles.buildId, build.id));
     if (rows.length) return rows.map((r) => r.path);
     const repo = await first(this.db.orm.select({ site: repositories.site }).from(repositories).where(eq(repositories.id, data.repositoryId)).limit(1));
     if (!repo) return [];
     for (const visibility of ['hidden', 'public'] as const) {
       const dir = this.store.buildDir(repo.site, data.number, visibility, build.sha7);
       try {
-        return fs
-          .readdirSync(dir, { recursive: true, withFileTypes: true })
+        return (await fs.promises.readdir(dir, { recursive: true, withFileTypes: true }))
           .filter((e) => e.isFile())
           .map((e) => path.relative(dir, path.join(e.parentPath, e.name)).split(path.sep).join('/'));
       } catch (err) {
@@ -207,32 +206,45 @@ export class CdnPurger {
    * nginx's cache purge answers). Otherwise a sentence naming the URL purged, never the purge address.
    */
   private send(request: PurgeRequest): Promise<string | undefined> {
-    const target = new URL(this.config.cdnPurgeUrl!);
     const what = request.headers['surrogate-key'] ? `the key ${request.headers['surrogate-key']}` : `${request.host}${request.path}`;
-    const client = target.protocol === 'https:' ? https : http;
     return new Promise((resolve) => {
-      const req = client.request(
-        {
-          hostname: target.hostname.replace(/^\[|\]$/g, ''),
-          port: target.port || undefined,
-          // The purge address's name, not the Host header's (Node's default for SNI).
-          servername: target.protocol === 'https:' && !net.isIP(target.hostname.replace(/^\[|\]$/g, '')) ? target.hostname : undefined,
-          method: 'PURGE',
-          path: request.path,
-          headers: { ...request.headers, host: request.host },
-          agent: this.agent,
-          timeout: PURGE_TIMEOUT_MS,
-        },
-        (res) => {
+      const failed = (reason: string) => resolve(`PURGE of ${what}: ${reason}`);
+      let req: http.ClientRequest;
+      try {
+        req = this.request(request, (res) => {
           res.resume();
           const status = res.statusCode ?? 0;
-          resolve((status >= 200 && status < 300) || status === 404 ? undefined : `PURGE of ${what}: HTTP ${status}`);
-        },
-      );
+          if ((status >= 200 && status < 300) || status === 404) resolve(undefined);
+          else failed(`HTTP ${status}`);
+        });
+      } catch (err) {
+        // A path or header Node refuses to send (ERR_UNESCAPED_CHARACTERS): that one URL fails, the others go.
+        failed((err as NodeJS.ErrnoException).code ?? 'refused by Node');
+        return;
+      }
       req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-      req.on('error', (err: NodeJS.ErrnoException) => resolve(`PURGE of ${what}: ${err.code ?? 'network error'}`));
+      req.on('error', (err: NodeJS.ErrnoException) => failed(err.code ?? 'network error'));
       req.end();
     });
+  }
+
+  /** A PURGE to the purge address with the request's Host (Basic auth already in its headers). */
+  private request(request: PurgeRequest, onResponse: (res: http.IncomingMessage) => void): http.ClientRequest {
+    const target = new URL(this.config.cdnPurgeUrl!);
+    const hostname = target.hostname.replace(/^\[|\]$/g, '');
+    const secure = target.protocol === 'https:';
+    const options: https.RequestOptions = {
+      hostname,
+      port: target.port || undefined,
+      // TLS names the purge address, not the Host header (Node's default for SNI).
+      servername: secure && !net.isIP(hostname) ? hostname : undefined,
+      method: 'PURGE',
+      path: request.path,
+      headers: { ...request.headers, host: request.host },
+      agent: this.agent,
+      timeout: PURGE_TIMEOUT_MS,
+    };
+    return secure ? https.request(options, onResponse) : http.request(options, onResponse);
   }
 
   close(): void {

@@ -107,6 +107,8 @@ test('a maintainer sees the hidden build with the banner, private and noindex; a
   // In the page's flow, never over it; no form, nothing that could publish.
   expect(html).not.toMatch(/position:\s*fixed|<form|<button/);
   expect(page.headers['cache-control']).toBe('private, no-store');
+  // No CDN may keep it: a CDN that reads CDN-Cache-Control ignores Cache-Control (RFC 9213).
+  expect([page.headers['cdn-cache-control'], page.headers['surrogate-key']]).toEqual([undefined, undefined]);
   expect(page.headers['x-robots-tag']).toBe('noindex');
   expect(page.headers['x-content-type-options']).toBe('nosniff');
   // Files and single-page-app paths as for a public build.
