@@ -96,7 +96,7 @@ export function urlPathsOf(files: string[]): string[] {
   return [...paths];
 }
 
-/** One PURGE: where (the purge address), which Host, which path, and what it names for the log. */
+/** One PURGE, sent to the purge address: the Host it names, its path, its headers (the key, Basic auth). */
 interface PurgeRequest {
   host: string;
   path: string;
