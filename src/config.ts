@@ -58,6 +58,10 @@ export interface Config {
   logLevel?: string;
   /** Fixes the setup flow's one-time token (a random one is printed in the log when unset). */
   setupToken?: string;
+  /** How long a shared cache (a CDN in front of nginx) may keep a per-commit file: s-maxage and CDN-Cache-Control. */
+  cdnMaxAgeSeconds: number;
+  /** Where a public → hidden flip sends its PURGE requests (src/cdn.ts); unset: nothing is purged. Never logged: it can hold credentials. */
+  cdnPurgeUrl?: string;
   /** Where builds are kept: `filesystem` (DATA_DIR) or `s3` (a bucket; not served by this version yet). */
   storage: 'filesystem' | 's3';
   /** The bucket, when S3_BUCKET is set: STORAGE=s3 needs it, and so does `migrate-storage` (run before the switch). */
@@ -75,6 +79,9 @@ export interface S3Settings {
 }
 
 export class ConfigError extends Error {}
+
+/** CDN_MAX_AGE_SECONDS's default: a minute of a CDN's copy of a file whose PR was hidden, when its purge failed. */
+export const DEFAULT_CDN_MAX_AGE_SECONDS = 60;
 
 const MiB = 1024 * 1024;
 
@@ -148,6 +155,15 @@ const schema = z.object({
     .optional()
     .describe('How much is logged. Unset: info for the server, warn for the CLI.'),
   SETUP_TOKEN: z.string().optional().describe("Fixes the setup flow's one-time token (a random one is printed in the log when unset)."),
+  CDN_MAX_AGE_SECONDS: z
+    .string()
+    .regex(/^(0|[1-9][0-9]{0,7})$/, 'must be a whole number of seconds (0: the CDN asks nginx again every time)')
+    .transform(Number)
+    .default(DEFAULT_CDN_MAX_AGE_SECONDS)
+    .describe("How long a CDN in front of nginx may keep a file of a per-commit preview (s-maxage, CDN-Cache-Control); browsers keep it for good (immutable). Without a purge, a PR made hidden is gone from the CDN within this time. Rendered into nginx's configuration."),
+  CDN_PURGE_URL: absoluteUrl
+    .optional()
+    .describe("Where a PR made hidden (or removed) is purged from the CDN: a PURGE with the PR's Surrogate-Key, and a PURGE of each of its URLs sent to this address with the preview's Host. Credentials in the URL (https://user:password@…) are sent as Basic auth; the URL is never logged. Unset: nothing is purged (the CDN's copies expire after CDN_MAX_AGE_SECONDS)."),
   STORAGE: z.enum(['filesystem', 's3'], { message: 'must be "filesystem" or "s3"' }).default('filesystem').describe("Where builds are kept: filesystem (DATA_DIR/builds) or s3 (S3_BUCKET). This version serves filesystem only; `preview-gate migrate-storage` copies the stored files into the bucket ahead of the switch."),
   S3_ENDPOINT: absoluteUrl.optional().describe("URL of an S3-compatible engine (Ceph RGW, MinIO…), addressed path-style: <S3_ENDPOINT>/<S3_BUCKET>/<key>. Unset: AWS S3 of S3_REGION."),
   S3_BUCKET: z
@@ -219,7 +235,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0]);
-    const value = present[name] !== undefined && !/SECRET|KEY$|TOKEN$|^DATABASE_URL$/.test(name) ? ` (got "${present[name]}")` : '';
+    const value = present[name] !== undefined && !/SECRET|KEY$|TOKEN$|^DATABASE_URL$|^CDN_PURGE_URL$/.test(name) ? ` (got "${present[name]}")` : '';
     throw new ConfigError(`${name} ${issue.message}${value}`);
   }
   const e = parsed.data;
@@ -273,6 +289,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
     sessionMs: e.SESSION_HOURS * 3600_000,
     logLevel: e.LOG_LEVEL,
     setupToken: e.SETUP_TOKEN,
+    cdnMaxAgeSeconds: e.CDN_MAX_AGE_SECONDS,
+    cdnPurgeUrl: e.CDN_PURGE_URL,
     storage: e.STORAGE,
     s3: e.S3_BUCKET ? s3Settings({ ...e, S3_BUCKET: e.S3_BUCKET }) : undefined,
   };

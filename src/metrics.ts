@@ -82,6 +82,12 @@ export function createMetrics() {
       labelNames: ['event', 'outcome'] as const,
       registers: [registry],
     }),
+    cdnPurges: new client.Counter({
+      name: 'preview_gate_cdn_purges_total',
+      help: 'Purges of a PR from the CDN (CDN_PURGE_URL): done, failed (asked again), given up (the CDN keeps its copies until CDN_MAX_AGE_SECONDS)',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
     githubErrors: new client.Counter({
       name: 'preview_gate_github_errors_total',
       help: 'GitHub API calls that failed, by what was being done',

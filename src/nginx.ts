@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Config } from './config.js';
+import { DEFAULT_CDN_MAX_AGE_SECONDS, type Config } from './config.js';
 
 export interface NginxOptions {
   previewDomain: string;
@@ -20,9 +20,11 @@ export interface NginxOptions {
   uploadsPerMinute?: number;
   /** STORAGE=s3: previews come from this bucket, through Node's answer (nginx/preview-servers-s3.conf). */
   s3?: { endpoint: string; bucket: string; /** CA bundle nginx checks an https endpoint against. */ trustedCertificates?: string };
+  /** How long a shared cache (a CDN in front) may keep a per-commit file (CDN_MAX_AGE_SECONDS); default 60. */
+  cdnMaxAgeSeconds?: number;
 }
 
-/** The folder holding the template and its two snippets, wherever the code runs from (src/ or dist/src/). */
+/** The folder holding the template and its snippets, wherever the code runs from (src/ or dist/src/). */
 export function nginxDir(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   while (!fs.existsSync(path.join(dir, 'nginx', 'preview-gate.conf.template'))) {
@@ -41,6 +43,7 @@ export function nginxOptionsFrom(config: Config, overrides: Partial<NginxOptions
     publicHost: new URL(config.publicUrl).hostname,
     publicUrl: config.publicUrl,
     maxUploadBytes: config.maxUploadBytes,
+    cdnMaxAgeSeconds: config.cdnMaxAgeSeconds,
     listen: '80',
     ...(config.storage === 's3' && config.s3 ? { s3: { endpoint: bucketEndpoint(config.s3), bucket: config.s3.bucket } } : {}),
     ...overrides,
@@ -150,6 +153,8 @@ export function renderNginx(o: NginxOptions): string {
     SNIPPET: path.join(dir, 'preview-site.conf'),
     TYPES: path.join(dir, 'preview-types.conf'),
     HEADERS: path.join(dir, 'preview-headers.conf'),
+    CDN_HEADERS: path.join(dir, 'preview-cdn.conf'),
+    CDN_MAX_AGE: String(o.cdnMaxAgeSeconds ?? DEFAULT_CDN_MAX_AGE_SECONDS),
     LISTEN_DEFAULT: o.tls ? `listen ${tlsListen} ssl default_server;` : `listen ${o.listen} default_server;`,
     LISTEN_MAIN: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,
     LISTEN_PREVIEW: o.tls ? `listen ${tlsListen} ssl;` : `listen ${o.listen};`,

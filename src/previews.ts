@@ -15,6 +15,7 @@ import { Decisions, type Revocation } from './previews/decide.js';
 import { Ingest } from './previews/ingest.js';
 import { Maintenance } from './previews/maintenance.js';
 import { WorkQueue } from './queue.js';
+import { CdnPurger, mergePurges, PURGE_JOB } from './cdn.js';
 import { PrLocks } from './pr-lock.js';
 import { Replica } from './replica.js';
 import type { PullRequest, Registry, Repository } from './registry.js';
@@ -26,7 +27,7 @@ export type { Cause } from './previews/context.js';
  * The front of the previews: one object the routes, the webhook handlers, the sweep and the CLI talk to.
  * The work lives in `previews/` by verb: `decide` (the one trust decision, applied), `ingest` (storing a
  * build), `maintenance` (crash recovery, cleanup). Work that needs GitHub and may fail is a row in the
- * durable queue (`queue.ts`): decisions (`decide`), feedback (`feedback`) and label removals.
+ * durable queue (`queue.ts`): decisions (`decide`), feedback (`feedback`), label removals and CDN purges (`cdn.ts`).
  */
 export class Previews {
   readonly queue: WorkQueue;
@@ -34,6 +35,7 @@ export class Previews {
   private readonly ingest: Ingest;
   private readonly maintenance: Maintenance;
   private readonly ctx: PreviewsContext;
+  private readonly purger: CdnPurger;
 
   constructor(
     db: Database,
@@ -59,6 +61,8 @@ export class Previews {
     });
     this.queue.register('remove-label', { lane: 'writes', run: (data) => this.removeLabel(data) });
     this.queue.register('move-site', { lane: 'reads', run: (data) => this.decisions.moveSite(data) });
+    this.purger = new CdnPurger(config, db, store, log, metrics);
+    this.queue.register(PURGE_JOB, { lane: 'purges', run: (data, job) => this.purger.run(data, job), merge: mergePurges });
   }
 
   /** Starts running queued work (left by a previous run too). Without GitHub there is nothing to run it with. */
@@ -67,7 +71,9 @@ export class Previews {
   }
 
   async stop(waitMs?: number): Promise<boolean> {
-    return this.queue.stop(waitMs);
+    const stopped = await this.queue.stop(waitMs);
+    this.purger.close();
+    return stopped;
   }
 
   recoverAfterRestart(options?: { unclean?: boolean; now?: Date }): Promise<void> {

@@ -10,11 +10,12 @@ export type Job = typeof jobs.$inferSelect;
 
 /**
  * How a kind of job is run. `lane` separates GitHub reads (decisions) from GitHub writes (feedback): writes
- * are paced one at a time, and a slow write never holds a decision of another PR behind it.
+ * are paced one at a time, and a slow write never holds a decision of another PR behind it. CDN purges
+ * (src/cdn.ts) have a lane of their own: a slow CDN holds neither.
  * `merge` coalesces a new request into a row still waiting (default: the newer data wins).
  */
 export interface JobKind {
-  lane: 'reads' | 'writes';
+  lane: 'reads' | 'writes' | 'purges';
   run(data: Record<string, unknown>, job: Job): Promise<void>;
   merge?(older: Record<string, unknown>, newer: Record<string, unknown>): Record<string, unknown>;
 }
@@ -37,7 +38,7 @@ const JOBS_CHANNEL = 'jobs';
  * PostgreSQL, as the safety net of a wake-up lost while the LISTEN connection was down.
  */
 export const POLL_MS = { sqlite: 500, postgres: 1000 } as const;
-const LANE_SIZE = { reads: 4, writes: 1 } as const;
+const LANE_SIZE = { reads: 4, writes: 1, purges: 2 } as const;
 
 /** 1 s, 2 s, 4 s … 10 min, with ±20 % jitter so a recovering GitHub is not hit by every job in one second. */
 export function backoffMs(attempts: number): number {
@@ -65,7 +66,7 @@ export function retryAfterMs(err: unknown, now = Date.now()): number | undefined
 export class WorkQueue {
   private readonly running = new Map<number, Promise<void>>();
   private readonly busyKeys = new Set<string>();
-  private readonly busyLanes = { reads: 0, writes: 0 };
+  private readonly busyLanes = { reads: 0, writes: 0, purges: 0 };
   private timer?: NodeJS.Timeout;
   private stopped = true;
   private idleWaiters: (() => void)[] = [];

@@ -107,6 +107,8 @@ test('a maintainer sees the hidden build with the banner, private and noindex; a
   // In the page's flow, never over it; no form, nothing that could publish.
   expect(html).not.toMatch(/position:\s*fixed|<form|<button/);
   expect(page.headers['cache-control']).toBe('private, no-store');
+  // No CDN may keep it: a CDN that reads CDN-Cache-Control ignores Cache-Control (RFC 9213).
+  expect([page.headers['cdn-cache-control'], page.headers['surrogate-key']]).toEqual([undefined, undefined]);
   expect(page.headers['x-robots-tag']).toBe('noindex');
   expect(page.headers['x-content-type-options']).toBe('nosniff');
   // Files and single-page-app paths as for a public build.
@@ -118,7 +120,7 @@ test('a maintainer sees the hidden build with the banner, private and noindex; a
   // A public build is served as before: no banner, immutable.
   const open = await viaNginx(`pr2-${B.slice(0, 7)}--docs.previews.test`, '/');
   expect(open.body.toString()).toBe('<html><body><h1>public one</h1></body></html>');
-  expect(open.headers['cache-control']).toBe('public, max-age=31536000, immutable');
+  expect(open.headers['cache-control']).toBe('public, max-age=31536000, s-maxage=60, immutable');
 });
 
 test('the auth sub-request adds little to a hidden page (figure printed with PRINT_FIGURES=1)', async () => {

@@ -259,7 +259,9 @@ engine(engineName, () => {
     const page = await viaNginx(commitHost, '/');
     expect([page.status, page.body.toString()]).toEqual([200, '<html><body><h1>public one</h1></body></html>']);
     expect(page.headers['content-type']).toBe('text/html');
-    expect(page.headers['cache-control']).toBe('public, max-age=31536000, immutable');
+    // Immutable for browsers; a CDN keeps it CDN_MAX_AGE_SECONDS (60 by default) under the PR's surrogate key.
+    expect(page.headers['cache-control']).toBe('public, max-age=31536000, s-maxage=60, immutable');
+    expect([page.headers['cdn-cache-control'], page.headers['surrogate-key'], page.headers['cache-tag']]).toEqual(['max-age=60', 'pg-pr2--docs', 'pg-pr2--docs']);
     expect(page.headers['x-content-type-options']).toBe('nosniff');
     expect(page.headers['x-robots-tag']).toBeUndefined();
     expect(noBucketHeaders(page.headers)).toEqual([]);
@@ -271,7 +273,7 @@ engine(engineName, () => {
     // A revalidation is the bucket's 304, with the same Cache-Control.
     expect(mod.headers.etag).toBeDefined();
     const same = await viaNginx(commitHost, '/mod.mjs', { 'if-none-match': String(mod.headers.etag) });
-    expect([same.status, same.headers['cache-control'], same.body.length]).toEqual([304, 'public, max-age=31536000, immutable', 0]);
+    expect([same.status, same.headers['cache-control'], same.body.length]).toEqual([304, 'public, max-age=31536000, s-maxage=60, immutable', 0]);
     // Only GET and HEAD, as for static files.
     expect((await request(nginx.port, commitHost, '/app.js', { method: 'POST', body: Buffer.from('x') })).status).toBe(405);
     // A HEAD is the GET's headers (the signature is a GET's).
@@ -310,6 +312,8 @@ engine(engineName, () => {
     expect(page.body.toString()).toMatch(/^<html><body><h1>not reviewed<\/h1><div role="note" [^>]*><details open><summary[^>]*>Hidden preview &mdash; not reviewed\./);
     expect(page.body.toString()).toMatch(/<a [^>]*href="http:\/\/127\.0\.0\.1:\d+\/octo-org\/docs\/pull\/1">The pull request<\/a>/);
     expect([page.headers['cache-control'], page.headers['x-robots-tag']]).toEqual(['private, no-store', 'noindex']);
+    // Nothing a CDN would keep or could be purged by: a hidden answer is no shared cache's business.
+    expect([page.headers['cdn-cache-control'], page.headers['surrogate-key'], page.headers['cache-tag']]).toEqual([undefined, undefined, undefined]);
     const script = await viaNginx(hiddenHost, '/app.js', { cookie });
     expect([script.status, script.body.toString(), script.headers['cache-control']]).toEqual([200, 'console.log("not reviewed")', 'private, no-store']);
     const missing = await viaNginx(hiddenHost, '/missing.js', { cookie });

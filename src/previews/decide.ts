@@ -9,6 +9,7 @@ import type { Job } from '../queue.js';
 import { RetryLater } from '../queue.js';
 import type { PullRequest, Repository } from '../registry.js';
 import { settingsSchema, type RepoSettings, type TrustDecision } from '../trust.js';
+import { enqueuePurge } from '../cdn.js';
 import { octokitFor, ownerAndName, prKey, requireGithub, withPr, withRepository, type Cause, type PreviewsContext } from './context.js';
 
 /** Payload evidence that makes a PR *less* visible (a revocation): applied at once, without asking GitHub. */
@@ -262,6 +263,7 @@ export class Decisions {
     const wanted = String(data.site);
     const { db } = this.ctx;
     const lockName = `repository:${Number(data.repositoryId)}`;
+    let movedFrom = '';
     const moved = await withRepository(this.ctx, Number(data.repositoryId), async () => {
       const repo = await db.transaction(async (tx) => {
         await db.lockName(tx, lockName, 'exclusive');
@@ -271,6 +273,7 @@ export class Decisions {
       });
       if (!repo) return undefined;
       await this.ctx.store.moveSite(repo.site, wanted);
+      movedFrom = repo.site;
       this.ctx.log.info({ repo: repo.fullName, from: repo.site, to: wanted }, 'moved the previews to the site named in the settings');
       return db.transaction(async (tx) => {
         await db.lockName(tx, lockName, 'exclusive');
@@ -280,6 +283,10 @@ export class Decisions {
     if (!moved) return;
     await db.transaction(async (tx) => {
       for (const { pr } of await this.ctx.registry.openPullRequests([moved], undefined, tx)) await this.enqueueFeedback(moved, pr, await this.readyBuildIds(pr.id, tx));
+      // The old site's URLs answer 404 now; what a CDN kept of the public ones is purged.
+      for (const pr of await tx.select().from(pullRequests).where(and(eq(pullRequests.repositoryId, moved.id), eq(pullRequests.visibility, 'public')))) {
+        await enqueuePurge(this.ctx, tx, pr, movedFrom);
+      }
     });
   }
 
@@ -310,6 +317,8 @@ export class Decisions {
   private async recordMove(tx: Orm, repo: Repository, pr: PullRequest, to: Visibility, reason: string, cause: Cause): Promise<void> {
     const actorUserId = cause.actor ? await this.ctx.registry.upsertUser(cause.actor.id, cause.actor.login, tx) : undefined;
     await tx.insert(visibilityChanges).values({ pullRequestId: pr.id, from: pr.visibility, to, reason, cause: cause.event, actorUserId });
+    // A CDN may hold the files it served while public: purged once this flip is committed (a row of this transaction).
+    if (to === 'hidden') await enqueuePurge(this.ctx, tx, pr);
     this.ctx.metrics.visibilityChanges.inc({ to });
     this.ctx.log.info({ repo: repo.fullName, pr: pr.number, from: pr.visibility, to, cause: cause.event }, `pull request is now ${to}: ${reason}`);
   }

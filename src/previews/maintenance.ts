@@ -6,6 +6,7 @@ import { only } from '../db/query.js';
 import { builds, jobs, objects, pullRequests, repositories } from '../db/tables.js';
 import type { PullRequest, Repository } from '../registry.js';
 import type { Octokit } from '../github.js';
+import { enqueuePurge } from '../cdn.js';
 import { octokitFor, withPr, type PreviewsContext } from './context.js';
 import type { Decisions } from './decide.js';
 import { forgetObjects } from './object-rows.js';
@@ -210,7 +211,11 @@ export class Maintenance {
       }
       await withPr(this.ctx, repo.id, pr.number, async () => {
         await this.ctx.store.removePr(repo.site, pr.number);
-        await this.ctx.db.orm.delete(builds).where(eq(builds.pullRequestId, pr.id));
+        await this.ctx.db.transaction(async (tx) => {
+          // Named while its builds are still rows (a closed PR was purged when it was hidden; this is the last word).
+          await enqueuePurge(this.ctx, tx, pr);
+          await tx.delete(builds).where(eq(builds.pullRequestId, pr.id));
+        });
       });
       removedPrs++;
       this.ctx.log.info({ repo: repo.fullName, pr: pr.number }, 'removed the builds of a closed pull request');

@@ -16,7 +16,7 @@ if [[ -z "${DATABASE_URL:-}" ]]; then echo "postgres-suites.sh: run it inside te
 export NODE_OPTIONS=--experimental-vm-modules
 suites=(
   postgres schema-parity migrate-to-postgres queue replicas replica-resume
-  webhooks upload digest dashboard trust usage secrets robustness edges manifest-attacks cli
+  webhooks upload digest dashboard trust usage secrets robustness edges manifest-attacks cli cdn
 )
 paths=()
 for suite in "${suites[@]}"; do paths+=("test/$suite.test.ts"); done
