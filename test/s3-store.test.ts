@@ -127,7 +127,7 @@ describeEngine(engineName, () => {
     expect(fs.readdirSync(server.core.store.stagingDir)).toEqual([]);
     const health = await fetch(`${server.url}/health`);
     expect(health.status).toBe(200);
-    expect(await health.json()).toMatchObject({ status: 'ok', builds: 'ok' });
+    expect(await health.json()).toMatchObject({ status: 'ok', builds: 'ok', bucket: 'ok' });
     // The whole next commit as a plain upload: only its one new content is put.
     const before = puts.length;
     expect((await server.upload(1, B, tarball(site(20, [3])))).status).toBe(201);
@@ -182,6 +182,24 @@ describeEngine(engineName, () => {
     expect(requests).toEqual([]);
     expect(await inBucket()).toEqual(before);
     expect(await rows()).toHaveLength(5);
+  });
+
+  test("sites are the repository's row: the first upload takes the settings' site at once, a later one is moved with nothing sent to the bucket", async () => {
+    fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'site: handbook\n';
+    await start();
+    fake.addPull(DOCS, { number: 4, user: CONTRIBUTOR, commits: [A, B], labels: [LABEL] });
+    const res = await server.upload(4, A, tarball({ 'index.html': Buffer.from('<h1>hi</h1>') }));
+    expect(res.status).toBe(201);
+    expect(((await res.json()) as { url: string }).url).toBe(`https://pr4-${A.slice(0, 7)}--handbook.previews.test/`);
+    expect((await server.core.registry.findRepositoryById(DOCS))!.site).toBe('handbook');
+    // Builds stored: a new site is a move-site job, which changes the row only.
+    fake.repos.get(DOCS)!.files['.github/preview-gate.yml'] = 'site: manual\n';
+    const requests = countRequests();
+    expect((await server.upload(4, B, tarball({ 'index.html': Buffer.from('<h1>hi</h1>') }))).status).toBe(201);
+    await server.previews.settled();
+    expect((await server.core.registry.findRepositoryById(DOCS))!.site).toBe('manual');
+    expect(requests).toEqual([]);
+    expect((await rows()).map((r) => r.path)).toEqual(['index.html', 'index.html']);
   });
 
   test('closing + cleanup removes the rows; after the grace, GC removes objects only that PR used and keeps those another PR uses', async () => {
@@ -256,5 +274,6 @@ describeEngine(engineName, () => {
     expect(JSON.stringify(server.logs)).not.toContain('not-the-secret-of-this-engine');
     const health = await fetch(`${server.url}/health`);
     expect(health.status).toBe(503);
+    expect(await health.json()).toEqual({ status: 'unavailable', error: 'The database, the builds directory or the bucket is not usable.' });
   });
 });
