@@ -53,10 +53,10 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
       await deps.store.check();
       const sweep = deps.sweepHealth?.problem();
       // Still 200: the server answers uploads and previews; the operator is told the sweep is not working.
-      res.json({ status: sweep ? 'degraded' : 'ok', database: 'ok', builds: 'ok', github: deps.github ? 'configured' : 'setup required', ...(sweep ? { sweep } : {}) });
+      res.json({ status: sweep ? 'degraded' : 'ok', database: 'ok', builds: 'ok', ...(deps.store.bucket ? { bucket: 'ok' } : {}), github: deps.github ? 'configured' : 'setup required', ...(sweep ? { sweep } : {}) });
     } catch (err) {
       deps.log.error({ err }, 'health check failed');
-      res.status(503).json({ status: 'unavailable', error: 'The database or the builds directory is not usable.' });
+      res.status(503).json({ status: 'unavailable', error: deps.store.bucket ? 'The database, the builds directory or the bucket is not usable.' : 'The database or the builds directory is not usable.' });
     }
   });
 
@@ -76,7 +76,8 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   // One role cache for the dashboard and the hidden previews: a user's roles are asked once per 5 minutes.
   const roles = dashboard && new RoleCache(dashboard.api, dashboard.sessions, deps.registry);
   if (deps.config.storage === 's3' && deps.config.s3) {
-    const bucket = deps.bucket ?? S3Objects.fromSettings(deps.config.s3);
+    // The store's own client when it has one (one connection pool per process), else one made from the settings.
+    const bucket = deps.bucket ?? deps.store.bucket?.bucket ?? S3Objects.fromSettings(deps.config.s3);
     app.use(s3ServingRouter({ config: deps.config, db: deps.db, bucket, hidden: dashboard && roles && hiddenPreviewCheck(dashboard, roles) }));
   }
   if (dashboard) app.use(dashboardRouter(dashboard, roles));
