@@ -150,9 +150,12 @@ describe("better-sqlite3's addon and Node 24.19+ (nodejs/node#65446)", () => {
 
 test('the upload CLI hashes a large build on two threads: every file once, each hash and size right', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pg-hashing-'));
+  // The first file is large: this thread takes it first and is busy with it while the helper, however late the
+  // loaded machine schedules it, takes the small ones (all 2,000 small files alone were sometimes hashed here
+  // before the helper woke, which is right, but then nothing shows that two threads share the work).
   const written = Array.from({ length: 2000 }, (_, i) => {
     const file = path.join(dir, `f${i}`);
-    const content = crypto.randomBytes(4096 + (i % 7));
+    const content = crypto.randomBytes(i === 0 ? 32 * 1024 * 1024 : 4096 + (i % 7));
     fs.writeFileSync(file, content);
     return { file, sha256: crypto.createHash('sha256').update(content).digest('hex'), size: content.length };
   });
