@@ -12,6 +12,7 @@ import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { eventually } from './helpers/eventually.js';
 import { siteTarball } from './helpers/tarballs.js';
 
 let server: TestServer;
@@ -327,6 +328,7 @@ test.each([
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--bogus'], /unknown option --bogus\./],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'a/b'], /but PREVIEW_GATE_SECRET is not set/],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'nope'], /--repo must be <owner>\/<repo>/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--timeout', '0'], /--timeout must be a number of seconds greater than 0/],
 ])('wrong arguments exit 2 with the reason: %j', async (argv, reason) => {
   const res = await upload(argv as string[]);
   expect(res.code).toBe(2);
@@ -400,4 +402,45 @@ test('a 409 with Retry-After (another upload of the SHA still being stored) is a
   expect(again.code).toBe(0);
   expect(again.stderr).toContain('is already stored; nothing to do');
   expect(stored.requests).toHaveLength(1);
+});
+
+test('a 409 whose Retry-After is an HTTP date (not seconds) is read as a date: asked again after it, not taken for "already stored"', async () => {
+  // One second ahead, at the header's whole-second precision: the CLI waits up to that moment (at least 1 s).
+  const at = new Date(Math.ceil(Date.now() / 1000) * 1000 + 1000).toUTCString();
+  const fake = await fakeServer([
+    { status: 409, body: { error: `Another upload of ${sha('da').slice(0, 7)} is being stored for pull request #1; try again shortly.` }, headers: { 'retry-after': at } },
+    { status: 201, body: { url: 'https://pr1-dadadad--docs.previews.test/' } },
+  ]);
+  const res = await upload([...args(siteFolder('dated'), 1, sha('da'), fake.url), '--full', '--retries', '0'], { PREVIEW_GATE_TOKEN: 'tok' });
+  await fake.close();
+  expect(res.stderr).toMatch(/try again shortly; asking again in (1\.\d|2) s\n/);
+  expect(res).toMatchObject({ code: 0, stdout: 'https://pr1-dadadad--docs.previews.test/\n' });
+  expect(fake.requests).toHaveLength(2);
+});
+
+test('a server that takes the whole build and never answers is given up on after --timeout, naming the URL and the wait; the process ends', async () => {
+  const archive = path.join(work, 'unanswered.tgz');
+  fs.writeFileSync(archive, crypto.randomBytes(20_000)); // fits in the sockets' buffers: all of it arrives
+  let received = 0;
+  // Reads each request to its end and never answers.
+  const silent = http.createServer((req) => void req.on('data', (chunk: Buffer) => (received += chunk.length)));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+  // A child process: whether the process ends (instead of hanging CI) is what is tested.
+  const child = spawn('node', ['bin/preview-gate.js', 'upload', archive, '--pr', '1', '--sha', sha('db'), '--url', url, '--timeout', '0.5'], {
+    env: { ...process.env, PREVIEW_GATE_TOKEN: 't' },
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+  const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const status = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearTimeout(killer);
+  await eventually(() => received === 20_000, 5_000).catch(() => undefined);
+  silent.closeAllConnections();
+  await new Promise((r) => silent.close(r));
+  expect({ status, stderr, received }).toEqual({
+    status: 1,
+    stderr: `preview-gate upload: no answer from ${url}/create-build/1/${sha('db')} for 0.5 s; gave up (--timeout <seconds> waits longer; uploading again is safe: a stored build is not stored twice).\n`,
+    received: 20_000,
+  });
 });
