@@ -13,7 +13,7 @@ import { openPostgres, type PostgresDatabase } from '../src/db/postgres.js';
 import { accounts, jobs, pullRequests, repositories, sessions, users } from '../src/db/tables.js';
 import { pino } from 'pino';
 import { WorkQueue } from '../src/queue.js';
-import { emptyPostgresDatabase, freshPostgresDatabase, postgresUrl, type TestDatabase } from './helpers/postgres.js';
+import { describePostgres, emptyPostgresDatabase, freshPostgresDatabase, postgresUrl, type TestDatabase } from './helpers/postgres.js';
 
 /** Polls an asynchronous condition until it holds (10 s at most). */
 async function until(check: () => Promise<boolean> | boolean, what: string): Promise<void> {
@@ -86,13 +86,7 @@ async function seedPullRequest(db: Database): Promise<number> {
   });
 }
 
-// Without a server the suite is one skipped block whose name says why and how to run it.
-const describePostgres = postgresUrl ? describe : describe.skip;
-const title = postgresUrl
-  ? 'PostgreSQL backend'
-  : 'PostgreSQL backend (skipped: DATABASE_URL is not set; run bash test/engines/postgres.sh env NODE_OPTIONS=--experimental-vm-modules npx jest test/postgres.test.ts)';
-
-describePostgres(title, () => {
+describePostgres('PostgreSQL backend', 'test/postgres.test.ts', () => {
   it('applies the migrations on an empty database, once, with two replicas starting together', async () => {
     const empty = await emptyPostgresDatabase();
     cleanups.push(() => empty.drop());

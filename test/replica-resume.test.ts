@@ -5,49 +5,18 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import nock from 'nock';
 import { builds, replicas } from '../src/db/tables.js';
 import { eq } from '../src/db/orm.js';
 import { commitsOf, githubFor } from './helpers/github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { replicasPerTest, uploadInTwoHalves } from './helpers/replicas.js';
+import { sha } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { eventually } from './helpers/eventually.js';
 
 const LABEL = 'safe for preview';
-let servers: TestServer[] = [];
+const group = replicasPerTest({ leaseMs: 900 });
+const start = (tmp?: string) => group.start(tmp);
 const waitFor = (check: () => boolean | Promise<boolean>) => eventually(check);
-beforeEach(() => {
-  nock.disableNetConnect();
-  nock.enableNetConnect('127.0.0.1');
-  nock('https://api.github.com').persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
-});
-afterEach(async () => {
-  nock.cleanAll();
-  for (const s of servers.reverse()) await s.stop().catch(() => undefined);
-  if (servers[0]) fs.rmSync(servers[0].tmp, { recursive: true, force: true });
-  servers = [];
-});
-async function start(tmp?: string): Promise<TestServer> {
-  const s = await startTestServer(tmp ? { DATA_DIR: path.join(tmp, 'data') } : {}, tmp, { seedSecret: !tmp, timing: { leaseMs: 900 } });
-  servers.push(s);
-  return s;
-}
-async function uploadInTwoHalves(server: TestServer, pr: number, commit: string, body: Buffer) {
-  const token = await server.token({ 'pull-request': pr });
-  let finish!: () => void;
-  const stream = new ReadableStream<Uint8Array>({
-    async start(controller) {
-      controller.enqueue(new Uint8Array(body.subarray(0, body.length >> 1)));
-      await new Promise<void>((resolve) => (finish = resolve));
-      controller.enqueue(new Uint8Array(body.subarray(body.length >> 1)));
-      controller.close();
-    },
-  });
-  const answered = fetch(`${server.url}/create-build/${pr}/${commit}`, {
-    method: 'POST', headers: { authorization: `Token ${token}`, 'content-type': 'application/gzip' }, body: stream, duplex: 'half',
-  } as RequestInit);
-  return { answered, finish: () => finish() };
-}
 
 test('a replica whose heartbeat paused past the lease and then resumed is alive again, and its upload in flight is kept', async () => {
   const a = await start();
