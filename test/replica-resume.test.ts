@@ -94,3 +94,41 @@ test("the failure of an upload whose claim another replica took over does not de
   const rows = (await b.core.db.orm.select().from(builds)).map((r) => ({ status: r.status, owner: r.claimOwner === b.replica.id ? 'b' : r.claimOwner }));
   expect(rows).toEqual([{ status: 'pending', owner: 'b' }]);
 });
+
+test.each([
+  ['while its body streamed', 'streaming'],
+  ['between the rename of its folder and marking it ready', 'published'],
+] as const)('an upload whose claim another replica took over %s is not published by this one: 409 with Retry-After, nothing stored, the claim left to the other', async (_when, moment) => {
+  const a = await start();
+  const b = await start(a.tmp);
+  const commit = sha(moment === 'streaming' ? 'd4' : 'd5');
+  githubFor({ number: 12, commits: [commit], labels: [LABEL] });
+  commitsOf({ number: 12, commits: [commit], labels: [LABEL] });
+  // What b's takeover does while a looks dead (its heartbeat unwritten past the lease): the claim becomes b's.
+  const takeOver = () => b.core.db.orm.update(builds).set({ claimOwner: b.replica.id, claimExpiresAt: b.replica.leaseUntil() }).where(eq(builds.status, 'pending'));
+  if (moment === 'published') {
+    const publish = a.core.store.publish.bind(a.core.store);
+    a.core.store.publish = async (...args) => {
+      const folder = await publish(...args);
+      await takeOver();
+      return folder;
+    };
+  }
+  const upload = await uploadInTwoHalves(a, 12, commit, siteTarball('on a, whose claim b took'));
+  await waitFor(async () => (await a.core.db.orm.select().from(builds).where(eq(builds.status, 'pending'))).length === 1);
+  if (moment === 'streaming') await takeOver();
+  upload.finish();
+  const res = await upload.answered;
+  const answer = { status: res.status, retryAfter: res.headers.get('retry-after'), body: await res.json() };
+  const rows = (await b.core.db.orm.select().from(builds)).map((r) => ({ status: r.status, owner: r.claimOwner === b.replica.id ? 'b' : r.claimOwner }));
+  const published = ['12', 'hidden--12'].some((folder) => fs.existsSync(path.join(a.config.buildsDir, 'docs', folder, commit.slice(0, 7))));
+  expect({ answer, rows, published }).toEqual({
+    answer: {
+      status: 409,
+      retryAfter: '2',
+      body: { error: `Another replica took over storing ${commit.slice(0, 7)} for pull request #12 (this one looked stopped); try again shortly.` },
+    },
+    rows: [{ status: 'pending', owner: 'b' }],
+    published: false,
+  });
+});
