@@ -54,6 +54,20 @@ function siteFolder(marker: string): string {
 
 const args = (source: string, pr: number, commit: string, url = server.url) => [source, '--pr', String(pr), '--sha', commit, '--url', url];
 
+/**
+ * `preview-gate upload` as a child process (when the server stand-in lives in this one, or whether the process
+ * ends is what is tested): its exit status (null: killed after 20 s) and what it printed on stderr.
+ */
+async function uploadProcess(archive: string, commit: string, url: string, extra: string[] = []) {
+  const child = spawn('node', ['bin/preview-gate.js', 'upload', ...args(archive, 1, commit, url), ...extra], { env: { ...process.env, PREVIEW_GATE_TOKEN: 't' } });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+  const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const status = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearTimeout(killer);
+  return { status, stderr };
+}
+
 test('a folder is tarred while streaming, stored, and its preview URL printed', async () => {
   const commit = sha('a1');
   const pr = { number: 70, commits: [commit], labels: ['safe for preview'] };
@@ -117,17 +131,8 @@ test('refused before its body is read, the CLI process ends at once instead of w
   await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${(refusing.address() as AddressInfo).port}`;
   const started = Date.now();
-  // A child process (the server above lives in this one): whether the process ends is what is tested.
-  const child = spawn('node', ['bin/preview-gate.js', 'upload', archive, '--pr', '1', '--sha', sha('d4'), '--url', url], {
-    env: { ...process.env, PREVIEW_GATE_TOKEN: 't' },
-  });
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
-  const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const status = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  clearTimeout(killer);
+  const cli = await uploadProcess(archive, sha('d4'), url);
   const took = Date.now() - started;
-  const cli = { status, stderr };
   for (const socket of sockets) socket.destroy();
   await new Promise((resolve) => refusing.close(resolve));
   expect(cli.status).toBe(1);
@@ -426,15 +431,7 @@ test('a server that takes the whole build and never answers is given up on after
   const silent = http.createServer((req) => void req.on('data', (chunk: Buffer) => (received += chunk.length)));
   await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
-  // A child process: whether the process ends (instead of hanging CI) is what is tested.
-  const child = spawn('node', ['bin/preview-gate.js', 'upload', archive, '--pr', '1', '--sha', sha('db'), '--url', url, '--timeout', '0.5'], {
-    env: { ...process.env, PREVIEW_GATE_TOKEN: 't' },
-  });
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
-  const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const status = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  clearTimeout(killer);
+  const { status, stderr } = await uploadProcess(archive, sha('db'), url, ['--timeout', '0.5']);
   await eventually(() => received === 20_000, 5_000).catch(() => undefined);
   silent.closeAllConnections();
   await new Promise((r) => silent.close(r));

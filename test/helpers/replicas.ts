@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import nock from 'nock';
+import { githubThroughNock } from './github.js';
 import { crash, dropTmpDatabase, startTestServer, type TestServer } from './server.js';
 
 export interface ReplicaTiming {
@@ -21,11 +22,7 @@ export interface ReplicaTiming {
  */
 export function replicasPerTest(timing?: ReplicaTiming) {
   const group = replicaGroup(timing);
-  beforeEach(() => {
-    nock.disableNetConnect();
-    nock.enableNetConnect('127.0.0.1');
-    nock('https://api.github.com').persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
-  });
+  beforeEach(githubThroughNock);
   afterEach(async () => {
     nock.cleanAll();
     await group.stopAll();
