@@ -72,7 +72,7 @@ test("after such a pause, a concurrent upload of the same SHA on another replica
   const first = await upload.answered;
   const firstAnswer = { status: first.status, body: await first.text() };
   const served = fs.readFileSync(path.join(a.config.buildsDir, 'docs', '10', commit.slice(0, 7), 'index.html'), 'utf8');
-  expect(rivalAnswer).toEqual({ status: 409, retryAfter: '2' });
+  expect({ rivalAnswer, first: firstAnswer.status, served }).toEqual({ rivalAnswer: { status: 409, retryAfter: '2' }, first: 201, served: expect.stringContaining('first, on a') });
 });
 
 test("the failure of an upload whose claim another replica took over does not delete that replica's claim", async () => {
