@@ -347,14 +347,15 @@ test('without any token, it says how to give one', async () => {
 });
 
 /** A local server answering the given responses in order, recording each request with its whole body. */
-async function fakeServer(answers: { status: number; body: object; headers?: Record<string, string> }[]) {
+async function fakeServer(answers: { status: number; body: object; headers?: Record<string, string> | (() => Record<string, string>) }[]) {
   const requests: { url: string; headers: http.IncomingHttpHeaders; body: Buffer }[] = [];
   const srv = http.createServer(async (req, res) => {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     requests.push({ url: req.url!, headers: req.headers, body: Buffer.concat(chunks) });
     const answer = answers[requests.length - 1] ?? { status: 500, body: {} };
-    res.writeHead(answer.status, { 'content-type': 'application/json', ...answer.headers }).end(JSON.stringify(answer.body));
+    const headers = typeof answer.headers === 'function' ? answer.headers() : answer.headers;
+    res.writeHead(answer.status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(answer.body));
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
   return {
@@ -410,15 +411,16 @@ test('a 409 with Retry-After (another upload of the SHA still being stored) is a
 });
 
 test('a 409 whose Retry-After is an HTTP date (not seconds) is read as a date: asked again after it, not taken for "already stored"', async () => {
-  // One second ahead, at the header's whole-second precision: the CLI waits up to that moment (at least 1 s).
-  const at = new Date(Math.ceil(Date.now() / 1000) * 1000 + 1000).toUTCString();
+  // Made when the answer is sent (not when the test starts, which a loaded machine can make seconds earlier):
+  // 2.5 s ahead, cut to the header's whole seconds, is 1.5-2.5 s ahead; the CLI's own floor is 1 s.
+  const at = () => ({ 'retry-after': new Date(Date.now() + 2500).toUTCString() });
   const fake = await fakeServer([
-    { status: 409, body: { error: `Another upload of ${sha('da').slice(0, 7)} is being stored for pull request #1; try again shortly.` }, headers: { 'retry-after': at } },
+    { status: 409, body: { error: `Another upload of ${sha('da').slice(0, 7)} is being stored for pull request #1; try again shortly.` }, headers: at },
     { status: 201, body: { url: 'https://pr1-dadadad--docs.previews.test/' } },
   ]);
   const res = await upload([...args(siteFolder('dated'), 1, sha('da'), fake.url), '--full', '--retries', '0'], { PREVIEW_GATE_TOKEN: 'tok' });
   await fake.close();
-  expect(res.stderr).toMatch(/try again shortly; asking again in (1\.\d|2) s\n/);
+  expect(res.stderr).toMatch(/try again shortly; asking again in (1\.[1-9]|2(\.\d)?) s\n/); // more than the floor: the date's
   expect(res).toMatchObject({ code: 0, stdout: 'https://pr1-dadadad--docs.previews.test/\n' });
   expect(fake.requests).toHaveLength(2);
 });
