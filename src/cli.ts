@@ -331,6 +331,13 @@ async function setSecret(args: string[], io: CliIo): Promise<number> {
   } else {
     value = await readAll(io.stdin);
     if (value.at(-1) === 0x0a) value = value.subarray(0, value.at(-2) === 0x0d ? -2 : -1);
+    // Nothing piped and no terminal (stdin is /dev/null: a CI step, `docker exec` without -i): say how to give it.
+    if (value.length === 0) {
+      io.stderr.write(
+        `preview-gate: no value came on standard input, and there is no terminal to generate one on: pipe the value in (openssl rand -base64 32 | preview-gate secret set ${slug} ${UPLOAD_SECRET_NAME}), or run the command on a terminal to have one generated and printed once; nothing was stored.\n`,
+      );
+      return 1;
+    }
     if (value.length < MIN_SECRET_BYTES) {
       io.stderr.write(`preview-gate: the secret must be at least ${MIN_SECRET_BYTES} bytes (got ${value.length}); nothing was stored.\n`);
       return 1;

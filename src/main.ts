@@ -31,7 +31,15 @@ async function main(): Promise<void> {
   const setupHandler = probot ? undefined : await createSetupHandler(config, log);
   const running = await startServer(config, log, { probot, setupHandler, host: config.host });
   log.info(
-    { url: running.url.replace('127.0.0.1', config.host), dataDir: config.dataDir, previews: `*.${config.previewDomain}`, replica: running.replica.id },
+    {
+      url: running.url.replace('127.0.0.1', config.host),
+      dataDir: config.dataDir,
+      // Names only: DATABASE_URL can hold a password.
+      database: running.core.db.kind,
+      storage: config.storage,
+      previews: `*.${config.previewDomain}`,
+      replica: running.replica.id,
+    },
     probot ? 'preview-gate is listening' : 'preview-gate is listening; register the GitHub App with the setup link above',
   );
   const stop = (signal: string) => {

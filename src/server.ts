@@ -53,7 +53,17 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
       await deps.store.check();
       const sweep = deps.sweepHealth?.problem();
       // Still 200: the server answers uploads and previews; the operator is told the sweep is not working.
-      res.json({ status: sweep ? 'degraded' : 'ok', database: 'ok', builds: 'ok', ...(deps.store.bucket ? { bucket: 'ok' } : {}), github: deps.github ? 'configured' : 'setup required', ...(sweep ? { sweep } : {}) });
+      // Which engine and storage, by name only (never DATABASE_URL or the bucket's credentials): reaching this
+      // line means both answered, so their names say more than an "ok".
+      res.json({
+        status: sweep ? 'degraded' : 'ok',
+        database: deps.db.kind,
+        storage: deps.config.storage,
+        builds: 'ok',
+        ...(deps.store.bucket ? { bucket: 'ok' } : {}),
+        github: deps.github ? 'configured' : 'setup required',
+        ...(sweep ? { sweep } : {}),
+      });
     } catch (err) {
       deps.log.error({ err }, 'health check failed');
       res.status(503).json({ status: 'unavailable', error: deps.store.bucket ? 'The database, the builds directory or the bucket is not usable.' : 'The database or the builds directory is not usable.' });

@@ -18,16 +18,26 @@ export interface UploadIo {
 }
 
 export const UPLOAD_USAGE = `  preview-gate upload <dir|archive.tgz> --pr <n> --sha <sha> --url <base> [--retries 4] [--full]
-        [--token-env VAR | --repo <owner/repo> [--secret-env VAR]]
+        [--timeout 300] [--token-env VAR | --repo <owner/repo> [--secret-env VAR]]
                                                     upload a build; the token is $PREVIEW_GATE_TOKEN (or --token-env),
                                                     or signed here with the upload secret $PREVIEW_GATE_SECRET and
                                                     --repo, or on GitHub Actions (id-token: write) an OIDC token;
                                                     a folder is sent by digest (only the files the server lacks)
-                                                    unless --full is given or the server does not take digests`;
+                                                    unless --full is given or the server does not take digests;
+                                                    gives up when the server sends nothing for --timeout seconds`;
 
 const DEFAULT_TOKEN_ENV = 'PREVIEW_GATE_TOKEN';
 const DEFAULT_SECRET_ENV = 'PREVIEW_GATE_SECRET';
 const RETRYABLE = new Set([502, 503, 504]);
+/**
+ * How long the server may send nothing (no answer, nor read a byte of the body) before the CLI gives up: a
+ * server that takes the build and never answers must not hold a CI job until the CI's own limit (hours).
+ * Generous: the server answers once the build is stored and GitHub has been asked (each ask bounded in time).
+ */
+const DEFAULT_TIMEOUT_S = 300;
+
+/** The server sent nothing for the whole --timeout. */
+class NoAnswer extends Error {}
 
 class UsageError extends Error {}
 
@@ -145,10 +155,17 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
       progress = withProgress(body, size, io.stderr);
     }
     try {
-      res = await httpRequest('POST', url, { authorization: `Bearer ${options.token}`, 'content-type': contentType, ...headers }, progress ? progress.stream : (body as Buffer));
+      const sent = progress ? progress.stream : (body as Buffer);
+      res = await httpRequest('POST', url, { authorization: `Bearer ${options.token}`, 'content-type': contentType, ...headers }, options.timeoutMs, sent);
     } catch (err) {
       if (readFailure) {
         say(`could not read ${source}: ${readFailure.message}`);
+        return 1;
+      }
+      // Not retried: the server may have stored the build (a new attempt would be answered 409, which is fine,
+      // but each attempt could wait as long again).
+      if (err instanceof NoAnswer) {
+        say(`no answer from ${url} for ${seconds(options.timeoutMs)} s; gave up (--timeout <seconds> waits longer; uploading again is safe: a stored build is not stored twice).`);
         return 1;
       }
       const why = networkProblem(err);
@@ -168,7 +185,7 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
     const answer = parseAnswer(res.text);
     if (RETRYABLE.has(res.status) && attempt < options.retries) {
       const wait = retryAfterMs(res.retryAfter) ?? delay;
-      say(`the server is busy (HTTP ${res.status}${answer.error ? `: ${answer.error}` : ''}); retrying in ${wait / 1000} s`);
+      say(`the server is busy (HTTP ${res.status}${answer.error ? `: ${answer.error}` : ''}); retrying in ${seconds(wait)} s`);
       await sleep(wait);
       delay *= 2;
       continue;
@@ -183,7 +200,7 @@ async function sendWithRetries(url: string, request: () => UploadRequest, option
         return 1;
       }
       const wait = Math.min(Math.max(claimWait, 1000), CLAIM_WAIT_LIMIT_MS - claimWaitedMs);
-      say(`${stillStoring}; asking again in ${wait / 1000} s`);
+      say(`${stillStoring}; asking again in ${seconds(wait)} s`);
       await sleep(wait);
       claimWaitedMs += wait;
       attempt--;
@@ -207,11 +224,13 @@ interface RawAnswer {
  * still going out). Not fetch: Node loads its HTTP client (undici) on the first call, 40 ms of a 0.3 s digest
  * upload.
  */
-async function httpRequest(method: 'GET' | 'POST', url: string | URL, headers: Record<string, string>, body?: Readable | Buffer): Promise<RawAnswer> {
+async function httpRequest(method: 'GET' | 'POST', url: string | URL, headers: Record<string, string>, timeoutMs: number, body?: Readable | Buffer): Promise<RawAnswer> {
   const target = new URL(url);
   const client = target.protocol === 'https:' ? await import('node:https') : http;
   return new Promise((resolve, reject) => {
-    const req = client.request(target, { method, headers }, (res) => {
+    // Idle, not total: a large build may take long to send, but a socket on which nothing moves for
+    // `timeoutMs` (the server neither reads nor answers) is given up on.
+    const req = client.request(target, { method, headers, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('error', reject);
@@ -227,7 +246,12 @@ async function httpRequest(method: 'GET' | 'POST', url: string | URL, headers: R
         }
       });
     });
-    req.on('error', reject);
+    req.on('timeout', () => req.destroy(new NoAnswer(`no answer for ${seconds(timeoutMs)} s`)));
+    req.on('error', (err) => {
+      // The build's stream stops too (a tar stream still reading files would keep the process alive).
+      if (body !== undefined && !Buffer.isBuffer(body)) body.destroy();
+      reject(err);
+    });
     if (body === undefined || Buffer.isBuffer(body)) {
       req.end(body);
       return;
@@ -326,6 +350,8 @@ interface UploadOptions {
   retries: number;
   /** Send the whole build even to a server that takes digest uploads. */
   full: boolean;
+  /** How long the server may send nothing before the upload is given up (--timeout). */
+  timeoutMs: number;
 }
 
 function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions {
@@ -341,6 +367,7 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
       'secret-env': { type: 'string' },
       retries: { type: 'string' },
       full: { type: 'boolean' },
+      timeout: { type: 'string' },
     },
   });
   if (positionals.length !== 1) throw new UsageError('give one folder or .tgz file to upload.');
@@ -352,6 +379,8 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
   if (!values.url || !/^https?:\/\/[^/]+/.test(values.url)) throw new UsageError('--url must be the server\'s base URL (https://…).');
   const retries = values.retries === undefined ? 4 : Number(values.retries);
   if (!Number.isInteger(retries) || retries < 0) throw new UsageError('--retries must be a whole number.');
+  const timeout = values.timeout === undefined ? DEFAULT_TIMEOUT_S : Number(values.timeout);
+  if (!(Number.isFinite(timeout) && timeout > 0)) throw new UsageError('--timeout must be a number of seconds greater than 0.');
   const tokenEnv = values['token-env'] ?? DEFAULT_TOKEN_ENV;
   const token = env[tokenEnv];
   if (values['token-env'] && !token) throw new UsageError(`the variable ${tokenEnv} is not set.`);
@@ -370,6 +399,7 @@ function parseUploadArgs(args: string[], env: NodeJS.ProcessEnv): UploadOptions 
     secret: values.repo && secret ? { value: secret, repo: values.repo } : undefined,
     retries,
     full: values.full ?? false,
+    timeoutMs: Math.round(timeout * 1000),
   };
 }
 
@@ -446,7 +476,7 @@ async function githubActionsToken(env: NodeJS.ProcessEnv, audience: string): Pro
   url.searchParams.set('audience', audience);
   let res: RawAnswer;
   try {
-    res = await httpRequest('GET', url, { authorization: `bearer ${requestToken}` });
+    res = await httpRequest('GET', url, { authorization: `bearer ${requestToken}` }, DEFAULT_TIMEOUT_S * 1000);
   } catch (err) {
     throw new Error(`GitHub Actions did not give an OIDC token (${networkProblem(err)}).`);
   }
@@ -455,10 +485,16 @@ async function githubActionsToken(env: NodeJS.ProcessEnv, audience: string): Pro
   return value;
 }
 
-function retryAfterMs(header: string | undefined): number | undefined {
-  const seconds = Number(header);
-  return header !== undefined && header !== '' && Number.isFinite(seconds) ? seconds * 1000 : undefined;
+/** Retry-After in ms: delay-seconds, or an HTTP date (RFC 9110 §10.2.3; a date past is 0). */
+function retryAfterMs(header: string | undefined, now = Date.now()): number | undefined {
+  if (header === undefined || header.trim() === '') return undefined;
+  if (/^\s*\d+\s*$/.test(header)) return Number(header) * 1000;
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
+
+/** A wait for messages: whole seconds as they are, otherwise to a tenth ("1.2"). */
+const seconds = (ms: number) => String(Math.round(ms / 100) / 10);
 
 function networkProblem(err: unknown): string {
   return (err as NodeJS.ErrnoException).code ?? (err as Error).message;

@@ -16,6 +16,7 @@ import { sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer, dataEnv } f
 import { tarball } from './helpers/tarballs.js';
 import { signedWebhook } from './helpers/webhooks.js';
 import { eventually } from './helpers/eventually.js';
+import { postgresUrl } from './helpers/postgres.js';
 
 const OWNER = { id: 9001, login: 'octo-org' };
 const DOCS = 7001;
@@ -50,6 +51,15 @@ function bigSite(): Buffer {
   for (let i = 0; i < 40; i++) files[`assets/f${i}.bin`] = Buffer.from(Array.from({ length: 32 * 1024 }, () => Math.floor(Math.random() * 256)));
   return tarball({ 'index.html': '<h1>big</h1>', ...files });
 }
+
+test('/health, which anyone can ask (nginx passes it), names the database engine and the storage and nothing more: no URL, path or credential', async () => {
+  await start();
+  const res = await fetch(`${server.url}/health`);
+  expect({ status: res.status, body: await res.json() }).toEqual({
+    status: 200,
+    body: { status: 'ok', database: postgresUrl ? 'postgres' : 'sqlite', storage: 'filesystem', builds: 'ok', github: 'configured' },
+  });
+});
 
 /** Sends the head and `cut` bytes of the body, then ends the connection the given way. */
 function abortedUpload(pr: number, commit: string, token: string, body: Buffer, cut: number, how: 'reset' | 'fin'): Promise<void> {

@@ -12,7 +12,7 @@ import pg from 'pg';
 import { runCli } from '../src/cli.js';
 import { tablesInForeignKeyOrder } from '../src/db/migrate-to-postgres.js';
 import { commitsOf, githubFor, type FakePr } from './helpers/github.js';
-import { emptyPostgresDatabase, postgresUrl, type TestDatabase } from './helpers/postgres.js';
+import { describePostgres, emptyPostgresDatabase, type TestDatabase } from './helpers/postgres.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { feedback } from './helpers/webhooks.js';
@@ -64,12 +64,7 @@ async function pgQuery<T extends pg.QueryResultRow>(url: string, text: string): 
   }
 }
 
-const describePostgres = postgresUrl ? describe : describe.skip;
-const title = postgresUrl
-  ? 'preview-gate migrate-to-postgres'
-  : 'preview-gate migrate-to-postgres (skipped: DATABASE_URL is not set; run bash test/engines/postgres.sh env NODE_OPTIONS=--experimental-vm-modules npx jest test/migrate-to-postgres.test.ts)';
-
-describePostgres(title, () => {
+describePostgres('preview-gate migrate-to-postgres', 'test/migrate-to-postgres.test.ts', () => {
   it('copies every table of a server-made SQLite database, with its values and ids, and the server can add rows after', async () => {
     const server = await sqliteDeployment();
     const target: TestDatabase = await emptyPostgresDatabase();

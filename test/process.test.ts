@@ -119,3 +119,18 @@ test('SIGTERM lets an upload in flight finish and be answered before the process
   expect(await exit).toBe(0);
   expect(fs.readFileSync(path.join(tmp, 'data', 'builds', 'docs', '2', sha.slice(0, 7), 'more.html'), 'utf8')).toBe('still coming');
 });
+
+test('the start-up line and /health name the database engine and the storage (names only: no URL, no credentials)', async () => {
+  const server = await startServerProcess({ ...env, LOG_LEVEL: 'info' }, port, { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  server.stdout!.on('data', (chunk: Buffer) => (out += chunk));
+  const health = await (await fetch(`http://127.0.0.1:${port}/health`)).json();
+  const exit = exited(server);
+  server.kill('SIGTERM');
+  expect(await exit).toBe(0);
+  const started = out.split('\n').filter(Boolean).map((line) => JSON.parse(line)).find((line) => /^preview-gate is listening/.test(line.msg));
+  expect({ health, started }).toEqual({
+    health: expect.objectContaining({ status: 'ok', database: 'sqlite', storage: 'filesystem', builds: 'ok' }),
+    started: expect.objectContaining({ database: 'sqlite', storage: 'filesystem' }),
+  });
+});

@@ -5,49 +5,18 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import nock from 'nock';
 import { builds, replicas } from '../src/db/tables.js';
 import { eq } from '../src/db/orm.js';
 import { commitsOf, githubFor } from './helpers/github.js';
-import { sha, startTestServer, type TestServer } from './helpers/server.js';
+import { replicasPerTest, uploadInTwoHalves } from './helpers/replicas.js';
+import { sha } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 import { eventually } from './helpers/eventually.js';
 
 const LABEL = 'safe for preview';
-let servers: TestServer[] = [];
+const group = replicasPerTest({ leaseMs: 900 });
+const start = (tmp?: string) => group.start(tmp);
 const waitFor = (check: () => boolean | Promise<boolean>) => eventually(check);
-beforeEach(() => {
-  nock.disableNetConnect();
-  nock.enableNetConnect('127.0.0.1');
-  nock('https://api.github.com').persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
-});
-afterEach(async () => {
-  nock.cleanAll();
-  for (const s of servers.reverse()) await s.stop().catch(() => undefined);
-  if (servers[0]) fs.rmSync(servers[0].tmp, { recursive: true, force: true });
-  servers = [];
-});
-async function start(tmp?: string): Promise<TestServer> {
-  const s = await startTestServer(tmp ? { DATA_DIR: path.join(tmp, 'data') } : {}, tmp, { seedSecret: !tmp, timing: { leaseMs: 900 } });
-  servers.push(s);
-  return s;
-}
-async function uploadInTwoHalves(server: TestServer, pr: number, commit: string, body: Buffer) {
-  const token = await server.token({ 'pull-request': pr });
-  let finish!: () => void;
-  const stream = new ReadableStream<Uint8Array>({
-    async start(controller) {
-      controller.enqueue(new Uint8Array(body.subarray(0, body.length >> 1)));
-      await new Promise<void>((resolve) => (finish = resolve));
-      controller.enqueue(new Uint8Array(body.subarray(body.length >> 1)));
-      controller.close();
-    },
-  });
-  const answered = fetch(`${server.url}/create-build/${pr}/${commit}`, {
-    method: 'POST', headers: { authorization: `Token ${token}`, 'content-type': 'application/gzip' }, body: stream, duplex: 'half',
-  } as RequestInit);
-  return { answered, finish: () => finish() };
-}
 
 test('a replica whose heartbeat paused past the lease and then resumed is alive again, and its upload in flight is kept', async () => {
   const a = await start();
@@ -103,7 +72,7 @@ test("after such a pause, a concurrent upload of the same SHA on another replica
   const first = await upload.answered;
   const firstAnswer = { status: first.status, body: await first.text() };
   const served = fs.readFileSync(path.join(a.config.buildsDir, 'docs', '10', commit.slice(0, 7), 'index.html'), 'utf8');
-  expect(rivalAnswer).toEqual({ status: 409, retryAfter: '2' });
+  expect({ rivalAnswer, first: firstAnswer.status, served }).toEqual({ rivalAnswer: { status: 409, retryAfter: '2' }, first: 201, served: expect.stringContaining('first, on a') });
 });
 
 test("the failure of an upload whose claim another replica took over does not delete that replica's claim", async () => {
@@ -124,4 +93,42 @@ test("the failure of an upload whose claim another replica took over does not de
   // b's claim is still there for b's upload to finish.
   const rows = (await b.core.db.orm.select().from(builds)).map((r) => ({ status: r.status, owner: r.claimOwner === b.replica.id ? 'b' : r.claimOwner }));
   expect(rows).toEqual([{ status: 'pending', owner: 'b' }]);
+});
+
+test.each([
+  ['while its body streamed', 'streaming'],
+  ['between the rename of its folder and marking it ready', 'published'],
+] as const)('an upload whose claim another replica took over %s is not published by this one: 409 with Retry-After, nothing stored, the claim left to the other', async (_when, moment) => {
+  const a = await start();
+  const b = await start(a.tmp);
+  const commit = sha(moment === 'streaming' ? 'd4' : 'd5');
+  githubFor({ number: 12, commits: [commit], labels: [LABEL] });
+  commitsOf({ number: 12, commits: [commit], labels: [LABEL] });
+  // What b's takeover does while a looks dead (its heartbeat unwritten past the lease): the claim becomes b's.
+  const takeOver = () => b.core.db.orm.update(builds).set({ claimOwner: b.replica.id, claimExpiresAt: b.replica.leaseUntil() }).where(eq(builds.status, 'pending'));
+  if (moment === 'published') {
+    const publish = a.core.store.publish.bind(a.core.store);
+    a.core.store.publish = async (...args) => {
+      const folder = await publish(...args);
+      await takeOver();
+      return folder;
+    };
+  }
+  const upload = await uploadInTwoHalves(a, 12, commit, siteTarball('on a, whose claim b took'));
+  await waitFor(async () => (await a.core.db.orm.select().from(builds).where(eq(builds.status, 'pending'))).length === 1);
+  if (moment === 'streaming') await takeOver();
+  upload.finish();
+  const res = await upload.answered;
+  const answer = { status: res.status, retryAfter: res.headers.get('retry-after'), body: await res.json() };
+  const rows = (await b.core.db.orm.select().from(builds)).map((r) => ({ status: r.status, owner: r.claimOwner === b.replica.id ? 'b' : r.claimOwner }));
+  const published = ['12', 'hidden--12'].some((folder) => fs.existsSync(path.join(a.config.buildsDir, 'docs', folder, commit.slice(0, 7))));
+  expect({ answer, rows, published }).toEqual({
+    answer: {
+      status: 409,
+      retryAfter: '2',
+      body: { error: `Another replica took over storing ${commit.slice(0, 7)} for pull request #12 (this one looked stopped); try again shortly.` },
+    },
+    rows: [{ status: 'pending', owner: 'b' }],
+    published: false,
+  });
 });

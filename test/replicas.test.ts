@@ -11,53 +11,16 @@ import { builds, prLocks, replicas, schedules } from '../src/db/tables.js';
 import { withPr } from '../src/previews/context.js';
 import { eq } from '../src/db/orm.js';
 import { commitsOf, githubFor } from './helpers/github.js';
-import { crash, sha, startTestServer, withDatabaseOf, type TestServer } from './helpers/server.js';
+import { replicasPerTest, uploadInTwoHalves } from './helpers/replicas.js';
+import { sha, withDatabaseOf, type TestServer } from './helpers/server.js';
 import { siteTarball } from './helpers/tarballs.js';
 
 const LABEL = 'safe for preview';
-let servers: TestServer[] = [];
+const group = replicasPerTest();
+const start = group.start;
 const waitFor = async (check: () => boolean | Promise<boolean>) => {
   while (!(await check())) await new Promise((r) => setTimeout(r, 10));
 };
-
-beforeEach(() => {
-  nock.disableNetConnect();
-  nock.enableNetConnect('127.0.0.1');
-  nock('https://api.github.com').persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
-});
-afterEach(async () => {
-  nock.cleanAll();
-  for (const s of servers.reverse()) await s.stop().catch(() => undefined);
-  if (servers[0]) fs.rmSync(servers[0].tmp, { recursive: true, force: true });
-  servers = [];
-});
-
-async function start(tmp?: string, timing?: { leaseMs?: number; sweepEveryMs?: number; scheduleCheckMs?: number }): Promise<TestServer> {
-  const s = await startTestServer(tmp ? { DATA_DIR: path.join(tmp, 'data') } : {}, tmp, { seedSecret: !tmp, timing });
-  servers.push(s);
-  return s;
-}
-
-/** An upload whose body is sent in two halves: `finish()` sends the rest. */
-async function uploadInTwoHalves(server: TestServer, pr: number, commit: string, body: Buffer) {
-  const token = await server.token({ 'pull-request': pr });
-  let finish!: () => void;
-  const stream = new ReadableStream<Uint8Array>({
-    async start(controller) {
-      controller.enqueue(new Uint8Array(body.subarray(0, body.length >> 1)));
-      await new Promise<void>((resolve) => (finish = resolve));
-      controller.enqueue(new Uint8Array(body.subarray(body.length >> 1)));
-      controller.close();
-    },
-  });
-  const answered = fetch(`${server.url}/create-build/${pr}/${commit}`, {
-    method: 'POST',
-    headers: { authorization: `Token ${token}`, 'content-type': 'application/gzip' },
-    body: stream,
-    duplex: 'half',
-  } as RequestInit);
-  return { answered, finish: () => finish() };
-}
 
 test("a replica starting while another holds an upload claim leaves the claim and its staging; that upload is stored", async () => {
   const a = await start();
@@ -87,8 +50,7 @@ test("the claim and staging of a replica that died (heartbeat expired, no clean 
   const pending = async () => (await a.core.db.orm.select({ id: builds.id }).from(builds).where(eq(builds.status, 'pending'))).length;
   await waitFor(async () => (await pending()) === 1);
   const deadId = a.replica.id;
-  await crash(a);
-  servers = servers.filter((s) => s !== a);
+  await group.crash(a);
   upload.finish();
   await upload.answered.catch(() => undefined);
   // A's process stays (this test's), so only the expiry of its heartbeat says it is dead.
@@ -122,8 +84,7 @@ test('two replicas sweep once per interval in all; when the holder of the sweep 
   for (let i = 1; i < sweeps.length; i++) expect(sweeps[i]! - sweeps[i - 1]!).toBeGreaterThanOrEqual(200 - 5);
 
   // A dies holding the sweep's lease, the sweep due: B runs it only once that lease expired.
-  await crash(a);
-  servers = servers.filter((s) => s !== a);
+  await group.crash(a);
   await b.schedules.stop(0);
   const leaseUntil = Date.now() + 400;
   await b.core.db.orm.update(schedules).set({ leaseOwner: a.replica.id, leaseUntil: new Date(leaseUntil), nextRunAt: new Date() }).where(eq(schedules.name, 'sweep'));
@@ -139,10 +100,8 @@ test("one replica's clean stop does not hide another's crash: the next start rep
   // What A's crash mid-upload leaves: its claim and its staging folder.
   fs.mkdirSync(path.join(a.core.store.stagingDir, `${a.replica.id}.half-extracted`));
   const aId = a.replica.id;
-  await crash(a);
-  servers = servers.filter((s) => s !== a);
-  await b.stop();
-  servers = servers.filter((s) => s !== b);
+  await group.crash(a);
+  await group.stop(b);
   const rows = await withDatabaseOf(a.config, async (db) =>
     (await db.orm.select().from(replicas)).map((r) => ({ id: r.id, stopped: r.stoppedAt, beat: r.heartbeatAt.getTime() })),
   );
@@ -210,8 +169,7 @@ test("the claim of a replica killed mid-upload is taken over at once by the retr
   const upload = await uploadInTwoHalves(a, 8, commit, siteTarball('killed'));
   await waitFor(async () => (await a.core.db.orm.select().from(builds).where(eq(builds.status, 'pending'))).length === 1);
   const deadId = a.replica.id;
-  await crash(a);
-  servers = servers.filter((s) => s !== a);
+  await group.crash(a);
   upload.finish();
   await upload.answered.catch(() => undefined);
   // A SIGKILLed replica of this machine: its process is gone (a child that has exited stands for it); its

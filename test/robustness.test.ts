@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import nock from 'nock';
 import { builds, pullRequests } from '../src/db/tables.js';
-import { commitsOf, githubFor } from './helpers/github.js';
+import { githubThroughNock, commitsOf, githubFor } from './helpers/github.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { siteTarball, tarball } from './helpers/tarballs.js';
 import { installationToken, pullRequestEvent, sendWebhook, settingsFile } from './helpers/webhooks.js';
@@ -10,11 +10,7 @@ import { installationToken, pullRequestEvent, sendWebhook, settingsFile } from '
 const LABEL = 'safe for preview';
 let server: TestServer | undefined;
 
-beforeEach(() => {
-  nock.disableNetConnect();
-  nock.enableNetConnect('127.0.0.1');
-  nock('https://api.github.com').persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
-});
+beforeEach(githubThroughNock);
 afterEach(async () => {
   nock.cleanAll();
   await server?.close();

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -102,6 +103,22 @@ describe('preview-gate secret set', () => {
     const { io: cli, out } = io('too-short');
     expect(await runCli(['secret', 'set', 'octo-org/docs', 'upload-key'], cli)).toBe(1);
     expect(out.stderr).toMatch(/at least 32 bytes/);
+    expect(await core.registry.findRepository('octo-org/docs')).toBeUndefined();
+  });
+
+  test('with nothing on standard input and no terminal (stdin is /dev/null), it says how to pass the value, exits 1 and stores nothing', async () => {
+    // The real command, as a CI step or `docker exec` without -i runs it.
+    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env, NODE_OPTIONS: '' };
+    delete childEnv.DATABASE_URL; // the SQLite file this test's core reads
+    const run = spawnSync('node', ['bin/preview-gate.js', 'secret', 'set', 'octo-org/docs', 'upload-key'], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', timeout: 20_000 });
+    expect({ status: run.status, stdout: run.stdout, stderr: run.stderr }).toEqual({
+      status: 1,
+      stdout: '',
+      stderr:
+        'preview-gate: no value came on standard input, and there is no terminal to generate one on: pipe the value in ' +
+        '(openssl rand -base64 32 | preview-gate secret set octo-org/docs upload-key), or run the command on a terminal ' +
+        'to have one generated and printed once; nothing was stored.\n',
+    });
     expect(await core.registry.findRepository('octo-org/docs')).toBeUndefined();
   });
 

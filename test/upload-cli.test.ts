@@ -12,6 +12,7 @@ import nock from 'nock';
 import { runCli } from '../src/cli.js';
 import { commitsOf, githubFor } from './helpers/github.js';
 import { sha, SLUG, startTestServer, UPLOAD_SECRET, type TestServer } from './helpers/server.js';
+import { eventually } from './helpers/eventually.js';
 import { siteTarball } from './helpers/tarballs.js';
 
 let server: TestServer;
@@ -52,6 +53,20 @@ function siteFolder(marker: string): string {
 }
 
 const args = (source: string, pr: number, commit: string, url = server.url) => [source, '--pr', String(pr), '--sha', commit, '--url', url];
+
+/**
+ * `preview-gate upload` as a child process (when the server stand-in lives in this one, or whether the process
+ * ends is what is tested): its exit status (null: killed after 20 s) and what it printed on stderr.
+ */
+async function uploadProcess(archive: string, commit: string, url: string, extra: string[] = []) {
+  const child = spawn('node', ['bin/preview-gate.js', 'upload', ...args(archive, 1, commit, url), ...extra], { env: { ...process.env, PREVIEW_GATE_TOKEN: 't' } });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+  const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const status = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearTimeout(killer);
+  return { status, stderr };
+}
 
 test('a folder is tarred while streaming, stored, and its preview URL printed', async () => {
   const commit = sha('a1');
@@ -116,17 +131,8 @@ test('refused before its body is read, the CLI process ends at once instead of w
   await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${(refusing.address() as AddressInfo).port}`;
   const started = Date.now();
-  // A child process (the server above lives in this one): whether the process ends is what is tested.
-  const child = spawn('node', ['bin/preview-gate.js', 'upload', archive, '--pr', '1', '--sha', sha('d4'), '--url', url], {
-    env: { ...process.env, PREVIEW_GATE_TOKEN: 't' },
-  });
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
-  const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const status = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  clearTimeout(killer);
+  const cli = await uploadProcess(archive, sha('d4'), url);
   const took = Date.now() - started;
-  const cli = { status, stderr };
   for (const socket of sockets) socket.destroy();
   await new Promise((resolve) => refusing.close(resolve));
   expect(cli.status).toBe(1);
@@ -327,6 +333,7 @@ test.each([
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--bogus'], /unknown option --bogus\./],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'a/b'], /but PREVIEW_GATE_SECRET is not set/],
   [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--repo', 'nope'], /--repo must be <owner>\/<repo>/],
+  [['.', '--pr', '1', '--sha', sha('d4'), '--url', 'http://x', '--timeout', '0'], /--timeout must be a number of seconds greater than 0/],
 ])('wrong arguments exit 2 with the reason: %j', async (argv, reason) => {
   const res = await upload(argv as string[]);
   expect(res.code).toBe(2);
@@ -340,14 +347,15 @@ test('without any token, it says how to give one', async () => {
 });
 
 /** A local server answering the given responses in order, recording each request with its whole body. */
-async function fakeServer(answers: { status: number; body: object; headers?: Record<string, string> }[]) {
+async function fakeServer(answers: { status: number; body: object; headers?: Record<string, string> | (() => Record<string, string>) }[]) {
   const requests: { url: string; headers: http.IncomingHttpHeaders; body: Buffer }[] = [];
   const srv = http.createServer(async (req, res) => {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     requests.push({ url: req.url!, headers: req.headers, body: Buffer.concat(chunks) });
     const answer = answers[requests.length - 1] ?? { status: 500, body: {} };
-    res.writeHead(answer.status, { 'content-type': 'application/json', ...answer.headers }).end(JSON.stringify(answer.body));
+    const headers = typeof answer.headers === 'function' ? answer.headers() : answer.headers;
+    res.writeHead(answer.status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(answer.body));
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
   return {
@@ -400,4 +408,38 @@ test('a 409 with Retry-After (another upload of the SHA still being stored) is a
   expect(again.code).toBe(0);
   expect(again.stderr).toContain('is already stored; nothing to do');
   expect(stored.requests).toHaveLength(1);
+});
+
+test('a 409 whose Retry-After is an HTTP date (not seconds) is read as a date: asked again after it, not taken for "already stored"', async () => {
+  // Made when the answer is sent (not when the test starts, which a loaded machine can make seconds earlier):
+  // 2.5 s ahead, cut to the header's whole seconds, is 1.5-2.5 s ahead; the CLI's own floor is 1 s.
+  const at = () => ({ 'retry-after': new Date(Date.now() + 2500).toUTCString() });
+  const fake = await fakeServer([
+    { status: 409, body: { error: `Another upload of ${sha('da').slice(0, 7)} is being stored for pull request #1; try again shortly.` }, headers: at },
+    { status: 201, body: { url: 'https://pr1-dadadad--docs.previews.test/' } },
+  ]);
+  const res = await upload([...args(siteFolder('dated'), 1, sha('da'), fake.url), '--full', '--retries', '0'], { PREVIEW_GATE_TOKEN: 'tok' });
+  await fake.close();
+  expect(res.stderr).toMatch(/try again shortly; asking again in (1\.[1-9]|2(\.\d)?) s\n/); // more than the floor: the date's
+  expect(res).toMatchObject({ code: 0, stdout: 'https://pr1-dadadad--docs.previews.test/\n' });
+  expect(fake.requests).toHaveLength(2);
+});
+
+test('a server that takes the whole build and never answers is given up on after --timeout, naming the URL and the wait; the process ends', async () => {
+  const archive = path.join(work, 'unanswered.tgz');
+  fs.writeFileSync(archive, crypto.randomBytes(20_000)); // fits in the sockets' buffers: all of it arrives
+  let received = 0;
+  // Reads each request to its end and never answers.
+  const silent = http.createServer((req) => void req.on('data', (chunk: Buffer) => (received += chunk.length)));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+  const { status, stderr } = await uploadProcess(archive, sha('db'), url, ['--timeout', '0.5']);
+  await eventually(() => received === 20_000, 5_000).catch(() => undefined);
+  silent.closeAllConnections();
+  await new Promise((r) => silent.close(r));
+  expect({ status, stderr, received }).toEqual({
+    status: 1,
+    stderr: `preview-gate upload: no answer from ${url}/create-build/1/${sha('db')} for 0.5 s; gave up (--timeout <seconds> waits longer; uploading again is safe: a stored build is not stored twice).\n`,
+    received: 20_000,
+  });
 });

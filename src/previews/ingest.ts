@@ -2,6 +2,7 @@ import { and, count, eq, isNull, sum } from '../db/orm.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { BuildTarget, ExtractResult } from '../builds/extract.js';
+import { removeTree } from '../builds/store.js';
 import type { Orm } from '../db/database.js';
 import { first, only } from '../db/query.js';
 import { builds, pullRequests, repositories, uploads } from '../db/tables.js';
@@ -15,6 +16,15 @@ import { encodeContents, pageReferences, recordContents, recordPageReferences } 
 
 /** Seconds a client is asked to wait before asking again about an upload of the same SHA still being stored. */
 const CLAIM_RETRY_AFTER_S = 2;
+
+/** This replica's claim was taken over (it looked dead): the client asks again and learns what the other stored. */
+class ClaimTakenOver extends HttpError {
+  constructor(sha7: string, number: number) {
+    super(409, `Another replica took over storing ${sha7} for pull request #${number} (this one looked stopped); try again shortly.`, {
+      headers: { 'retry-after': String(CLAIM_RETRY_AFTER_S) },
+    });
+  }
+}
 
 /** Storing one build of a PR: quota → claim of the SHA → staging → one rename → feedback queued. */
 export class Ingest {
@@ -221,23 +231,32 @@ export class Ingest {
       const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
       const { db } = this.ctx;
       const build = await only(db.orm.select().from(builds).where(eq(builds.id, buildId)).limit(1));
+      // Another replica took the claim over while this one looked dead: that one stores this SHA, not both.
+      if (build.claimOwner !== this.ctx.replica.id) throw new ClaimTakenOver(build.sha7, facts.number);
       const contents = encodeContents(size.contents, await pageReferences(db.orm, repo.id, size.contents, size.pageReferences));
       const { bucket } = this.ctx.store;
       // In a bucket, the transaction below is the publication: no folder is renamed.
-      if (!bucket) await this.ctx.store.publish(staging, (await this.decisions.currentRepo(repo)).site, facts.number, pr.visibility, build.sha7);
+      const published = bucket ? undefined : await this.ctx.store.publish(staging, (await this.decisions.currentRepo(repo)).site, facts.number, pr.visibility, build.sha7);
       const ready = await db.transaction(async (tx) => {
         await db.lockPullRequest(tx, pr.id);
         if (bucket) await bucket.record(tx, buildId, repo.id, size, put!);
         else await recordObjects(tx, repo.id, size.hashes);
         await recordPageReferences(tx, repo.id, size.pageReferences);
         await recordContents(tx, buildId, contents);
-        return only(
+        const marked = await first(
           tx
             .update(builds)
             .set({ status: 'ready', files: size.files, bytes: size.bytes, contentAddressed: true, claimExpiresAt: null })
-            .where(eq(builds.id, buildId))
+            // Decided here, under the PR's row lock: a takeover since the check above is seen too.
+            .where(and(eq(builds.id, buildId), eq(builds.claimOwner, this.ctx.replica.id)))
             .returning(),
         );
+        if (!marked) throw new ClaimTakenOver(build.sha7, facts.number);
+        return marked;
+      }).catch(async (err: unknown) => {
+        // Still under the PR's lock: the other replica has not published its copy yet, so the folder is ours.
+        if (err instanceof ClaimTakenOver && published) await removeTree(published);
+        throw err;
       });
       return { pr, build: ready, changed };
     });

@@ -85,3 +85,13 @@ export function pullRequestJson(pr: FakePr & { updatedAt?: string; repoId?: numb
 export function prRead(pr: FakePr & { updatedAt?: string }) {
   return nock(API).get(`/repos/${pr.owner ?? OWNER}/${pr.repo ?? REPO}/pulls/${pr.number}`).reply(200, pullRequestJson(pr));
 }
+
+/**
+ * Only local connections: GitHub is what nock answers, and its feedback endpoints (commit statuses, deployments,
+ * comments) are answered for the whole test (a beforeEach; nock.cleanAll() after each).
+ */
+export function githubThroughNock(): void {
+  nock.disableNetConnect();
+  nock.enableNetConnect('127.0.0.1');
+  nock(API).persist().post(/statuses|deployments|comments/).reply(201, { id: 1 }).get(/comments/).reply(200, []);
+}

@@ -109,3 +109,12 @@ export function sqliteOnly(reason: string): typeof test {
   const skipped = (name: string, fn?: jest.ProvidesCallback, timeout?: number) => test.skip(`${name} (skipped on PostgreSQL: ${reason})`, fn, timeout);
   return skipped as unknown as typeof test;
 }
+
+/**
+ * `describe` for a suite that needs PostgreSQL: without DATABASE_URL it is one skipped block whose name says why
+ * and how to run `file` against a server.
+ */
+export function describePostgres(title: string, file: string, suite: () => void): void {
+  if (postgresUrl) describe(title, suite);
+  else describe.skip(`${title} (skipped: DATABASE_URL is not set; run bash test/engines/postgres.sh env NODE_OPTIONS=--experimental-vm-modules npx jest ${file})`, suite);
+}
