@@ -6,7 +6,8 @@
 set -eu
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  if [ -z "${POSTGRES_PASSWORD:-}" ]; then
+  # Blank counts as unset (compose.yaml's default is a space).
+  if [ -z "$(printf '%s' "${POSTGRES_PASSWORD:-}" | tr -d '[:space:]')" ]; then
     echo "preview-gate-postgres: set POSTGRES_PASSWORD (in .env) for the first start: it becomes the password of the role preview_gate." >&2
     exit 1
   fi

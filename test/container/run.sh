@@ -48,6 +48,7 @@ docker() {
   if [ "$1" = compose ]; then
     shift
     local sub=$1
+    if [ "$sub" = exec ]; then compose_exec "${@:2}"; return; fi
     if { [ "$sub" = build ] || [ "$sub" = up ]; } && ! names_a_service "${@:2}"; then set -- "$@" $(active_services); fi
     podman-compose -p "$project" -f compose.yaml -f test/container/compose.test.yaml "$@"
   else podman "$@"; fi
@@ -59,6 +60,12 @@ git() {
 # `up`. docker compose builds and starts a service that has profiles only when COMPOSE_PROFILES (the shell, else
 # .env) names one of them: for `build` and `up` without a service named, the stand-in names the services docker
 # compose would. (Profiles written inline, `profiles: [a, b]`, as compose.yaml does.)
+# podman-compose 1.0.3 writes its own lines (its podman command, with the service's environment) to stdout, where
+# `docker compose exec -T postgres pg_dump … > file` writes the dump: `exec` [-T] <service> <command…> is podman's.
+compose_exec() {
+  [ "$1" = -T ] && shift
+  podman exec -i "${project}_$1_1" "${@:2}"
+}
 names_a_service() { local arg; for arg; do [[ $arg == -* ]] || return 0; done; return 1; }
 active_services() {
   local profiles=${COMPOSE_PROFILES-$(sed -n 's/^COMPOSE_PROFILES=//p' "$checkout/.env" | tail -1)}
@@ -73,7 +80,7 @@ active_services() {
     }
     END { for (i = 1; i <= n; i++) if (!(names[i] in off)) print names[i] }'
 }
-export -f docker git names_a_service active_services
+export -f docker git compose_exec names_a_service active_services
 
 # The fenced block after <!-- deploy:NAME --> in README.md.
 readme_block() {
