@@ -36,6 +36,7 @@ export COMMIT=$(printf 'c%.0s' $(seq 40)) SECOND_COMMIT=$(printf 'd%.0s' $(seq 4
 export project checkout
 compose() { (cd "$checkout" && docker compose "$@"); }
 cleanup() {
+  if [ -n "${postgres_build:-}" ]; then wait "$postgres_build" 2>/dev/null || true; fi
   compose down -v >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -103,6 +104,10 @@ step "a copy of this checkout (tracked and new files), as an operator's clone"
 mkdir -p "$checkout"
 command git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do [ -e "$f" ] && [ "$f" != node_modules ] && printf '%s\0' "$f"; done \
   | tar --null -T - -cf - | tar -xf - -C "$checkout"
+# The postgres profile's image is built now, beside the app's (its apt install is mostly waiting on downloads), as
+# compose would build it: deploy:postgres-move's `up -d postgres` then finds it.
+podman build -q -t preview-gate-postgres "$checkout/postgres" > "$work/postgres-build.log" 2>&1 &
+postgres_build=$!
 
 step "README deploy:env, then .env edited as an operator would (own domains, the GitHub stand-in)"
 run_block env
@@ -208,6 +213,8 @@ status=$(upload "$COMMIT" 'again')
 [ "$status" = 200 ] || [ "$status" = 201 ] || [ "$status" = 409 ] || fail "upload after recreating answered $status: $(cat "$work/answer")"
 
 step "README deploy:postgres-move: the SQLite deployment moved to the postgres profile by migrate-to-postgres"
+wait "$postgres_build" || { cat "$work/postgres-build.log" >&2; fail "the postgres image did not build"; }
+postgres_build=
 # A new deployment runs deploy:postgres-env after step 1: the same lines as in the move.
 move=$(readme_block postgres-move)
 while IFS= read -r line; do
@@ -220,8 +227,10 @@ wait_for_health "on PostgreSQL"
 pg_query() { podman exec "${project}_postgres_1" psql -qtA -U postgres -d preview_gate -c "$1"; }
 [ "$(pg_query 'select count(*) from builds')" = 2 ] || fail "the builds' rows are not in PostgreSQL"
 podman exec "${project}_app_1" test -e /data/moved-to-postgres || fail "the SQLite file is not marked moved"
-# The app's password login over the compose network; the superuser has none (its socket only).
 podman exec "${project}_app_1" sh -c 'test -n "$DATABASE_URL"' || fail "the app has no DATABASE_URL"
+# Over the network only the app's role logs in, by password: not the superuser, not without one.
+refused=$(podman exec "${project}_app_1" node -e "new (require('pg').Client)({ host: 'postgres', user: 'postgres', database: 'postgres' }).connect().then(() => console.log('connected'), (e) => console.log(e.message))")
+grep -q 'no pg_hba.conf entry' <<<"$refused" || fail "the superuser was not refused over the network: $refused"
 [ "$(preview "$SECOND_COMMIT")" = '<h1>after the upgrade</h1>' ] || fail "the preview is gone after the move to PostgreSQL"
 status=$(upload "$SECOND_COMMIT" 'again')
 [ "$status" = 409 ] || fail "an upload of a build made on SQLite answered $status on PostgreSQL (not 409): $(cat "$work/answer")"
@@ -238,7 +247,8 @@ status=$(upload "$THIRD_COMMIT" 'again')
 [ "$status" = 409 ] || fail "after restart app the build uploaded on PostgreSQL is not known (answered $status)"
 run_block postgres-backup
 dump=$(ls "$checkout"/preview-gate-*.dump)
-podman exec -i "${project}_postgres_1" pg_restore -l < "$dump" | grep -q 'TABLE DATA public builds ' || fail "the pg_dump file has no builds table"
+listing=$(podman exec -i "${project}_postgres_1" pg_restore -l < "$dump") || fail "pg_restore cannot read the pg_dump file"
+grep -q 'TABLE DATA public builds ' <<<"$listing" || fail "the pg_dump file has no builds table"
 
 step "containers recreated on PostgreSQL (compose down, up; volumes kept)"
 compose down >/dev/null 2>&1
@@ -253,7 +263,7 @@ compose down >/dev/null 2>&1
 podman volume rm "${project}_pgdata" >/dev/null || fail "no ${project}_pgdata volume"
 compose up -d >/dev/null 2>&1
 wait_for_health "on an empty PostgreSQL started with it"
-compose logs postgres 2>&1 | grep -q 'made the cluster, the role and the database preview_gate' || fail "PostgreSQL did not start on an empty pgdata"
+grep -q 'made the cluster, the role and the database preview_gate' <<<"$(compose logs postgres 2>&1)" || fail "PostgreSQL did not start on an empty pgdata"
 printf '%s' "$secret" | podman exec -i "${project}_app_1" node bin/preview-gate.js secret set bench-org/docs upload-key >/dev/null
 status=$(upload "$FOURTH_COMMIT" 'first on an empty PostgreSQL')
 [ "$status" = 201 ] || fail "upload on an empty PostgreSQL answered $status: $(cat "$work/answer")"
