@@ -5,6 +5,7 @@
  * (a backend waiting on a lock, in pg_stat_activity), never for times.
  */
 import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import net from 'node:net';
 import pg from 'pg';
 import type { Database } from '../src/db/database.js';
 import { count, eq, sql } from '../src/db/orm.js';
@@ -85,6 +86,61 @@ async function seedPullRequest(db: Database): Promise<number> {
     return pr!.id;
   });
 }
+
+/** PostgreSQL's answer to a client while it starts: an ErrorResponse with SQLSTATE 57P03, then the socket closes. */
+function startingUpResponse(): Buffer {
+  const fields = Buffer.concat(
+    [['S', 'FATAL'], ['V', 'FATAL'], ['C', '57P03'], ['M', 'the database system is starting up']].map(([type, value]) =>
+      Buffer.concat([Buffer.from(type!), Buffer.from(`${value}\0`)]),
+    ).concat([Buffer.from([0])]),
+  );
+  const length = Buffer.alloc(4);
+  length.writeInt32BE(fields.length + 4);
+  return Buffer.concat([Buffer.from('E'), length, fields]);
+}
+
+function listen(server: net.Server, port = 0): Promise<number> {
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
+}
+
+/** A port that first answers like a PostgreSQL still starting, counting the connections it turned away. */
+async function startingServer(): Promise<{ port: number; turnedAway: () => number; close: () => Promise<void> }> {
+  let turnedAway = 0;
+  const server = net.createServer((socket) => {
+    socket.once('data', () => {
+      turnedAway++;
+      socket.end(startingUpResponse());
+    });
+  });
+  const port = await listen(server);
+  return { port, turnedAway: () => turnedAway, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+/** Forwards `port` to the test server: PostgreSQL "up" on the port that answered "starting" before. */
+async function forward(port: number, to: URL): Promise<net.Server> {
+  const proxy = net.createServer((socket) => {
+    const upstream = net.connect(Number(to.port || 5432), to.hostname);
+    socket.pipe(upstream).pipe(socket);
+    const end = () => { socket.destroy(); upstream.destroy(); };
+    socket.on('error', end);
+    upstream.on('error', end);
+  });
+  await listen(proxy, port);
+  return proxy;
+}
+
+describe('PostgreSQL not up yet at start', () => {
+  it('gives up after the start wait with one line naming PostgreSQL and why', async () => {
+    const starting = await startingServer();
+    try {
+      await expect(openPostgres(`postgres://preview_gate@127.0.0.1:${starting.port}/preview_gate`, { startWaitMs: 300, useTables: false }))
+        .rejects.toThrow(/^PostgreSQL did not accept connections within 0.3 s: the database system is starting up$/);
+      expect(starting.turnedAway()).toBeGreaterThan(1);
+    } finally {
+      await starting.close();
+    }
+  });
+});
 
 describePostgres('PostgreSQL backend', 'test/postgres.test.ts', () => {
   it('applies the migrations on an empty database, once, with two replicas starting together', async () => {
@@ -336,5 +392,27 @@ describePostgres('PostgreSQL backend', 'test/postgres.test.ts', () => {
     await second;
     const rows = await b.orm.select().from(jobs);
     expect(rows.map((r) => [r.key, r.data, r.generation])).toEqual([['pr:1#1', { ids: [1, 2] }, 2]]);
+  });
+  it('waits at start for a server that is still starting, then connects and migrates', async () => {
+    const created = await database();
+    const starting = await startingServer();
+    const url = new URL(created.url);
+    url.host = `127.0.0.1:${starting.port}`;
+    const opening = openPostgres(url.toString(), { startWaitMs: 60_000, useTables: false });
+    await until(() => starting.turnedAway() > 0, 'a connection turned away as "starting up"');
+    await starting.close();
+    const proxy = await forward(starting.port, new URL(created.url));
+    // Closed after the database (cleanups run last first): a proxy closes once its connections have ended.
+    cleanups.push(() => new Promise((resolve) => proxy.close(() => resolve())));
+    const db = await opening;
+    cleanups.push(() => db.close());
+    expect(await rows<{ n: number }>(db, sql`select count(*)::int as n from accounts`)).toEqual([{ n: 0 }]);
+  });
+
+  it('does not wait for what waiting cannot mend: a database that does not exist fails at once', async () => {
+    const created = await database();
+    const url = new URL(created.url);
+    url.pathname = '/no_such_database';
+    await expect(openPostgres(url.toString(), { startWaitMs: 600_000, useTables: false })).rejects.toThrow(/database "no_such_database" does not exist/);
   });
 });

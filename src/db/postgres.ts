@@ -30,6 +30,8 @@ export interface PostgresOptions {
   useTables?: boolean;
   /** Told about connections lost in the background (idle pool clients, the LISTEN connection). */
   onError?: (error: Error, where: string) => void;
+  /** How long a start waits for a server that is not up yet (refused, unknown host, starting up); default 60 s. */
+  startWaitMs?: number;
 }
 
 /** drizzle-kit writes migrations next to the schema; the compiled code (dist/src/db) finds them there too. */
@@ -58,14 +60,41 @@ const MIGRATION_LOCK = advisoryKey('preview-gate:migrations');
 export async function migratePostgres(url: string): Promise<void> {
   const pool = new pg.Pool({ connectionString: url, max: 1 });
   try {
-    await applyMigrations(pool);
+    await applyMigrations(pool, 0);
   } finally {
     await pool.end();
   }
 }
 
-async function applyMigrations(pool: pg.Pool): Promise<void> {
-  const client = await pool.connect();
+/**
+ * Errors of a server that is not up yet: nothing listening, its host name not yet in DNS (a container network
+ * adds a service when it starts), or PostgreSQL still starting (57P03). A wrong password or a missing database
+ * is not among them: waiting would not mend those.
+ */
+const NOT_UP_YET = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ECONNRESET', '57P03']);
+
+/**
+ * A pooled connection, waiting up to `waitMs` for a server that is not up yet: compose starts the app and its
+ * PostgreSQL together (and podman-compose has no "healthy" condition), a pod may come up before its database.
+ */
+async function connectWhenUp(pool: pg.Pool, waitMs: number): Promise<pg.PoolClient> {
+  const deadline = Date.now() + waitMs;
+  for (let pauseMs = 100; ; pauseMs = Math.min(pauseMs * 2, 2_000)) {
+    try {
+      return await pool.connect();
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (!code || !NOT_UP_YET.has(code)) throw error;
+      if (Date.now() + pauseMs > deadline) {
+        throw new Error(`PostgreSQL did not accept connections within ${waitMs / 1000} s: ${(error as Error).message}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    }
+  }
+}
+
+async function applyMigrations(pool: pg.Pool, startWaitMs: number): Promise<void> {
+  const client = await connectWhenUp(pool, startWaitMs);
   try {
     await client.query('select pg_advisory_lock($1::bigint)', [MIGRATION_LOCK]);
     try {
@@ -207,7 +236,7 @@ export async function openPostgres(url: string, options: PostgresOptions = {}): 
   // and the next query opens another.
   pool.on('error', (error) => onError(error, 'pool'));
   try {
-    await applyMigrations(pool);
+    await applyMigrations(pool, options.startWaitMs ?? 60_000);
   } catch (error) {
     await pool.end().catch(() => {});
     throw error;

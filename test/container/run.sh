@@ -4,7 +4,9 @@
 # .env from .env.example → certificates → build, nginx rendered with the image, compose up → the setup link →
 # the credentials the setup flow writes → restart app → /health, a signed upload and its preview through nginx
 # (TLS) → the upgrade (a rebuilt image, only the app recreated) → nginx still answers → containers recreated,
-# data kept. Plus what an operator would trip on: the image's user and leftovers, the database's mode, what nginx
+# data kept → the move to the postgres profile (deploy:postgres-move: migrate-to-postgres, rows and builds carried
+# over, an upload on PostgreSQL, restart app, deploy:postgres-backup's pg_dump) → a first start on an empty pgdata.
+# Plus what an operator would trip on: the image's user and leftovers, the database's mode, what nginx
 # can see, a root-owned bind mount, a relative DATA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,10 +34,11 @@ checkout="$work/checkout"
 project="pgtest$$"
 free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
 export HTTP_PORT=$(free_port) HTTPS_PORT=$(free_port) APP_PORT=$(free_port)
-export COMMIT=$(printf 'c%.0s' $(seq 40)) SECOND_COMMIT=$(printf 'd%.0s' $(seq 40))
-export project
-compose() { (cd "$checkout" && podman-compose -p "$project" -f compose.yaml -f test/container/compose.test.yaml "$@"); }
+export COMMIT=$(printf 'c%.0s' $(seq 40)) SECOND_COMMIT=$(printf 'd%.0s' $(seq 40)) THIRD_COMMIT=$(printf 'e%.0s' $(seq 40)) FOURTH_COMMIT=$(printf 'f%.0s' $(seq 40))
+export project checkout
+compose() { (cd "$checkout" && docker compose "$@"); }
 cleanup() {
+  if [ -n "${postgres_build:-}" ]; then wait "$postgres_build" 2>/dev/null || true; fi
   compose down -v >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -45,13 +48,42 @@ trap cleanup EXIT
 # (with this test's project name and its GitHub stand-in) and `docker` is podman. `git pull` stands for a new
 # release: a changed file that lands in the image.
 docker() {
-  if [ "$1" = compose ]; then shift; podman-compose -p "$project" -f compose.yaml -f test/container/compose.test.yaml "$@"
+  if [ "$1" = compose ]; then
+    shift
+    local sub=$1
+    if [ "$sub" = exec ]; then compose_exec "${@:2}"; return; fi
+    if { [ "$sub" = build ] || [ "$sub" = up ]; } && ! names_a_service "${@:2}"; then set -- "$@" $(active_services); fi
+    podman-compose -p "$project" -f compose.yaml -f test/container/compose.test.yaml "$@"
   else podman "$@"; fi
 }
 git() {
   if [ "$1" = pull ]; then echo "// a new release" >> bin/healthcheck.js; else command git "$@"; fi
 }
-export -f docker git
+# podman-compose 1.0.3 (Debian 12's) ignores `profiles:`: it would build and start the postgres service on every
+# `up`. docker compose builds and starts a service that has profiles only when COMPOSE_PROFILES (the shell, else
+# .env) names one of them: for `build` and `up` without a service named, the stand-in names the services docker
+# compose would. (Profiles written inline, `profiles: [a, b]`, as compose.yaml does.)
+# podman-compose 1.0.3 writes its own lines (its podman command, with the service's environment) to stdout, where
+# `docker compose exec -T postgres pg_dump … > file` writes the dump: `exec` [-T] <service> <command…> is podman's.
+compose_exec() {
+  [ "$1" = -T ] && shift
+  podman exec -i "${project}_$1_1" "${@:2}"
+}
+names_a_service() { local arg; for arg; do [[ $arg == -* ]] || return 0; done; return 1; }
+active_services() {
+  local profiles=${COMPOSE_PROFILES-$(sed -n 's/^COMPOSE_PROFILES=//p' "$checkout/.env" | tail -1)}
+  cat "$checkout/compose.yaml" "$checkout/test/container/compose.test.yaml" | awk -v active=",$profiles," '
+    /^services:/ { in_services = 1; next }
+    /^[^ #]/ { in_services = 0 }
+    in_services && /^  [A-Za-z0-9_.-]+:/ { name = $1; sub(/:$/, "", name); if (!(name in seen)) { seen[name] = 1; names[++n] = name }; next }
+    in_services && /^    profiles:/ {
+      list = $0; gsub(/^ *profiles: *\[|\].*$| /, "", list); count = split(list, wanted, ",")
+      on = 0; for (i = 1; i <= count; i++) if (index(active, "," wanted[i] ",")) on = 1
+      if (!on) off[name] = 1
+    }
+    END { for (i = 1; i <= n; i++) if (!(names[i] in off)) print names[i] }'
+}
+export -f docker git compose_exec names_a_service active_services
 
 # The fenced block after <!-- deploy:NAME --> in README.md.
 readme_block() {
@@ -74,6 +106,10 @@ step "a copy of this checkout (tracked and new files), as an operator's clone"
 mkdir -p "$checkout"
 command git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do [ -e "$f" ] && [ "$f" != node_modules ] && printf '%s\0' "$f"; done \
   | tar --null -T - -cf - | tar -xf - -C "$checkout"
+# The postgres profile's image is built now, beside the app's (its apt install is mostly waiting on downloads), as
+# compose would build it: deploy:postgres-move's `up -d postgres` then finds it.
+podman build -q -t preview-gate-postgres "$checkout/postgres" > "$work/postgres-build.log" 2>&1 &
+postgres_build=$!
 
 step "README deploy:env, then .env edited as an operator would (own domains, the GitHub stand-in)"
 run_block env
@@ -177,6 +213,58 @@ wait_for_health "after compose down and up"
 [ "$(preview "$SECOND_COMMIT")" = '<h1>after the upgrade</h1>' ] || fail "the preview is gone after the containers were recreated"
 status=$(upload "$COMMIT" 'again')
 [ "$status" = 200 ] || [ "$status" = 201 ] || [ "$status" = 409 ] || fail "upload after recreating answered $status: $(cat "$work/answer")"
+
+step "README deploy:postgres-move: the SQLite deployment moved to the postgres profile by migrate-to-postgres"
+wait "$postgres_build" || { cat "$work/postgres-build.log" >&2; fail "the postgres image did not build"; }
+postgres_build=
+# A new deployment runs deploy:postgres-env after step 1: the same lines as in the move.
+move=$(readme_block postgres-move)
+while IFS= read -r line; do
+  grep -qxF -- "$line" <<<"$move" || fail "README deploy:postgres-env's line is not in deploy:postgres-move: $line"
+done < <(readme_block postgres-env)
+run_block postgres-move
+grep -q '^copied [0-9]* rows into PostgreSQL' "$work/commands.log" || fail "migrate-to-postgres did not say what it copied"
+grep -q '^builds: 2 rows' "$work/commands.log" || fail "migrate-to-postgres did not copy the 2 builds: $(grep rows "$work/commands.log")"
+wait_for_health "on PostgreSQL"
+pg_query() { podman exec "${project}_postgres_1" psql -qtA -U postgres -d preview_gate -c "$1"; }
+[ "$(pg_query 'select count(*) from builds')" = 2 ] || fail "the builds' rows are not in PostgreSQL"
+podman exec "${project}_app_1" test -e /data/moved-to-postgres || fail "the SQLite file is not marked moved"
+podman exec "${project}_app_1" sh -c 'test -n "$DATABASE_URL"' || fail "the app has no DATABASE_URL"
+# Over the network only the app's role logs in, by password: not the superuser, not without one.
+refused=$(podman exec "${project}_app_1" node -e "new (require('pg').Client)({ host: 'postgres', user: 'postgres', database: 'postgres' }).connect().then(() => console.log('connected'), (e) => console.log(e.message))")
+grep -q 'no pg_hba.conf entry' <<<"$refused" || fail "the superuser was not refused over the network: $refused"
+[ "$(preview "$SECOND_COMMIT")" = '<h1>after the upgrade</h1>' ] || fail "the preview is gone after the move to PostgreSQL"
+status=$(upload "$SECOND_COMMIT" 'again')
+[ "$status" = 409 ] || fail "an upload of a build made on SQLite answered $status on PostgreSQL (not 409): $(cat "$work/answer")"
+status=$(upload "$THIRD_COMMIT" 'on PostgreSQL')
+[ "$status" = 201 ] || fail "upload on PostgreSQL answered $status: $(cat "$work/answer")"
+[ "$(preview "$THIRD_COMMIT")" = '<h1>on PostgreSQL</h1>' ] || fail "the build uploaded on PostgreSQL was not served"
+[ "$(pg_query 'select count(*) from builds')" = 3 ] || fail "the upload on PostgreSQL is not a row in PostgreSQL"
+
+step "README deploy:after-setup (restart app) and deploy:postgres-backup on PostgreSQL"
+run_block after-setup
+wait_for_health "after restart app on PostgreSQL"
+[ "$(preview "$THIRD_COMMIT")" = '<h1>on PostgreSQL</h1>' ] || fail "the build is not served after restart app on PostgreSQL"
+status=$(upload "$THIRD_COMMIT" 'again')
+[ "$status" = 409 ] || fail "after restart app the build uploaded on PostgreSQL is not known (answered $status)"
+run_block postgres-backup
+dump=$(ls "$checkout"/preview-gate-*.dump)
+listing=$(podman exec -i "${project}_postgres_1" pg_restore -l < "$dump") || fail "pg_restore cannot read the pg_dump file"
+grep -q 'TABLE DATA public builds ' <<<"$listing" || fail "the pg_dump file has no builds table"
+
+step "a first start of the profile on an empty pgdata: the app waits for PostgreSQL, migrates, takes an upload"
+compose down >/dev/null 2>&1
+podman volume rm "${project}_pgdata" >/dev/null || fail "no ${project}_pgdata volume"
+compose up -d >/dev/null 2>&1
+wait_for_health "on an empty PostgreSQL started with it"
+grep -q 'made the cluster, the role and the database preview_gate' <<<"$(compose logs postgres 2>&1)" || fail "PostgreSQL did not start on an empty pgdata"
+printf '%s' "$secret" | podman exec -i "${project}_app_1" node bin/preview-gate.js secret set bench-org/docs upload-key >/dev/null
+status=$(upload "$FOURTH_COMMIT" 'first on an empty PostgreSQL')
+[ "$status" = 201 ] || fail "upload on an empty PostgreSQL answered $status: $(cat "$work/answer")"
+run_block after-setup
+wait_for_health "after restart app on the new PostgreSQL"
+[ "$(preview "$FOURTH_COMMIT")" = '<h1>first on an empty PostgreSQL</h1>' ] || fail "the build is not served after restart app on the new PostgreSQL"
+[ "$(pg_query 'select count(*) from builds')" = 1 ] || fail "the new PostgreSQL does not hold the one build"
 
 step "image: non-root, Node 24, no build leftovers"
 [ "$(podman run --rm --no-healthcheck preview-gate id -u)" = 1000 ] || fail "the image does not run as uid 1000"
