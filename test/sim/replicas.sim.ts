@@ -673,7 +673,12 @@ simulation(`3 replicas behind nginx${S3 ? ', builds on S3' : ''}: every invarian
   checks.push({ invariant: 'one comment per PR', count: comments.perPr.size, violations: comments.posts });
   checks.push({ invariant: 'every comment edit changes the comment', count: writes.length, violations: comments.repeated });
 
-  // 7. A hidden (or closed) PR's files are 404 through nginx for anonymous clients; a public PR's are served.
+  // 7. STORAGE=s3: no disk shared, every object a row names in the bucket, none left without a row after GC. Before
+  // asking nginx below: its files must still be served after the collection, and by then no answer of Node that
+  // nginx keeps (4-5 s) is older than the last flip.
+  const gc = S3 ? await bucketChecks(checks, settled) : undefined;
+
+  // 8. A hidden (or closed) PR's files are 404 through nginx for anonymous clients; a public PR's are served.
   const hiddenAsked: string[] = [];
   const publicAsked: string[] = [];
   let hiddenCount = 0;
@@ -700,9 +705,6 @@ simulation(`3 replicas behind nginx${S3 ? ', builds on S3' : ''}: every invarian
   }
   checks.push({ invariant: "a hidden PR's files 404 through nginx (anonymous)", count: hiddenCount, violations: hiddenAsked });
   checks.push({ invariant: "a public PR's files 200 through nginx, its bytes", count: publicCount, violations: publicAsked });
-
-  // 8. STORAGE=s3: no disk shared, every object a row names in the bucket, none left without a row after GC.
-  const gc = S3 ? await bucketChecks(checks, settled) : undefined;
 
   const feedbackDone = cluster.logs.filter((l) => l.msg === 'job finished' && l.job === 'feedback' && l.outcome === 'done').length;
   const out = [
