@@ -4,11 +4,13 @@ import type { Logger } from 'pino';
 import { createNodeMiddleware, type ApplicationFunction, type Probot } from 'probot';
 import { errorHandler, unavailable } from './errors.js';
 import type { GitHubUserApi } from './dashboard/github-user.js';
-import { dashboardRouter } from './dashboard/routes.js';
+import { dashboardRouter, hiddenPreviewCheck, RoleCache } from './dashboard/routes.js';
 import type { Sessions } from './dashboard/sessions.js';
 import type { SweepHealth } from './metrics.js';
 import { PublicPreviewCheck } from './public-preview-check.js';
 import { runInRequest, WELL_FORMED_REQUEST_ID } from './request-context.js';
+import { S3Objects } from './storage/s3-objects.js';
+import { s3ServingRouter } from './storage/s3-serving.js';
 import { authenticate, parsePr, uploadRouter, type UploadDeps } from './upload/route.js';
 
 export const WEBHOOKS_PATH = '/api/github/webhooks';
@@ -23,6 +25,8 @@ export interface ServerDeps extends UploadDeps {
   setupHandler?: (req: express.Request, res: express.Response) => Promise<boolean>;
   /** The sweeps' recent outcomes: /health says "degraded" when they keep failing. */
   sweepHealth?: SweepHealth;
+  /** STORAGE=s3: the bucket previews are served from (made from the settings when not given). */
+  bucket?: S3Objects;
 }
 
 /** The Express app: Probot's webhook middleware first (it needs the raw body), then our routes. */
@@ -68,7 +72,14 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   });
 
   app.use(uploadRouter(deps));
-  if (deps.dashboard) app.use(dashboardRouter({ ...deps.dashboard, config: deps.config, db: deps.db, registry: deps.registry, previews: deps.previews, log: deps.log }));
+  const dashboard = deps.dashboard && { ...deps.dashboard, config: deps.config, db: deps.db, registry: deps.registry, previews: deps.previews, log: deps.log };
+  // One role cache for the dashboard and the hidden previews: a user's roles are asked once per 5 minutes.
+  const roles = dashboard && new RoleCache(dashboard.api, dashboard.sessions, deps.registry);
+  if (deps.config.storage === 's3' && deps.config.s3) {
+    const bucket = deps.bucket ?? S3Objects.fromSettings(deps.config.s3);
+    app.use(s3ServingRouter({ config: deps.config, db: deps.db, log: deps.log, bucket, hidden: dashboard && roles && hiddenPreviewCheck(dashboard, roles) }));
+  }
+  if (dashboard) app.use(dashboardRouter(dashboard, roles));
 
   if (deps.setupHandler) {
     const setup = deps.setupHandler;

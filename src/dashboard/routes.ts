@@ -42,13 +42,13 @@ const cookieNames = (config: Config) => {
 };
 
 /** Sign-in, the dashboard, and the hidden-preview grants (tickets, host cookies, nginx's auth sub-request). */
-export function dashboardRouter(deps: DashboardDeps): Router {
+export function dashboardRouter(deps: DashboardDeps, roles = new RoleCache(deps.api, deps.sessions, deps.registry)): Router {
   const { config, sessions, api } = deps;
   const names = cookieNames(config);
   const router = Router({ caseSensitive: true, strict: true }); // as the app's routing (server.ts)
   const form = express.urlencoded({ extended: false, limit: '4kb' });
   const signInState = new SignInState(config);
-  const roles = new RoleCache(api, sessions, deps.registry);
+  const hiddenPreview = hiddenPreviewCheck(deps, roles);
   const redirectUri = `${config.publicUrl}/login/callback`;
 
   // --- signing in -------------------------------------------------------------------------------------------
@@ -203,20 +203,10 @@ export function dashboardRouter(deps: DashboardDeps): Router {
   /** nginx's auth_request for a hidden preview: 204 lets it serve, anything else is its usual 404. */
   router.get(PREVIEW_AUTH_PATH, async (req, res) => {
     res.set('Cache-Control', 'private, no-store');
-    const host = previewHost(config, req);
-    const session = host && (await sessions.grant(cookieOf(req, names.view), host.name));
-    // The rows are read now: each one's site is its current one.
-    const repo = host && (await deps.registry.installedRepositories()).find((r) => r.site === host.site);
-    const pr = repo && (await deps.registry.findPullRequest(repo.id, host!.pr));
-    if (!session || !repo || !pr || pr.visibility !== 'hidden') return void res.status(403).end();
-    try {
-      const allowed = atLeast(await roles.role(session, repo), 'write');
-      // nginx links the hidden preview's banner to the pull request.
-      if (allowed) res.set('X-Preview-Gate-Pr', `${config.githubWebUrl}/${repo.fullName}/pull/${pr.number}`);
-      res.status(allowed ? 204 : 403).end();
-    } catch {
-      res.status(403).end(); // GitHub could not say: the preview stays hidden
-    }
+    const granted = await hiddenPreview(req);
+    // nginx links the hidden preview's banner to the pull request.
+    if (granted) res.set('X-Preview-Gate-Pr', granted.prLink);
+    res.status(granted ? 204 : 403).end();
   });
 
   async function withCsrf(req: Request, res: Response): Promise<Session | undefined> {
@@ -235,11 +225,34 @@ export function dashboardRouter(deps: DashboardDeps): Router {
 }
 
 /**
+ * The question behind nginx's auth sub-request (and, with STORAGE=s3, behind each hidden file it resolves): does
+ * this preview host's view cookie belong to a live grant for this host, of someone who may push to the repository
+ * of the host's PR, which is hidden now? The PR's link for the banner if so.
+ */
+export function hiddenPreviewCheck(deps: DashboardDeps, roles: RoleCache): (req: Request) => Promise<{ prLink: string } | undefined> {
+  const names = cookieNames(deps.config);
+  return async (req) => {
+    const host = previewHost(deps.config, req);
+    const session = host && (await deps.sessions.grant(cookieOf(req, names.view), host.name));
+    // The rows are read now: each one's site is its current one.
+    const repo = host && (await deps.registry.installedRepositories()).find((r) => r.site === host.site);
+    const pr = repo && (await deps.registry.findPullRequest(repo.id, host!.pr));
+    if (!session || !repo || !pr || pr.visibility !== 'hidden') return undefined;
+    try {
+      if (!atLeast(await roles.role(session, repo), 'write')) return undefined;
+    } catch {
+      return undefined; // GitHub could not say: the preview stays hidden
+    }
+    return { prLink: `${deps.config.githubWebUrl}/${repo.fullName}/pull/${pr.number}` };
+  };
+}
+
+/**
  * A user's roles on repositories, asked with their own token: one list per installation (or, for a repository
  * whose installation is not known yet, that repository alone), kept ≤ 5 minutes. Concurrent questions share one
  * request; a failed answer is never kept, so a rate limit or a 5xx is asked again at the next request.
  */
-class RoleCache {
+export class RoleCache {
   private readonly answers = new Map<string, { roles: Promise<RepoRoles>; at: number }>();
 
   constructor(
