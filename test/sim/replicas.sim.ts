@@ -141,6 +141,7 @@ beforeAll(async () => {
           S3_REGION: process.env.S3_REGION,
           AWS_ACCESS_KEY_ID: process.env.AWS_ACCESS_KEY_ID,
           AWS_SECRET_ACCESS_KEY: process.env.AWS_SECRET_ACCESS_KEY,
+          S3_GC_GRACE_HOURS: (GC_GRACE_SECONDS / 3600).toFixed(6),
         }
       : {}),
   };
