@@ -741,8 +741,15 @@ simulation(`3 replicas behind nginx${S3 ? ', builds on S3' : ''}: every invarian
  */
 async function bucketChecks(checks: Check[], settled: number): Promise<string> {
   const rows = stored as StoredRows;
-  const onDisk = filesUnder(path.join(dataDir, 'builds'));
-  checks.push({ invariant: 'STORAGE=s3: no file under DATA_DIR/builds', count: onDisk.length, violations: onDisk.map((f) => `${path.relative(dataDir, f)} is on the disk`) });
+  // An upload's local scratch is its replica's builds/.staging (one DATA_DIR here for all three): with nothing in
+  // flight, none of it may be left either, and nothing else may ever be there.
+  const buildsDir = path.join(dataDir, 'builds');
+  const onDisk = filesUnder(buildsDir).map((f) => path.relative(buildsDir, f));
+  checks.push({
+    invariant: 'STORAGE=s3: no file under DATA_DIR/builds',
+    count: onDisk.length,
+    violations: onDisk.map((f) => (f.startsWith('.staging/') ? `${f}: an upload's scratch left behind` : `${f}: a build's file on the disk`)),
+  });
 
   const referenced = await rows.referencedObjects();
   const before = [...(await rows.bucketObjects()).values()];
