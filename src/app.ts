@@ -4,7 +4,11 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { createProbot, ProbotOctokit, type Probot } from 'probot';
+import { pino } from 'pino';
 import { BuildStore } from './builds/store.js';
+import { S3BuildStore } from './storage/s3-build-store.js';
+import { S3Builds } from './storage/s3-builds.js';
+import { S3Objects } from './storage/s3-objects.js';
 import type { Config } from './config.js';
 import type { Database } from './db/database.js';
 import { openDatabase } from './db/open.js';
@@ -45,8 +49,15 @@ export async function openCore(config: Config, azure?: AzureKeyOptions, leaseMs?
   const secrets = new SecretStore(db, keys);
   const registry = new Registry(db, secrets);
   const replica = new Replica(db, leaseMs);
-  const store = new BuildStore(config.buildsDir, undefined, replica.id);
+  const store = openBuildStore(config, db, replica.id, log);
   return { config, db, keys, secrets, registry, store, replica };
+}
+
+/** The builds folder, or with STORAGE=s3 the bucket (the folder then holds only the uploads' local scratch). */
+function openBuildStore(config: Config, db: Database, owner: string, log?: Logger): BuildStore {
+  if (config.storage !== 's3') return new BuildStore(config.buildsDir, undefined, owner);
+  const bucket = new S3Builds(S3Objects.fromSettings(config.s3!), db, log ?? pino({ level: 'silent' }), config.s3GcGraceHours * 3600_000);
+  return new S3BuildStore(config.buildsDir, bucket, owner);
 }
 
 /**
@@ -262,6 +273,7 @@ export async function startServer(
       if (!drained || jobs) log.info({ jobs }, 'stopped with work queued; it is done after the next start');
       await replica.stopCleanly();
       await core.db.close();
+      core.store.bucket?.bucket.close();
     },
   };
 }

@@ -58,10 +58,12 @@ export interface Config {
   logLevel?: string;
   /** Fixes the setup flow's one-time token (a random one is printed in the log when unset). */
   setupToken?: string;
-  /** Where builds are kept: `filesystem` (DATA_DIR) or `s3` (a bucket; not served by this version yet). */
+  /** Where builds are kept: `filesystem` (DATA_DIR) or `s3` (a bucket; a build is rows). */
   storage: 'filesystem' | 's3';
   /** The bucket, when S3_BUCKET is set: STORAGE=s3 needs it, and so does `migrate-storage` (run before the switch). */
   s3?: S3Settings;
+  /** STORAGE=s3: how long an object no build references stays in the bucket before the cleanup removes it. */
+  s3GcGraceHours: number;
 }
 
 /** An S3-compatible bucket (AWS S3, Ceph RGW, MinIO…), always addressed path-style: `<endpoint>/<bucket>/<key>`. */
@@ -148,13 +150,19 @@ const schema = z.object({
     .optional()
     .describe('How much is logged. Unset: info for the server, warn for the CLI.'),
   SETUP_TOKEN: z.string().optional().describe("Fixes the setup flow's one-time token (a random one is printed in the log when unset)."),
-  STORAGE: z.enum(['filesystem', 's3'], { message: 'must be "filesystem" or "s3"' }).default('filesystem').describe("Where builds are kept: filesystem (DATA_DIR/builds) or s3 (S3_BUCKET). This version serves filesystem only; `preview-gate migrate-storage` copies the stored files into the bucket ahead of the switch."),
+  STORAGE: z.enum(['filesystem', 's3'], { message: 'must be "filesystem" or "s3"' }).default('filesystem').describe("Where builds are kept: filesystem (DATA_DIR/builds) or s3 (S3_BUCKET). `preview-gate migrate-storage` copies a filesystem deployment's stored files into the bucket ahead of the switch."),
   S3_ENDPOINT: absoluteUrl.optional().describe("URL of an S3-compatible engine (Ceph RGW, MinIO…), addressed path-style: <S3_ENDPOINT>/<S3_BUCKET>/<key>. Unset: AWS S3 of S3_REGION."),
   S3_BUCKET: z
     .string()
     .regex(/^(?=.{3,63}$)[a-z0-9][a-z0-9.-]*[a-z0-9]$/, 'must be an S3 bucket name: 3 to 63 lower-case letters, digits, dots or hyphens')
     .optional().describe("The bucket holding the files of builds (objects/<repository id>/<sha256>); required with STORAGE=s3. Keep it private: nothing in it is meant to be fetched directly."),
   S3_REGION: z.string().regex(/^[a-z0-9-]+$/, 'must be a region name such as us-east-1').default('us-east-1').describe("The bucket's region (what the request signatures name)."),
+  S3_GC_GRACE_HOURS: z
+    .string()
+    .regex(/^[0-9]+(\.[0-9]+)?$/, 'must be a number of hours (0 or more)')
+    .transform(Number)
+    .default(24)
+    .describe("With STORAGE=s3: hours an object that no build references (and that no upload referenced meanwhile) stays in the bucket before the cleanup deletes it; an upload in flight longer than this may have to be sent again."),
   AWS_ACCESS_KEY_ID: z.string().optional().describe("The bucket's access key id (with AWS_SECRET_ACCESS_KEY). Unset: the AWS SDK's default chain (web identity, the instance's role, ~/.aws)."),
   AWS_SECRET_ACCESS_KEY: z.string().optional().describe("The bucket's secret access key (with AWS_ACCESS_KEY_ID)."),
   AWS_SESSION_TOKEN: z.string().optional().describe("The session token of temporary credentials (with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)."),
@@ -274,6 +282,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
     logLevel: e.LOG_LEVEL,
     setupToken: e.SETUP_TOKEN,
     storage: e.STORAGE,
+    s3GcGraceHours: e.S3_GC_GRACE_HOURS,
     s3: e.S3_BUCKET ? s3Settings({ ...e, S3_BUCKET: e.S3_BUCKET }) : undefined,
   };
 }

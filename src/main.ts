@@ -12,9 +12,6 @@ async function main(): Promise<void> {
   // The environment, then .env, then DATA_DIR/app.env (the setup flow's credentials): as every CLI command reads them.
   const env = gatherEnvironment();
   const config = loadConfig(env);
-  if (config.storage === 's3') {
-    throw new ConfigError('STORAGE=s3 is not served by this version yet: keep STORAGE=filesystem (preview-gate migrate-storage copies the stored files into S3_BUCKET ahead of the switch)');
-  }
   try {
     ensureDataDir(config.dataDir);
   } catch (err) {

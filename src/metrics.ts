@@ -64,6 +64,11 @@ export function createMetrics() {
       help: 'Uncompressed bytes of builds stored',
       registers: [registry],
     }),
+    objectsPut: new client.Counter({
+      name: 'preview_gate_s3_objects_put_total',
+      help: 'Objects written into the bucket by uploads (STORAGE=s3; contents the bucket held already are not put)',
+      registers: [registry],
+    }),
     extractionSeconds: new client.Histogram({
       name: 'preview_gate_extraction_seconds',
       help: 'Time to stream one upload into its staging folder',

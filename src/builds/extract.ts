@@ -46,6 +46,12 @@ export interface BuildTarget {
    * so they are linked while the archive streams in rather than after its last byte.
    */
   asked?: { has(sha256: string): boolean };
+  /**
+   * `STORAGE=s3`: the repository's contents in the bucket (sha256 → size). A file with one of them is not new
+   * (neither put nor counted against the quota), and a digest upload's files not sent are taken from it, with
+   * nothing written for them locally. `objects` is then an empty folder: every file sent is extracted.
+   */
+  stored?: ReadonlyMap<string, number>;
 }
 
 export interface ExtractResult {
@@ -284,7 +290,7 @@ export class BuildTree {
    */
   linkStoredEarly(): void {
     const { manifest, asked, objects } = this.target;
-    if (!manifest || !asked || !this.writer) return;
+    if (!manifest || !asked || !this.writer || this.target.stored) return;
     const files: [string, string][] = [];
     const rels: string[] = [];
     for (const [rel, listed] of manifest) {
@@ -414,6 +420,7 @@ export class BuildTree {
   }
 
   private addFresh(target: string, hash: string, size: number): void {
+    if (this.target.stored?.has(hash)) return; // in the bucket already
     this.fresh.set(hash, target);
     this.result.fresh.push({ path: target, hash });
     this.result.newBytes += size;
@@ -431,7 +438,11 @@ export class BuildTree {
     const { manifest } = this.target;
     for (const [rel, listed] of manifest ?? []) {
       if (this.received.has(rel)) continue;
-      if (!this.linkedEarly.has(rel)) {
+      const inBucket = this.target.stored?.get(listed.sha256);
+      if (this.target.stored && inBucket === undefined) {
+        throw badRequest(`The manifest names "${rel}" (sha256 ${listed.sha256}), which was neither sent nor stored; send the manifest again.`);
+      }
+      if (inBucket === undefined && !this.linkedEarly.has(rel)) {
         const target = path.join(this.dest, rel);
         this.ensureDir(path.dirname(target));
         if (!this.linkKnown(listed.sha256, target, true)) {
@@ -442,7 +453,7 @@ export class BuildTree {
       // would let a build (and the object rows the quota counts) pass for smaller than it is.
       let size = this.result.hashes.get(listed.sha256);
       if (size === undefined) {
-        size = fs.statSync(path.join(this.dest, rel)).size;
+        size = inBucket ?? fs.statSync(path.join(this.dest, rel)).size;
         this.result.hashes.set(listed.sha256, size);
       }
       this.result.files++;

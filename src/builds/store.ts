@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { conflict } from '../errors.js';
 import { ObjectStore } from './objects.js';
+import type { S3Builds } from '../storage/s3-builds.js';
 
 export type Visibility = 'public' | 'hidden';
 
@@ -124,6 +125,11 @@ export class BuildStore {
       this.objectStore = new ObjectStore(canHardLink(this.buildsDir, this.objectsDir) ? this.objectsDir : path.join(this.buildsDir, OBJECTS_IN_BUILDS));
     }
     return this.objectStore;
+  }
+
+  /** The bucket holding the builds with `STORAGE=s3` (see storage/s3-build-store.ts); none on the filesystem. */
+  get bucket(): S3Builds | undefined {
+    return undefined;
   }
 
   prDir(site: string, pr: number, visibility: Visibility): string {

@@ -247,7 +247,7 @@ export class Decisions {
     if (await this.ctx.registry.isSiteTaken(settings.site, repo.id, q)) {
       return `the site '${settings.site}' named in .github/preview-gate.yml is used by another repository, so previews stay at '${current.site}'`;
     }
-    if (!this.ctx.store.hasSiteFolder(current.site)) {
+    if (!(await this.hasStoredBuilds(current, q))) {
       // Nothing stored yet (a repository's first upload): the site is taken now, so this upload's build is
       // stored under it and its answer names the URL that serves it (a later move would make that URL 404).
       await q.update(repositories).set({ site: settings.site }).where(eq(repositories.id, repo.id));
@@ -255,6 +255,20 @@ export class Decisions {
     }
     await this.ctx.queue.enqueue('move-site', `repo:${repo.id}`, { repositoryId: repo.id, site: settings.site });
     return undefined;
+  }
+
+  /** Whether the repository has builds under its site: its folder on disk, or with STORAGE=s3 a ready build row. */
+  private async hasStoredBuilds(repo: Repository, q: Orm): Promise<boolean> {
+    if (!this.ctx.store.bucket) return this.ctx.store.hasSiteFolder(repo.site);
+    const stored = await first(
+      q
+        .select({ id: builds.id })
+        .from(builds)
+        .innerJoin(pullRequests, eq(builds.pullRequestId, pullRequests.id))
+        .where(and(eq(pullRequests.repositoryId, repo.id), eq(builds.status, 'ready')))
+        .limit(1),
+    );
+    return stored !== undefined;
   }
 
   /** A `move-site` job: one rename of the repository's folder; every open PR's feedback shows the new URLs. */

@@ -64,13 +64,18 @@ export class Ingest {
       staging = await this.ctx.store.createStaging();
       const stopTimer = this.ctx.metrics.extractionSeconds.startTimer();
       const objects = this.ctx.store.objects.forRepository(repo.id);
-      const size = await extract({ dir: staging, limits, objects });
+      const { bucket } = this.ctx.store;
+      const stored = bucket ? await bucket.storedSizes(repo.id) : undefined;
+      const size = await extract({ dir: staging, limits, objects, stored });
       stopTimer();
       const { repo: current, facts } = await authorized;
-      const { pr, build, changed } = await this.storeBuild(current, facts, claim.buildId, staging, size, sha);
       // Only a build GitHub said yes to adds objects; a refused one leaves nothing behind.
-      this.adoptAfterAnswer(current, pr.number, build.sha7, staging, size.fresh);
-      staging = undefined;
+      const put = bucket ? await this.putFresh(repo.id, size) : undefined;
+      const { pr, build, changed } = await this.storeBuild(current, facts, claim.buildId, staging, size, sha, put);
+      if (!bucket) {
+        this.adoptAfterAnswer(current, pr.number, build.sha7, staging, size.fresh);
+        staging = undefined; // its files are the build's now
+      }
       this.ctx.metrics.uploadedBytes.inc(size.bytes);
       await this.ctx.db.transaction(async (tx) => {
         await tx
@@ -113,6 +118,15 @@ export class Ingest {
         }
       });
     });
+  }
+
+  /** `STORAGE=s3`: the build's new contents into the bucket, each once, before any row names them. */
+  private async putFresh(repositoryId: number, size: ExtractResult): Promise<{ fresh: Set<string>; foundWithoutRow: string[] }> {
+    const first = new Map<string, string>();
+    for (const file of size.fresh) if (!first.has(file.hash)) first.set(file.hash, file.path);
+    const report = await this.ctx.store.bucket!.putFresh(repositoryId, [...first].map(([hash, path]) => ({ hash, path })), size.hashes);
+    this.ctx.metrics.objectsPut.inc(report.stored);
+    return { fresh: new Set(first.keys()), foundWithoutRow: report.foundWithoutRow };
   }
 
   /**
@@ -201,16 +215,20 @@ export class Ingest {
     staging: string,
     size: ExtractResult,
     sha: string,
+    put?: { fresh: Set<string>; foundWithoutRow: string[] },
   ): Promise<{ pr: PullRequest; build: Build; changed: boolean }> {
     return withPr(this.ctx, repo.id, facts.number, async () => {
       const { pr, changed } = await this.decisions.applyLocked(repo, facts, { event: 'upload' }, sha);
       const { db } = this.ctx;
       const build = await only(db.orm.select().from(builds).where(eq(builds.id, buildId)).limit(1));
       const contents = encodeContents(size.contents, await pageReferences(db.orm, repo.id, size.contents, size.pageReferences));
-      await this.ctx.store.publish(staging, (await this.decisions.currentRepo(repo)).site, facts.number, pr.visibility, build.sha7);
+      const { bucket } = this.ctx.store;
+      // In a bucket, the transaction below is the publication: no folder is renamed.
+      if (!bucket) await this.ctx.store.publish(staging, (await this.decisions.currentRepo(repo)).site, facts.number, pr.visibility, build.sha7);
       const ready = await db.transaction(async (tx) => {
         await db.lockPullRequest(tx, pr.id);
-        await recordObjects(tx, repo.id, size.hashes);
+        if (bucket) await bucket.record(tx, buildId, repo.id, size, put!);
+        else await recordObjects(tx, repo.id, size.hashes);
         await recordPageReferences(tx, repo.id, size.pageReferences);
         await recordContents(tx, buildId, contents);
         return only(

@@ -67,7 +67,8 @@ export class Maintenance {
   async recoverAfterRestart(options: { unclean?: boolean; now?: Date } = {}): Promise<void> {
     const { db, store } = this.ctx;
     const { pending, staging } = await this.releaseDead(options.now);
-    if ((await this.ctx.replica.liveIds()).size > 1) {
+    // In a bucket, a build is its rows, written in one transaction: there is no folder to repair.
+    if (store.bucket || (await this.ctx.replica.liveIds()).size > 1) {
       if (pending || staging) this.ctx.log.warn({ pending, staging }, 'released the uploads of replicas that stopped uncleanly');
       return;
     }
@@ -220,7 +221,8 @@ export class Maintenance {
     const rowsRecordedBefore = new Date(now.getTime() - ROWS_SETTLE_MS);
     const lists = await new Manifests(this.ctx.db, manifestListsDir(this.ctx.config.dataDir)).removeStrays(); // by the clock, as every manifest's hour is counted
     if (lists) this.ctx.log.info({ lists }, 'removed manifest lists no upload can name any more');
-    return { removedPrs, skipped, why, freed: await this.removeUnreferencedObjects({ rowsRecordedBefore }) };
+    const { bucket } = this.ctx.store;
+    return { removedPrs, skipped, why, freed: bucket ? await bucket.collectGarbage(now) : await this.removeUnreferencedObjects({ rowsRecordedBefore }) };
   }
 
   /** Whether GitHub confirms the PR is still closed (or the app still uninstalled). Throws when it cannot be asked. */

@@ -19,6 +19,8 @@ export interface StoredObject {
   repositoryId: number;
   sha256: string;
   size: number;
+  /** When the engine last wrote it (listings only). */
+  lastModified?: Date;
 }
 
 /** `objects/<repository id>/<sha256>`: per repository, as on the filesystem, so no repository's answer reveals another's files. */
@@ -134,7 +136,7 @@ export class S3Objects {
       );
       for (const item of page.Contents ?? []) {
         const match = KEY.exec(item.Key ?? '');
-        if (match) yield { repositoryId: Number(match[1]), sha256: match[2]!, size: item.Size ?? 0 };
+        if (match) yield { repositoryId: Number(match[1]), sha256: match[2]!, size: item.Size ?? 0, lastModified: item.LastModified };
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);

@@ -14,6 +14,8 @@ export interface ManifestJob {
   limits: Pick<Config, 'maxBuildFiles' | 'maxBuildBytes'>;
   /** The repository's objects folder: which listed contents it lacks. */
   objectsDir: string;
+  /** `STORAGE=s3`: the contents the repository has in the bucket (its objects rows), instead of the folder. */
+  storedHashes?: string[];
   /** Where the parsed list is written. */
   listsDir: string;
 }

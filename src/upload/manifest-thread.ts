@@ -25,7 +25,7 @@ function read(job: ManifestJob): ManifestJobAnswer {
     }
   }
   const files = parseManifest(body, job.limits);
-  const objects = new RepositoryObjects(job.objectsDir);
+  const objects = job.storedHashes ? new Set(job.storedHashes) : new RepositoryObjects(job.objectsDir);
   const missing = [...new Set([...files.values()].map((f) => f.sha256))].filter((hash) => !objects.has(hash));
   // The parsed list goes to a file of its own (a row of megabytes cost the main thread a second to write).
   fs.mkdirSync(job.listsDir, { recursive: true, mode: 0o700 });

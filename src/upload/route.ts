@@ -101,6 +101,7 @@ export function uploadRouter(deps: UploadDeps): Router {
         maxBytes: MAX_MANIFEST_BYTES,
         limits: { maxBuildFiles: config.maxBuildFiles, maxBuildBytes: config.maxBuildBytes },
         objectsDir: deps.store.objects.forRepository(authenticated.id).dir,
+        storedHashes: deps.store.bucket ? [...(await deps.store.bucket.storedSizes(authenticated.id)).keys()] : undefined,
         listsDir: manifests.listsDir,
       });
     } finally {
