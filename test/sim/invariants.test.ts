@@ -1,6 +1,6 @@
 /** The replica simulation's checkers find what they are meant to find (run by `npm test`: pure and fast). */
 import type { LogLine } from './cluster.js';
-import { commentWrites, intervals, missingObjects, overlaps, singletonRuns, unrecordedObjects } from './invariants.js';
+import { commentWrites, intervals, missingObjects, overlaps, singletonRuns, unrecordedObjects, unreferencedObjects } from './invariants.js';
 
 const line = (node: number, time: number, msg: string, fields: Record<string, unknown> = {}): LogLine => ({ node, incarnation: 0, time, level: 20, msg, ...fields });
 const prWork = (logs: LogLine[], killedAt: (n: number, i: number) => number | undefined = () => undefined) =>
@@ -52,4 +52,6 @@ test('objects: a referenced object missing from the bucket or of another size is
   ]);
   expect(unrecordedObjects([a, b], [a, b, c])).toEqual([]);
   expect(unrecordedObjects([a, b, c], [a, b])).toEqual([`objects/2/${'a'.repeat(64)} (10 bytes): in the bucket without an objects row`]);
+  expect(unreferencedObjects([a, b], [b, a], 'a row')).toEqual([]);
+  expect(unreferencedObjects([a, b], [b], 'a row')).toEqual([`objects/1/${'a'.repeat(64)} (10 bytes): a row, no build references it`]);
 });

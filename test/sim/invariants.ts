@@ -159,3 +159,9 @@ export function unrecordedObjects(bucket: ObjectRef[], rows: ObjectRef[]): strin
   const recorded = new Set(rows.map(keyOf));
   return bucket.filter((o) => !recorded.has(keyOf(o))).map((o) => `${keyOf(o)} (${o.size} bytes): in the bucket without an objects row`);
 }
+
+/** Objects (in the bucket, or rows) that no build_files row references: once the grace period passed, GC's to remove. */
+export function unreferencedObjects(found: ObjectRef[], referenced: ObjectRef[], where: string): string[] {
+  const used = new Set(referenced.map(keyOf));
+  return found.filter((o) => !used.has(keyOf(o))).map((o) => `${keyOf(o)} (${o.size} bytes): ${where}, no build references it`);
+}

@@ -26,7 +26,7 @@ import { freePort, request } from '../helpers/nginx.js';
 import { tarball, tarEntry } from '../helpers/tarballs.js';
 import type { RunningNginx } from '../helpers/nginx.js';
 import { Cluster, startNginxFor } from './cluster.js';
-import { commentWrites, intervals, iso, missingObjects, overlaps, singletonRuns, table, unrecordedObjects, type Check, type CommentWrite } from './invariants.js';
+import { commentWrites, intervals, iso, missingObjects, overlaps, singletonRuns, table, unrecordedObjects, unreferencedObjects, type Check, type CommentWrite } from './invariants.js';
 import { filesUnder, StoredFolders, StoredRows, type Stored } from './stored.js';
 import { loadConfig } from '../../src/config.js';
 
@@ -161,7 +161,19 @@ beforeAll(async () => {
     maxUploadBytes: 100 * 1024 * 1024,
     ...(S3 ? { s3: { endpoint: process.env.S3_ENDPOINT!, bucket: process.env.S3_BUCKET! } } : {}),
   });
+  if (S3) await putOrphan();
 }, 180_000);
+
+/**
+ * STORAGE=s3: an object put without its rows, as a replica killed between an upload's puts and its transaction
+ * leaves one (the slow upload's kill comes before its puts: they follow the whole body and GitHub's answer). The
+ * collection at the end must remove it.
+ */
+async function putOrphan(): Promise<void> {
+  const rows = stored as StoredRows;
+  const body = Buffer.from(`an upload's file whose replica died before its rows (seed ${SEED})`);
+  await rows.bucket.putOnce(await rows.repositoryId(), crypto.createHash('sha256').update(body).digest('hex'), body, body.length);
+}
 
 afterAll(async () => {
   await cluster?.stopAll();
@@ -230,10 +242,14 @@ async function uploadToken(pr: number): Promise<string> {
     .sign(Buffer.from(UPLOAD_SECRET));
 }
 
+/** One file every build has, byte for byte: one object that many builds share (removing one build must keep it). */
+const COMMON_CSS = 'body { margin: 0 }\n';
+
 const siteOf = (marker: string) =>
   tarball({
     'index.html': `<!doctype html><title>${marker}</title><h1>${marker}</h1>`,
     'assets/app.js': `console.log(${JSON.stringify(marker)});`,
+    'assets/common.css': COMMON_CSS,
     [`pages/${marker}.html`]: `<p>${marker}</p>`,
   });
 
@@ -261,6 +277,7 @@ function siteFolder(marker: string): string {
   const files: Record<string, string> = {
     'index.html': `<!doctype html><title>${marker}</title><h1>${marker}</h1>`,
     'assets/app.js': `console.log(${JSON.stringify(marker)});`,
+    'assets/common.css': COMMON_CSS,
     [`pages/${marker}.html`]: `<p>${marker}</p>`,
   };
   for (const [name, body] of Object.entries(files)) {
@@ -690,8 +707,9 @@ simulation(`3 replicas behind nginx${S3 ? ', builds on S3' : ''}: every invarian
       const host = `pr${pr}-${sha.slice(0, 7)}--${SITE}.${PREVIEW_DOMAIN}`;
       const marker = `pr${pr}-${sha.slice(0, 7)}`;
       // What the build's files hold (siteOf): a page naming the marker, a script whose bytes are known exactly.
-      const served = (file: string, body: Buffer) => (file === '/assets/app.js' ? body.toString() === `console.log(${JSON.stringify(marker)});` : body.toString().includes(`<h1>${marker}</h1>`));
-      for (const file of ['/', '/index.html', '/assets/app.js']) {
+      const exactly: Record<string, string> = { '/assets/app.js': `console.log(${JSON.stringify(marker)});`, '/assets/common.css': COMMON_CSS };
+      const served = (file: string, body: Buffer) => (exactly[file] !== undefined ? body.toString() === exactly[file] : body.toString().includes(`<h1>${marker}</h1>`));
+      for (const file of ['/', '/index.html', '/assets/app.js', '/assets/common.css']) {
         const answer = await request(Number(publicHost.split(':')[1]), host, file);
         if (have === 'public') {
           publicCount++;
@@ -757,7 +775,9 @@ async function bucketChecks(checks: Check[], settled: number): Promise<string> {
 
   // The grace period counts from an object's put; every put was before the queue drained.
   await sleep(Math.max(0, settled + GC_GRACE_SECONDS * 1000 - Date.now()) + 1000);
-  const cleanup = await runCli(['cleanup']);
+  // CLEANUP_AFTER_HOURS=0: the closed PRs' builds go too, so the collection has objects just left unreferenced to
+  // remove, beside ones still shared with open PRs' builds (COMMON_CSS) to keep.
+  const cleanup = await runCli(['cleanup'], { CLEANUP_AFTER_HOURS: '0' });
   const after = [...(await rows.bucketObjects()).values()];
   const recorded = await rows.objectRows();
   const referencedAfter = await rows.referencedObjects();
@@ -767,12 +787,20 @@ async function bucketChecks(checks: Check[], settled: number): Promise<string> {
     violations: [...(cleanup.code === 0 ? [] : [`preview-gate cleanup exited ${cleanup.code}: ${cleanup.output.trim().slice(0, 300)}`]), ...unrecordedObjects(after, recorded)],
   });
   checks.push({
+    invariant: 'after GC: no object nor row no build references',
+    count: after.length + recorded.length,
+    violations: [...unreferencedObjects(after, referencedAfter, 'in the bucket'), ...unreferencedObjects(recorded, referencedAfter, 'an objects row')],
+  });
+  checks.push({
     invariant: 'after GC: every object a row names in the bucket',
     count: recorded.length + referencedAfter.length,
     violations: [...noRows(referencedAfter), ...missingObjects([...referencedAfter, ...recorded], after)],
   });
-  const said = /Removed (\d+) stored file/.exec(cleanup.output)?.[1] ?? '?';
-  return `${before.length} objects in the bucket before, ${after.length} after (cleanup said it removed ${said}); ${recorded.length} objects rows, ${referencedAfter.length} objects named by build_files`;
+  const said = (what: RegExp) => what.exec(cleanup.output)?.[1] ?? '?';
+  return (
+    `${before.length} objects in the bucket before, ${after.length} after; cleanup removed the builds of ${said(/builds of (\d+) closed/)} closed PR(s) (${said(/; (\d+) skipped/)} skipped) and ` +
+    `${said(/Removed (\d+) stored file/)} object(s); ${recorded.length} objects rows, ${referencedAfter.length} objects named by build_files`
+  );
 }
 
 /** No build_files rows at all would pass vacuously. */
@@ -781,8 +809,8 @@ function noRows(found: unknown[]): string[] {
 }
 
 /** `preview-gate <args>` with the replicas' configuration, as an operator runs it beside them. */
-async function runCli(args: string[]): Promise<{ code: number | null; output: string }> {
-  const child = spawn('node', ['bin/preview-gate.js', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+async function runCli(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
+  const child = spawn('node', ['bin/preview-gate.js', ...args], { env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout.on('data', (d: Buffer) => (output += d));
   child.stderr.on('data', (d: Buffer) => (output += d));
