@@ -75,6 +75,8 @@ let publicHost: string;
 let dataDir: string;
 let env: NodeJS.ProcessEnv;
 let stored: Stored;
+/** STORAGE=s3: the object put without rows (putOrphan), `objects/<repository id>/<sha256>`. */
+let orphanKey: string | undefined;
 
 // --- what the clients saw -----------------------------------------------------------------------------------
 
@@ -172,7 +174,9 @@ beforeAll(async () => {
 async function putOrphan(): Promise<void> {
   const rows = stored as StoredRows;
   const body = Buffer.from(`an upload's file whose replica died before its rows (seed ${SEED})`);
-  await rows.bucket.putOnce(await rows.repositoryId(), crypto.createHash('sha256').update(body).digest('hex'), body, body.length);
+  const [repositoryId, sha256] = [await rows.repositoryId(), crypto.createHash('sha256').update(body).digest('hex')];
+  await rows.bucket.putOnce(repositoryId, sha256, body, body.length);
+  orphanKey = `objects/${repositoryId}/${sha256}`;
 }
 
 afterAll(async () => {
@@ -771,6 +775,8 @@ async function bucketChecks(checks: Check[], settled: number): Promise<string> {
 
   const referenced = await rows.referencedObjects();
   const before = [...(await rows.bucketObjects()).values()];
+  // The planted orphan is what the check after GC must not find: found before it, or that check proves nothing.
+  const orphanSeen = unrecordedObjects(before, await rows.objectRows()).some((v) => v.startsWith(`${orphanKey} `));
   checks.push({ invariant: 'every build_files object in the bucket, its size', count: referenced.length, violations: [...noRows(referenced), ...missingObjects(referenced, before)] });
 
   // The grace period counts from an object's put; every put was before the queue drained.
@@ -784,7 +790,11 @@ async function bucketChecks(checks: Check[], settled: number): Promise<string> {
   checks.push({
     invariant: 'after GC: no object in the bucket without its row',
     count: after.length,
-    violations: [...(cleanup.code === 0 ? [] : [`preview-gate cleanup exited ${cleanup.code}: ${cleanup.output.trim().slice(0, 300)}`]), ...unrecordedObjects(after, recorded)],
+    violations: [
+      ...(orphanSeen ? [] : [`the object put without rows (${orphanKey}) was not seen without its row before GC`]),
+      ...(cleanup.code === 0 ? [] : [`preview-gate cleanup exited ${cleanup.code}: ${cleanup.output.trim().slice(0, 300)}`]),
+      ...unrecordedObjects(after, recorded),
+    ],
   });
   checks.push({
     invariant: 'after GC: no object nor row no build references',
