@@ -53,10 +53,10 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
       await deps.store.check();
       const sweep = deps.sweepHealth?.problem();
       // Still 200: the server answers uploads and previews; the operator is told the sweep is not working.
-      res.json({ status: sweep ? 'degraded' : 'ok', database: 'ok', builds: 'ok', github: deps.github ? 'configured' : 'setup required', ...(sweep ? { sweep } : {}) });
+      res.json({ status: sweep ? 'degraded' : 'ok', database: 'ok', builds: 'ok', ...(deps.store.bucket ? { bucket: 'ok' } : {}), github: deps.github ? 'configured' : 'setup required', ...(sweep ? { sweep } : {}) });
     } catch (err) {
       deps.log.error({ err }, 'health check failed');
-      res.status(503).json({ status: 'unavailable', error: 'The database or the builds directory is not usable.' });
+      res.status(503).json({ status: 'unavailable', error: deps.store.bucket ? 'The database, the builds directory or the bucket is not usable.' : 'The database or the builds directory is not usable.' });
     }
   });
 

@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export NODE_OPTIONS=--experimental-vm-modules
 bash test/engines/postgres.sh bash -c 'bash test/engines/postgres-suites.sh && npx jest -c test/sim/jest.config.js --runInBand'
-bash test/engines/rgw.sh npx jest test/s3.test.ts test/s3-serving.test.ts
+bash test/engines/rgw.sh npx jest test/s3.test.ts test/s3-store.test.ts test/s3-serving.test.ts
 bash test/engines/postgres.sh bash test/engines/rgw.sh env SIM_STORAGE=s3 npx jest -c test/sim/jest.config.js --runInBand
