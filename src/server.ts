@@ -77,7 +77,7 @@ export async function createServer(deps: ServerDeps): Promise<Express> {
   const roles = dashboard && new RoleCache(dashboard.api, dashboard.sessions, deps.registry);
   if (deps.config.storage === 's3' && deps.config.s3) {
     const bucket = deps.bucket ?? S3Objects.fromSettings(deps.config.s3);
-    app.use(s3ServingRouter({ config: deps.config, db: deps.db, log: deps.log, bucket, hidden: dashboard && roles && hiddenPreviewCheck(dashboard, roles) }));
+    app.use(s3ServingRouter({ config: deps.config, db: deps.db, bucket, hidden: dashboard && roles && hiddenPreviewCheck(dashboard, roles) }));
   }
   if (dashboard) app.use(dashboardRouter(dashboard, roles));
 

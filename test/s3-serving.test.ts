@@ -19,7 +19,7 @@ import { S3Objects } from '../src/storage/s3-objects.js';
 import { answerFor, BuildManifest, ManifestCache, normalizedPath, parsePreviewHost, type FileRow } from '../src/storage/s3-serving.js';
 import { eventually } from './helpers/eventually.js';
 import { FakeGitHub } from './helpers/fake-github.js';
-import { NGINX, rawGet, request, startNginx, type RunningNginx } from './helpers/nginx.js';
+import { freePort, NGINX, rawGet, request, startNginx, type RunningNginx } from './helpers/nginx.js';
 import { sha, startTestServer, type TestServer } from './helpers/server.js';
 import { tarball } from './helpers/tarballs.js';
 
@@ -265,6 +265,13 @@ engine(engineName, () => {
     expect(noBucketHeaders(page.headers)).toEqual([]);
     const mod = await viaNginx(commitHost, '/mod.mjs');
     expect([mod.status, mod.headers['content-type'], mod.body.toString()]).toEqual([200, 'text/javascript', 'export default 1']);
+    // Headers a CDN or a visitor adds are not passed to Node's sub-request.
+    const forwarded = await viaNginx(commitHost, '/app.js', { 'x-forwarded-for': '203.0.113.9', 'x-preview-gate-uri': '/mod.mjs' });
+    expect([forwarded.status, forwarded.body.toString()]).toEqual([200, 'console.log("public one")']);
+    // A revalidation is the bucket's 304, with the same Cache-Control.
+    expect(mod.headers.etag).toBeDefined();
+    const same = await viaNginx(commitHost, '/mod.mjs', { 'if-none-match': String(mod.headers.etag) });
+    expect([same.status, same.headers['cache-control'], same.body.length]).toEqual([304, 'public, max-age=31536000, immutable', 0]);
     // Only GET and HEAD, as for static files.
     expect((await request(nginx.port, commitHost, '/app.js', { method: 'POST', body: Buffer.from('x') })).status).toBe(405);
     // A HEAD is the GET's headers (the signature is a GET's).
@@ -344,6 +351,57 @@ engine(engineName, () => {
       expect([urlPath, answer.status, answer.headers['cache-control'], answer.body]).toEqual([urlPath, 404, 'no-store', plain.body]);
       expect(answer.body.toString()).not.toMatch(/<\?xml|NoSuchKey|AccessDenied|RequestId/);
       expect(noBucketHeaders(answer.headers)).toEqual([]);
+    }
+  });
+
+  test('a refusal of the bucket (a Host other than the one signed): the plain 404, no-store, nothing of the bucket’s', async () => {
+    // The same bucket, reached by another name than the one Node signs for: the engine answers 403 to every GET.
+    const endpoint = new URL(process.env.S3_ENDPOINT!);
+    const misnamed = await startNginx(path.join(server.tmp, 'nginx-misnamed'), {
+      previewDomain: 'previews.test',
+      buildsDir: server.config.buildsDir,
+      upstream: new URL(server.url).host,
+      publicHost: MAIN_HOST,
+      maxUploadBytes: server.config.maxUploadBytes,
+      s3: { endpoint: `http://localhost:${endpoint.port}`, bucket: process.env.S3_BUCKET! },
+    });
+    try {
+      const plain = await request(misnamed.port, 'pr9-9999999--docs.previews.test', '/');
+      for (const urlPath of ['/app.js', '/missing.js']) {
+        const answer = await request(misnamed.port, commitHost, urlPath);
+        expect([urlPath, answer.status, answer.headers['cache-control'], answer.body]).toEqual([urlPath, 404, 'no-store', plain.body]);
+        expect(answer.body.toString()).not.toMatch(/<\?xml|SignatureDoesNotMatch|AccessDenied|RequestId/);
+        expect(noBucketHeaders(answer.headers)).toEqual([]);
+      }
+    } finally {
+      await misnamed.stop();
+    }
+  });
+
+  test('a flood of forged view cookies is limited per address before it becomes work for Node; plain visitors are not counted', async () => {
+    // All at once: nginx counts requests as they arrive, however slowly Node answers the ones let through.
+    const forged = await Promise.all(Array.from({ length: 300 }, (_, i) => viaNginx(hiddenHost, '/', { cookie: `preview-gate-view=junk${i}` })));
+    const statuses = forged.map((a) => a.status);
+    expect(new Set(statuses)).toEqual(new Set([404, 429]));
+    expect(statuses.filter((s) => s === 404).length).toBeLessThan(300);
+    // Without a view cookie, the same address is served at once.
+    expect((await viaNginx(commitHost, '/app.js')).status).toBe(200);
+  });
+
+  test('Node not answering: 503, no-store', async () => {
+    const nowhere = await startNginx(path.join(server.tmp, 'nginx-nowhere'), {
+      previewDomain: 'previews.test',
+      buildsDir: server.config.buildsDir,
+      upstream: `127.0.0.1:${await freePort()}`,
+      publicHost: MAIN_HOST,
+      maxUploadBytes: server.config.maxUploadBytes,
+      s3: { endpoint: process.env.S3_ENDPOINT!, bucket: process.env.S3_BUCKET! },
+    });
+    try {
+      const answer = await request(nowhere.port, commitHost, '/app.js');
+      expect([answer.status, answer.headers['cache-control']]).toEqual([503, 'no-store']);
+    } finally {
+      await nowhere.stop();
     }
   });
 

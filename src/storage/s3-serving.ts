@@ -12,7 +12,6 @@
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { Router, type Request, type Response } from 'express';
-import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { Database } from '../db/database.js';
 import { and, desc, eq } from '../db/orm.js';
@@ -128,7 +127,6 @@ export interface S3ServingDeps {
   config: Config;
   db: Database;
   bucket: S3Objects;
-  log: Logger;
   /** Undefined until sign-in is configured: then no hidden build is served to anyone. */
   hidden?: HiddenPreviewCheck;
 }
