@@ -128,10 +128,11 @@ function healthStatus(port: number): Promise<number> {
 /**
  * Real nginx from the rendered template, its upstream group holding every replica (nginx's default: round robin,
  * a replica that refuses connections skipped for 10 s), as an operator edits `upstream preview_gate_node`.
+ * With `s3`, the template's S3 mode (`preview-gate nginx` with STORAGE=s3): previews fetched from the bucket.
  */
 export async function startNginxFor(
   dir: string,
-  options: { ports: number[]; listenPort: number; previewDomain: string; buildsDir: string; publicHost: string; publicUrl: string; maxUploadBytes: number },
+  options: { ports: number[]; listenPort: number; previewDomain: string; buildsDir: string; publicHost: string; publicUrl: string; maxUploadBytes: number; s3?: { endpoint: string; bucket: string } },
 ): Promise<RunningNginx> {
   fs.mkdirSync(dir, { recursive: true });
   const [first, ...others] = options.ports;
@@ -143,6 +144,7 @@ export async function startNginxFor(
     publicUrl: options.publicUrl,
     maxUploadBytes: options.maxUploadBytes,
     listen: `127.0.0.1:${options.listenPort}`,
+    ...(options.s3 ? { s3: options.s3 } : {}),
   });
   const single = `server 127.0.0.1:${first};`;
   if (!rendered.includes(single)) throw new Error('the rendered nginx configuration has no upstream group to add replicas to');

@@ -1,6 +1,6 @@
 /** The replica simulation's checkers find what they are meant to find (run by `npm test`: pure and fast). */
 import type { LogLine } from './cluster.js';
-import { commentWrites, intervals, overlaps, singletonRuns } from './invariants.js';
+import { commentWrites, intervals, missingObjects, overlaps, singletonRuns, unrecordedObjects, unreferencedObjects } from './invariants.js';
 
 const line = (node: number, time: number, msg: string, fields: Record<string, unknown> = {}): LogLine => ({ node, incarnation: 0, time, level: 20, msg, ...fields });
 const prWork = (logs: LogLine[], killedAt: (n: number, i: number) => number | undefined = () => undefined) =>
@@ -39,4 +39,19 @@ test('comments: a second comment on a PR and an edit that repeats the body are f
   expect(found.posts).toEqual(['PR 2: 2 comments posted']);
   expect(found.repeated).toEqual([expect.stringMatching(/^PR 2: write 2 \(PATCH/)]);
   expect(found.perPr.get(1)).toEqual({ writes: 3, distinct: 2 });
+});
+
+test('objects: a referenced object missing from the bucket or of another size is found, and so is an object without a row', () => {
+  const a = { repositoryId: 1, sha256: 'a'.repeat(64), size: 10 };
+  const b = { repositoryId: 1, sha256: 'b'.repeat(64), size: 20 };
+  const c = { repositoryId: 2, sha256: 'a'.repeat(64), size: 10 };
+  expect(missingObjects([a, b], [a, b, c])).toEqual([]);
+  expect(missingObjects([{ ...a, example: 'build 3 index.html' }, b, c], [a, { ...b, size: 19 }])).toEqual([
+    `objects/1/${'b'.repeat(64)}: 19 bytes in the bucket, 20 recorded`,
+    `objects/2/${'a'.repeat(64)}: not in the bucket`,
+  ]);
+  expect(unrecordedObjects([a, b], [a, b, c])).toEqual([]);
+  expect(unrecordedObjects([a, b, c], [a, b])).toEqual([`objects/2/${'a'.repeat(64)} (10 bytes): in the bucket without an objects row`]);
+  expect(unreferencedObjects([a, b], [b, a], 'a row')).toEqual([]);
+  expect(unreferencedObjects([a, b], [b], 'a row')).toEqual([`objects/1/${'a'.repeat(64)} (10 bytes): a row, no build references it`]);
 });

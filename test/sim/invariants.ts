@@ -131,3 +131,37 @@ export function table(checks: Check[]): string {
   const rows = checks.map((c) => `| ${c.invariant.padEnd(width)} | ${String(c.count).padStart(6)} | ${c.violations.length ? `NO (${c.violations.length})` : 'ok'} |`);
   return [`| ${'invariant'.padEnd(width)} |  count | ok |`, `|${'-'.repeat(width + 2)}|--------|----|`, ...rows].join('\n');
 }
+
+/** An object as the bucket lists it or a row records it: `objects/<repositoryId>/<sha256>`, `size` bytes. */
+export interface ObjectRef {
+  repositoryId: number;
+  sha256: string;
+  size: number;
+  /** Who refers to it (a build and path), for the violation's text. */
+  example?: string;
+}
+
+const keyOf = (o: ObjectRef) => `objects/${o.repositoryId}/${o.sha256}`;
+
+/** Each referenced object is in the bucket with the size its row records. */
+export function missingObjects(referenced: ObjectRef[], bucket: ObjectRef[]): string[] {
+  const listed = new Map(bucket.map((o) => [keyOf(o), o.size]));
+  return referenced.flatMap((r) => {
+    const size = listed.get(keyOf(r));
+    const who = r.example ? ` (${r.example})` : '';
+    if (size === undefined) return [`${keyOf(r)}${who}: not in the bucket`];
+    return size === r.size ? [] : [`${keyOf(r)}${who}: ${size} bytes in the bucket, ${r.size} recorded`];
+  });
+}
+
+/** Objects in the bucket without an `objects` row: what garbage collection must have deleted. */
+export function unrecordedObjects(bucket: ObjectRef[], rows: ObjectRef[]): string[] {
+  const recorded = new Set(rows.map(keyOf));
+  return bucket.filter((o) => !recorded.has(keyOf(o))).map((o) => `${keyOf(o)} (${o.size} bytes): in the bucket without an objects row`);
+}
+
+/** Objects (in the bucket, or rows) that no build_files row references: once the grace period passed, GC's to remove. */
+export function unreferencedObjects(found: ObjectRef[], referenced: ObjectRef[], where: string): string[] {
+  const used = new Set(referenced.map(keyOf));
+  return found.filter((o) => !used.has(keyOf(o))).map((o) => `${keyOf(o)} (${o.size} bytes): ${where}, no build references it`);
+}

@@ -6,6 +6,11 @@
  * tarballs, concurrent duplicates of one SHA through different replicas) go through nginx. One replica is
  * SIGKILLed in the middle of an upload and restarted. At the end every invariant is checked and printed.
  *
+ * SIM_STORAGE=s3 runs the same on STORAGE=s3 (issue 29): builds in the bucket of test/engines/rgw.sh, rows in the
+ * PostgreSQL of test/engines/postgres.sh, nginx rendered in its S3 mode; three more invariants: nothing is kept under
+ * DATA_DIR/builds, every build_files object is in the bucket with its size, and after garbage collection no object
+ * lacks its row and none that a row names is missing.
+ *
  * SIM_SEED fixes the random choices (printed at the end); SIM_PRS changes the number of pull requests.
  */
 import crypto from 'node:crypto';
@@ -21,7 +26,9 @@ import { freePort, request } from '../helpers/nginx.js';
 import { tarball, tarEntry } from '../helpers/tarballs.js';
 import type { RunningNginx } from '../helpers/nginx.js';
 import { Cluster, startNginxFor } from './cluster.js';
-import { commentWrites, intervals, iso, overlaps, singletonRuns, table, type Check, type CommentWrite } from './invariants.js';
+import { commentWrites, intervals, iso, missingObjects, overlaps, singletonRuns, table, unrecordedObjects, unreferencedObjects, type Check, type CommentWrite } from './invariants.js';
+import { filesUnder, StoredFolders, StoredRows, type Stored } from './stored.js';
+import { loadConfig } from '../../src/config.js';
 
 const PRS = Number(process.env.SIM_PRS ?? 30);
 const SEED = Number(process.env.SIM_SEED ?? Math.floor(Math.random() * 1e6));
@@ -46,6 +53,18 @@ const UPLOAD_SECRET = crypto.randomBytes(32).toString('base64url');
 const MAINTAINER = { id: 1001, login: 'maintainer' };
 /** The pull request whose first upload is cut by the SIGKILL (in the middle of the run). */
 const KILL_PR = Math.min(PRS, 12);
+/** Builds in a bucket (SIM_STORAGE=s3) or in DATA_DIR/builds (the default). */
+const S3 = process.env.SIM_STORAGE === 's3';
+/** Why the S3 configuration cannot run here (it needs both engines: run it through test/engines/run.sh). */
+const S3_MISSING = !S3
+  ? undefined
+  : !process.env.S3_ENDPOINT
+    ? 'SIM_STORAGE=s3 needs S3_ENDPOINT (run it inside test/engines/rgw.sh)'
+    : !process.env.DATABASE_URL
+      ? 'SIM_STORAGE=s3 needs DATABASE_URL (replicas on STORAGE=s3 share no disk: run it inside test/engines/postgres.sh)'
+      : undefined;
+/** The garbage collector's grace period with STORAGE=s3: short, so that the collection at the end sees every object past it. */
+const GC_GRACE_SECONDS = 10;
 
 const random = mulberry32(SEED);
 let tmp: string;
@@ -54,6 +73,10 @@ let cluster: Cluster;
 let nginx: RunningNginx;
 let publicHost: string;
 let dataDir: string;
+let env: NodeJS.ProcessEnv;
+let stored: Stored;
+/** STORAGE=s3: the object put without rows (putOrphan), `objects/<repository id>/<sha256>`. */
+let orphanKey: string | undefined;
 
 // --- what the clients saw -----------------------------------------------------------------------------------
 
@@ -83,6 +106,7 @@ const killStory: string[] = [];
 // --- set-up -------------------------------------------------------------------------------------------------
 
 beforeAll(async () => {
+  if (S3_MISSING) return;
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'preview-gate-sim-'));
   fs.chmodSync(tmp, 0o755); // nginx's workers walk down to the builds
   dataDir = path.join(tmp, 'data');
@@ -93,7 +117,7 @@ beforeAll(async () => {
   const ports = await Promise.all(Array.from({ length: REPLICAS }, () => freePort()));
   const nginxPort = await freePort();
   publicHost = `127.0.0.1:${nginxPort}`;
-  const env: NodeJS.ProcessEnv = {
+  env = {
     PATH: process.env.PATH,
     HOME: process.env.HOME,
     NODE_OPTIONS: '',
@@ -111,7 +135,19 @@ beforeAll(async () => {
     RECONCILE_INTERVAL_MINUTES: SWEEP_MINUTES,
     // The start and end of every job, PR operation and scheduled run (debug lines) are what the invariants read.
     LOG_LEVEL: 'debug',
+    ...(S3
+      ? {
+          STORAGE: 's3',
+          S3_ENDPOINT: process.env.S3_ENDPOINT,
+          S3_BUCKET: process.env.S3_BUCKET,
+          S3_REGION: process.env.S3_REGION,
+          AWS_ACCESS_KEY_ID: process.env.AWS_ACCESS_KEY_ID,
+          AWS_SECRET_ACCESS_KEY: process.env.AWS_SECRET_ACCESS_KEY,
+          S3_GC_GRACE_HOURS: (GC_GRACE_SECONDS / 3600).toFixed(6),
+        }
+      : {}),
   };
+  stored = S3 ? new StoredRows(process.env.DATABASE_URL!, loadConfig(env).s3!, SLUG) : new StoredFolders(path.join(dataDir, 'builds', SITE));
   const secret = spawnSync('node', ['bin/preview-gate.js', 'secret', 'set', SLUG, 'upload-key'], { env, input: UPLOAD_SECRET, encoding: 'utf8' });
   if (secret.status !== 0) throw new Error(`secret set failed: ${secret.stderr}`);
   cluster = new Cluster(env, ports);
@@ -125,15 +161,31 @@ beforeAll(async () => {
     publicHost: '127.0.0.1',
     publicUrl: `http://${publicHost}`,
     maxUploadBytes: 100 * 1024 * 1024,
+    ...(S3 ? { s3: { endpoint: process.env.S3_ENDPOINT!, bucket: process.env.S3_BUCKET! } } : {}),
   });
+  if (S3) await putOrphan();
 }, 180_000);
+
+/**
+ * STORAGE=s3: an object put without its rows, as a replica killed between an upload's puts and its transaction
+ * leaves one (the slow upload's kill comes before its puts: they follow the whole body and GitHub's answer). The
+ * collection at the end must remove it.
+ */
+async function putOrphan(): Promise<void> {
+  const rows = stored as StoredRows;
+  const body = Buffer.from(`an upload's file whose replica died before its rows (seed ${SEED})`);
+  const [repositoryId, sha256] = [await rows.repositoryId(), crypto.createHash('sha256').update(body).digest('hex')];
+  await rows.bucket.putOnce(repositoryId, sha256, body, body.length);
+  orphanKey = `objects/${repositoryId}/${sha256}`;
+}
 
 afterAll(async () => {
   await cluster?.stopAll();
   await nginx?.stop();
   await fake?.close();
+  await stored?.close();
   if (process.env.SIM_KEEP) process.stdout.write(`simulation files kept in ${tmp}\n`);
-  else fs.rmSync(tmp, { recursive: true, force: true });
+  else if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
 // --- clients --------------------------------------------------------------------------------------------------
@@ -194,10 +246,14 @@ async function uploadToken(pr: number): Promise<string> {
     .sign(Buffer.from(UPLOAD_SECRET));
 }
 
+/** One file every build has, byte for byte: one object that many builds share (removing one build must keep it). */
+const COMMON_CSS = 'body { margin: 0 }\n';
+
 const siteOf = (marker: string) =>
   tarball({
     'index.html': `<!doctype html><title>${marker}</title><h1>${marker}</h1>`,
     'assets/app.js': `console.log(${JSON.stringify(marker)});`,
+    'assets/common.css': COMMON_CSS,
     [`pages/${marker}.html`]: `<p>${marker}</p>`,
   });
 
@@ -225,6 +281,7 @@ function siteFolder(marker: string): string {
   const files: Record<string, string> = {
     'index.html': `<!doctype html><title>${marker}</title><h1>${marker}</h1>`,
     'assets/app.js': `console.log(${JSON.stringify(marker)});`,
+    'assets/common.css': COMMON_CSS,
     [`pages/${marker}.html`]: `<p>${marker}</p>`,
   };
   for (const [name, body] of Object.entries(files)) {
@@ -284,6 +341,7 @@ async function uploadKilledMidway(pr: number, sha: string): Promise<void> {
   const token = await uploadToken(pr);
   figures.uploadRequests++;
   let done = false;
+  let partsSent = 0;
   const answered = new Promise<number>((resolve) => {
     const req = http.request(
       {
@@ -310,6 +368,7 @@ async function uploadKilledMidway(pr: number, sha: string): Promise<void> {
       // More files until the replica is killed (or, should the kill not come, a whole build after all).
       for (let i = 0; i < 200 && !done; i++) {
         await write(`part-${i}.bin`, crypto.randomBytes(2048));
+        partsSent++;
         await sleep(50);
       }
       if (!req.destroyed) {
@@ -318,15 +377,9 @@ async function uploadKilledMidway(pr: number, sha: string): Promise<void> {
       }
     })();
   });
-  const staging = path.join(dataDir, 'builds', '.staging');
-  let owner: string | undefined;
-  for (let i = 0; i < 600 && !owner; i++) {
-    owner = fs.existsSync(staging) ? fs.readdirSync(staging).find((d) => fs.existsSync(path.join(staging, d, 'kill-marker.html'))) : undefined;
-    if (!owner) await sleep(25);
-  }
-  if (!owner) throw new Error('the slow upload never reached a staging folder');
-  const index = cluster.indexOf(owner.split('.')[0]!);
-  if (index === undefined) throw new Error(`no replica has the id of staging folder ${owner}`);
+  const owner = S3 ? await uploaderToBucket(pr, sha, `<p>${marker}</p>`, () => partsSent) : await uploaderToStaging();
+  const index = cluster.indexOf(owner);
+  if (index === undefined) throw new Error(`no replica has the id ${owner} of the slow upload's claim`);
   await cluster.kill(index);
   const killedAt = Date.now();
   done = true;
@@ -342,6 +395,44 @@ async function uploadKilledMidway(pr: number, sha: string): Promise<void> {
   await upload(record, siteOf(marker), first);
   killStory.unshift(`replica ${index} SIGKILLed at ${iso(killedAt)} with PR ${pr} ${sha.slice(0, 7)} in its staging; that upload's answers: ${record.answers.join(', ')}`);
   await restarted;
+}
+
+/** The replica whose staging folder (`<replica id>.<…>` in DATA_DIR/builds/.staging) has the slow upload's first file. */
+async function uploaderToStaging(): Promise<string> {
+  const staging = path.join(dataDir, 'builds', '.staging');
+  for (let i = 0; i < 600; i++) {
+    const owner = fs.existsSync(staging) ? fs.readdirSync(staging).find((d) => fs.existsSync(path.join(staging, d, 'kill-marker.html'))) : undefined;
+    if (owner) return owner.split('.')[0]!;
+    await sleep(25);
+  }
+  throw new Error('the slow upload never reached a staging folder');
+}
+
+/**
+ * STORAGE=s3, where nothing of an upload is on a shared disk: the replica holding the upload's claim (its pending
+ * builds row), once the upload's first file is in the bucket, or, should objects be put only at the end, once 40
+ * more parts of it were sent after the claim was taken (the replica is then in the middle of it either way).
+ */
+async function uploaderToBucket(pr: number, sha: string, firstFile: string, partsSent: () => number): Promise<string> {
+  const rows = stored as StoredRows;
+  let owner: string | undefined;
+  for (let i = 0; i < 600 && !owner; i++) {
+    owner = await rows.claimOwner(pr, sha);
+    if (!owner) await sleep(25);
+  }
+  if (!owner) throw new Error('the slow upload never held a claim');
+  const repositoryId = await rows.repositoryId();
+  const firstObject = crypto.createHash('sha256').update(firstFile).digest('hex');
+  const claimedAt = partsSent();
+  for (let i = 0; i < 800 && partsSent() < claimedAt + 40; i++) {
+    if (await rows.bucket.head(repositoryId, firstObject)) {
+      killStory.push(`the slow upload's first file was in the bucket before the kill`);
+      return owner;
+    }
+    await sleep(25);
+  }
+  killStory.push(`the slow upload's first file was not in the bucket ${partsSent() - claimedAt} parts after its claim`);
+  return owner;
 }
 
 // --- the world changing -----------------------------------------------------------------------------------------
@@ -447,20 +538,6 @@ function expectedVisibility(pr: number): 'public' | 'hidden' | 'closed' {
   return pull.labels.includes(LABEL) || teamMembers().includes(pull.user.login) ? 'public' : 'hidden';
 }
 
-/** Where the PR's builds are: its public folder, its hidden folder, neither (gone) or both. */
-function storedVisibility(pr: number): 'public' | 'hidden' | 'gone' | 'both' {
-  const site = path.join(dataDir, 'builds', SITE);
-  const pub = fs.existsSync(path.join(site, String(pr)));
-  const hidden = fs.existsSync(path.join(site, `hidden--${pr}`));
-  return pub && hidden ? 'both' : pub ? 'public' : hidden ? 'hidden' : 'gone';
-}
-
-/** The builds (sha7 folders) of one SHA stored for a PR, public and hidden folders together. */
-function storedBuilds(pr: number, sha: string): string[] {
-  const site = path.join(dataDir, 'builds', SITE);
-  return [String(pr), `hidden--${pr}`].map((f) => path.join(site, f, sha.slice(0, 7))).filter((d) => fs.existsSync(d));
-}
-
 async function queueDepth(): Promise<number | undefined> {
   for (const port of cluster.ports) {
     try {
@@ -485,7 +562,9 @@ async function quiescent(timeoutMs = 300_000): Promise<void> {
   }
 }
 
-test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries, uploads and a SIGKILL', async () => {
+// The S3 configuration without its engines is skipped, its name saying why (never passed without running).
+const simulation = S3_MISSING ? test.skip : test;
+simulation(`3 replicas behind nginx${S3 ? ', builds on S3' : ''}: every invariant holds after 30 PRs of deliveries, uploads and a SIGKILL${S3_MISSING ? ` (skipped: ${S3_MISSING})` : ''}`, async () => {
   const started = Date.now();
   const order = Array.from({ length: PRS }, (_, i) => i + 1);
   let next = 0;
@@ -500,6 +579,15 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
 
   const checks: Check[] = [];
   const prs = order;
+  // What is stored, read once (the checks below are plain functions of it).
+  const visibilityOf = new Map<number, Awaited<ReturnType<Stored['visibility']>>>();
+  for (const pr of prs) visibilityOf.set(pr, await stored.visibility(pr));
+  const storedVisibility = (pr: number) => visibilityOf.get(pr)!;
+  const buildsOf = new Map<string, { count: number; index: string }>();
+  for (const u of uploads) {
+    const key = `${u.pr}/${u.sha}`;
+    if (!buildsOf.has(key)) buildsOf.set(key, { count: await stored.buildCount(u.pr, u.sha), index: await stored.indexHtml(u.pr, u.sha) });
+  }
 
   // 1. Visibility from GitHub's final facts.
   checks.push({
@@ -548,9 +636,7 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     violations: uploads.flatMap((u) => {
       const last = u.answers.at(-1);
       if (![201, 202, 409].includes(last ?? 0)) return [`PR ${u.pr} ${u.sha.slice(0, 7)}: answers ${u.answers.join(',')}${u.cliOutput ? ` (the CLI said: ${u.cliOutput})` : ''}`];
-      const [dir] = storedBuilds(u.pr, u.sha);
-      const index = dir && fs.existsSync(path.join(dir, 'index.html')) ? fs.readFileSync(path.join(dir, 'index.html'), 'utf8') : '';
-      return index.includes(u.marker) ? [] : [`PR ${u.pr} ${u.sha.slice(0, 7)}: answered ${u.answers.join(',')} but no build with its index.html is stored`];
+      return buildsOf.get(`${u.pr}/${u.sha}`)!.index.includes(u.marker) ? [] : [`PR ${u.pr} ${u.sha.slice(0, 7)}: answered ${u.answers.join(',')} but no build with its index.html is stored`];
     }),
   });
 
@@ -562,7 +648,7 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     count: groups.size,
     violations: [...groups].flatMap(([group, list]) => {
       const [pr, sha] = [list[0]!.pr, list[0]!.sha];
-      const stored = storedBuilds(pr, sha).length;
+      const stored = buildsOf.get(`${pr}/${sha}`)!.count;
       const finals = list.map((u) => u.answers.at(-1));
       const twoxx = finals.filter((s) => s === 201 || s === 202).length;
       const problems: string[] = [];
@@ -609,7 +695,12 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
   checks.push({ invariant: 'one comment per PR', count: comments.perPr.size, violations: comments.posts });
   checks.push({ invariant: 'every comment edit changes the comment', count: writes.length, violations: comments.repeated });
 
-  // 7. A hidden (or closed) PR's files are 404 through nginx for anonymous clients; a public PR's are served.
+  // 7. STORAGE=s3: no disk shared, every object a row names in the bucket, none left without a row after GC. Before
+  // asking nginx below: its files must still be served after the collection, and by then no answer of Node that
+  // nginx keeps (4-5 s) is older than the last flip.
+  const gc = S3 ? await bucketChecks(checks, settled) : undefined;
+
+  // 8. A hidden (or closed) PR's files are 404 through nginx for anonymous clients; a public PR's are served.
   const hiddenAsked: string[] = [];
   const publicAsked: string[] = [];
   let hiddenCount = 0;
@@ -618,11 +709,16 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     const have = storedVisibility(pr);
     for (const sha of new Set(uploads.filter((u) => u.pr === pr).map((u) => u.sha))) {
       const host = `pr${pr}-${sha.slice(0, 7)}--${SITE}.${PREVIEW_DOMAIN}`;
-      for (const file of ['/', '/index.html', '/assets/app.js']) {
+      const marker = `pr${pr}-${sha.slice(0, 7)}`;
+      // What the build's files hold (siteOf): a page naming the marker, a script whose bytes are known exactly.
+      const exactly: Record<string, string> = { '/assets/app.js': `console.log(${JSON.stringify(marker)});`, '/assets/common.css': COMMON_CSS };
+      const served = (file: string, body: Buffer) => (exactly[file] !== undefined ? body.toString() === exactly[file] : body.toString().includes(`<h1>${marker}</h1>`));
+      for (const file of ['/', '/index.html', '/assets/app.js', '/assets/common.css']) {
         const answer = await request(Number(publicHost.split(':')[1]), host, file);
         if (have === 'public') {
           publicCount++;
           if (answer.status !== 200) publicAsked.push(`${host}${file}: ${answer.status}`);
+          else if (!served(file, answer.body)) publicAsked.push(`${host}${file}: 200 with other bytes (${JSON.stringify(answer.body.toString().slice(0, 80))})`);
         } else {
           hiddenCount++;
           if (answer.status !== 404) hiddenAsked.push(`${host}${file}: ${answer.status}`);
@@ -631,12 +727,12 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     }
   }
   checks.push({ invariant: "a hidden PR's files 404 through nginx (anonymous)", count: hiddenCount, violations: hiddenAsked });
-  checks.push({ invariant: "a public PR's files 200 through nginx", count: publicCount, violations: publicAsked });
+  checks.push({ invariant: "a public PR's files 200 through nginx, its bytes", count: publicCount, violations: publicAsked });
 
   const feedbackDone = cluster.logs.filter((l) => l.msg === 'job finished' && l.job === 'feedback' && l.outcome === 'done').length;
   const out = [
     '',
-    `replica simulation: seed ${SEED}, ${REPLICAS} replicas, ${prs.length} PRs, store ${process.env.DATABASE_URL ? 'PostgreSQL' : 'SQLite (one DATA_DIR)'}`,
+    `replica simulation: seed ${SEED}, ${REPLICAS} replicas, ${prs.length} PRs, store ${process.env.DATABASE_URL ? 'PostgreSQL' : 'SQLite (one DATA_DIR)'}, builds ${S3 ? 'in the bucket (STORAGE=s3)' : 'in DATA_DIR/builds'}`,
     table(checks),
     '',
     `deliveries: ${deliveries.length} (${figures.deliveriesSent} sent, ${figures.deliveriesResent} re-sent after a non-2xx answer)`,
@@ -644,6 +740,7 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
     `kills: ${figures.kills} (restarts ${figures.restarts}); sweeps: ${sweeps.length}; PR operations: ${prWork.length}; queue runs: ${jobRuns.length} (feedback done ${feedbackDone}); comment writes: ${writes.length}`,
     `requests answered per replica: ${JSON.stringify(countBy(answered.map((l) => `${l.node}.${l.incarnation}`)))}`,
     ...killStory.map((k) => `kill: ${k}`),
+    ...(gc ? [`garbage collection: ${gc}`] : []),
     `duration: traffic ${(traffic / 1000).toFixed(1)} s, until the queue drained ${((settled - started) / 1000).toFixed(1)} s, total ${((Date.now() - started) / 1000).toFixed(1)} s`,
     ...checks.flatMap((c) => c.violations.slice(0, 10).map((v) => `  ${c.invariant}: ${v}`)),
     '',
@@ -657,6 +754,79 @@ test('3 replicas behind nginx: every invariant holds after 30 PRs of deliveries,
   }
   expect(failed.map((c) => c.invariant)).toEqual([]);
 });
+
+/**
+ * The bucket's invariants: DATA_DIR/builds holds no file; every build_files object is in the bucket with its size;
+ * then, once the grace period has passed for every object put, one garbage collection (`preview-gate cleanup`, as
+ * an operator runs it between the server's own runs), after which no object in the bucket lacks its `objects` row
+ * and every object a build_files or objects row names is there. Returns what the collection did, for the summary.
+ */
+async function bucketChecks(checks: Check[], settled: number): Promise<string> {
+  const rows = stored as StoredRows;
+  // An upload's local scratch is its replica's builds/.staging (one DATA_DIR here for all three): with nothing in
+  // flight, none of it may be left either, and nothing else may ever be there.
+  const buildsDir = path.join(dataDir, 'builds');
+  const onDisk = filesUnder(buildsDir).map((f) => path.relative(buildsDir, f));
+  checks.push({
+    invariant: 'STORAGE=s3: no file under DATA_DIR/builds',
+    count: onDisk.length,
+    violations: onDisk.map((f) => (f.startsWith('.staging/') ? `${f}: an upload's scratch left behind` : `${f}: a build's file on the disk`)),
+  });
+
+  const referenced = await rows.referencedObjects();
+  const before = [...(await rows.bucketObjects()).values()];
+  // The planted orphan is what the check after GC must not find: found before it, or that check proves nothing.
+  const orphanSeen = unrecordedObjects(before, await rows.objectRows()).some((v) => v.startsWith(`${orphanKey} `));
+  checks.push({ invariant: 'every build_files object in the bucket, its size', count: referenced.length, violations: [...noRows(referenced), ...missingObjects(referenced, before)] });
+
+  // The grace period counts from an object's put; every put was before the queue drained.
+  await sleep(Math.max(0, settled + GC_GRACE_SECONDS * 1000 - Date.now()) + 1000);
+  // CLEANUP_AFTER_HOURS=0: the closed PRs' builds go too, so the collection has objects just left unreferenced to
+  // remove, beside ones still shared with open PRs' builds (COMMON_CSS) to keep.
+  const cleanup = await runCli(['cleanup'], { CLEANUP_AFTER_HOURS: '0' });
+  const after = [...(await rows.bucketObjects()).values()];
+  const recorded = await rows.objectRows();
+  const referencedAfter = await rows.referencedObjects();
+  checks.push({
+    invariant: 'after GC: no object in the bucket without its row',
+    count: after.length,
+    violations: [
+      ...(orphanSeen ? [] : [`the object put without rows (${orphanKey}) was not seen without its row before GC`]),
+      ...(cleanup.code === 0 ? [] : [`preview-gate cleanup exited ${cleanup.code}: ${cleanup.output.trim().slice(0, 300)}`]),
+      ...unrecordedObjects(after, recorded),
+    ],
+  });
+  checks.push({
+    invariant: 'after GC: no object nor row no build references',
+    count: after.length + recorded.length,
+    violations: [...unreferencedObjects(after, referencedAfter, 'in the bucket'), ...unreferencedObjects(recorded, referencedAfter, 'an objects row')],
+  });
+  checks.push({
+    invariant: 'after GC: every object a row names in the bucket',
+    count: recorded.length + referencedAfter.length,
+    violations: [...noRows(referencedAfter), ...missingObjects([...referencedAfter, ...recorded], after)],
+  });
+  const said = (what: RegExp) => what.exec(cleanup.output)?.[1] ?? '?';
+  return (
+    `${before.length} objects in the bucket before, ${after.length} after; cleanup removed the builds of ${said(/builds of (\d+) closed/)} closed PR(s) (${said(/; (\d+) skipped/)} skipped) and ` +
+    `${said(/Removed (\d+) stored file/)} object(s); ${recorded.length} objects rows, ${referencedAfter.length} objects named by build_files`
+  );
+}
+
+/** No build_files rows at all would pass vacuously. */
+function noRows(found: unknown[]): string[] {
+  return found.length ? [] : ['no build_files rows at all'];
+}
+
+/** `preview-gate <args>` with the replicas' configuration, as an operator runs it beside them. */
+async function runCli(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
+  const child = spawn('node', ['bin/preview-gate.js', ...args], { env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d));
+  child.stderr.on('data', (d: Buffer) => (output += d));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  return { code, output };
+}
 
 // --- small things -------------------------------------------------------------------------------------------------
 
