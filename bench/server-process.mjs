@@ -15,14 +15,17 @@ export async function startServerProcess(env, port, { nodeArgs = [], stdio = ['i
     env: { MALLOC_ARENA_MAX: '2', ...env }, // as `npm start` and the image set it (an env of the caller's wins)
     stdio,
   });
-  for (let i = 0; i < 100; i++) {
+  // Up to 60 s: a start takes ~2 s on a quiet 2-core machine, but 10 s were not enough on a loaded CI box.
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  for (const until = Date.now() + 60_000; Date.now() < until && !exited; ) {
     try {
       if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return child;
     } catch {}
     await new Promise((r) => setTimeout(r, 100));
   }
   child.kill('SIGKILL');
-  throw new Error('the server did not start');
+  throw new Error(exited ? `the server exited (code ${child.exitCode}) before answering /health` : 'the server did not answer /health within 60 s');
 }
 
 /** Sends SIGTERM and resolves with the exit code once the process has ended. */
