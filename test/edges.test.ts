@@ -154,6 +154,20 @@ test('a body that stops coming is cut after UPLOAD_IDLE_SECONDS, and its claim r
   expect((await server.upload(9, commit, body)).status).toBe(202);
 });
 
+test('a whole body whose answer waits longer than UPLOAD_IDLE_SECONDS (GitHub slow) is answered, not cut', async () => {
+  await start({ UPLOAD_IDLE_SECONDS: '1', GITHUB_TIMEOUT_MS: '10000' });
+  const commit = sha('c5');
+  fake.addPull(DOCS, { number: 11, user: CONTRIBUTOR, commits: [commit] });
+  // The body is sent at once; GitHub's answers about the PR then take 2.5 s: nothing is idle but the server.
+  fake.latencyMs = 2500;
+  try {
+    const res = await server.upload(11, commit, tarball({ 'index.html': 'slow GitHub' }));
+    expect([res.status, await res.text()]).toEqual([202, expect.stringContaining('"visibility":"hidden"')]);
+  } finally {
+    fake.latencyMs = 0;
+  }
+});
+
 test('a client that sends its whole body before reading still reads the refusal (413 by header, 403 by token)', async () => {
   await start({ MAX_UPLOAD_BYTES: String(512 * 1024) });
   const commit = sha('c4');

@@ -280,7 +280,7 @@ function discardRestOfBody(req: Request, maxBytes: number, idleMs: number): void
 
 /**
  * A body that sends nothing for `idleMs` is cut: 408 if nothing was answered yet, then the connection closed,
- * which ends the extraction (claim released, staging removed) like any client that goes away.
+ * which ends the extraction (claim released, staging removed) like any client that goes away. Until the body ends.
  */
 function cutWhenIdle(req: Request, res: Response, idleMs: number): void {
   req.setTimeout(idleMs, () => {
@@ -288,6 +288,9 @@ function cutWhenIdle(req: Request, res: Response, idleMs: number): void {
     res.set('Connection', 'close').status(408).json({ error: `The upload sent nothing for ${Math.round(idleMs / 1000)} s and was stopped; send it again.` });
     res.once('finish', () => req.destroy());
   });
+  // Only the body's silence counts: once it has all arrived, the client waits for the answer (GitHub's facts, the
+  // PR's turn behind another replica's work), and a quiet socket then is the server's doing, not the client's.
+  req.once('end', () => req.setTimeout(0));
 }
 
 const isMultipart = (req: Request) => (req.headers['content-type'] ?? '').toLowerCase().startsWith('multipart/');

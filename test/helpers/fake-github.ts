@@ -55,6 +55,8 @@ export class FakeGitHub {
   /** Every request as `METHOD /path` (without /api/v3). */
   readonly requests: string[] = [];
   fault?: Fault;
+  /** Milliseconds every answer waits before it is made (github.com answers in seconds when it is slow). */
+  latencyMs = 0;
   /** The private key the manifest flow hands out. */
   appPem = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
   private server!: http.Server;
@@ -112,7 +114,7 @@ export class FakeGitHub {
     this.server = http.createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => this.handle(req, res, Buffer.concat(chunks).toString()));
+      req.on('end', () => setTimeout(() => this.handle(req, res, Buffer.concat(chunks).toString()), this.latencyMs));
     });
     await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
     return this;
