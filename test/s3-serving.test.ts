@@ -321,6 +321,12 @@ engine(engineName, () => {
     expect(missing.body.toString()).toContain('lost in not reviewed');
     // The grant is this host's only.
     expect((await viaNginx('pr1--docs.previews.test', '/', { cookie })).status).toBe(404);
+    // A spelling nginx does not read as the view cookie but a cookie parser does (a space before `=`): the grant
+    // must not be answered under the key of requests without a cookie, or anonymous visitors get the hidden page.
+    const spaced = cookie.replace('=', ' =');
+    const path = '/guide/';
+    expect((await viaNginx(hiddenHost, path, { cookie: spaced })).status).toBe(404);
+    expect((await viaNginx(hiddenHost, path)).status).toBe(404);
   });
 
   test('the resolving endpoint answers nginx’s sub-request only: no spelling reaches it from outside', async () => {
